@@ -1,0 +1,3 @@
+from gpucarbon.cli import main
+
+raise SystemExit(main())
