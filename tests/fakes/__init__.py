@@ -1,0 +1,1 @@
+"""Test doubles for vendor libraries (pynvml) that the CI machines lack hardware for."""
