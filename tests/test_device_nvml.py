@@ -432,3 +432,44 @@ def test_driver_version_failure_leaves_it_unknown():
             raise self.NVMLError(NVML_ERROR_UNKNOWN)
 
     assert opened(NoVersionNvml([FakeGpu(UUID_A)])).read_gpu(UUID_A).driver_version is None
+
+
+# -- the fake stays true to the real bindings -------------------------------------------
+
+
+def test_fake_matches_the_installed_pynvml_names_constants_and_signatures():
+    import inspect
+
+    import pynvml
+
+    from fakes import fake_pynvml
+
+    fake = FakeNvml([])
+    functions = [n for n in dir(FakeNvml) if n.startswith("nvml")]
+    constants = [n for n in dir(fake_pynvml) if n.startswith("NVML_")]
+    errors = [n for n in dir(fake_pynvml) if n.startswith("NVMLError")]
+    assert len(functions) >= 18 and len(constants) >= 30 and "NVMLError_GpuIsLost" in errors
+
+    mismatched = []
+    for name in functions:
+        real = inspect.signature(getattr(pynvml, name))
+        ours = inspect.signature(getattr(fake, name))
+        if list(real.parameters) != list(ours.parameters):
+            mismatched.append((name, str(real), str(ours)))
+    for name in constants:
+        if getattr(pynvml, name) != getattr(fake_pynvml, name):
+            mismatched.append((name, getattr(pynvml, name), getattr(fake_pynvml, name)))
+    for name in errors:
+        if not hasattr(pynvml, name):
+            mismatched.append((name, "missing in pynvml", ""))
+        elif name.startswith("NVMLError_") and getattr(pynvml, name)().value != getattr(fake, name)().value:
+            mismatched.append((name, getattr(pynvml, name)().value, getattr(fake, name)().value))
+    assert mismatched == []
+
+
+def test_fake_errors_map_codes_to_subclasses_like_pynvml():
+    fake = FakeNvml([])
+    lost = fake.NVMLError(NVML_ERROR_GPU_IS_LOST)
+    assert type(lost) is fake.NVMLError_GpuIsLost
+    assert isinstance(lost, fake.NVMLError) and lost.value == NVML_ERROR_GPU_IS_LOST
+    assert fake.NVMLError_NotFound().value == 6

@@ -267,8 +267,8 @@ class FakeNvml:
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._enter(self._gpu(handle), "nvmlDeviceGetName").name
 
-    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
-        gpu = self._enter(self._gpu(handle), "nvmlDeviceGetMigMode")
+    def nvmlDeviceGetMigMode(self, device: _Handle) -> list[int]:
+        gpu = self._enter(self._gpu(device), "nvmlDeviceGetMigMode")
         return [gpu.mig_current, gpu.mig_pending]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
