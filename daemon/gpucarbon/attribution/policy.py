@@ -1,0 +1,94 @@
+"""How one GPU's energy in one interval is divided. Pure functions, integer mJ.
+
+Policy (docs/attribution.md states it for users):
+  * no holders: all of E is unattributed;
+  * idle part = min(E, idle_watts * dt), split equally among holders
+    ("who holds the GPU pays for its idle draw");
+  * active part = E - idle, split among consumers in proportion to their SM
+    utilization in the interval; no utilization: equally among consumers with
+    processes; no processes: equally among holders;
+  * every split uses largest-remainder rounding, so the parts sum to E exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+def split_exact(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` into integers proportional to `weights` that sum to `total`.
+
+    Largest remainder (Hamilton) method; ties go to the earlier index, so the
+    result is deterministic. All-zero weights split equally.
+    """
+    if total < 0:
+        raise ValueError(f"cannot split a negative total: {total}")
+    count = len(weights)
+    if count == 0:
+        raise ValueError("cannot split among nobody")
+    if any(w < 0 for w in weights):
+        raise ValueError("weights must be non-negative")
+    weight_sum = float(sum(weights))
+    if weight_sum <= 0.0:
+        weights, weight_sum = [1.0] * count, float(count)
+    exact = [total * w / weight_sum for w in weights]
+    parts = [int(x) for x in exact]
+    # Float error can push a floor one over; clamp so the remainder stays >= 0.
+    while sum(parts) > total:
+        largest = max(range(count), key=lambda i: parts[i])
+        parts[largest] -= 1
+    short = total - sum(parts)
+    by_remainder = sorted(range(count), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in by_remainder[:short]:
+        parts[i] += 1
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The division of one interval's energy E (mJ)."""
+
+    parts: Mapping[str, int]  # consumer key -> mJ
+    unattributed_mj: int
+    idle_mj: int
+    active_mj: int
+
+
+def split_interval(
+    energy_mj: int,
+    idle_cap_mj: int,
+    holders: Sequence[str],
+    running: Mapping[str, float],
+) -> Split:
+    """Divide `energy_mj` among consumers.
+
+    holders: every consumer holding the GPU (by process or by allocation),
+             sorted for determinism; must include every key of `running`.
+    running: consumers with a process on the GPU -> SM utilization (0..1, may
+             be 0 when no samples arrived).
+    idle_cap_mj: idle_watts * dt in mJ, the most the idle part can be.
+    """
+    if energy_mj < 0 or idle_cap_mj < 0:
+        raise ValueError("energy and idle cap must be non-negative")
+    if not holders:
+        return Split({}, energy_mj, 0, 0)
+    idle = min(energy_mj, idle_cap_mj)
+    active = energy_mj - idle
+    parts = dict.fromkeys(holders, 0)
+    for key, mj in zip(holders, split_exact(idle, [1.0] * len(holders))):
+        parts[key] += mj
+    payers, weights = _active_payers(holders, running)
+    for key, mj in zip(payers, split_exact(active, weights)):
+        parts[key] += mj
+    return Split(parts, 0, idle, active)
+
+
+def _active_payers(holders: Sequence[str], running: Mapping[str, float]) -> tuple[list[str], list[float]]:
+    runners = [key for key in holders if key in running]
+    if not runners:
+        return list(holders), [1.0] * len(holders)
+    weights = [max(0.0, running[key]) for key in runners]
+    if sum(weights) <= 0.0:
+        return runners, [1.0] * len(runners)
+    return runners, weights

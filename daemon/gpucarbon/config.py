@@ -1,0 +1,400 @@
+"""The one typed configuration tree, loaded and validated in one place.
+
+Every key has a default, so an empty or missing file is a valid configuration.
+Errors name the file, the dotted key and the offending value, e.g.
+``config.yaml: carbon.pue: -1: must be at least 1.0``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is one line naming file, key and value."""
+
+    def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
+        shown = _show(value)
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {shown}: {problem}" if shown else f"{where}: {problem}")
+        self.source, self.key, self.value, self.problem = source, key, value, problem
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return ""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_MISSING = object()
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'1s', '500ms', '1h30m' or a number of seconds -> seconds (ValueError if bad)."""
+    if isinstance(text, bool):
+        raise ValueError("not a duration")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        stripped = text.strip()
+        parts = _DURATION_PART.findall(stripped)
+        if not parts or "".join(n + u for n, u in parts) != stripped:
+            raise ValueError("not a duration (examples: 500ms, 1s, 10m, 1h30m)")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a finite, non-negative duration")
+    return seconds
+
+
+# --- the tree -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    # Watts a GPU draws doing nothing: one number for all GPUs, or a map from
+    # model name or GPU UUID to watts. None: learn it, else per-model default.
+    idle_watts: float | None = None
+    idle_watts_by_gpu: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    source: str = "static"
+    zone: str = "world"
+    grams_per_kwh: float = 475.0  # world average, Ember 2023 (see docs/carbon.md)
+    refresh: float | None = None  # seconds between live fetches (None: provider default)
+    stale_after: float = 3600.0  # seconds before a live value falls back to the table
+    base_url: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    username_env: str | None = None  # WattTime basic auth
+    password_env: str | None = None
+    region: str | None = None  # uk-carbon-intensity postcode, WattTime region
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    pue: float = 1.0
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    embodied_enabled: bool = False
+    embodied_lifetime_years: float = 5.0
+    price_per_kwh: float | None = None
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
+class TeamsConfig:
+    default: str = "unassigned"
+    pod_label: str = "team"
+    namespace_label: str = "team"
+    namespaces: Mapping[str, str] = field(default_factory=dict)
+    workload_patterns: tuple[tuple[str, str], ...] = ()  # (regex, team), first match wins
+    users: Mapping[str, str] = field(default_factory=dict)  # plain hosts: user -> team
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    finished: float = 600.0  # seconds a finished workload's series stay
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_workload_series: int = 2000
+    gpu_read_timeout: float = 5.0  # seconds one GPU's read may take
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    enabled: bool = False
+    node_name: str | None = None  # default: $NODE_NAME
+    kubeconfig: str | None = None  # None: in-cluster service account
+    podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    podresources_enabled: bool = False
+    podresources_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    enabled: bool = True  # off by itself when scontrol is not installed
+    scontrol: str = "scontrol"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: str | None = None
+    interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    carbon: CarbonConfig = field(default_factory=CarbonConfig)
+    teams: TeamsConfig = field(default_factory=TeamsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+
+
+INTENSITY_SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
+
+
+# --- loading --------------------------------------------------------------
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML file; None gives the defaults."""
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(source, "", _MISSING, f"cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", _MISSING, "not UTF-8 text") from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, "", _MISSING, f"invalid YAML{where}") from None
+    if raw is None:
+        return Config()
+    return _Reader(source).config(raw)
+
+
+class _Reader:
+    """Walks the raw YAML, checking keys and types, building the tree."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, value: Any, problem: str) -> ConfigError:
+        return ConfigError(self.source, key, value, problem)
+
+    def section(self, raw: Any, key: str, allowed: set[str]) -> Mapping[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, Mapping):
+            raise self.fail(key or "(top level)", raw, "must be a mapping")
+        for name in raw:
+            if not isinstance(name, str) or name not in allowed:
+                full = f"{key}.{name}" if key else str(name)
+                raise self.fail(full, _MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return raw
+
+    def number(self, raw: Mapping, key: str, path: str, default: Any, minimum: float | None = None,
+               maximum: float | None = None) -> Any:
+        value = raw.get(key, default)
+        if value is None or value is default:
+            return value
+        full = f"{path}.{key}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(full, value, "must be a number")
+        if minimum is not None and value < minimum:
+            raise self.fail(full, value, f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.fail(full, value, f"must be at most {maximum}")
+        return float(value)
+
+    def integer(self, raw: Mapping, key: str, path: str, default: int, minimum: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{path}.{key}", value, "must be an integer")
+        if value < minimum:
+            raise self.fail(f"{path}.{key}", value, f"must be at least {minimum}")
+        return value
+
+    def string(self, raw: Mapping, key: str, path: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
+        value = raw.get(key, default)
+        if value is None or value is default:
+            return value
+        full = f"{path}.{key}"
+        if not isinstance(value, str) or not value:
+            raise self.fail(full, value, "must be a non-empty string")
+        if choices and value not in choices:
+            raise self.fail(full, value, f"must be one of: {', '.join(choices)}")
+        return value
+
+    def boolean(self, raw: Mapping, key: str, path: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{path}.{key}", value, "must be true or false")
+        return value
+
+    def duration(self, raw: Mapping, key: str, path: str, default: Any, minimum: float = 0.0) -> Any:
+        value = raw.get(key, default)
+        if value is None or value is default:
+            return value
+        full = f"{path}.{key}"
+        try:
+            seconds = parse_duration(value)
+        except (ValueError, TypeError) as err:
+            raise self.fail(full, value, str(err)) from None
+        if seconds < minimum:
+            raise self.fail(full, value, f"must be at least {minimum}s")
+        return seconds
+
+    def string_map(self, raw: Mapping, key: str, path: str) -> dict[str, str]:
+        value = raw.get(key) or {}
+        full = f"{path}.{key}"
+        if not isinstance(value, Mapping):
+            raise self.fail(full, value, "must be a mapping of strings to strings")
+        for name, item in value.items():
+            if not isinstance(name, str) or not isinstance(item, str) or not item:
+                raise self.fail(f"{full}.{name}", item, "must be a non-empty string")
+        return dict(value)
+
+    # sections
+
+    def config(self, raw: Any) -> Config:
+        top = self.section(raw, "", {"attribution", "carbon", "teams", "retention", "limits",
+                                     "kubernetes", "slurm", "state"})
+        return Config(
+            attribution=self.attribution(top.get("attribution")),
+            carbon=self.carbon(top.get("carbon")),
+            teams=self.teams(top.get("teams")),
+            retention=self.retention(top.get("retention")),
+            limits=self.limits(top.get("limits")),
+            kubernetes=self.kubernetes(top.get("kubernetes")),
+            slurm=self.slurm(top.get("slurm")),
+            state=self.state(top.get("state")),
+        )
+
+    def attribution(self, raw: Any) -> AttributionConfig:
+        sec = self.section(raw, "attribution", {"idle_watts"})
+        value = sec.get("idle_watts")
+        if value is None:
+            return AttributionConfig()
+        if isinstance(value, Mapping):
+            by_gpu: dict[str, float] = {}
+            for name, watts in value.items():
+                if isinstance(watts, bool) or not isinstance(watts, (int, float)) or not 0 <= watts < 1e5:
+                    raise self.fail(f"attribution.idle_watts.{name}", watts, "must be a number of watts >= 0")
+                by_gpu[str(name)] = float(watts)
+            return AttributionConfig(idle_watts_by_gpu=by_gpu)
+        watts = self.number(sec, "idle_watts", "attribution", None, minimum=0.0)
+        return AttributionConfig(idle_watts=watts)
+
+    def carbon(self, raw: Any) -> CarbonConfig:
+        sec = self.section(raw, "carbon", {"pue", "intensity", "embodied", "cost"})
+        embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime"})
+        cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "currency"})
+        defaults = CarbonConfig()
+        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
+                               minimum=0.1)
+        return CarbonConfig(
+            pue=self.number(sec, "pue", "carbon", defaults.pue, minimum=1.0, maximum=5.0),
+            intensity=self.intensity(sec.get("intensity")),
+            embodied_enabled=self.boolean(embodied, "enabled", "carbon.embodied", False),
+            embodied_lifetime_years=lifetime,
+            price_per_kwh=self.number(cost, "price_per_kwh", "carbon.cost", None, minimum=0.0),
+            currency=self.string(cost, "currency", "carbon.cost", defaults.currency),
+        )
+
+    def intensity(self, raw: Any) -> IntensityConfig:
+        path = "carbon.intensity"
+        sec = self.section(raw, path, {"source", "zone", "grams_per_kwh", "refresh", "stale_after",
+                                       "base_url", "token_env", "token_file", "username_env",
+                                       "password_env", "region", "token"})
+        if "token" in sec:
+            raise self.fail(f"{path}.token", _MISSING,
+                            "tokens are never read from the config file; use token_env or token_file")
+        d = IntensityConfig()
+        return IntensityConfig(
+            source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
+            zone=self.string(sec, "zone", path, d.zone),
+            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
+                                      maximum=5000.0),
+            refresh=self.duration(sec, "refresh", path, None, minimum=1.0),
+            stale_after=self.duration(sec, "stale_after", path, d.stale_after, minimum=1.0),
+            base_url=self.string(sec, "base_url", path, None),
+            token_env=self.string(sec, "token_env", path, None),
+            token_file=self.string(sec, "token_file", path, None),
+            username_env=self.string(sec, "username_env", path, None),
+            password_env=self.string(sec, "password_env", path, None),
+            region=self.string(sec, "region", path, None),
+        )
+
+    def teams(self, raw: Any) -> TeamsConfig:
+        path = "teams"
+        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces",
+                                       "workloads", "users"})
+        d = TeamsConfig()
+        patterns = []
+        workloads = sec.get("workloads") or []
+        if not isinstance(workloads, list):
+            raise self.fail(f"{path}.workloads", workloads, "must be a list of {match: regex, team: name}")
+        for i, rule in enumerate(workloads):
+            rule = self.section(rule, f"{path}.workloads[{i}]", {"match", "team"})
+            regex = self.string(rule, "match", f"{path}.workloads[{i}]", None)
+            team = self.string(rule, "team", f"{path}.workloads[{i}]", None)
+            if regex is None or team is None:
+                raise self.fail(f"{path}.workloads[{i}]", _MISSING, "needs both match and team")
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise self.fail(f"{path}.workloads[{i}].match", regex, f"invalid regex: {err}") from None
+            patterns.append((regex, team))
+        return TeamsConfig(
+            default=self.string(sec, "default", path, d.default),
+            pod_label=self.string(sec, "pod_label", path, d.pod_label),
+            namespace_label=self.string(sec, "namespace_label", path, d.namespace_label),
+            namespaces=self.string_map(sec, "namespaces", path),
+            workload_patterns=tuple(patterns),
+            users=self.string_map(sec, "users", path),
+        )
+
+    def retention(self, raw: Any) -> RetentionConfig:
+        sec = self.section(raw, "retention", {"finished"})
+        return RetentionConfig(finished=self.duration(sec, "finished", "retention", RetentionConfig().finished))
+
+    def limits(self, raw: Any) -> LimitsConfig:
+        sec = self.section(raw, "limits", {"max_workload_series", "gpu_read_timeout"})
+        d = LimitsConfig()
+        return LimitsConfig(
+            max_workload_series=self.integer(sec, "max_workload_series", "limits", d.max_workload_series, 1),
+            gpu_read_timeout=self.duration(sec, "gpu_read_timeout", "limits", d.gpu_read_timeout, 0.01),
+        )
+
+    def kubernetes(self, raw: Any) -> KubernetesConfig:
+        path = "kubernetes"
+        sec = self.section(raw, path, {"enabled", "node_name", "kubeconfig", "podresources"})
+        pr = self.section(sec.get("podresources"), f"{path}.podresources", {"enabled", "socket", "interval"})
+        d = KubernetesConfig()
+        return KubernetesConfig(
+            enabled=self.boolean(sec, "enabled", path, d.enabled),
+            node_name=self.string(sec, "node_name", path, None),
+            kubeconfig=self.string(sec, "kubeconfig", path, None),
+            podresources_enabled=self.boolean(pr, "enabled", f"{path}.podresources", d.podresources_enabled),
+            podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
+            podresources_interval=self.duration(pr, "interval", f"{path}.podresources",
+                                                d.podresources_interval, 0.1),
+        )
+
+    def slurm(self, raw: Any) -> SlurmConfig:
+        sec = self.section(raw, "slurm", {"enabled", "scontrol"})
+        d = SlurmConfig()
+        return SlurmConfig(enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
+                           scontrol=self.string(sec, "scontrol", "slurm", d.scontrol))
+
+    def state(self, raw: Any) -> StateConfig:
+        sec = self.section(raw, "state", {"dir", "interval"})
+        d = StateConfig()
+        return StateConfig(dir=self.string(sec, "dir", "state", None),
+                           interval=self.duration(sec, "interval", "state", d.interval, 1.0))

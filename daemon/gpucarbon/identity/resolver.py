@@ -1,0 +1,87 @@
+"""pid -> Consumer: who a GPU process belongs to.
+
+Order: the simulation's own PIDs; then /proc/<pid>/cgroup -> pod UID (names from
+the metadata source when it knows the pod), Slurm job, or plain process. A PID
+that vanished or cannot be read still gets its energy under UNRESOLVED.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol
+
+from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource
+
+UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
+MAX_LABEL_LENGTH = 128  # bytes of a label value we keep; longer values are cut
+
+
+class ProcessFacts(Protocol):
+    user: str
+    comm: str
+    cgroup: CgroupIdentity
+
+
+class SlurmTeams(Protocol):
+    def team(self, job_id: str) -> str | None: ...
+
+
+def clean_label(value: str) -> str:
+    """Bound length and drop control characters; the exposition format escapes the rest."""
+    value = "".join(ch for ch in value if ch.isprintable())
+    return value[:MAX_LABEL_LENGTH]
+
+
+class Resolver:
+    def __init__(
+        self,
+        lookup_process: Callable[[int], ProcessFacts | None],
+        metadata: MetadataSource | None = None,
+        synthetic: Callable[[int], Consumer | None] | None = None,
+        slurm: SlurmTeams | None = None,
+        user_teams: Mapping[str, str] | None = None,
+    ) -> None:
+        self._lookup = lookup_process
+        self._metadata = metadata
+        self._synthetic = synthetic
+        self._slurm = slurm
+        self._user_teams = dict(user_teams or {})
+
+    def consumer(self, pid: int) -> Consumer:
+        if self._synthetic is not None:
+            found = self._synthetic(pid)
+            if found is not None:
+                return found
+        facts = self._lookup(pid)
+        if facts is None:
+            return UNRESOLVED
+        cgroup = facts.cgroup
+        if cgroup.pod_uid:
+            return self._pod_consumer(cgroup.pod_uid, cgroup.container_id or "")
+        if cgroup.slurm_job_id:
+            return self._slurm_consumer(cgroup.slurm_job_id, facts.user)
+        return self._process_consumer(facts.user, facts.comm)
+
+    def _pod_consumer(self, uid: str, container_id: str) -> Consumer:
+        meta = self._metadata.pod(uid) if self._metadata is not None else None
+        if meta is None:
+            # Known pod UID, names not (yet) known: energy still lands here.
+            short_id = container_id[:12]
+            return Consumer(key=f"pod/{uid}/{short_id}", container=short_id, workload=f"Pod/uid-{uid}")
+        container = (meta.containers or {}).get(container_id, container_id[:12])
+        return Consumer(
+            key=f"pod/{uid}/{container}",
+            namespace=clean_label(meta.namespace),
+            pod=clean_label(meta.name),
+            container=clean_label(container),
+            workload=clean_label(meta.workload or f"Pod/{meta.name}"),
+            team=clean_label(meta.team),
+        )
+
+    def _slurm_consumer(self, job_id: str, user: str) -> Consumer:
+        team = self._slurm.team(job_id) if self._slurm is not None else None
+        team = team or self._user_teams.get(user, "")
+        return Consumer(key=f"slurm/{job_id}", workload=clean_label(f"slurm/{job_id}"), team=clean_label(team))
+
+    def _process_consumer(self, user: str, comm: str) -> Consumer:
+        workload = clean_label(f"process/{user}/{comm}")
+        return Consumer(key=workload, workload=workload, team=clean_label(self._user_teams.get(user, "")))
