@@ -170,7 +170,6 @@ def test_chmod_unreadable_files_are_unreadable(tmp_path: Path):
 def test_pid_reused_during_the_read_is_vanished():
     reader = FakeReader(fixture_files())
     original = reader.files[path_of(4101, "stat")]
-    reader.errors = {}
 
     def reuse_after_first_stat(path: str) -> bytes:
         data = reader(path)
