@@ -114,6 +114,7 @@ class Poller:
         self._sequence = 0
         self._complete_polls = 0
         self.last_poll_monotonic: float | None = None
+        self._last_poll_timer: float | None = None
         self.snapshot: Snapshot = self._build_snapshot()
 
     # --- one poll -----------------------------------------------------------
@@ -128,6 +129,7 @@ class Poller:
         self.ledger.expire(self._clock.monotonic(), self._acct.retention_s)
         self._histogram.observe(max(0.0, self._timer() - started))
         self.last_poll_monotonic = self._clock.monotonic()
+        self._last_poll_timer = self._timer()
         self.snapshot = self._build_snapshot()
         return self.snapshot
 
@@ -253,6 +255,10 @@ class Poller:
             consumers[consumer.key] = consumer
             running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))
         return consumers, running
+
+    def seconds_since_poll(self) -> float | None:
+        """Real seconds since the last poll finished (None before the first)."""
+        return None if self._last_poll_timer is None else self._timer() - self._last_poll_timer
 
     # --- snapshot -----------------------------------------------------------
 

@@ -7,6 +7,7 @@ that vanished or cannot be read still gets its energy under UNRESOLVED.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Mapping, Protocol
 
 from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource
@@ -19,6 +20,10 @@ class ProcessFacts(Protocol):
     user: str
     comm: str
     cgroup: CgroupIdentity
+
+
+class LookupFailure(Protocol):
+    reason: str  # "vanished", "unreadable", "malformed"
 
 
 class SlurmTeams(Protocol):
@@ -34,7 +39,7 @@ def clean_label(value: str) -> str:
 class Resolver:
     def __init__(
         self,
-        lookup_process: Callable[[int], ProcessFacts | None],
+        lookup_process: Callable[[int], ProcessFacts | LookupFailure | None],
         metadata: MetadataSource | None = None,
         synthetic: Callable[[int], Consumer | None] | None = None,
         slurm: SlurmTeams | None = None,
@@ -45,6 +50,11 @@ class Resolver:
         self._synthetic = synthetic
         self._slurm = slurm
         self._user_teams = dict(user_teams or {})
+        self._failures: Counter[str] = Counter()
+
+    def failures(self) -> tuple[tuple[str, int], ...]:
+        """PIDs that fell back to UNRESOLVED, by reason, since start."""
+        return tuple(sorted(self._failures.items()))
 
     def consumer(self, pid: int) -> Consumer:
         if self._synthetic is not None:
@@ -52,7 +62,8 @@ class Resolver:
             if found is not None:
                 return found
         facts = self._lookup(pid)
-        if facts is None:
+        if facts is None or not hasattr(facts, "cgroup"):
+            self._failures[getattr(facts, "reason", "vanished")] += 1
             return UNRESOLVED
         cgroup = facts.cgroup
         if cgroup.pod_uid:

@@ -1,0 +1,161 @@
+"""Composition root: the one place that reads the config tree and wires the
+stages together. Everything below takes explicit arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Callable
+
+from aiohttp import web
+
+from gpucarbon.attribution.idle import IdleModel
+from gpucarbon.carbon.model import IntensityProvider, IntensityReading
+from gpucarbon.clock import Clock, ScaledClock, SystemClock
+from gpucarbon.config import Config
+from gpucarbon.device.model import GpuBackend
+from gpucarbon.device.scenario import Scenario
+from gpucarbon.device.simulated import SimulatedBackend
+from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
+from gpucarbon.identity.procfs import ProcessCache, ProcFS
+from gpucarbon.identity.resolver import Resolver
+from gpucarbon.ledger import Ledger
+from gpucarbon.poller import Accounting, Poller
+from gpucarbon.snapshot import SourceView
+
+log = logging.getLogger("gpucarbon")
+
+SHUTDOWN_GRACE_S = 10.0  # bound on the final poll + checkpoint at SIGTERM
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line decides (the config file decides the rest)."""
+
+    listen_address: str = ":9789"
+    telemetry_path: str = "/metrics"
+    poll_interval_s: float = 1.0
+    procfs: str = "/proc"
+    scenario: Scenario | None = None  # set: simulate instead of NVML
+    speed: float | None = None  # overrides the scenario's speed
+
+
+class StaticIntensity:
+    def __init__(self, grams_per_kwh: float, zone: str) -> None:
+        self._reading = IntensityReading(grams_per_kwh, zone, "static")
+
+    def current(self) -> IntensityReading:
+        return self._reading
+
+
+@dataclass
+class Daemon:
+    poller: Poller
+    options: RunOptions
+    clock: Clock
+    background: tuple[Callable[[asyncio.Event], object], ...] = ()
+
+    def healthy(self) -> bool:
+        """The poll loop has completed a poll recently (3 intervals + slack)."""
+        since = self.poller.seconds_since_poll()
+        return since is None or since <= 3 * self.options.poll_interval_s + 10.0
+
+
+def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
+                 base_clock: Clock | None = None) -> Daemon:
+    base_clock = base_clock or SystemClock()
+    simulation: SimulatedBackend | None = None
+    clock = base_clock
+    if options.scenario is not None:
+        speed = options.speed or options.scenario.speed
+        clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
+        simulation = SimulatedBackend(options.scenario, clock)
+    if backend is None:
+        backend = simulation if simulation is not None else _nvml_backend(clock)
+    processes = ProcessCache(ProcFS(options.procfs))
+    resolver = Resolver(
+        lookup_process=processes.lookup,
+        synthetic=simulation.consumer_for_pid if simulation else None,
+        user_teams=config.teams.users,
+    )
+    intensity = _intensity(config)
+    accounting = Accounting(
+        pue=config.carbon.pue,
+        retention_s=config.retention.finished,
+        intensity=intensity,
+        carbon_health=lambda: (((intensity.current().source, True),), 0.0, 0),
+        price_per_kwh=config.carbon.price_per_kwh,
+        currency=config.carbon.currency,
+    )
+
+    def sources() -> tuple[SourceView, ...]:
+        processes.next_generation()
+        return (SourceView("procfs", True, resolver.failures()),)
+
+    poller = Poller(
+        backend=backend,
+        clock=clock,
+        resolver=resolver,
+        allocations=simulation,
+        idle=IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu),
+        ledger=Ledger(config.limits.max_workload_series, config.teams.default),
+        accounting=accounting,
+        read_timeout_s=config.limits.gpu_read_timeout,
+        sources=sources,
+    )
+    return Daemon(poller=poller, options=options, clock=clock)
+
+
+def _nvml_backend(clock: Clock) -> GpuBackend:
+    from gpucarbon.device.nvml import NvmlBackend
+
+    return NvmlBackend(clock=clock.monotonic)
+
+
+def _intensity(config: Config) -> IntensityProvider:
+    intensity = config.carbon.intensity
+    return StaticIntensity(intensity.grams_per_kwh, intensity.zone)
+
+
+async def run_once(daemon: Daemon) -> tuple[int, str]:
+    """Poll, wait one interval, poll again; return (exit code, exposition or reason)."""
+    await daemon.poller.poll()
+    await asyncio.sleep(daemon.options.poll_interval_s)
+    snapshot = await daemon.poller.poll()
+    if not snapshot.nvml_up:
+        return 1, snapshot.nvml_reason
+    return 0, render_text(lambda: daemon.poller.snapshot)
+
+
+async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> int:
+    """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
+    opts = daemon.options
+    address = parse_listen_address(opts.listen_address)
+    app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
+                    telemetry_path=opts.telemetry_path, middlewares=middlewares)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
+                       shutdown_timeout=2.0)
+    await site.start()
+    log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
+    tasks += [asyncio.create_task(start(stop)) for start in daemon.background]
+    await stop.wait()
+    log.info("shutting down")
+    try:
+        await asyncio.wait_for(_shutdown(daemon, tasks, runner), timeout=SHUTDOWN_GRACE_S)
+    except asyncio.TimeoutError:
+        log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
+    return 0
+
+
+async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runner.cleanup()
