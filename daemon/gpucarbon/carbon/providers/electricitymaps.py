@@ -1,0 +1,56 @@
+"""Electricity Maps v3: ``GET /v3/carbon-intensity/latest?zone=FR``.
+
+Auth: header ``auth-token``. Answer (documented shape)::
+
+    {"zone": "FR", "carbonIntensity": 41, "datetime": "2024-05-01T10:00:00.000Z",
+     "updatedAt": "...", "emissionFactorType": "lifecycle", "isEstimated": true}
+
+The value is a location-based *average* (consumption-based, lifecycle factors),
+in g CO2e/kWh. Electricity Maps computes hourly values, so polling every
+10 minutes (the default) sees each new hour soon without wasting quota.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from gpucarbon.carbon.providers.http import get_json, is_number, parse_timestamp, require
+from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
+from gpucarbon.carbon.refresh import REASON_AUTH, FetchError, LiveSample
+
+DEFAULT_BASE_URL = "https://api.electricitymap.org"
+DEFAULT_INTERVAL_S = 600.0
+
+
+class ElectricityMapsFetcher:
+    source = "electricitymaps"
+    signal = "average"
+
+    def __init__(self, zone: str, token: SecretSource, base_url: str | None = None) -> None:
+        self._zone = zone
+        self._token = token
+        self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v3/carbon-intensity/latest"
+
+    async def fetch(self, session: aiohttp.ClientSession,
+                    timeout: aiohttp.ClientTimeout) -> LiveSample:
+        try:
+            token = self._token.read()
+        except SecretError as error:
+            raise FetchError(REASON_AUTH, str(error), retryable=False) from None
+        body = await get_json(session, self._url, what=self.source, timeout=timeout,
+                              params={"zone": self._zone}, headers={"auth-token": token})
+        return parse_latest(body, self._zone)
+
+
+def parse_latest(body: object, requested_zone: str) -> LiveSample:
+    what = ElectricityMapsFetcher.source
+    require(isinstance(body, dict), what, "expected a JSON object")
+    assert isinstance(body, dict)
+    value = body.get("carbonIntensity")
+    require(is_number(value), what, "carbonIntensity is missing or not a number")
+    zone = body.get("zone")
+    return LiveSample(
+        grams_per_kwh=float(value),
+        zone=zone if isinstance(zone, str) and zone else requested_zone,
+        observed_at=parse_timestamp(body.get("datetime")),
+    )
