@@ -47,12 +47,12 @@ _CGROUPFS_POD = re.compile(rf"pod(?P<uid>{_POD_UID})")
 
 _CONTAINER_LEAVES: tuple[tuple[re.Pattern[str], str | None], ...] = (
     (re.compile(rf"cri-containerd-(?P<id>{_HEX64})\.scope"), "containerd"),
+    # `crio-conmon-<id>.scope` (CRI-O's monitor, beside the container, not in it)
+    # never matches: "conmon-" is not hex.
     (re.compile(rf"crio-(?P<id>{_HEX64})(?:\.scope)?"), "cri-o"),
     (re.compile(rf"docker-(?P<id>{_HEX64})\.scope"), "docker"),
 )
 _BARE_ID = re.compile(_HEX64)
-# CRI-O's monitor process sits beside the container, not in it: never a container.
-_CRIO_CONMON = re.compile(r"crio-conmon-.*")
 # runc given a systemd cgroupsPath `slice:prefix:name` without systemd cgroups
 # managing it leaves the colon form in the path as one component.
 _SYSTEMD_TRIPLE = re.compile(rf"(?P<slice>[^:]+):(?P<prefix>cri-containerd|crio|docker):(?P<id>{_HEX64})")
@@ -171,8 +171,6 @@ def _deepest_container(components: list[str]) -> tuple[str, str | None] | None:
 
 def _container_leaf(name: str, parent: str) -> tuple[str, str | None] | None:
     """(container id, runtime) when `name` is a container's cgroup."""
-    if _CRIO_CONMON.fullmatch(name):
-        return None
     for pattern, runtime in _CONTAINER_LEAVES:
         match = pattern.fullmatch(name)
         if match:
