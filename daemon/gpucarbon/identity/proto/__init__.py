@@ -1,0 +1,1 @@
+"""Generated kubelet PodResources v1 stubs; regenerate with scripts/gen-podresources-proto."""
