@@ -1,0 +1,126 @@
+"""Read the Grafana dashboards and pull out every panel's PromQL, ready to run.
+
+Shared by the convention test (tests/test_deploy_dashboards.py) and the end-to-end
+test that runs each query against a real Prometheus scraping the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD_DIR = REPO / "grafana" / "dashboards"
+
+# What Grafana would put in place of each variable when every option is "All"
+# and the time range is one hour. Values are PromQL text.
+DEFAULT_SUBSTITUTIONS: Mapping[str, str] = {
+    "datasource": "prometheus",
+    "cluster": ".*",
+    "node": ".*",
+    "team": ".*",
+    "namespace": ".*",
+    "workload": ".*",
+    "__rate_interval": "1m",
+    "__interval": "1m",
+    "__range": "1h",
+    "__range_s": "3600",
+    "__range_ms": "3600000",
+}
+
+# Metrics that exist only when a feature is configured or something went wrong:
+# a query over these alone may rightly return nothing.
+OPTIONAL_METRICS = frozenset(
+    {
+        "gpucarbon_team_energy_cost_total",
+        "gpucarbon_workload_energy_cost_total",
+        "gpucarbon_team_embodied_emissions_grams_total",
+        "gpucarbon_workload_embodied_emissions_grams_total",
+        "gpucarbon_nvml_errors_total",
+        "gpucarbon_source_errors_total",
+        "gpucarbon_workload_series_dropped_total",
+        "gpucarbon_gpu_energy_resets_total",
+    }
+)
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
+_METRIC = re.compile(r"\b(gpucarbon_\w+|[a-z_]+:gpucarbon_\w+:\w+|up|process_\w+)\b(?!\s*\()")
+
+
+@dataclass(frozen=True, slots=True)
+class PanelQuery:
+    """One query of one panel, with its template variables substituted."""
+
+    dashboard: str  # dashboard uid
+    panel: str  # panel title
+    ref_id: str
+    expr: str
+    instant: bool
+
+    def metrics(self) -> frozenset[str]:
+        """Metric and recording-rule names the query reads."""
+        return metric_names(self.expr)
+
+
+def load_dashboards(directory: Path = DASHBOARD_DIR) -> dict[str, dict]:
+    """File stem -> parsed dashboard JSON, for every *.json in `directory`."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
+
+
+def iter_panels(dashboard: Mapping) -> Iterator[dict]:
+    """Every panel that shows data (rows are containers, not panels), nested rows included."""
+    for panel in dashboard.get("panels", []):
+        if panel.get("type") == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def substitute(expr: str, values: Mapping[str, str] = DEFAULT_SUBSTITUTIONS) -> str:
+    """Replace $var, ${var}, ${var:fmt} and [[var]]; an unknown variable is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        if name not in values:
+            raise KeyError(f"template variable ${name} has no substitution (in {expr!r})")
+        return values[name]
+
+    return _VARIABLE.sub(replace, expr)
+
+
+def metric_names(expr: str) -> frozenset[str]:
+    """Names of metrics and recording rules in a PromQL expression (not functions)."""
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    without_modifiers = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_strings)
+    return frozenset(_METRIC.findall(without_modifiers))
+
+
+def panel_queries(
+    dashboards: Mapping[str, Mapping] | None = None,
+    values: Mapping[str, str] = DEFAULT_SUBSTITUTIONS,
+) -> list[PanelQuery]:
+    """Every query of every panel of every dashboard, variables substituted."""
+    dashboards = load_dashboards() if dashboards is None else dashboards
+    queries = []
+    for dashboard in dashboards.values():
+        for panel in iter_panels(dashboard):
+            for target in panel.get("targets", []):
+                queries.append(
+                    PanelQuery(
+                        dashboard=dashboard["uid"],
+                        panel=panel.get("title", ""),
+                        ref_id=target.get("refId", ""),
+                        expr=substitute(target["expr"], values),
+                        instant=bool(target.get("instant")) and not target.get("range", False),
+                    )
+                )
+    return queries
+
+
+def may_be_empty(query: PanelQuery) -> bool:
+    """True when the query reads only optional metrics (cost, embodied, error counters)."""
+    names = {name for name in query.metrics() if name.startswith("gpucarbon_")}
+    return bool(names) and names <= OPTIONAL_METRICS
