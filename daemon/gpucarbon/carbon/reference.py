@@ -12,6 +12,11 @@ import re
 from dataclasses import dataclass
 
 SECONDS_PER_YEAR = 365.25 * 24 * 3600  # Julian year, 31,557,600 s
+GRAMS_PER_POUND = 453.59237  # international avoirdupois pound
+
+
+def grams_to_pounds(grams: float) -> float:
+    return grams / GRAMS_PER_POUND
 
 
 @dataclass(frozen=True, slots=True)

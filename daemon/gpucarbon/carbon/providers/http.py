@@ -6,6 +6,7 @@ only: neither headers (which carry tokens) nor response bodies are echoed.
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 from typing import Any, Mapping
@@ -29,10 +30,9 @@ MAX_BODY_BYTES = 1 << 20
 
 async def get_json(session: aiohttp.ClientSession, url: str, *, what: str,
                    timeout: aiohttp.ClientTimeout, params: Mapping[str, str] | None = None,
-                   headers: Mapping[str, str] | None = None,
-                   auth: aiohttp.BasicAuth | None = None) -> Any:
+                   headers: Mapping[str, str] | None = None) -> Any:
     try:
-        async with session.get(url, params=params, headers=headers, auth=auth,
+        async with session.get(url, params=params, headers=headers,
                                timeout=timeout, allow_redirects=False) as response:
             _raise_for_status(response, what)
             body = await response.content.read(MAX_BODY_BYTES + 1)
@@ -63,6 +63,11 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
     if status >= 500:
         raise FetchError(REASON_SERVER_ERROR, f"{what}: HTTP {status}")
     raise FetchError(REASON_CLIENT_ERROR, f"{what}: HTTP {status}", retryable=False)
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    """RFC 7617 Basic credentials (built here: aiohttp's BasicAuth is deprecated in 3.14)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
 
 
 def require(condition: bool, what: str, problem: str) -> None:

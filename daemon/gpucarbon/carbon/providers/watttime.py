@@ -19,7 +19,7 @@ from typing import Callable
 
 import aiohttp
 
-from gpucarbon.carbon.providers.http import get_json, is_number, parse_timestamp, require
+from gpucarbon.carbon.providers.http import basic_auth_header, get_json, is_number, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, REASON_MALFORMED, FetchError, LiveSample
 
@@ -78,13 +78,13 @@ class WattTimeFetcher:
         if self._token is not None and self._clock() < self._token_expires_at - TOKEN_RENEW_MARGIN_S:
             return self._token
         try:
-            auth = aiohttp.BasicAuth(self._username.read(), self._password.read())
+            authorization = basic_auth_header(self._username.read(), self._password.read())
         except SecretError as error:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
         self.logins += 1
         requested_at = self._clock()
         body = await get_json(session, self._login_url, what="watttime login", timeout=timeout,
-                              auth=auth)
+                              headers={"Authorization": authorization})
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise FetchError(REASON_MALFORMED, "watttime login: no token in the answer", retryable=False)
