@@ -48,6 +48,7 @@ class GpuReading:
     temperature_c: float | None = None
     processes: tuple[GpuProcess, ...] = ()
     samples: tuple[ProcessSample, ...] = ()
+    mig_devices: tuple[str, ...] = ()  # UUIDs of the MIG devices on this board
     # (call, error) pairs for fields that failed for a reason other than "not
     # supported"; the reading is still usable, the poller counts them.
     errors: tuple[tuple[str, str], ...] = field(default=())

@@ -14,12 +14,16 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
 from gpucarbon.exporter.collector import SnapshotCollector
 from gpucarbon.snapshot import Snapshot
+
+# generate_latest() writes the classic text format; say so explicitly, since
+# older Prometheus servers (2.x) only know version 0.0.4.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def build_app(
         want_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
         body, gzipped = cache.get(want_gzip)
         headers = {"Content-Encoding": "gzip"} if gzipped else {}
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **headers})
+        return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT, **headers})
 
     async def healthz(_: web.Request) -> web.Response:
         ok = healthy()

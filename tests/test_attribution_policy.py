@@ -1,0 +1,79 @@
+"""The attribution policy: parts always sum to the measured energy, exactly."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpucarbon.attribution.policy import split_exact, split_interval
+
+
+@given(total=st.integers(0, 10**12), weights=st.lists(st.floats(0, 1e6), min_size=1, max_size=50))
+def test_split_exact_sums_to_total_and_is_proportional(total, weights):
+    parts = split_exact(total, weights)
+    assert sum(parts) == total
+    assert all(p >= 0 for p in parts)
+    weight_sum = sum(weights)
+    for part, weight in zip(parts, weights):
+        expected = total * weight / weight_sum if weight_sum > 0 else total / len(weights)
+        assert abs(part - expected) <= 1.0 + 1e-6 * total  # at most one mJ from the exact share
+
+
+@settings(max_examples=300)
+@given(
+    energy=st.integers(0, 10**9),
+    idle_cap=st.integers(0, 10**9),
+    keys=st.lists(st.text("abcdefgh", min_size=1, max_size=3), min_size=0, max_size=8, unique=True),
+    data=st.data(),
+)
+def test_split_interval_conserves_energy(energy, idle_cap, keys, data):
+    runners = data.draw(st.lists(st.sampled_from(keys), unique=True) if keys else st.just([]))
+    running = {k: data.draw(st.floats(0, 1)) for k in runners}
+    split = split_interval(energy, idle_cap, sorted(keys), running)
+    assert sum(split.parts.values()) + split.unattributed_mj == energy
+    assert split.idle_mj + split.active_mj + split.unattributed_mj == energy
+
+
+def test_no_holders_leaves_everything_unattributed():
+    split = split_interval(5000, 1000, [], {})
+    assert split.parts == {} and split.unattributed_mj == 5000
+
+
+def test_idle_is_shared_equally_and_active_follows_utilization():
+    # 10 J over 1 s, idle 4 W -> 4 J idle split 2/2; 6 J active split 0.75:0.25
+    split = split_interval(10_000, 4_000, ["a", "b"], {"a": 0.6, "b": 0.2})
+    assert split.parts == {"a": 2_000 + 4_500, "b": 2_000 + 1_500}
+
+
+def test_allocated_idle_holder_pays_idle_share_only():
+    split = split_interval(10_000, 4_000, ["idle-pod", "runner"], {"runner": 0.5})
+    assert split.parts == {"idle-pod": 2_000, "runner": 8_000}
+
+
+def test_runners_without_samples_share_active_equally():
+    split = split_interval(9_000, 3_000, ["a", "b", "holder"], {"a": 0.0, "b": 0.0})
+    assert split.parts == {"a": 1_000 + 3_000, "b": 1_000 + 3_000, "holder": 1_000}
+
+
+def test_no_process_running_active_goes_to_holders_equally():
+    split = split_interval(9_000, 3_000, ["x", "y"], {})
+    assert split.parts == {"x": 4_500, "y": 4_500}
+
+
+def test_energy_below_idle_is_all_idle():
+    split = split_interval(1_000, 5_000, ["a", "b", "c"], {"a": 1.0})
+    assert split.idle_mj == 1_000 and split.active_mj == 0
+    assert sorted(split.parts.values()) == [333, 333, 334]
+
+
+def test_largest_remainder_rounding_is_deterministic():
+    assert split_exact(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_exact(2, [1, 1, 1]) == [1, 1, 0]
+    assert split_exact(100, [0, 0]) == [50, 50]
+
+
+def test_negative_inputs_are_rejected():
+    import pytest
+
+    with pytest.raises(ValueError):
+        split_exact(-1, [1])
+    with pytest.raises(ValueError):
+        split_interval(-5, 0, ["a"], {})

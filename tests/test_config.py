@@ -1,0 +1,79 @@
+"""The config tree: defaults, the issue's example, and errors that name file, key and value."""
+
+import pytest
+
+from gpucarbon.config import Config, ConfigError, load_config, parse_config, parse_duration
+
+EXAMPLE = """
+attribution:
+  idle_watts: 70
+carbon:
+  pue: 1.2
+  intensity: {source: static, grams_per_kwh: 400, zone: US-CAL-CISO}
+teams:
+  default: unassigned
+retention:
+  finished: 10m
+"""
+
+
+def test_empty_and_missing_files_give_defaults(tmp_path):
+    assert load_config(None) == Config()
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml") == Config()
+
+
+def test_issue_example_loads():
+    config = parse_config(EXAMPLE)
+    assert config.attribution.idle_watts == 70
+    assert config.carbon.pue == 1.2
+    assert config.carbon.intensity.grams_per_kwh == 400 and config.carbon.intensity.zone == "US-CAL-CISO"
+    assert config.retention.finished == 600
+
+
+def test_idle_watts_map_by_model_or_uuid():
+    config = parse_config('attribution: {idle_watts: {"NVIDIA H100 80GB HBM3": 70, "GPU-abc": 65}}')
+    assert config.attribution.idle_watts_by_gpu == {"NVIDIA H100 80GB HBM3": 70.0, "GPU-abc": 65.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("carbon: {pue: 0.5}", "c.yaml: carbon.pue: 0.5: must be at least 1.0"),
+    ("carbon: {pue: lots}", "c.yaml: carbon.pue: 'lots': must be a number"),
+    ("colour: blue", "c.yaml: colour: unknown key"),
+    ("carbon: {intensity: {source: sunshine}}", "c.yaml: carbon.intensity.source: 'sunshine': must be one of"),
+    ("carbon: {intensity: {token: s3cret}}", "c.yaml: carbon.intensity.token: tokens are never read"),
+    ("retention: {finished: soon}", "c.yaml: retention.finished: 'soon': not a duration"),
+    ("attribution: {idle_watts: -3}", "c.yaml: attribution.idle_watts: -3: must be at least 0.0"),
+    ("attribution: {idle_watts: {GPU-x: hot}}", "c.yaml: attribution.idle_watts.GPU-x: 'hot'"),
+    ("limits: {max_workload_series: 0}", "c.yaml: limits.max_workload_series: 0: must be at least 1"),
+    ("teams: {workloads: [{match: '(', team: x}]}", "c.yaml: teams.workloads[0].match: '(': invalid regex"),
+    ("teams: [1, 2]", "c.yaml: teams: [1, 2]: must be a mapping"),
+    ("carbon: {pue: 1.2", "c.yaml: invalid YAML at line"),
+])
+def test_errors_name_file_key_and_value(text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_secret_values_are_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        parse_config("carbon: {intensity: {token: s3cret}}", "c.yaml")
+    assert "s3cret" not in str(err.value)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing.yaml: cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, seconds", [("1s", 1), ("500ms", 0.5), ("10m", 600), ("1h30m", 5400), (2, 2)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "s", "-1s", "1s2", True])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)

@@ -1,0 +1,82 @@
+"""End to end: the daemon (--simulate) scraped by a real Prometheus.
+
+Needs the Debian `prometheus` and `promtool` binaries; .ci/run installs them and
+these tests never skip: a missing binary is a failure.
+"""
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from procs import Daemon, Prometheus, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PER_GPU_IMBALANCE = """
+max(abs(
+    (sum by (uuid) (gpucarbon_workload_energy_joules_total) or sum by (uuid) (0 * gpucarbon_gpu_energy_joules_total))
+  + on (uuid) sum by (uuid) (gpucarbon_gpu_unattributed_energy_joules_total)
+  + on (uuid) sum by (uuid) (gpucarbon_gpu_retired_energy_joules_total)
+  - on (uuid) sum by (uuid) (gpucarbon_gpu_energy_joules_total)
+))
+"""
+TEAM_IMBALANCE = """
+abs(sum(gpucarbon_team_energy_joules_total) + sum(gpucarbon_gpu_unattributed_energy_joules_total)
+    - sum(gpucarbon_gpu_energy_joules_total))
+"""
+EMISSIONS_IMBALANCE = """
+max(abs(
+    (sum by (uuid) (gpucarbon_workload_emissions_grams_total) or sum by (uuid) (0 * gpucarbon_gpu_emissions_grams_total))
+  + on (uuid) sum by (uuid) (gpucarbon_gpu_unattributed_emissions_grams_total)
+  + on (uuid) sum by (uuid) (gpucarbon_gpu_retired_emissions_grams_total)
+  - on (uuid) sum by (uuid) (gpucarbon_gpu_emissions_grams_total)
+) / clamp_min(sum by (uuid) (gpucarbon_gpu_emissions_grams_total), 1e-9))
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path, "--simulate", "--simulate.speed=30", "--poll.interval=500ms")
+    d.wait_ready()
+    yield d
+    d.stop()
+
+
+def value(result):
+    assert result, "query returned no data"
+    return float(result[0]["value"][1])
+
+
+def test_prometheus_scrapes_and_conservation_holds(daemon, tmp_path):
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{daemon.port}"])
+    try:
+        wait_until(lambda: prom.query('up{job="gpu-carbon-exporter"} == 1'), 30, "first scrape")
+        wait_until(lambda: len(prom.query("gpucarbon_gpu_energy_joules_total > 0")) == 6, 30, "energy on 6 GPUs")
+        for _ in range(3):
+            assert value(prom.query(PER_GPU_IMBALANCE)) <= 0.001  # 1 mJ
+            assert value(prom.query(TEAM_IMBALANCE)) <= 0.001 * 6
+            assert value(prom.query(EMISSIONS_IMBALANCE)) <= 1e-9
+            time.sleep(1.0)
+        teams = {r["metric"]["team"] for r in prom.query("gpucarbon_team_energy_joules_total")}
+        assert {"nlp", "platform", "vision"} <= teams
+        idle_holder = prom.query('gpucarbon_gpu_allocation_info{pod="notebook-alice-0"}')
+        assert idle_holder and idle_holder[0]["metric"]["team"] == "vision"
+        assert not prom.query('count by (__name__) ({__name__=~"gpucarbon_.*", exported_job!=""})'), \
+            "no label named job on our series"
+    finally:
+        prom.stop()
+
+
+def test_live_metrics_pass_promtool(daemon):
+    result = subprocess.run(["promtool", "check", "metrics"], input=daemon.metrics(), capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_sigterm_stops_cleanly_and_quickly(daemon):
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(15) == 0
+    assert time.monotonic() - started < 12

@@ -1,0 +1,77 @@
+"""Running totals: retention, the series cap and team totals keep every mJ."""
+
+from gpucarbon.attribution.energy import Interval
+from gpucarbon.attribution.policy import split_interval
+from gpucarbon.identity.model import Consumer
+from gpucarbon.ledger import OVERFLOW_KEY, IntervalCharge, Ledger
+
+
+def charge(uuid, energy, consumers, running=None, dt=1.0):
+    running = running or {}
+    split = split_interval(energy, 0, sorted(c.key for c in consumers), running)
+    return IntervalCharge(uuid, Interval(dt, energy, "counter"), split, {c.key: c for c in consumers},
+                          running, grams_per_mj=0.5 / 1e3)
+
+
+def per_gpu_sum(ledger, uuid):
+    workloads = sum(e.energy_mj for (u, _), e in ledger.workloads.items() if u == uuid)
+    gpu = ledger.gpus[uuid]
+    return workloads + gpu.retired_mj + gpu.unattributed_mj, gpu.energy_mj
+
+
+def test_finished_workload_expires_after_retention_and_totals_hold():
+    ledger = Ledger(max_workload_series=100, default_team="unassigned")
+    a = Consumer("a", workload="Job/a", team="t1")
+    ledger.book(charge("G", 1000, [a]), now=0)
+    ledger.book(charge("G", 500, []), now=1)  # a finished: not holding any more
+    assert ledger.expire(now=100, retention_s=600) == 0
+    assert ledger.expire(now=700, retention_s=600) == 1
+    assert ledger.workloads == {}
+    assert per_gpu_sum(ledger, "G") == (1500, 1500)
+    assert ledger.gpus["G"].retired_mj == 1000
+    assert ledger.teams["t1"].energy_mj == 1000  # the team keeps the total
+
+
+def test_holding_workloads_never_expire():
+    ledger = Ledger(100, "unassigned")
+    a = Consumer("a", workload="Job/a")
+    for t in range(5):
+        ledger.book(charge("G", 10, [a]), now=t * 1000)
+        assert ledger.expire(now=t * 1000, retention_s=1) == 0
+
+
+def test_series_cap_folds_new_label_sets_into_overflow():
+    ledger = Ledger(max_workload_series=2, default_team="unassigned")
+    consumers = [Consumer(f"c{i}", workload=f"Job/{i}", team=f"team{i % 2}") for i in range(5)]
+    for c in consumers:
+        ledger.book(charge("G", 100, [c]), now=0)
+    keys = {k for _, k in ledger.workloads}
+    assert keys == {"c0", "c1", OVERFLOW_KEY}
+    assert ledger.dropped_series == 3
+    assert ledger.workloads[("G", OVERFLOW_KEY)].energy_mj == 300
+    assert per_gpu_sum(ledger, "G") == (500, 500)
+    assert ledger.teams["team0"].energy_mj == 300 and ledger.teams["team1"].energy_mj == 200
+
+
+def test_labels_improve_without_a_new_series():
+    ledger = Ledger(100, "unassigned")
+    ledger.book(charge("G", 100, [Consumer("pod/u1/c", workload="Pod/uid-u1")]), now=0)
+    ledger.book(charge("G", 100, [Consumer("pod/u1/c", namespace="ns", pod="p", workload="Job/x")]), now=1)
+    (entry,) = ledger.workloads.values()
+    assert entry.energy_mj == 200 and entry.consumer.workload == "Job/x"
+
+
+def test_unknown_team_goes_to_default():
+    ledger = Ledger(100, "nobody")
+    ledger.book(charge("G", 100, [Consumer("x", workload="process/u/c")]), now=0)
+    assert ledger.teams["nobody"].energy_mj == 100
+
+
+def test_emissions_follow_the_energy_split():
+    ledger = Ledger(100, "u")
+    a, b = Consumer("a"), Consumer("b")
+    ledger.book(charge("G", 3000, [a, b], running={"a": 1.0, "b": 0.5}), now=0)
+    gpu = ledger.gpus["G"]
+    parts = sum(e.grams for e in ledger.workloads.values())
+    assert abs(parts + gpu.unattributed_grams - gpu.grams) < 1e-12
+    assert abs(gpu.grams - 3000 * 0.5 / 1e3) < 1e-12

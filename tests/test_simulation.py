@@ -1,0 +1,136 @@
+"""The simulated GPU: the scenario format, exact physics, determinism, faults."""
+
+import pytest
+
+from gpucarbon.clock import ManualClock
+from gpucarbon.device.model import GpuReadError
+from gpucarbon.device.scenario import ScenarioError, load_scenario, parse_scenario
+from gpucarbon.device.simulated import SimulatedBackend
+
+ONE_GPU = """
+seed: 3
+gpus: [{model: Test GPU, idle_watts: 100, max_watts: 500}]
+workloads:
+  - {namespace: a, pod: p, container: c, workload: Job/a, team: t, gpus: [0], start: 10, end: 30, sm_util: 0.5}
+"""
+
+
+def backend(text, clock=None):
+    clock = clock or ManualClock()
+    return SimulatedBackend(parse_scenario(text), clock), clock
+
+
+def test_energy_counter_integrates_the_power_model_exactly():
+    sim, clock = backend(ONE_GPU.replace("sm_util: 0.5", "sm_util: 0.0"))
+    (uuid,) = sim.list_gpus()
+    sim.read_gpu(uuid)
+    clock.advance(40)
+    # util 0 -> idle power throughout: 100 W * 40 s = 4000 J
+    assert sim.read_gpu(uuid).energy_mj == 4_000_000
+
+
+def test_power_between_idle_and_max_follows_utilization():
+    sim, clock = backend(ONE_GPU)
+    (uuid,) = sim.list_gpus()
+    sim.read_gpu(uuid)
+    clock.advance(20)
+    reading = sim.read_gpu(uuid)
+    # 10 s idle (1000 J) + 10 s at ~50% +-5% jitter: 100 + 400*u, u in [0.475, 0.525]
+    assert 1000_000 + 10 * (100 + 400 * 0.475) * 1000 <= reading.energy_mj <= 1000_000 + 10 * (100 + 400 * 0.525) * 1000
+    assert reading.processes and reading.samples
+    # the sample averages over the whole 20 s read interval, half of it idle
+    assert 0.2375 <= reading.samples[0].sm_util <= 0.2625
+
+
+def test_same_seed_same_readings_other_seed_differs():
+    def run(seed):
+        sim, clock = backend(ONE_GPU.replace("seed: 3", f"seed: {seed}"))
+        (uuid,) = sim.list_gpus()
+        sim.read_gpu(uuid)
+        clock.advance(25)
+        return uuid, sim.read_gpu(uuid).energy_mj
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_finished_workload_releases_allocation_and_process():
+    sim, clock = backend(ONE_GPU)
+    (uuid,) = sim.list_gpus()
+    clock.advance(15)
+    assert sim.allocations()[uuid][0].workload == "Job/a"
+    assert sim.read_gpu(uuid).processes
+    clock.advance(20)
+    assert uuid not in sim.allocations()
+    assert not sim.read_gpu(uuid).processes
+
+
+def test_allocated_only_holds_without_processes():
+    sim, clock = backend(ONE_GPU.replace("sm_util: 0.5", "sm_util: 0.5, allocated_only: true"))
+    (uuid,) = sim.list_gpus()
+    clock.advance(15)
+    assert sim.allocations()[uuid]
+    assert sim.read_gpu(uuid).processes == ()
+
+
+def test_lost_fault_raises_for_that_gpu_only_and_recovers():
+    text = """
+gpus: [{model: G, count: 2}]
+faults: [{gpu: 1, kind: lost, start: 5, end: 10}]
+"""
+    sim, clock = backend(text)
+    a, b = sim.list_gpus()
+    clock.advance(6)
+    sim.read_gpu(a)
+    with pytest.raises(GpuReadError) as err:
+        sim.read_gpu(b)
+    assert err.value.error == "GpuIsLost"
+    clock.advance(5)
+    assert sim.read_gpu(b).energy_mj > 0
+
+
+def test_reset_fault_drops_the_counter():
+    sim, clock = backend("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: reset, start: 10}]\n")
+    (uuid,) = sim.list_gpus()
+    clock.advance(9)
+    before = sim.read_gpu(uuid).energy_mj
+    clock.advance(2)
+    after = sim.read_gpu(uuid).energy_mj
+    assert after < before and after == 70 * 1 * 1000  # 1 s since the reload at 70 W
+
+
+def test_demo_scenario_shows_every_case():
+    scenario = load_scenario(None)
+    assert len({w.team for w in scenario.workloads}) >= 3
+    assert any(len(w.gpus) > 1 for w in scenario.workloads)
+    assert any(w.allocated_only for w in scenario.workloads)
+    assert any(w.end is not None for w in scenario.workloads)
+    used = {g for w in scenario.workloads for g in w.gpus}
+    assert set(range(len(scenario.gpus))) - used, "an unallocated GPU"
+    shared = [g for g in used if sum(g in w.gpus for w in scenario.workloads if w.start == 0) > 1]
+    assert shared, "two pods time-slicing one GPU"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("gpus: [{model: G}]\nbogus: 1", "bogus"),
+    ("gpus: []", "gpus"),
+    ("gpus: [{model: G, count: 0}]", "gpus[0].count"),
+    ("gpus: [{model: G, idle_watts: 800, max_watts: 700}]", "gpus[0].max_watts"),
+    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [3]}]", "workloads[0].gpus"),
+    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], sm_util: 1.5}]", "workloads[0].sm_util[0].util"),
+    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], start: 5, end: 2}]", "workloads[0].end"),
+    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
+    ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
+    ("speed: fast\ngpus: [{model: G}]", ".speed"),
+    ("gpus: [", ""),
+])
+def test_bad_scenarios_name_the_key(text, key):
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(text, "s.yaml")
+    assert str(err.value).startswith("s.yaml: ")
+    assert key in str(err.value)
+
+
+def test_missing_scenario_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ScenarioError, match="nope.yaml: cannot read"):
+        load_scenario(str(tmp_path / "nope.yaml"))
