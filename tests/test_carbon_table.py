@@ -126,3 +126,12 @@ def test_missing_columns_duplicates_and_dangling_regions_are_rejected():
         IntensityTable([TableEntry("FR", 56, 2023, "s", "l")], {})
     with pytest.raises(TableError, match="r.csv:2: region must be provider:name"):
         parse_regions_csv("region,zone,location\nus-east-1,FR,x\n", "r.csv")
+
+
+def test_docs_list_every_bundled_zone_with_its_figure():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "carbon.md").read_text("utf-8")
+    for row in bundled_rows():
+        line = f"| {row['zone']} | {row['name']} | {float(row['grams_per_kwh']):g} | {row['year']} |"
+        assert line in docs, f"docs/carbon.md lacks or disagrees with the row for {row['zone']}"

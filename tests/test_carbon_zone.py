@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpucarbon.carbon.table import load_bundled_table
-from gpucarbon.carbon.zone import detect_cloud_provider, detect_zone
+from gpucarbon.carbon.zone import detect_cloud_provider, detect_zone, resolve_zone
 
 REGION = "topology.kubernetes.io/region"
 ZONE = "topology.kubernetes.io/zone"
@@ -65,3 +65,14 @@ def test_detect_cloud_provider(labels, provider_id, expected):
 def test_detected_zones_resolve_in_the_bundled_table(labels, provider_id, grid_zone):
     lookup = load_bundled_table().lookup(detect_zone(labels, provider_id))
     assert (lookup.entry.zone, lookup.matched_by) == (grid_zone, "cloud-region")
+
+
+@pytest.mark.parametrize("configured, labels, expected", [
+    ("FR", {REGION: "us-east-1"}, "FR"),  # explicit config wins over labels
+    ("auto", {REGION: "us-east-1", "eks.amazonaws.com/nodegroup": "g"}, "aws:us-east-1"),
+    ("AUTO", {}, "WORLD"),
+    (None, {REGION: "DE"}, "DE"),
+    ("", {}, "WORLD"),
+])
+def test_resolve_zone(configured, labels, expected):
+    assert resolve_zone(configured, labels) == expected

@@ -73,3 +73,15 @@ def _region_from_zone_label(provider: str, zone: str | None) -> str | None:
         return None
     match = _ZONE_SUFFIX[provider].match(zone.lower())
     return match.group("region") if match else None
+
+
+AUTO = "auto"
+WORLD = "WORLD"
+
+
+def resolve_zone(configured: str | None, labels: Mapping[str, str],
+                 provider_id: str | None = None) -> str:
+    """The configured zone, or for "auto"/empty the node's detected zone, else WORLD."""
+    if configured and configured.strip().lower() != AUTO:
+        return configured.strip()
+    return detect_zone(labels, provider_id) or WORLD
