@@ -34,8 +34,8 @@ def fixed_snapshot(sequence=1, ready=True):
     return Snapshot(
         sequence=sequence, ready=ready, nvml_up=True, nvml_reason="", gpus=(gpu, lost), workloads=(workload,),
         teams=(TeamView("nlp", 850.0, 0.085, 0.0, 0.0),),
-        carbon=CarbonView(IntensityReading(360.0, "US-CAL-CISO", "static"), 1.2, (("static", True),), 0.0, 0,
-                          False, None),
+        carbon=CarbonView(IntensityReading(420.0, "GB", "uk-carbon-intensity"), 1.2, "uk-carbon-intensity", True,
+                          (("rate_limited", 2),), 125.0, 1, False, None),
         sources=(SourceView("procfs", True, (("vanished", 2),)),),
         nvml_errors=(("nvmlDeviceGetTotalEnergyConsumption", "GpuIsLost", 3),),
         dropped_series=0,

@@ -6,6 +6,7 @@ import pytest
 
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.carbon.model import IntensityReading
+from gpucarbon.carbon.refresh import ProviderHealth
 from gpucarbon.clock import ManualClock
 from gpucarbon.device.model import BackendUnavailable, GpuReading
 from gpucarbon.device.scenario import load_scenario, parse_scenario
@@ -33,7 +34,7 @@ def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=
         allocations=allocations if allocations is not None else (backend if synthetic else None),
         idle=IdleModel(idle_watts, {}), ledger=Ledger(cap, "unassigned"),
         accounting=Accounting(pue=pue, retention_s=retention, intensity=intensity,
-                              carbon_health=lambda: ((("static", True),), 0.0, 0)),
+                              carbon_health=lambda: ProviderHealth("static", True, None)),
         read_timeout_s=timeout,
     )
 

@@ -7,12 +7,14 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 from aiohttp import web
 
 from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.carbon.model import IntensityProvider, IntensityReading
+from gpucarbon.carbon.providers import CarbonProvider, build_provider
+from gpucarbon.carbon.reference import embodied_grams_per_second
+from gpucarbon.carbon.zone import resolve_zone
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
 from gpucarbon.config import Config
 from gpucarbon.device.model import GpuBackend
@@ -30,6 +32,14 @@ log = logging.getLogger("gpucarbon")
 SHUTDOWN_GRACE_S = 10.0  # bound on the final poll + checkpoint at SIGTERM
 
 
+class Service(Protocol):
+    """A background component with its own asyncio task (carbon source, watchers)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What the command line decides (the config file decides the rest)."""
@@ -42,20 +52,12 @@ class RunOptions:
     speed: float | None = None  # overrides the scenario's speed
 
 
-class StaticIntensity:
-    def __init__(self, grams_per_kwh: float, zone: str) -> None:
-        self._reading = IntensityReading(grams_per_kwh, zone, "static")
-
-    def current(self) -> IntensityReading:
-        return self._reading
-
-
 @dataclass
 class Daemon:
     poller: Poller
     options: RunOptions
     clock: Clock
-    background: tuple[Callable[[asyncio.Event], object], ...] = ()
+    services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
 
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
@@ -80,12 +82,15 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         synthetic=simulation.consumer_for_pid if simulation else None,
         user_teams=config.teams.users,
     )
-    intensity = _intensity(config)
+    intensity = _intensity(config, base_clock)
+    lifetime = config.carbon.embodied_lifetime_years
     accounting = Accounting(
         pue=config.carbon.pue,
         retention_s=config.retention.finished,
         intensity=intensity,
-        carbon_health=lambda: (((intensity.current().source, True),), 0.0, 0),
+        carbon_health=intensity.health,
+        embodied_grams_per_s=(lambda model: embodied_grams_per_second(model, lifetime) or 0.0)
+        if config.carbon.embodied_enabled else None,
         price_per_kwh=config.carbon.price_per_kwh,
         currency=config.carbon.currency,
     )
@@ -105,7 +110,7 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         read_timeout_s=config.limits.gpu_read_timeout,
         sources=sources,
     )
-    return Daemon(poller=poller, options=options, clock=clock)
+    return Daemon(poller=poller, options=options, clock=clock, services=(intensity,))
 
 
 def _nvml_backend(clock: Clock) -> GpuBackend:
@@ -114,16 +119,28 @@ def _nvml_backend(clock: Clock) -> GpuBackend:
     return NvmlBackend(clock=clock.monotonic)
 
 
-def _intensity(config: Config) -> IntensityProvider:
-    intensity = config.carbon.intensity
-    return StaticIntensity(intensity.grams_per_kwh, intensity.zone)
+def _intensity(config: Config, clock: Clock) -> CarbonProvider:
+    """The configured carbon intensity provider (raises ProviderConfigError).
+    Live providers read wall time unscaled: grid intensity follows real time."""
+    c = config.carbon.intensity
+    zone = resolve_zone(c.zone, labels={})
+    return build_provider(
+        c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
+        token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
+        password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
+        stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
+    )
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:
     """Poll, wait one interval, poll again; return (exit code, exposition or reason)."""
-    await daemon.poller.poll()
-    await asyncio.sleep(daemon.options.poll_interval_s)
-    snapshot = await daemon.poller.poll()
+    await _start_services(daemon)
+    try:
+        await daemon.poller.poll()
+        await asyncio.sleep(daemon.options.poll_interval_s)
+        snapshot = await daemon.poller.poll()
+    finally:
+        await _close_services(daemon)
     if not snapshot.nvml_up:
         return 1, snapshot.nvml_reason
     return 0, render_text(lambda: daemon.poller.snapshot)
@@ -145,8 +162,8 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await _start_services(daemon)
     tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
-    tasks += [asyncio.create_task(start(stop)) for start in daemon.background]
     await stop.wait()
     log.info("shutting down")
     try:
@@ -158,4 +175,18 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> in
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
+    await _close_services(daemon)
     await runner.cleanup()
+
+
+async def _start_services(daemon: Daemon) -> None:
+    for service in daemon.services:
+        await service.start()
+
+
+async def _close_services(daemon: Daemon) -> None:
+    for service in daemon.services:
+        try:
+            await service.close()
+        except Exception:  # shutdown goes on whatever one service does
+            log.exception("closing %s failed", type(service).__name__)

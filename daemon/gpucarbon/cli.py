@@ -125,11 +125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
     from gpucarbon.app import RunOptions, build_daemon, run_once, serve
+    from gpucarbon.carbon.providers import ProviderConfigError
 
     options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
                          poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
                          speed=args.speed)
-    daemon = build_daemon(config, options)
+    try:
+        daemon = build_daemon(config, options)
+    except ProviderConfigError as err:
+        where = f"{args.config_file}: " if args.config_file else ""
+        print(f"{PROG}: {where}{err}", file=sys.stderr)
+        return 2
     try:
         if args.once:
             code, text = asyncio.run(run_once(daemon))

@@ -68,9 +68,11 @@ class AttributionConfig:
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    source: str = "static"
-    zone: str = "world"
-    grams_per_kwh: float = 475.0  # world average, Ember 2023 (see docs/carbon.md)
+    source: str = "table"  # bundled yearly averages unless a live source is chosen
+    zone: str = "auto"  # auto: detected from the node's labels, else WORLD
+    grams_per_kwh: float | None = None  # required for source "static"
+    timeout: float = 10.0  # seconds per live API request
+    signal_type: str = "co2_moer"  # WattTime: co2_moer (marginal) or co2_aoer (average)
     refresh: float | None = None  # seconds between live fetches (None: provider default)
     stale_after: float = 3600.0  # seconds before a live value falls back to the table
     base_url: str | None = None
@@ -86,7 +88,7 @@ class CarbonConfig:
     pue: float = 1.0
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     embodied_enabled: bool = False
-    embodied_lifetime_years: float = 5.0
+    embodied_lifetime_years: float = 4.0  # GPU service life (see docs/carbon.md)
     price_per_kwh: float | None = None
     currency: str = "USD"
 
@@ -309,9 +311,11 @@ class _Reader:
 
     def intensity(self, raw: Any) -> IntensityConfig:
         path = "carbon.intensity"
+        if isinstance(raw, Mapping) and raw.get("source") == "static" and raw.get("grams_per_kwh") is None:
+            raise self.fail(f"{path}.grams_per_kwh", _MISSING, "required when source is static")
         sec = self.section(raw, path, {"source", "zone", "grams_per_kwh", "refresh", "stale_after",
                                        "base_url", "token_env", "token_file", "username_env",
-                                       "password_env", "region", "token"})
+                                       "password_env", "region", "token", "timeout", "signal_type"})
         if "token" in sec:
             raise self.fail(f"{path}.token", _MISSING,
                             "tokens are never read from the config file; use token_env or token_file")
@@ -321,6 +325,8 @@ class _Reader:
             zone=self.string(sec, "zone", path, d.zone),
             grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
                                       maximum=5000.0),
+            timeout=self.duration(sec, "timeout", path, d.timeout, minimum=0.1),
+            signal_type=self.string(sec, "signal_type", path, d.signal_type, ("co2_moer", "co2_aoer")),
             refresh=self.duration(sec, "refresh", path, None, minimum=1.0),
             stale_after=self.duration(sec, "stale_after", path, d.stale_after, minimum=1.0),
             base_url=self.string(sec, "base_url", path, None),

@@ -14,6 +14,7 @@ from gpucarbon.attribution.energy import EnergyMeter, Interval
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.attribution.policy import Split, split_interval
 from gpucarbon.carbon.model import IntensityProvider
+from gpucarbon.carbon.refresh import ProviderHealth
 from gpucarbon.clock import Clock
 from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
 from gpucarbon.identity.model import AllocationSource, Consumer
@@ -43,7 +44,7 @@ class Accounting:
     pue: float
     retention_s: float
     intensity: IntensityProvider
-    carbon_health: Callable[[], tuple[tuple[tuple[str, bool], ...], float | None, int]]
+    carbon_health: Callable[[], ProviderHealth]
     embodied_grams_per_s: Callable[[str], float] | None = None  # GPU model -> g/s, None: off
     price_per_kwh: float | None = None
     currency: str = "USD"
@@ -269,7 +270,7 @@ class Poller:
 
     def _build_snapshot(self) -> Snapshot:
         self._sequence += 1
-        source_up, age_s, fallbacks = self._acct.carbon_health()
+        health = self._acct.carbon_health()
         return Snapshot(
             sequence=self._sequence,
             ready=self.ready,
@@ -282,9 +283,11 @@ class Poller:
             carbon=CarbonView(
                 intensity=self._acct.intensity.current(),
                 pue=self._acct.pue,
-                source_up=source_up,
-                age_s=age_s,
-                fallbacks=fallbacks,
+                source=health.source,
+                source_up=health.up,
+                source_errors=tuple(sorted(health.errors.items())),
+                age_s=health.age_seconds,
+                fallbacks=health.fallbacks,
                 embodied_enabled=self._acct.embodied_grams_per_s is not None,
                 currency=self._acct.currency if self._acct.price_per_kwh is not None else None,
             ),

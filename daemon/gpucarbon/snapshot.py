@@ -76,7 +76,9 @@ class SourceView:
 class CarbonView:
     intensity: IntensityReading | None
     pue: float
-    source_up: tuple[tuple[str, bool], ...]
+    source: str
+    source_up: bool
+    source_errors: tuple[tuple[str, int], ...]  # (reason, count)
     age_s: float | None
     fallbacks: int
     embodied_enabled: bool

@@ -153,6 +153,7 @@ class RefreshingProvider:
         self._last_cycle_ok = False
         self._errors: dict[str, int] = {}
         self._fallbacks = 0
+        self._falling_back = False
         self._next_delay = policy.interval_s
 
     @property
@@ -166,8 +167,12 @@ class RefreshingProvider:
 
     def current(self) -> IntensityReading:
         if self._last is not None and not self._is_stale(self._clock()):
+            self._falling_back = False
             return self._last
-        self._fallbacks += 1
+        # Count each fall-back episode once, however often current() is called.
+        if not self._falling_back:
+            self._falling_back = True
+            self._fallbacks += 1
         return self._fallback
 
     def health(self) -> ProviderHealth:

@@ -201,9 +201,13 @@ def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:
         gauge.add_metric([i.zone, i.source, i.signal], i.grams_per_kwh)
         yield gauge
     up = _gauge("gpucarbon_carbon_source_up", "1 if the carbon intensity source answered recently.", ["source"])
-    for source, is_up in carbon.source_up:
-        up.add_metric([source], 1 if is_up else 0)
+    up.add_metric([carbon.source], 1 if carbon.source_up else 0)
     yield up
+    errors = _counter("gpucarbon_carbon_source_errors_total", "Carbon intensity fetch failures, by reason.",
+                      ["source", "reason"])
+    for reason, count in carbon.source_errors:
+        errors.add_metric([carbon.source, reason], count)
+    yield errors
     if carbon.age_s is not None:
         age = _gauge("gpucarbon_carbon_intensity_age_seconds", "Age of the intensity value in use.")
         age.add_metric([], carbon.age_s)
