@@ -7,11 +7,14 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from aiohttp import web
 
+from pathlib import Path
+
 from gpucarbon.attribution.idle import IdleModel
+from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
 from gpucarbon.carbon.zone import resolve_zone
@@ -26,6 +29,7 @@ from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
 from gpucarbon.snapshot import SourceView
+from gpucarbon.state import CheckpointStore
 
 log = logging.getLogger("gpucarbon")
 
@@ -50,6 +54,7 @@ class RunOptions:
     procfs: str = "/proc"
     scenario: Scenario | None = None  # set: simulate instead of NVML
     speed: float | None = None  # overrides the scenario's speed
+    state_dir: str | None = None  # overrides state.dir from the config
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Daemon:
     options: RunOptions
     clock: Clock
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
+    checkpointer: Checkpointer | None = None
 
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
@@ -99,18 +105,29 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         processes.next_generation()
         return (SourceView("procfs", True, resolver.failures()),)
 
+    idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
+    checkpoint_counters: list[Callable[[], tuple[tuple[str, int], ...]]] = []
     poller = Poller(
         backend=backend,
         clock=clock,
         resolver=resolver,
         allocations=simulation,
-        idle=IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu),
+        idle=idle,
         ledger=Ledger(config.limits.max_workload_series, config.teams.default),
         accounting=accounting,
         read_timeout_s=config.limits.gpu_read_timeout,
         sources=sources,
+        extra_counters=lambda: tuple(c for counters in checkpoint_counters for c in counters()),
     )
-    return Daemon(poller=poller, options=options, clock=clock, services=(intensity,))
+    checkpointer = None
+    state_dir = options.state_dir or config.state.dir
+    if state_dir:
+        store = CheckpointStore(Path(state_dir), clock=base_clock)
+        checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
+                                    read_boot_id(options.procfs))
+        checkpointer.restore()
+        checkpoint_counters.append(checkpointer.counters)
+    return Daemon(poller=poller, options=options, clock=clock, services=(intensity,), checkpointer=checkpointer)
 
 
 def _nvml_backend(clock: Clock) -> GpuBackend:
@@ -163,7 +180,8 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await _start_services(daemon)
-    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
+    after_poll = daemon.checkpointer.maybe_save if daemon.checkpointer else None
+    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, after_poll))]
     await stop.wait()
     log.info("shutting down")
     try:
@@ -174,7 +192,12 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> in
 
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
+    """Stop polling, take a final poll so the last interval is booked, save
+    the checkpoint, then close services and the listener."""
     await asyncio.gather(*tasks, return_exceptions=True)
+    await daemon.poller.poll()
+    if daemon.checkpointer is not None:
+        await daemon.checkpointer.save()
     await _close_services(daemon)
     await runner.cleanup()
 

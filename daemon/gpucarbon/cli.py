@@ -115,6 +115,21 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
+
+
+def _web_security(path: str | None) -> tuple[tuple, object]:
+    """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
+    if path is None:
+        return (), None
+    from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
+
+    web_config = load_web_config(path)
+    for note in web_config.notes:
+        logging.getLogger("gpucarbon").info("web config: %s", note)
+    return (auth_middleware(web_config, exempt_paths=PROBE_PATHS),), web_config.ssl_context()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -126,12 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from gpucarbon.app import RunOptions, build_daemon, run_once, serve
     from gpucarbon.carbon.providers import ProviderConfigError
+    from gpucarbon.exporter.webconfig import WebConfigError
 
     options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
                          poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
-                         speed=args.speed)
+                         speed=args.speed, state_dir=args.state_dir)
     try:
+        middlewares, ssl_context = _web_security(args.web_config)
         daemon = build_daemon(config, options)
+    except WebConfigError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
     except ProviderConfigError as err:
         where = f"{args.config_file}: " if args.config_file else ""
         print(f"{PROG}: {where}{err}", file=sys.stderr)
@@ -144,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon))
+        return asyncio.run(serve(daemon, middlewares, ssl_context))
     except KeyboardInterrupt:
         return 0
     except OSError as err:  # e.g. the listen port is taken

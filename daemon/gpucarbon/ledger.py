@@ -160,3 +160,55 @@ def _split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
     # split_exact works on integers; use micrograms so shares sum exactly.
     micro = split_exact(round(grams * 1e6), [1.0] * len(holders))
     return {key: ug / 1e6 for key, ug in zip(holders, micro)}
+
+
+# --- checkpoints ----------------------------------------------------------
+
+
+def ledger_to_dict(ledger: Ledger) -> dict:
+    """Plain JSON-able totals (the checkpoint payload's "ledger")."""
+    return {
+        "gpus": {uuid: vars(g).copy() for uuid, g in ledger.gpus.items()},
+        "workloads": [
+            {"uuid": uuid, "key": key, "labels": list(e.consumer.labels()),
+             **{f: getattr(e, f) for f in _WORKLOAD_NUMBERS}}
+            for (uuid, key), e in ledger.workloads.items()
+        ],
+        "teams": {team: vars(t).copy() for team, t in ledger.teams.items()},
+        "dropped_series": ledger.dropped_series,
+    }
+
+
+_WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")
+
+
+def restore_ledger(ledger: Ledger, data: dict, now: float) -> None:
+    """Load totals saved by ledger_to_dict. Raises ValueError/TypeError/KeyError
+    on a payload of the wrong shape; the ledger is only changed on success.
+    Restored workloads are not holding; their retention restarts at `now`."""
+    gpus = {uuid: GpuTotals(**_numbers(g, GpuTotals)) for uuid, g in data["gpus"].items()}
+    workloads = {}
+    for item in data["workloads"]:
+        namespace, pod, container, workload, team = (str(v) for v in item["labels"])
+        consumer = Consumer(str(item["key"]), namespace, pod, container, workload, team)
+        entry = WorkloadTotals(consumer, **{f: _number(item[f], f) for f in _WORKLOAD_NUMBERS})
+        entry.energy_mj = int(entry.energy_mj)
+        entry.last_active = now
+        workloads[(str(item["uuid"]), consumer.key)] = entry
+    teams = {str(team): TeamTotals(**_numbers(t, TeamTotals)) for team, t in data["teams"].items()}
+    dropped = int(data.get("dropped_series", 0))
+    ledger.gpus, ledger.workloads, ledger.teams, ledger.dropped_series = gpus, workloads, teams, dropped
+
+
+def _numbers(raw: dict, kind: type) -> dict:
+    fields = kind.__dataclass_fields__
+    if set(raw) - set(fields):
+        raise ValueError(f"unknown fields {sorted(set(raw) - set(fields))} in {kind.__name__}")
+    return {name: (int if fields[name].type in ("int", int) else float)(_number(value, name))
+            for name, value in raw.items()}
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise ValueError(f"{name}: {value!r} is not a non-negative number")
+    return value

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 from gpucarbon.attribution.energy import EnergyMeter, Interval
 from gpucarbon.attribution.idle import IdleModel
@@ -19,7 +19,7 @@ from gpucarbon.clock import Clock
 from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
 from gpucarbon.identity.model import AllocationSource, Consumer
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.ledger import IntervalCharge, Ledger
+from gpucarbon.ledger import GpuTotals, IntervalCharge, Ledger
 from gpucarbon.snapshot import (
     CarbonView,
     GpuView,
@@ -348,7 +348,7 @@ class Poller:
     # --- the loop -----------------------------------------------------------
 
     async def run(self, interval_s: float, stop: asyncio.Event,
-                  on_poll: Callable[[Snapshot], None] | None = None) -> None:
+                  after_poll: Callable[[], Awaitable[None]] | None = None) -> None:
         """Poll every `interval_s` real seconds (the event loop's monotonic
         clock) until `stop` is set. A poll that overruns skips the ticks it
         missed instead of bunching up."""
@@ -356,9 +356,9 @@ class Poller:
         next_tick = loop.time()
         while not stop.is_set():
             try:
-                snapshot = await self.poll()
-                if on_poll is not None:
-                    on_poll(snapshot)
+                await self.poll()
+                if after_poll is not None:
+                    await after_poll()
             except Exception:  # a bug in one poll must not kill the daemon
                 log.exception("poll failed")
             next_tick += interval_s
@@ -375,6 +375,11 @@ class Poller:
         while the daemon was down as a gap (unattributed)."""
         for uuid, counter in counters.items():
             self._meters.setdefault(uuid, EnergyMeter()).seed(counter, missed=True)
+
+    def count_resets(self, uuids) -> None:
+        """The driver reloaded while we were down (e.g. a reboot): count a reset."""
+        for uuid in uuids:
+            self.ledger.gpus.setdefault(uuid, GpuTotals()).resets += 1
 
     def last_counters(self) -> dict[str, int]:
         return {uuid: r.energy_mj for uuid, r in self._latest.items() if r.energy_mj is not None}
