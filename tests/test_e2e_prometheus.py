@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from procs import Daemon, Prometheus, wait_until
+from procs import Daemon, Prometheus, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +80,18 @@ def test_sigterm_stops_cleanly_and_quickly(daemon):
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(15) == 0
     assert time.monotonic() - started < 12
+
+
+def test_without_a_driver_the_daemon_keeps_serving_nvml_up_zero(tmp_path):
+    d = Daemon(tmp_path, "--poll.interval=200ms")
+    try:
+        wait_until(lambda: "gpucarbon_nvml_up 0.0" in d.metrics(), 20, "nvml_up 0")
+        assert http_get(d.url + "/healthz")[0] == 200, "alive: not crash-looping"
+        status, body = http_get(d.url + "/readyz")
+        assert status == 503 and b"--simulate" in body
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+    log = d.log.read_text()
+    assert log.count("GPU backend unavailable") == 1, "said once, not every retry"
+    assert "Traceback" not in log
