@@ -32,9 +32,11 @@ DEFAULT_SUBSTITUTIONS: Mapping[str, str] = {
 }
 
 # Metrics that exist only when a feature is configured or something went wrong:
-# a query over these alone may rightly return nothing.
+# a query over these alone may rightly return nothing. (The intensity age exists
+# only for live carbon sources, not for the static figure or the bundled table.)
 OPTIONAL_METRICS = frozenset(
     {
+        "gpucarbon_carbon_intensity_age_seconds",
         "gpucarbon_team_energy_cost_total",
         "gpucarbon_workload_energy_cost_total",
         "gpucarbon_team_embodied_emissions_grams_total",

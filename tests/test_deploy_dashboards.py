@@ -185,7 +185,7 @@ def test_optional_panels_are_only_cost_embodied_and_error_counters() -> None:
     optional = {(q.dashboard, q.panel) for q in panel_queries() if may_be_empty(q)}
     assert optional, "the cost and error panels should be recognised as optional"
     for dashboard, panel in optional:
-        assert re.search(r"cost|embodied|error|dropped|reset", panel, re.I), (dashboard, panel)
+        assert re.search(r"cost|embodied|error|dropped|reset|intensity age", panel, re.I), (dashboard, panel)
 
 
 def test_dashboards_use_the_recording_rules_instead_of_recomputing_them() -> None:
