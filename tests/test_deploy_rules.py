@@ -108,3 +108,41 @@ def test_recording_rule_aggregates_by_the_level_it_names(rule: dict) -> None:
     by = {label.strip() for label in re.search(r"(?:sum|avg) by \(([^)]*)\)", rule["expr"]).group(1).split(",")}
     assert LEVEL_LABEL[level] in by, f"{rule['record']} does not keep {LEVEL_LABEL[level]!r}: by {sorted(by)}"
     assert "cluster" in by, f"{rule['record']} drops the cluster label"
+
+
+# --- the laptop stack (deploy/) ---------------------------------------------------
+
+DEPLOY = REPO / "deploy"
+
+
+def test_laptop_prometheus_config_and_its_rules_pass_promtool(tmp_path: Path) -> None:
+    """The compose stack mounts prometheus/rules beside the config as rules/."""
+    (tmp_path / "prometheus.yml").write_bytes((DEPLOY / "prometheus.yml").read_bytes())
+    (tmp_path / "rules").mkdir()
+    for path in RULE_FILES:
+        (tmp_path / "rules" / path.name).write_bytes(path.read_bytes())
+    result = _run("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(RULE_FILES)} rule files found" in result.stdout + result.stderr
+
+
+def _host_path(mount: str) -> Path:
+    return (DEPLOY / mount.split(":")[0]).resolve()
+
+
+def test_compose_stack_mounts_the_sources_of_truth() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"exporter", "prometheus", "grafana"}
+    assert "--simulate" in services["exporter"]["command"]
+    build = services["exporter"]["build"]
+    assert (DEPLOY / build["context"]).resolve() / build["dockerfile"] == REPO / "Dockerfile"
+    prometheus_mounts = {_host_path(m): m.split(":")[1] for m in services["prometheus"]["volumes"] if m.startswith(".")}
+    assert prometheus_mounts[(REPO / "deploy" / "prometheus.yml").resolve()] == "/etc/prometheus/prometheus.yml"
+    assert prometheus_mounts[(REPO / "prometheus" / "rules").resolve()] == "/etc/prometheus/rules"
+    grafana_mounts = {_host_path(m): m.split(":")[1] for m in services["grafana"]["volumes"] if m.startswith(".")}
+    dashboards_target = grafana_mounts[(REPO / "grafana" / "dashboards").resolve()]
+    provider = yaml.safe_load(compose["configs"]["grafana-dashboards"]["content"])
+    assert provider["providers"][0]["options"]["path"] == dashboards_target
+    datasource = yaml.safe_load(compose["configs"]["grafana-datasources"]["content"])["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"] is True
