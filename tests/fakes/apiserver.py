@@ -110,8 +110,11 @@ class FakeApiServer:
             "namespaces": _Collection(NAMESPACE_PATH, "NamespaceList"),
         }
         self.owned: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
-        self.faults: dict[str, list[Fault]] = {"list": [], "watch": [], "get": []}
+        # (verb, collection) -> faults for the next requests; owner GETs use collection "owned"
+        self.faults: dict[tuple[str, str], list[Fault]] = {}
+        self._drops = 0  # bumped by drop_watches()
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (verb, path, query)
+        self.authorizations: list[str | None] = []  # Authorization header of each request
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -168,16 +171,27 @@ class FakeApiServer:
         return self.version
 
     def compact(self, collection: str = "pods") -> None:
-        """Forget history: watches from any version before now get 410 Gone."""
+        """Forget history and move on one version (a change nobody saw): a watch
+        from any version a client holds now gets 410 Gone."""
         coll = self.collections[collection]
+        self.version += 1
         coll.log.clear()
         coll.log_start = self.version + 1
+
+    async def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream (no final chunk)."""
+        self._drops += 1
+        async with self._changed:
+            self._changed.notify_all()
 
     def set_owned(self, kind: str, namespace: str, name: str, parent: dict[str, Any] | None) -> None:
         self.owned[(kind, namespace, name)] = make_owned(kind, name, namespace, parent)
 
-    def fail(self, verb: str, fault: Fault, times: int = 1) -> None:
-        self.faults[verb].extend([fault] * times)
+    def fail(self, verb: str, fault: Fault, times: int = 1, collection: str = "pods") -> None:
+        """Fault the next `times` requests of `verb` ("list", "watch", "get") on
+        `collection` ("pods", "namespaces"; "get" always uses "owned")."""
+        key = (verb, "owned" if verb == "get" else collection)
+        self.faults.setdefault(key, []).extend([fault] * times)
 
     def count(self, verb: str, path_prefix: str = "") -> int:
         return sum(1 for v, p, _ in self.requests if v == verb and p.startswith(path_prefix))
@@ -188,14 +202,16 @@ class FakeApiServer:
         meta = obj["metadata"]
         return f"{meta.get('namespace', '')}/{meta['name']}"
 
-    def _next_fault(self, verb: str) -> Fault | None:
-        return self.faults[verb].pop(0) if self.faults[verb] else None
+    def _next_fault(self, verb: str, collection: str) -> Fault | None:
+        pending = self.faults.get((verb, collection))
+        return pending.pop(0) if pending else None
 
     def _collection_handler(self, name: str):
         async def handler(request: web.Request) -> web.StreamResponse:
             verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
             self.requests.append((verb, request.path, dict(request.query)))
-            fault = self._next_fault(verb)
+            self.authorizations.append(request.headers.get("Authorization"))
+            fault = self._next_fault(verb, name)
             if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
                 fault = None
@@ -235,6 +251,7 @@ class FakeApiServer:
             await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
             return response
         sent = 0
+        drops = self._drops
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         cursor = since
@@ -251,6 +268,9 @@ class FakeApiServer:
             if fault is not None and fault.kind == "drop" and sent >= fault.after_events:
                 request.transport.close()  # type: ignore[union-attr]
                 return response
+            if self._drops != drops:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return response
@@ -264,7 +284,8 @@ class FakeApiServer:
         async def handler(request: web.Request) -> web.Response:
             ns, name = request.match_info["ns"], request.match_info["name"]
             self.requests.append(("get", request.path, dict(request.query)))
-            fault = self._next_fault("get")
+            self.authorizations.append(request.headers.get("Authorization"))
+            fault = self._next_fault("get", "owned")
             if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             elif fault is not None:

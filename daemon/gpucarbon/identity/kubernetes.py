@@ -8,10 +8,12 @@ scrape or the poller calls waits on the network.
 Failure handling, all without dropping what is already known:
 - watch expired (410 Gone, as an HTTP status or an ERROR event): relist;
 - dropped or refused connection, 5xx, 403: count the error, mark the source down,
-  wait (exponential backoff with jitter, injectable sleep), resume the watch from
-  the last resourceVersion seen (a relist only when that version has expired);
+  wait (exponential backoff with jitter, injectable sleep), then relist and watch
+  again; objects missing from the relist count as deleted (kept for retention);
 - a watch that stays silent longer than `stall_timeout_s` (a half-open TCP
-  connection never ends): reconnect from the last version.
+  connection never ends): reconnect from the last resourceVersion, no relist;
+- a watch the server ends normally (timeoutSeconds): lightkube reconnects from
+  the last resourceVersion by itself.
 
 Owner (workload) lookups that need a GET run in a background task; until they
 finish a pod carries the provisional workload from `owners.provisional`.
@@ -202,8 +204,11 @@ class ListWatch:
         reason = classify(exc)
         log.warning("kubernetes %s: %s: %s", self.name, reason, exc)
         self._on_state(self.name, False, reason)
+        # Relist after every failure, not only 410: the list is this node's pods (or the
+        # namespaces), cheap, makes the cache exact again, and is the only answer that
+        # proves the server is back (a resumed watch may stay silent for minutes).
+        self.version = None
         if reason == reasons.WATCH_EXPIRED:
-            self.version = None
             self._expired_streak += 1
             if self._expired_streak == 1:
                 return  # relist at once; a version expiring again right away backs off
@@ -217,7 +222,8 @@ class ListWatch:
         self._on_list(items)
         self.version = listing.resourceVersion
         self.relists += 1
-        self._backoff.reset()
+        # The backoff resets on watch events only: a server whose lists work but whose
+        # watches fail must not get a relist every `initial_s`.
         self._on_state(self.name, True, None)
 
     async def _watch(self) -> None:
