@@ -375,3 +375,23 @@ def test_backoff_doubles_to_its_cap_with_jitter():
     assert [backoff.next_delay() for _ in range(2)] == [0.5, 1.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+def test_documented_rbac_is_valid_and_read_only():
+    import pathlib
+
+    import kubernetes_validate
+    import yaml
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "kubernetes.md").read_text()
+    block = doc.split("## RBAC", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    objects = [o for o in yaml.safe_load_all(block) if o]
+    for obj in objects:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs <= {"get", "list", "watch"}
+    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"]}
+    assert granted == {("", "pods"), ("", "namespaces"), ("apps", "replicasets"), ("batch", "jobs")}
+    assert not any("*" in str(rule) for rule in role["rules"])

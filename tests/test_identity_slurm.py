@@ -106,6 +106,15 @@ async def test_job_is_provisional_then_resolved_from_the_account(scontrol):
     assert source.health.up
 
 
+async def test_team_is_none_until_the_account_is_known(scontrol):
+    source = make_source(scontrol)
+    assert source.team("4242") is None  # queued, not waited for
+    await source.lookup("4242")
+    assert source.team("4242") == "physics"
+    await source.lookup("777")
+    assert source.team("777") is None  # purged job: no account, the resolver uses the user
+
+
 async def test_lookups_are_cached_per_job(scontrol):
     source = make_source(scontrol)
     await source.lookup("4242")

@@ -132,6 +132,12 @@ class SlurmSource:
             self._queue_lookup(job_id)
         return self._meta(SlurmJobInfo(job_id, user=user or ""), resolved=False)
 
+    def team(self, job_id: str) -> str | None:
+        """The job's team once scontrol has answered, else None (the lookup is
+        queued); the shape identity/resolver.py's SlurmTeams expects."""
+        meta = self.job(job_id)
+        return meta.team if meta.resolved and meta.account else None
+
     # ---- lookups ---------------------------------------------------------------
 
     async def run(self) -> None:
