@@ -477,13 +477,16 @@ class KubernetesSource:
             except TimeoutError:
                 self._requeue_unresolved()
                 continue
-            self._queued.discard(uid)
             facts = self._facts.get(uid)
-            if facts is None:
-                continue
-            workload = await self._resolver.resolve(facts.ownership)
-            if self._facts.get(uid) is facts:
+            if facts is not None:
+                workload = await self._resolver.resolve(facts.ownership)
+            # Discarded only now, so events during the read do not queue the pod twice.
+            self._queued.discard(uid)
+            current = self._facts.get(uid)
+            if facts is not None and current is facts:
                 self._pods[uid] = self._meta(facts, workload)
+            elif current is not None:
+                self._queue_owner(uid)  # a newer event replaced the facts: resolve those
 
     def _requeue_unresolved(self) -> None:
         for uid, facts in self._facts.items():
