@@ -48,9 +48,12 @@ def test_series_cap_folds_new_label_sets_into_overflow():
     keys = {k for _, k in ledger.workloads}
     assert keys == {"c0", "c1", OVERFLOW_KEY}
     assert ledger.dropped_series == 3
-    assert ledger.workloads[("G", OVERFLOW_KEY)].energy_mj == 300
-    assert per_gpu_sum(ledger, "G") == (500, 500)
-    assert ledger.teams["team0"].energy_mj == 300 and ledger.teams["team1"].energy_mj == 200
+    for c in consumers:  # the same label sets again: not new drops
+        ledger.book(charge("G", 100, [c]), now=1)
+    assert ledger.dropped_series == 3
+    assert ledger.workloads[("G", OVERFLOW_KEY)].energy_mj == 600
+    assert per_gpu_sum(ledger, "G") == (1000, 1000)
+    assert ledger.teams["team0"].energy_mj == 600 and ledger.teams["team1"].energy_mj == 400
 
 
 def test_labels_improve_without_a_new_series():

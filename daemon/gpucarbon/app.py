@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -24,7 +25,13 @@ from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
+from gpucarbon.identity.allocations import KubeletAllocations
+from gpucarbon.identity.kubernetes import KubernetesSetupError, KubernetesSource, make_client
+from gpucarbon.identity.model import AllocationSource
+from gpucarbon.identity.podresources import PodResourcesSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
+from gpucarbon.identity.slurm import SlurmSource
+from gpucarbon.identity.teams import TeamRules
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
@@ -83,11 +90,22 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     if backend is None:
         backend = simulation if simulation is not None else _nvml_backend(clock)
     processes = ProcessCache(ProcFS(options.procfs))
+    teams = _team_rules(config)
+    metadata = _kubernetes_source(config, clock, teams)
+    slurm = SlurmSource(teams=teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
+    if slurm is not None and not slurm.enabled:
+        slurm = None  # no scontrol on this host: the source is simply off
     resolver = Resolver(
         lookup_process=processes.lookup,
+        metadata=metadata,
         synthetic=simulation.consumer_for_pid if simulation else None,
+        slurm=slurm,
         user_teams=config.teams.users,
     )
+    podresources = None
+    if config.kubernetes.podresources_enabled:
+        podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
+                                          poll_interval_s=config.kubernetes.podresources_interval)
     intensity = _intensity(config, base_clock)
     lifetime = config.carbon.embodied_lifetime_years
     accounting = Accounting(
@@ -101,17 +119,24 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         currency=config.carbon.currency,
     )
 
+    health_sources = [s for s in (metadata, podresources, slurm) if s is not None]
+
     def sources() -> tuple[SourceView, ...]:
         processes.next_generation()
-        return (SourceView("procfs", True, resolver.failures()),)
+        views = [SourceView("procfs", True, resolver.failures())]
+        for source in health_sources:
+            h = source.health.snapshot()
+            views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
+        return tuple(views)
 
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
     checkpoint_counters: list[Callable[[], tuple[tuple[str, int], ...]]] = []
+    allocations: AllocationSource | None = simulation
     poller = Poller(
         backend=backend,
         clock=clock,
         resolver=resolver,
-        allocations=simulation,
+        allocations=None,
         idle=idle,
         ledger=Ledger(config.limits.max_workload_series, config.teams.default),
         accounting=accounting,
@@ -119,6 +144,11 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         sources=sources,
         extra_counters=lambda: tuple(c for counters in checkpoint_counters for c in counters()),
     )
+    if podresources is not None:
+        kubelet = KubeletAllocations(podresources, metadata, poller.inventory)
+        allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
+    poller.set_allocations(allocations)
+    services = [intensity] + [TaskService(s) for s in (metadata, podresources, slurm) if s is not None]
     checkpointer = None
     state_dir = options.state_dir or config.state.dir
     if state_dir:
@@ -127,7 +157,68 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
                                     read_boot_id(options.procfs))
         checkpointer.restore()
         checkpoint_counters.append(checkpointer.counters)
-    return Daemon(poller=poller, options=options, clock=clock, services=(intensity,), checkpointer=checkpointer)
+    return Daemon(poller=poller, options=options, clock=clock, services=tuple(services),
+                  checkpointer=checkpointer)
+
+
+class SetupError(Exception):
+    """The configuration cannot be put into effect (one line, names the key)."""
+
+
+class TaskService:
+    """Runs a source's `run()` as a task; `close()` cancels it and releases the source."""
+
+    def __init__(self, source) -> None:
+        self._source = source
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._source.run(), name=type(self._source).__name__)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        closer = getattr(self._source, "close", None)
+        if closer is not None:
+            await closer()
+
+
+def _team_rules(config: Config) -> TeamRules:
+    t = config.teams
+    return TeamRules(default=t.default, pod_label=t.pod_label, namespace_label=t.namespace_label,
+                     namespaces=t.namespaces, workload_patterns=t.workload_patterns, users=t.users)
+
+
+def _kubernetes_source(config: Config, clock: Clock, teams: TeamRules | None = None) -> KubernetesSource | None:
+    k = config.kubernetes
+    if not k.enabled:
+        return None
+    node = k.node_name or os.environ.get("NODE_NAME")
+    if not node:
+        raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
+                         "(the chart sets NODE_NAME from the downward API)")
+    try:
+        client = make_client(kubeconfig=k.kubeconfig)
+    except KubernetesSetupError as err:
+        raise SetupError(f"kubernetes: {err}") from None
+    return KubernetesSource(client, node_name=node, teams=teams or _team_rules(config), clock=clock,
+                            deleted_retention_s=config.retention.finished)
+
+
+class _merged:
+    """Allocations from the simulation and the kubelet together (pid-backed
+    simulated workloads are allocated through the kubelet fake in tests)."""
+
+    def __init__(self, *sources: AllocationSource) -> None:
+        self._sources = sources
+
+    def allocations(self):
+        merged: dict[str, tuple] = {}
+        for source in self._sources:
+            for uuid, holders in source.allocations().items():
+                merged[uuid] = merged.get(uuid, ()) + tuple(holders)
+        return merged
 
 
 def _nvml_backend(clock: Clock) -> GpuBackend:

@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ScenarioError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    from gpucarbon.app import RunOptions, build_daemon, run_once, serve
+    from gpucarbon.app import RunOptions, SetupError, build_daemon, run_once, serve
     from gpucarbon.carbon.providers import ProviderConfigError
     from gpucarbon.exporter.webconfig import WebConfigError
 
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         middlewares, ssl_context = _web_security(args.web_config)
         daemon = build_daemon(config, options)
-    except WebConfigError as err:
+    except (WebConfigError, SetupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
     except ProviderConfigError as err:

@@ -44,6 +44,8 @@ def parse_duration(text: str | int | float) -> float:
         raise ValueError("not a duration")
     if isinstance(text, (int, float)):
         seconds = float(text)
+    elif not isinstance(text, str):
+        raise ValueError("not a duration (examples: 500ms, 1s, 10m, 1h30m)")
     else:
         stripped = text.strip()
         parts = _DURATION_PART.findall(stripped)

@@ -16,6 +16,7 @@ from gpucarbon.identity.model import Consumer
 
 OVERFLOW_KEY = "overflow"
 OVERFLOW = Consumer(key=OVERFLOW_KEY, workload="overflow")
+MAX_FOLDED_REMEMBERED = 100_000  # label sets remembered for counting drops once
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Ledger:
     workloads: dict[tuple[str, str], WorkloadTotals] = field(default_factory=dict)
     teams: dict[str, TeamTotals] = field(default_factory=dict)
     dropped_series: int = 0
+    _folded: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def book(self, charge: IntervalCharge, now: float) -> None:
         gpu = self.gpus.setdefault(charge.uuid, GpuTotals())
@@ -117,7 +119,13 @@ class Ledger:
                 entry.consumer = consumer  # labels improve as metadata arrives
             return entry
         if len(self.workloads) >= self.max_workload_series:
-            self.dropped_series += 1
+            if key not in self._folded:
+                # Count each label set once; the memory of which ones were
+                # counted is bounded, so past that an old one may count again.
+                if len(self._folded) >= MAX_FOLDED_REMEMBERED:
+                    self._folded.clear()
+                self._folded.add(key)
+                self.dropped_series += 1
             key = (uuid, OVERFLOW_KEY)
             entry = self.workloads.get(key)
             if entry is None:

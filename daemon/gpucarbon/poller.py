@@ -17,6 +17,7 @@ from gpucarbon.carbon.model import IntensityProvider
 from gpucarbon.carbon.refresh import ProviderHealth
 from gpucarbon.clock import Clock
 from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
+from gpucarbon.identity.devices import GpuInventory
 from gpucarbon.identity.model import AllocationSource, Consumer
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import GpuTotals, IntervalCharge, Ledger
@@ -124,8 +125,9 @@ class Poller:
         started = self._timer()
         if await self._ensure_backend():
             results = await self._read_all()
+            held = self._allocations.allocations() if self._allocations is not None else {}
             for uuid in self._uuids:
-                self._take(uuid, results.get(uuid))
+                self._take(uuid, results.get(uuid), held.get(uuid, ()))
             self._complete_polls += 1
         self.ledger.expire(self._clock.monotonic(), self._acct.retention_s)
         self._histogram.observe(max(0.0, self._timer() - started))
@@ -184,7 +186,7 @@ class Poller:
                 results[uuid] = future.result()
         return results
 
-    def _take(self, uuid: str, result: GpuReading | GpuReadError | None) -> None:
+    def _take(self, uuid: str, result: GpuReading | GpuReadError | None, held: tuple[Consumer, ...]) -> None:
         meter = self._meters.setdefault(uuid, EnergyMeter())
         if not isinstance(result, GpuReading):
             error = result or GpuReadError(uuid, "read_gpu", "Missing")
@@ -204,13 +206,13 @@ class Poller:
         interval = meter.advance(result)
         if interval is not None:
             self._energy_source[uuid] = interval.method
-            self._account(result, interval)
+            self._account(result, interval, held)
 
     # --- attribution of one interval ---------------------------------------
 
-    def _account(self, reading: GpuReading, interval: Interval) -> None:
+    def _account(self, reading: GpuReading, interval: Interval, held: tuple[Consumer, ...]) -> None:
         consumers, running = self._running_consumers(reading)
-        for consumer in (self._allocations.allocations().get(reading.uuid, ()) if self._allocations else ()):
+        for consumer in held:
             consumers.setdefault(consumer.key, consumer)
         if interval.gap:
             # Readings were missed: who held the GPU meanwhile is unknown.
@@ -256,6 +258,17 @@ class Poller:
             consumers[consumer.key] = consumer
             running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))
         return consumers, running
+
+    def set_allocations(self, allocations: AllocationSource | None) -> None:
+        """Late wiring: the kubelet join needs this poller's GPU inventory."""
+        self._allocations = allocations
+
+    def inventory(self) -> GpuInventory:
+        """The GPUs seen so far (UUID -> index, MIG device -> board), for
+        normalising the kubelet's device IDs."""
+        gpus = {uuid: r.index for uuid, r in self._latest.items()}
+        migs = {mig: uuid for uuid, r in self._latest.items() for mig in r.mig_devices}
+        return GpuInventory(gpus, migs)
 
     def seconds_since_poll(self) -> float | None:
         """Real seconds since the last poll finished (None before the first)."""
