@@ -303,6 +303,7 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     assert grants == {
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
         ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        ("", "nodes", "get"),
         ("apps", "replicasets", "get"),
         ("batch", "jobs", "get"),
     }

@@ -392,5 +392,5 @@ def test_documented_rbac_is_valid_and_read_only():
     assert verbs <= {"get", "list", "watch"}
     granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"]}
-    assert granted == {("", "pods"), ("", "namespaces"), ("apps", "replicasets"), ("batch", "jobs")}
+    assert granted == {("", "pods"), ("", "namespaces"), ("", "nodes"), ("apps", "replicasets"), ("batch", "jobs")}
     assert not any("*" in str(rule) for rule in role["rules"])

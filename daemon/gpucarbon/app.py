@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.checkpoint import Checkpointer, read_boot_id
+from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
 from gpucarbon.carbon.zone import resolve_zone
@@ -91,7 +92,9 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         backend = simulation if simulation is not None else _nvml_backend(clock)
     processes = ProcessCache(ProcFS(options.procfs))
     teams = _team_rules(config)
-    metadata = _kubernetes_source(config, clock, teams)
+    kube = _kubernetes_client(config)
+    metadata = _kubernetes_source(config, kube, clock, teams) if kube else None
+    intensity = _intensity(config, base_clock, kube)
     slurm = SlurmSource(teams=teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
     if slurm is not None and not slurm.enabled:
         slurm = None  # no scontrol on this host: the source is simply off
@@ -106,7 +109,6 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     if config.kubernetes.podresources_enabled:
         podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
                                           poll_interval_s=config.kubernetes.podresources_interval)
-    intensity = _intensity(config, base_clock)
     lifetime = config.carbon.embodied_lifetime_years
     accounting = Accounting(
         pue=config.carbon.pue,
@@ -190,7 +192,8 @@ def _team_rules(config: Config) -> TeamRules:
                      namespaces=t.namespaces, workload_patterns=t.workload_patterns, users=t.users)
 
 
-def _kubernetes_source(config: Config, clock: Clock, teams: TeamRules | None = None) -> KubernetesSource | None:
+def _kubernetes_client(config: Config):
+    """(lightkube AsyncClient, node name) when kubernetes.enabled, else None."""
     k = config.kubernetes
     if not k.enabled:
         return None
@@ -199,10 +202,14 @@ def _kubernetes_source(config: Config, clock: Clock, teams: TeamRules | None = N
         raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
                          "(the chart sets NODE_NAME from the downward API)")
     try:
-        client = make_client(kubeconfig=k.kubeconfig)
+        return make_client(kubeconfig=k.kubeconfig), node
     except KubernetesSetupError as err:
         raise SetupError(f"kubernetes: {err}") from None
-    return KubernetesSource(client, node_name=node, teams=teams or _team_rules(config), clock=clock,
+
+
+def _kubernetes_source(config: Config, kube: tuple, clock: Clock, teams: TeamRules) -> KubernetesSource:
+    client, node = kube
+    return KubernetesSource(client, node_name=node, teams=teams, clock=clock,
                             deleted_retention_s=config.retention.finished)
 
 
@@ -227,17 +234,27 @@ def _nvml_backend(clock: Clock) -> GpuBackend:
     return NvmlBackend(clock=clock.monotonic)
 
 
-def _intensity(config: Config, clock: Clock) -> CarbonProvider:
+def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvider:
     """The configured carbon intensity provider (raises ProviderConfigError).
-    Live providers read wall time unscaled: grid intensity follows real time."""
+    Live providers read wall time unscaled: grid intensity follows real time.
+    With `zone: auto` on Kubernetes (`node` = (client, node name)), the zone
+    comes from the node's labels at start."""
     c = config.carbon.intensity
-    zone = resolve_zone(c.zone, labels={})
-    return build_provider(
-        c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
-        token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
-        password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
-        stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
-    )
+
+    def build(zone: str) -> CarbonProvider:
+        return build_provider(
+            c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
+            token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
+            password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
+            stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
+        )
+
+    configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
+    if c.zone.strip().lower() != "auto" or node is None:
+        return configured
+    client, node_name = node
+    return ZoneDetectingProvider(lightkube_node_reader(client, node_name), build,
+                                 provisional=build_provider("table", "WORLD"))
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:

@@ -1,0 +1,35 @@
+"""zone: auto reads the node once, then builds the provider for the detected zone."""
+
+from gpucarbon.carbon.detect import ZoneDetectingProvider
+from gpucarbon.carbon.providers import build_provider
+
+
+def builder(built):
+    def build(zone):
+        built.append(zone)
+        return build_provider("table", zone)
+    return build
+
+
+async def test_zone_comes_from_node_labels_and_provider_id():
+    async def read_node():
+        return {"topology.kubernetes.io/region": "eu-west-3"}, "aws:///eu-west-3a/i-0123"
+
+    built = []
+    provider = ZoneDetectingProvider(read_node, builder(built), build_provider("table", "WORLD"))
+    assert provider.current().zone == "WORLD"  # before start: the world average
+    await provider.start()
+    assert built == ["aws:eu-west-3"]
+    assert provider.current().zone == "FR" and provider.current().grams_per_kwh < 100
+    await provider.close()
+
+
+async def test_unreadable_node_falls_back_to_world_without_failing():
+    async def read_node():
+        raise PermissionError("nodes is forbidden")
+
+    built = []
+    provider = ZoneDetectingProvider(read_node, builder(built), build_provider("table", "WORLD"))
+    await provider.start()
+    assert built == ["WORLD"] and provider.current().zone == "WORLD"
+    assert provider.health().up
