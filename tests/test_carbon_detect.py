@@ -33,3 +33,30 @@ async def test_unreadable_node_falls_back_to_world_without_failing():
     await provider.start()
     assert built == ["WORLD"] and provider.current().zone == "WORLD"
     assert provider.health().up
+
+
+class _OneValue:
+    source, signal = "electricitymaps", "average"
+
+    async def fetch(self, session, timeout):
+        from gpucarbon.carbon.refresh import LiveSample
+
+        return LiveSample(123.0, "FR")
+
+
+async def test_fallbacks_count_episodes_not_calls():
+    from gpucarbon.carbon.model import IntensityReading
+    from gpucarbon.carbon.refresh import RefreshingProvider, RefreshPolicy
+
+    now = [1000.0]
+    provider = RefreshingProvider(_OneValue(), RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
+                                  IntensityReading(56.0, "FR", "table"), clock=lambda: now[0], session=object())
+    for _ in range(5):  # never fetched: one episode however often it is asked
+        assert provider.current().fallback
+    assert provider.health().fallbacks == 1
+    await provider.refresh_once()
+    assert provider.current().grams_per_kwh == 123.0
+    now[0] += 500  # stale again: a second episode
+    for _ in range(3):
+        assert provider.current().fallback
+    assert provider.health().fallbacks == 2
