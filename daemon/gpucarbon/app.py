@@ -26,10 +26,7 @@ from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
-from gpucarbon.identity.allocations import KubeletAllocations
-from gpucarbon.identity.kubernetes import KubernetesSetupError, KubernetesSource, make_client
 from gpucarbon.identity.model import AllocationSource
-from gpucarbon.identity.podresources import PodResourcesSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.identity.teams import TeamRules
@@ -107,6 +104,8 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     )
     podresources = None
     if config.kubernetes.podresources_enabled:
+        from gpucarbon.identity.podresources import PodResourcesSource  # grpc only when used
+
         podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
                                           poll_interval_s=config.kubernetes.podresources_interval)
     lifetime = config.carbon.embodied_lifetime_years
@@ -147,6 +146,8 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         extra_counters=lambda: tuple(c for counters in checkpoint_counters for c in counters()),
     )
     if podresources is not None:
+        from gpucarbon.identity.allocations import KubeletAllocations
+
         kubelet = KubeletAllocations(podresources, metadata, poller.inventory)
         allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
     poller.set_allocations(allocations)
@@ -197,6 +198,9 @@ def _kubernetes_client(config: Config):
     k = config.kubernetes
     if not k.enabled:
         return None
+    # Imported here: bare hosts and Slurm nodes need neither lightkube nor httpx.
+    from gpucarbon.identity.kubernetes import KubernetesSetupError, make_client
+
     node = k.node_name or os.environ.get("NODE_NAME")
     if not node:
         raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
@@ -207,7 +211,9 @@ def _kubernetes_client(config: Config):
         raise SetupError(f"kubernetes: {err}") from None
 
 
-def _kubernetes_source(config: Config, kube: tuple, clock: Clock, teams: TeamRules) -> KubernetesSource:
+def _kubernetes_source(config: Config, kube: tuple, clock: Clock, teams: TeamRules):
+    from gpucarbon.identity.kubernetes import KubernetesSource
+
     client, node = kube
     return KubernetesSource(client, node_name=node, teams=teams, clock=clock,
                             deleted_retention_s=config.retention.finished)
