@@ -115,6 +115,10 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
+class _WebConfigProblem(Exception):
+    """--web.config.file is invalid (one line naming file and key)."""
+
+
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
 
 
@@ -122,9 +126,12 @@ def _web_security(path: str | None) -> tuple[tuple, object]:
     """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
     if path is None:
         return (), None
-    from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
+    from gpucarbon.exporter.webconfig import WebConfigError, auth_middleware, load_web_config  # bcrypt
 
-    web_config = load_web_config(path)
+    try:
+        web_config = load_web_config(path)
+    except WebConfigError as err:
+        raise _WebConfigProblem(str(err)) from None
     for note in web_config.notes:
         logging.getLogger("gpucarbon").info("web config: %s", note)
     return (auth_middleware(web_config, exempt_paths=PROBE_PATHS),), web_config.ssl_context()
@@ -141,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from gpucarbon.app import RunOptions, SetupError, build_daemon, run_once, serve
     from gpucarbon.carbon.providers import ProviderConfigError
-    from gpucarbon.exporter.webconfig import WebConfigError
 
     options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
                          poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
@@ -149,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         middlewares, ssl_context = _web_security(args.web_config)
         daemon = build_daemon(config, options)
-    except (WebConfigError, SetupError) as err:
+    except (_WebConfigProblem, SetupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
     except ProviderConfigError as err:
