@@ -1,0 +1,374 @@
+"""End to end: the whole real identity path with only the GPU simulated.
+
+The daemon runs as a subprocess with `--simulate` on a scenario whose workloads
+are real pids of the fixture procfs tree (tests/fixtures/procfs), so each GPU
+process is resolved the way it is on a node: `/proc/<pid>/cgroup` -> pod UID or
+Slurm job; pod names, owner and team from a fake Kubernetes API server; who holds
+which GPU from a fake kubelet serving PodResources on a unix socket.
+
+    GPU 0  pids 4101+4102  pod ml/bert-train-0, Job bert-train, team from a pod label
+    GPU 1  pid 4202        pod serving/vllm-6c9d8f-x2x7q, ReplicaSet -> Deployment vllm,
+                           team from the namespace label; ends at 10 s, then deleted
+    GPU 2  nothing runs    allocated to research/notebook-0: it pays the idle draw
+    GPU 3  pids 4404+4505  Slurm job 4242 (team from a fake scontrol) and Xorg
+
+The fakes run on their own event loop in a background thread for the life of
+the module; the checks read the daemon's /metrics. The tests share one daemon
+and run in file order: the last one stops the fake kubelet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import string
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Coroutine, Iterable, TypeVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
+from fakes.kubelet import FakeKubelet, pod as kubelet_pod
+from gpucarbon.device.scenario import load_scenario
+from gpucarbon.device.simulated import _gpu_uuid
+from procs import Daemon, wait_until
+from test_identity_slurm import FakeScontrol
+
+pytestmark = pytest.mark.e2e
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures" / "e2e-identity"
+SCENARIO = FIXTURES / "scenario.yaml"
+PROCFS = HERE / "fixtures" / "procfs"
+NODE = "gpu-node-7"  # config.yaml.in's kubernetes.node_name
+
+IDLE_WATTS = 60.0  # the scenario's idle draw of every GPU
+VLLM_END_S = 10.0  # the scenario's end of pid 4202 on GPU 1
+MJ = 0.001  # one millijoule, in the exposition's joules
+PATIENCE_S = 30.0  # generous: a loaded 2-core machine
+
+# Pod UIDs and container IDs are the fixture procfs tree's (its README.md).
+TRAINER_UID = "6f1b8e2a-3c4d-4e5f-9a0b-1c2d3e4f5a6b"
+TRAINER_CID = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
+VLLM_UID = "58e2d9b4-7a1c-4e3f-b6d8-0c2e4a6b8d1f"
+VLLM_CID = "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809"
+NOTEBOOK_UID = "9e0c6a4d-2b1f-4c3e-8d7a-6f5e4d3c2b1a"  # no process: in no cgroup
+
+T = TypeVar("T")
+
+
+# ---- plumbing ---------------------------------------------------------------------
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread, for fakes that must keep serving while
+    the test thread blocks on HTTP and sleeps."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="e2e-fakes", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = PATIENCE_S) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(_cancel_others())  # handlers the servers left (open watches), quietly
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+async def _cancel_others() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Scrape:
+    """One /metrics answer, parsed by client_python's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = [Sample(s.name, dict(s.labels), s.value)
+                        for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def series(self, name: str, **labels: str) -> list[Sample]:
+        return [s for s in self.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    def one(self, name: str, **labels: str) -> Sample:
+        found = self.series(name, **labels)
+        assert len(found) == 1, f"{name}{labels}: expected one series, got {found}"
+        return found[0]
+
+    def total(self, name: str, **labels: str) -> float:
+        return math.fsum(s.value for s in self.series(name, **labels))
+
+
+def gpu_uuid(index: int) -> str:
+    """The simulated GPU's UUID (`GPU-<uuid>`), as NVML and the daemon spell it."""
+    return _gpu_uuid(load_scenario(str(SCENARIO)).seed, index)
+
+
+# ---- the cluster the fakes pretend to be -----------------------------------------------
+
+
+def api_pods() -> list[dict]:
+    return [
+        make_pod("bert-train-0", uid=TRAINER_UID, namespace="ml", node=NODE,
+                 labels={"team": "nlp", "job-name": "bert-train"},
+                 owners=[owner("Job", "bert-train", api_version="batch/v1")],
+                 containers={"trainer": f"containerd://{TRAINER_CID}"}),
+        make_pod("vllm-6c9d8f-x2x7q", uid=VLLM_UID, namespace="serving", node=NODE,
+                 labels={"app": "vllm"}, owners=[owner("ReplicaSet", "vllm-6c9d8f")],
+                 containers={"server": f"cri-o://{VLLM_CID}"}),
+        make_pod("notebook-0", uid=NOTEBOOK_UID, namespace="research", node=NODE,
+                 labels={"team": "vision"}, owners=[owner("StatefulSet", "notebook")],
+                 containers={"jupyter": f"containerd://{'e' * 64}"}),
+        # Another node's pod: the field selector keeps it out.
+        make_pod("elsewhere-0", uid="00000000-0000-4000-8000-000000000001", namespace="ml",
+                 node="gpu-node-8", labels={"team": "nlp"}),
+    ]
+
+
+def kubelet_pods(*, with_vllm: bool = True) -> list:
+    """Each device-ID form the NVIDIA device plugin uses: UUID, index, replica."""
+    pods = [
+        kubelet_pod("ml", "bert-train-0", {"trainer": {"nvidia.com/gpu": [gpu_uuid(0)]}}),
+        kubelet_pod("research", "notebook-0", {"jupyter": {"nvidia.com/gpu.shared": [f"{gpu_uuid(2)}::1"]}}),
+        kubelet_pod("kube-system", "dns-0", {"coredns": {"cpu.example/other": ["x"]}}),  # holds no GPU
+    ]
+    if with_vllm:
+        pods.append(kubelet_pod("serving", "vllm-6c9d8f-x2x7q", {"server": {"nvidia.com/gpu": ["1"]}}))
+    return pods
+
+
+async def start_api() -> FakeApiServer:
+    api = FakeApiServer()
+    await api.start()
+    await api.apply("namespaces", "ADDED", make_namespace("ml"))
+    await api.apply("namespaces", "ADDED", make_namespace("serving", {"team": "inference"}))
+    await api.apply("namespaces", "ADDED", make_namespace("research"))
+    api.set_owned("Job", "ml", "bert-train", None)
+    api.set_owned("ReplicaSet", "serving", "vllm-6c9d8f", owner("Deployment", "vllm"))
+    for item in api_pods():
+        await api.add_pod(item)
+    return api
+
+
+async def start_kubelet(socket_path: Path) -> FakeKubelet:
+    kubelet = FakeKubelet(socket_path)
+    kubelet.pods = kubelet_pods()
+    await kubelet.start()
+    return kubelet
+
+
+async def delete_vllm(api: FakeApiServer, kubelet: FakeKubelet) -> None:
+    kubelet.pods = kubelet_pods(with_vllm=False)
+    vllm = next(p for p in api_pods() if p["metadata"]["uid"] == VLLM_UID)
+    vllm["status"]["phase"] = "Succeeded"
+    await api.apply("pods", "DELETED", vllm)
+
+
+def fill(template: str, **values: str) -> str:
+    return string.Template((FIXTURES / template).read_text()).substitute(values)
+
+
+@dataclass
+class Node:
+    daemon: Daemon
+    api: FakeApiServer
+    kubelet: FakeKubelet
+    fakes: LoopThread
+
+    def scrape(self) -> Scrape:
+        return Scrape(self.daemon.metrics())
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterable[Node]:
+    tmp = tmp_path_factory.mktemp("e2e-identity")
+    # Unix socket paths are limited to 107 bytes; pytest's tmp paths can be longer.
+    socket_dir = Path(tempfile.mkdtemp(prefix="e2ek", dir="/tmp"))
+    fakes = LoopThread()
+    api = kubelet = daemon = None
+    try:
+        api = fakes.run(start_api())
+        kubelet = fakes.run(start_kubelet(socket_dir / "kubelet.sock"))
+        (tmp / "slurm").mkdir()
+        scontrol = FakeScontrol(tmp / "slurm")  # job 4242: account "physics"
+        (tmp / "kubeconfig.yaml").write_text(fill("kubeconfig.yaml.in", server=api.url))
+        (tmp / "config.yaml").write_text(fill(
+            "config.yaml.in", kubeconfig=str(tmp / "kubeconfig.yaml"),
+            socket=str(kubelet.socket_path), scontrol=str(scontrol.path)))
+        daemon = Daemon(tmp, f"--simulate={SCENARIO}", f"--config.file={tmp / 'config.yaml'}",
+                        f"--path.procfs={PROCFS}", "--poll.interval=200ms", "--log.level=debug")
+        daemon.wait_ready(60)
+        yield Node(daemon, api, kubelet, fakes)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if kubelet is not None:
+            fakes.run(kubelet.stop())
+        if api is not None:
+            fakes.run(api.stop())
+        fakes.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    log = daemon.log.read_text()
+    assert "Traceback" not in log, log
+
+
+def wait_scrape(node: Node, check, what: str, timeout: float = PATIENCE_S) -> Scrape:
+    """The first scrape for which `check(scrape)` is true."""
+    def attempt():
+        scrape = node.scrape()
+        return scrape if check(scrape) else None
+    return wait_until(attempt, timeout, what)
+
+
+def assert_conserved(scrape: Scrape) -> None:
+    """The issue's sums, from one scrape: per GPU, workloads + unattributed +
+    retired = measured to 1 mJ; teams + unattributed = all GPUs."""
+    gpus = scrape.series("gpucarbon_gpu_energy_joules_total")
+    assert len(gpus) == 4
+    for gpu in gpus:
+        uuid = gpu.labels["uuid"]
+        parts = (scrape.total("gpucarbon_workload_energy_joules_total", uuid=uuid)
+                 + scrape.total("gpucarbon_gpu_unattributed_energy_joules_total", uuid=uuid)
+                 + scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=uuid))
+        assert abs(parts - gpu.value) <= MJ, (uuid, parts, gpu.value)
+    teams = scrape.total("gpucarbon_team_energy_joules_total")
+    unattributed = scrape.total("gpucarbon_gpu_unattributed_energy_joules_total")
+    assert abs(teams + unattributed - scrape.total("gpucarbon_gpu_energy_joules_total")) <= len(gpus) * MJ
+
+
+# ---- the checks, in the order the scenario unfolds -------------------------------------
+
+
+def test_kubernetes_pods_get_names_owner_workload_and_team(node):
+    expected = {
+        gpu_uuid(0): {"namespace": "ml", "pod": "bert-train-0", "container": "trainer",
+                      "workload": "Job/bert-train", "team": "nlp"},  # team from the pod label
+        gpu_uuid(1): {"namespace": "serving", "pod": "vllm-6c9d8f-x2x7q", "container": "server",
+                      "workload": "Deployment/vllm", "team": "inference"},  # from the namespace label
+    }
+
+    def named(scrape: Scrape) -> bool:
+        # Busy time: the pid's process runs (from 2 s), not just the kubelet's allocation.
+        return all(s.value > 0 for uuid, labels in expected.items()
+                   for s in scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)) \
+            and all(scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)
+                    for uuid, labels in expected.items())
+
+    scrape = wait_scrape(node, named, "pid-backed pods under their Kubernetes names")
+    for uuid, labels in expected.items():
+        series = scrape.one("gpucarbon_workload_energy_joules_total", uuid=uuid, **labels)
+        assert series.value > 0
+        assert scrape.one("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels).value > 0
+    # The process path (cgroup -> pod UID -> container name) and the allocation path
+    # (kubelet names -> pod UID) meet on one consumer: one holder per GPU, not two.
+    holders = wait_scrape(node, lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0))) == 1,
+                          "one holder of GPU 0")
+    assert holders.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0)).labels["pod"] == "bert-train-0"
+    assert not scrape.series("gpucarbon_workload_energy_joules_total", pod="elsewhere-0")
+
+
+def test_allocated_idle_pod_pays_its_gpus_idle_energy(node):
+    notebook = {"uuid": gpu_uuid(2), "namespace": "research", "pod": "notebook-0", "container": "jupyter",
+                "workload": "StatefulSet/notebook", "team": "vision"}
+    first = wait_scrape(node, lambda s: s.series("gpucarbon_gpu_allocation_info", **notebook),
+                        "the notebook as holder of GPU 2")
+    before = first.one("gpucarbon_workload_energy_joules_total", **notebook).value
+    later = wait_scrape(node, lambda s: s.one("gpucarbon_workload_energy_joules_total", **notebook).value
+                        >= before + IDLE_WATTS, "a second of idle energy more")
+    energy = later.one("gpucarbon_workload_energy_joules_total", **notebook)
+    held = later.one("gpucarbon_workload_held_seconds_total", **notebook)
+    busy = later.one("gpucarbon_workload_busy_seconds_total", **notebook)
+    # Alone on an idle GPU, it pays all of it: idle watts x held seconds (the
+    # simulation integrates power exactly; each interval rounds to 1 mJ).
+    assert energy.value == pytest.approx(IDLE_WATTS * held.value, rel=1e-3)
+    assert busy.value == 0.0
+    assert later.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(2)).labels["team"] == "vision"
+    # Nobody else holds GPU 2, and its energy since the notebook holds it is all the notebook's.
+    assert len(later.series("gpucarbon_workload_energy_joules_total", uuid=gpu_uuid(2), pod="notebook-0")) >= 1
+
+
+def test_slurm_and_host_processes_resolve_through_procfs(node):
+    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_energy_joules_total",
+                                                  workload="slurm/4242", team="physics"),
+                         "Slurm job 4242 with its account as team")
+    slurm = scrape.one("gpucarbon_workload_energy_joules_total", workload="slurm/4242")
+    assert slurm.labels["uuid"] == gpu_uuid(3) and slurm.labels["namespace"] == ""
+    host = [s for s in scrape.series("gpucarbon_workload_energy_joules_total", uuid=gpu_uuid(3))
+            if s.labels["workload"].startswith("process/")]
+    assert [s.labels["workload"] for s in host] in (["process/root/Xorg"], ["process/0/Xorg"])
+
+
+def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
+    vllm = {"uuid": gpu_uuid(1), "pod": "vllm-6c9d8f-x2x7q", "team": "inference"}
+    # The scenario's process ends at 10 s: GPU 1 falls back to idle power.
+    wait_scrape(node, lambda s: s.one("gpucarbon_gpu_power_watts", uuid=gpu_uuid(1)).value == IDLE_WATTS,
+                "pid 4202 to end", timeout=VLLM_END_S + PATIENCE_S)
+    node.fakes.run(delete_vllm(node.api, node.kubelet))
+
+    team_history: list[float] = []
+    last_series: list[float] = []
+
+    def retired(scrape: Scrape) -> bool:
+        team_history.append(scrape.one("gpucarbon_team_energy_joules_total", team="inference").value)
+        series = scrape.series("gpucarbon_workload_energy_joules_total", **vllm)
+        if series:
+            last_series[:] = [s.value for s in series]
+        assert_conserved(scrape)
+        return not series
+
+    scrape = wait_scrape(node, retired, "the deleted pod's series to be retired (retention.finished 2s)")
+    assert last_series, "the pod's series was seen before it was retired"
+    assert team_history == sorted(team_history), f"team counter went down: {team_history}"
+    team = scrape.one("gpucarbon_team_energy_joules_total", team="inference").value
+    assert team >= math.fsum(last_series) - MJ
+    assert team == team_history[-2], "retiring the series does not touch the team total"
+    assert scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=gpu_uuid(1)) >= math.fsum(last_series) - MJ
+    # Nobody holds GPU 1 now: its idle energy is unattributed, not charged to the team.
+    time.sleep(1.0)
+    again = node.scrape()
+    assert again.one("gpucarbon_team_energy_joules_total", team="inference").value == team
+    assert not again.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(1))
+
+
+def test_conservation_holds_exactly(node):
+    for _ in range(5):
+        assert_conserved(node.scrape())
+        time.sleep(0.3)
+
+
+def test_source_health_and_a_kubelet_outage(node):
+    scrape = wait_scrape(node, lambda s: s.one("gpucarbon_source_up", source="kubernetes").value == 1
+                         and s.one("gpucarbon_source_up", source="podresources").value == 1, "both sources up")
+    trainer = {"uuid": gpu_uuid(0), "pod": "bert-train-0", "container": "trainer"}
+    node.fakes.run(node.kubelet.stop())  # the socket goes away, as when kubelet restarts
+    down = wait_scrape(node, lambda s: s.one("gpucarbon_source_up", source="podresources").value == 0,
+                       "podresources down")
+    assert down.total("gpucarbon_source_errors_total", source="podresources") >= 1
+    assert down.one("gpucarbon_source_up", source="kubernetes").value == 1
+    # Still serving and attributing: the process path needs no kubelet.
+    before = down.one("gpucarbon_workload_energy_joules_total", **trainer).value
+    later = wait_scrape(node, lambda s: s.one("gpucarbon_workload_energy_joules_total", **trainer).value > before,
+                        "attribution to go on without the kubelet")
+    assert_conserved(later)
+    assert node.daemon.proc.poll() is None
+    assert scrape.one("gpucarbon_source_up", source="procfs").value == 1
