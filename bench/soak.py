@@ -1,0 +1,213 @@
+"""Soak: a simulated day of churn, sped up, watching memory and series.
+
+    python bench/soak.py [--workloads 10000] [--gpus 8] [--hours 24] [--speed 160]
+                         [--poll-interval 0.5s] [--sample-every 5] [--csv soak.csv]
+
+Generates a seeded scenario of short-lived workloads (2-10 simulated minutes
+each, start times spread uniformly over the day, one GPU each, ~1 in 8 on two
+GPUs) on 8 simulated GPUs, runs the daemon on it with `retention.finished: 10m`
+and samples, every few real seconds: the daemon's RSS (VmRSS), the number of
+series in /metrics (non-comment lines), the number of workload series, and the
+daemon's CPU seconds. Prints the curve as CSV and a JSON summary.
+
+Speed: 160 simulated seconds per real second runs 24 h in 9 minutes. With a
+0.5 s poll interval every poll covers 80 simulated seconds, so a workload of
+the shortest duration (120 s) is still seen running in at least one poll, and
+the 10-minute retention spans 7-8 polls: the ledger's expiry runs many times
+within each workload's lifetime, which is what the soak must exercise.
+
+The run lasts the simulated day plus the retention plus a margin: every
+workload has ended by then and every finished series should have expired, so
+the final workload-series count says whether expiry keeps up. A bench, not a
+test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+WORKLOAD_SERIES = "gpucarbon_workload_energy_joules_total{"  # one line per workload series
+LAST_POLL = "gpucarbon_last_poll_timestamp_seconds "
+
+
+def parse_duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def scenario_text(workloads: int, gpus: int, hours: float, speed: float, seed: int) -> str:
+    """JSON (a YAML subset, so the scenario loader reads it) of a churning day."""
+    rng = random.Random(seed)
+    day_s = hours * 3600.0
+    items = []
+    for i in range(workloads):
+        duration = rng.uniform(120.0, 600.0)
+        start = rng.uniform(0.0, day_s - duration)
+        first = rng.randrange(gpus)
+        on = [first] if rng.random() >= 0.125 else sorted({first, (first + 1) % gpus})
+        items.append({
+            "namespace": f"ns-{i % 25}", "pod": f"job-{i}-worker-0", "container": "main",
+            "workload": f"Job/job-{i}", "team": f"team-{i % 12}", "gpus": on,
+            "start": round(start, 1), "end": round(start + duration, 1),
+            "sm_util": round(rng.uniform(0.2, 0.95), 2),
+        })
+    doc = {"speed": speed, "seed": seed,
+           "gpus": [{"model": "NVIDIA H100 80GB HBM3", "count": gpus, "idle_watts": 70, "max_watts": 700}],
+           "workloads": items}
+    return json.dumps(doc)
+
+
+@dataclass(frozen=True)
+class Sample:
+    wall_s: float
+    sim_h: float
+    rss_mib: float
+    series: int
+    workload_series: int
+    cpu_s: float
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS line")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def count_series(text: str) -> tuple[int, int, float | None]:
+    series = workload = 0
+    last_poll = None
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series += 1
+        if line.startswith(WORKLOAD_SERIES):
+            workload += 1
+        elif line.startswith(LAST_POLL):
+            last_poll = float(line.split()[-1])
+    return series, workload, last_poll
+
+
+def wait_ready(proc: subprocess.Popen, base: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"daemon exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("daemon not ready in time")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", type=int, default=10_000)
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--speed", type=float, default=160.0)
+    p.add_argument("--poll-interval", default="0.5s")
+    p.add_argument("--retention", default="10m")
+    p.add_argument("--sample-every", type=float, default=5.0, help="real seconds between samples")
+    p.add_argument("--seed", type=int, default=24)
+    p.add_argument("--csv", type=Path, default=None, help="also write the curve here")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpucarbon-soak-"))
+    (tmp / "scenario.yaml").write_text(scenario_text(args.workloads, args.gpus, args.hours, args.speed, args.seed))
+    (tmp / "config.yaml").write_text(f"retention: {{finished: {args.retention}}}\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpucarbon", f"--simulate={tmp / 'scenario.yaml'}",
+         f"--simulate.speed={args.speed}", f"--poll.interval={args.poll_interval}",
+         f"--config.file={tmp / 'config.yaml'}", f"--web.listen-address=127.0.0.1:{port}"],
+        env=env, stderr=open(tmp / "daemon.log", "wb"))
+    run_sim_s = args.hours * 3600 + parse_duration_s(args.retention) + 4 * parse_duration_s(args.poll_interval) * args.speed
+    samples: list[Sample] = []
+    header = "wall_s,sim_h,rss_mib,series,workload_series,cpu_s"
+    print(header, flush=True)
+    try:
+        wait_ready(proc, base, timeout_s=180)
+        t0 = time.monotonic()
+        sim0 = None
+        while True:
+            series, workload, last_poll = count_series(scrape(base + "/metrics"))
+            sim0 = last_poll if sim0 is None else sim0
+            sim_s = (last_poll or sim0 or 0.0) - (sim0 or 0.0)
+            sample = Sample(round(time.monotonic() - t0, 1), round(sim_s / 3600, 3),
+                            round(rss_kib(proc.pid) / 1024, 1), series, workload, round(cpu_seconds(proc.pid), 1))
+            samples.append(sample)
+            print(",".join(str(v) for v in vars(sample).values()), flush=True)
+            if sim_s >= run_sim_s:
+                break
+            time.sleep(args.sample_every)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if args.csv:
+        args.csv.write_text(header + "\n" + "".join(",".join(str(v) for v in vars(s).values()) + "\n" for s in samples))
+    print(json.dumps(summary(samples, args), indent=2))
+
+
+def summary(samples: list[Sample], args: argparse.Namespace) -> dict:
+    """Max and final figures, and RSS over the first and last quarter of the run
+    (a bounded daemon shows the two about equal once warmed up)."""
+    quarter = max(1, len(samples) // 4)
+    settled = samples[quarter: 2 * quarter] or samples
+    return {
+        "workloads": args.workloads, "gpus": args.gpus, "simulated_hours": samples[-1].sim_h,
+        "speed": args.speed, "poll_interval": args.poll_interval, "retention": args.retention,
+        "wall_s": samples[-1].wall_s, "samples": len(samples),
+        "rss_mib_start": samples[0].rss_mib,
+        "rss_mib_max": max(s.rss_mib for s in samples),
+        "rss_mib_mean_second_quarter": round(sum(s.rss_mib for s in settled) / len(settled), 1),
+        "rss_mib_mean_last_quarter": round(sum(s.rss_mib for s in samples[-quarter:]) / quarter, 1),
+        "rss_mib_final": samples[-1].rss_mib,
+        "series_max": max(s.series for s in samples),
+        "series_final": samples[-1].series,
+        "workload_series_max": max(s.workload_series for s in samples),
+        "workload_series_final": samples[-1].workload_series,
+        "daemon_cpu_s": samples[-1].cpu_s,
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Hostile input: the config loader, the scenario loader and the web config
+parser give only their own clear errors, never another exception or a hang.
+
+The cgroup parser and the device-ID normaliser are fuzzed next to their golden
+tests (tests/test_identity_cgroup.py, tests/test_identity_devices.py), and the
+web config's text and mapping fuzzing lives in tests/test_exporter_webconfig.py;
+this file adds what those lack (docs/reliability.md maps input to test).
+
+Two kinds of generated input per loader:
+- arbitrary text, to shake the YAML layer;
+- YAML documents built from the loader's own schema (real key names, nested as
+  the loader expects, any value at any leaf, an occasional unknown key or a
+  wrong-typed section), so that the deep paths (carbon.intensity.*,
+  teams.workloads[i].match, workloads[i].sm_util[j], ...) are reached.
+
+Inputs that crash a loader today are pinned at the end (KNOWN_BUGS) as strict
+xfails naming the bug; the fuzzers let exactly those signatures pass so that
+they keep looking for new failures, and a fixed bug turns its xfail into a
+failure that says to drop the entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpucarbon.config import Config, ConfigError, parse_config
+from gpucarbon.device.scenario import Scenario, ScenarioError, parse_scenario
+from gpucarbon.exporter.webconfig import WebConfigError, load_web_config
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SOURCE = "fuzz.yaml"
+LEAF = "leaf"  # schema marker: any value may go here
+
+# Text that looks like YAML more often than st.text() alone does.
+YAML_TEXT = st.text(alphabet=st.sampled_from(list("ab01.:-[]{},#&*!|>'\"%@`? \n\t")) | st.characters(),
+                    max_size=200)
+
+# Leaf values: every YAML scalar type, plausible values for the real keys, and
+# small containers where a scalar belongs. Integers stay within 64 bits: larger
+# ones are the pinned overflow bug below.
+PLAUSIBLE = st.sampled_from([
+    "10m", "500ms", "1h30m", "0s", "-1s", "1x", "1e3s", "", " ", "static", "table", "watttime",
+    "electricitymaps", "uk-carbon-intensity", "co2_moer", "co2_aoer", "auto", "DE", "WORLD", ".*", "(", "[a-z]+",
+    "lost", "reset", "hang", "NVIDIA H100 80GB HBM3", "Job/x", "/var/lib/gpucarbon", "USD",
+])
+SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats()
+           | st.text(max_size=12) | PLAUSIBLE)
+LEAVES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+JUNK_KEY = st.sampled_from(["", "unknown", "Pue", "token", "a\nb", "0"]) | st.text(max_size=8)
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "attribution": {"idle_watts": LEAF},
+    "carbon": {
+        "pue": LEAF,
+        "intensity": {k: LEAF for k in (
+            "source", "zone", "grams_per_kwh", "refresh", "stale_after", "base_url", "token_env", "token_file",
+            "username_env", "password_env", "region", "token", "timeout", "signal_type")},
+        "embodied": {"enabled": LEAF, "lifetime": LEAF},
+        "cost": {"price_per_kwh": LEAF, "currency": LEAF},
+    },
+    "teams": {"default": LEAF, "pod_label": LEAF, "namespace_label": LEAF, "namespaces": LEAF,
+              "workloads": [{"match": LEAF, "team": LEAF}], "users": LEAF},
+    "retention": {"finished": LEAF},
+    "limits": {"max_workload_series": LEAF, "gpu_read_timeout": LEAF},
+    "kubernetes": {"enabled": LEAF, "node_name": LEAF, "kubeconfig": LEAF,
+                   "podresources": {"enabled": LEAF, "socket": LEAF, "interval": LEAF}},
+    "slurm": {"enabled": LEAF, "scontrol": LEAF},
+    "state": {"dir": LEAF, "interval": LEAF},
+}
+
+SCENARIO_SCHEMA: dict[str, Any] = {
+    "speed": LEAF,
+    "seed": LEAF,
+    "gpus": [{"model": LEAF, "count": LEAF, "idle_watts": LEAF, "max_watts": LEAF, "memory_bytes": LEAF}],
+    "workloads": [{k: LEAF for k in (
+        "namespace", "pod", "container", "workload", "team", "start", "end", "allocated_only", "pid",
+        "cgroup", "memory_bytes")} | {"gpus": [LEAF], "sm_util": [[LEAF]]}],
+    "faults": [{"gpu": LEAF, "kind": LEAF, "start": LEAF, "end": LEAF}],
+}
+
+
+def shaped(schema: Any) -> st.SearchStrategy:
+    """Documents that follow `schema` most of the time and stray from it sometimes."""
+    if schema == LEAF:
+        return LEAVES
+    if isinstance(schema, list):
+        return st.lists(shaped(schema[0]), max_size=3) | LEAVES
+    fields = {key: shaped(child) for key, child in schema.items()}
+    mapping = st.fixed_dictionaries({}, optional=fields)
+    with_junk = st.tuples(mapping, JUNK_KEY, LEAVES).map(lambda t: {**t[0], t[1]: t[2]})
+    return st.one_of(mapping, mapping, mapping, with_junk, LEAVES)
+
+
+def dump(document: Any) -> str:
+    return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+
+
+def assert_only_config_errors(text: str) -> None:
+    try:
+        result = parse_config(text, SOURCE)
+    except ConfigError as err:
+        assert str(err).startswith(SOURCE + ":"), f"error does not name the file: {err}"
+    except Exception as err:
+        if known_bug("config", err) is None:
+            raise
+    else:
+        assert isinstance(result, Config)
+
+
+def assert_only_scenario_errors(text: str) -> None:
+    try:
+        result = parse_scenario(text, SOURCE)
+    except ScenarioError as err:
+        assert str(err).startswith(SOURCE + ":"), f"error does not name the file: {err}"
+    except Exception as err:
+        if known_bug("scenario", err) is None:
+            raise
+    else:
+        assert isinstance(result, Scenario) and result.gpus
+
+
+# --- config loader ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@FUZZ
+@given(text=YAML_TEXT)
+def test_config_from_arbitrary_text_gives_only_config_errors(text: str) -> None:
+    assert_only_config_errors(text)
+
+
+@pytest.mark.timeout(60)
+@FUZZ
+@given(document=shaped(CONFIG_SCHEMA))
+def test_config_shaped_documents_give_only_config_errors(document: Any) -> None:
+    assert_only_config_errors(dump(document))
+
+
+def test_config_fuzzer_reaches_the_deep_keys() -> None:
+    """The generator is able to build a valid document touching nested keys
+    (guards the fuzzer itself: a schema typo would make it shallow)."""
+    document = {"carbon": {"intensity": {"source": "static", "grams_per_kwh": 300}, "cost": {"price_per_kwh": 0.2}},
+                "teams": {"workloads": [{"match": "^Job/", "team": "batch"}]}, "state": {"interval": "1m"}}
+    config = parse_config(dump(document), SOURCE)
+    assert config.carbon.intensity.grams_per_kwh == 300 and config.teams.workload_patterns == (("^Job/", "batch"),)
+    assert set(document) <= set(CONFIG_SCHEMA)
+
+
+# --- scenario loader ----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@FUZZ
+@given(text=YAML_TEXT)
+def test_scenario_from_arbitrary_text_gives_only_scenario_errors(text: str) -> None:
+    assert_only_scenario_errors(text)
+
+
+@pytest.mark.timeout(60)
+@FUZZ
+@given(document=shaped(SCENARIO_SCHEMA))
+def test_scenario_shaped_documents_give_only_scenario_errors(document: Any) -> None:
+    assert_only_scenario_errors(dump(document))
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=100, deadline=None)
+@given(
+    util=st.lists(st.tuples(st.floats(-10, 1e6) | st.integers(-5, 10**6), st.floats(-1, 2)), min_size=1, max_size=4),
+    gpus=st.lists(st.integers(-2, 4), min_size=0, max_size=3),
+    start=st.floats(-10, 1e6) | st.none(),
+    end=st.floats(-10, 1e6) | st.none(),
+)
+def test_scenario_near_valid_workloads_give_only_scenario_errors(util, gpus, start, end) -> None:
+    """Values one step off valid, where the range checks live (most random
+    documents fail earlier, at the first key)."""
+    workload = {"workload": "Job/w", "gpus": gpus, "sm_util": [list(step) for step in util]}
+    workload |= {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+    assert_only_scenario_errors(dump({"gpus": [{"model": "G", "count": 2}], "workloads": [workload]}))
+
+
+# --- web config: arbitrary bytes (text and mappings are fuzzed in its own tests)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=150, deadline=None)
+@given(content=st.binary(max_size=300)
+       | st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(lambda t: t[0].encode() + t[1]))
+def test_web_config_from_arbitrary_bytes_gives_only_web_config_errors(content: bytes) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "web.yml"
+        path.write_bytes(content)
+        try:
+            load_web_config(path)
+        except WebConfigError as err:
+            assert str(err).startswith(str(path)), err
+
+
+# --- known bugs, pinned -------------------------------------------------------
+#
+# Each entry: which loader, how to recognise the escaping exception (its type and
+# the innermost frame's file and function), and inputs that trigger it. The
+# fuzzers above let a recognised exception pass (so they keep hunting for new
+# bugs); the strict xfails below keep each one visible and fail once it is fixed,
+# which is the cue to delete the entry.
+
+HUGE_INT = "9" * 400  # fits YAML's int resolver; float(int) overflows
+OVER_STR_DIGITS = "9" * 5000  # beyond Python's int/str conversion limit (4300 digits)
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    loader: str  # "config" or "scenario"
+    what: str
+    exception: type[BaseException]
+    raised_in: tuple[str, str]  # (file name, function) of the innermost frame; "*" matches any
+    examples: tuple[str, ...]
+
+    def matches(self, err: BaseException) -> bool:
+        if not isinstance(err, self.exception):
+            return False
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        file, function = self.raised_in
+        return (file == "*" or Path(frame.filename).name == file) and function in ("*", frame.name)
+
+
+KNOWN_BUGS = (
+    # parse_config/parse_scenario catch only yaml.YAMLError; PyYAML's eager
+    # constructors raise others (load_web_config catches all three).
+    KnownBug("config", "impossible date", ValueError, ("*", "*"), ("state: {dir: 2024-13-45}",)),
+    KnownBug("config", "int past the str-digits limit", ValueError, ("*", "*"),
+             (f"carbon: {{pue: {OVER_STR_DIGITS}}}",)),
+    KnownBug("config", "deep nesting", RecursionError, ("*", "*"), ("[" * 3_000,)),
+    # _Reader.number/.duration: math.isfinite/float() on an unbounded int
+    KnownBug("config", "huge integer", OverflowError, ("config.py", "*"),
+             (f"carbon: {{pue: {HUGE_INT}}}", f"state: {{interval: {HUGE_INT}}}")),
+    # teams.workloads[i].match: re.compile raises these, not re.error
+    KnownBug("config", "regex repeat count too large", OverflowError, ("*", "*"),
+             ("teams: {workloads: [{match: 'a{4294967296}', team: t}]}",)),
+    KnownBug("config", "regex nested too deeply", RecursionError, ("*", "*"),
+             ("teams: {workloads: [{match: '%s', team: t}]}" % ("(" * 500 + ")" * 500),)),
+    KnownBug("scenario", "impossible date", ValueError, ("*", "*"), ("gpus: [{model: 2024-13-45}]",)),
+    KnownBug("scenario", "int past the str-digits limit", ValueError, ("*", "*"), (f"seed: {OVER_STR_DIGITS}",)),
+    KnownBug("scenario", "deep nesting", RecursionError, ("*", "*"), ("[" * 3_000,)),
+    KnownBug("scenario", "huge integer", OverflowError, ("scenario.py", "number"),
+             (f"speed: {HUGE_INT}\ngpus: [{{model: G}}]",)),
+    # _Parser.number returns None for an explicit null; callers do float()/int()/< on it.
+    KnownBug("scenario", "null for a number with a default", TypeError, ("scenario.py", "*"), (
+        "gpus: [{model: G, idle_watts: null}]",
+        "gpus: [{model: G, memory_bytes: null}]",
+        "speed: null\ngpus: [{model: G}]",
+        "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], start: null}]",
+        "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], sm_util: [[null, 0.5]]}]",
+        "gpus: [{model: G}]\nfaults: [{gpu: 0, kind: lost, start: null}]",
+    )),
+)
+
+
+def known_bug(loader: str, err: BaseException) -> KnownBug | None:
+    return next((bug for bug in KNOWN_BUGS if bug.loader == loader and bug.matches(err)), None)
+
+
+def _pinned(loader: str) -> list:
+    return [pytest.param(text, id=f"{bug.what}-{i}") for bug in KNOWN_BUGS if bug.loader == loader
+            for i, text in enumerate(bug.examples)]
+
+
+class StillBroken(Exception):
+    """A pinned bug is still there (raised without the deep original traceback,
+    which for a RecursionError costs seconds to render)."""
+
+
+def _expect_own_error(parse, own_error: type[Exception], text: str) -> None:
+    try:
+        parse(text, SOURCE)
+    except own_error:
+        return
+    except Exception as err:  # noqa: BLE001 - re-raised as the xfail's marker
+        raise StillBroken(f"{type(err).__name__}: {str(err)[:200]}") from None
+    raise AssertionError("accepted; a hostile input should be refused")
+
+
+@pytest.mark.xfail(strict=True, raises=StillBroken,
+                   reason="config.py lets this escape as a non-ConfigError (docs/reliability.md, hostile input)")
+@pytest.mark.parametrize("text", _pinned("config"))
+def test_config_known_bug_inputs_give_config_errors(text: str) -> None:
+    _expect_own_error(parse_config, ConfigError, text)
+
+
+@pytest.mark.xfail(strict=True, raises=StillBroken,
+                   reason="scenario.py lets this escape as a non-ScenarioError (docs/reliability.md, hostile input)")
+@pytest.mark.parametrize("text", _pinned("scenario"))
+def test_scenario_known_bug_inputs_give_scenario_errors(text: str) -> None:
+    _expect_own_error(parse_scenario, ScenarioError, text)
+
+
+def test_every_pinned_input_matches_its_own_signature() -> None:
+    """Keeps the table honest: each example raises what its entry says, so the
+    fuzzers' allowance covers exactly the pinned bugs."""
+    for bug in KNOWN_BUGS:
+        parse = parse_config if bug.loader == "config" else parse_scenario
+        for text in bug.examples:
+            try:
+                parse(text, SOURCE)
+            except (ConfigError, ScenarioError):
+                continue  # fixed: its xfail above now fails and says so
+            except Exception as err:  # noqa: BLE001 - classified below
+                assert bug.matches(err), (bug.what, type(err).__name__, text[:80])
+            else:
+                raise AssertionError(f"{bug.what}: {text[:80]!r} was accepted")
+
+
+def test_web_config_survives_the_yaml_that_escapes_the_other_loaders(tmp_path: Path) -> None:
+    """The reference behaviour for the YAML-layer fixes above."""
+    for text in ("tls_server_config: {cert_file: 2024-13-45}", f"x: {OVER_STR_DIGITS}", "[" * 3_000):
+        path = tmp_path / "web.yml"
+        path.write_text(text)
+        with pytest.raises(WebConfigError, match="not valid YAML"):
+            load_web_config(path)
+
+
+# --- null for a key that has a default ------------------------------------------
+
+
+def _config_leaf_paths(schema: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, child in schema.items():
+        if child == LEAF:
+            paths.append(path + (key,))
+        elif isinstance(child, dict):
+            paths.extend(_config_leaf_paths(child, path + (key,)))
+    return paths
+
+
+def _nones_in_required_fields(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of fields typed without None that hold None."""
+    found = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _nones_in_required_fields(value, f"{prefix}{f.name}.")
+        elif value is None and "None" not in str(f.type):
+            found.append(prefix + f.name)
+    return found
+
+
+# `_Reader.number/.string/.duration` return the raw None instead of the default
+# (`if value is None or value is default: return value`). The daemon then
+# starts and fails every poll: `carbon: {pue: null}` raises TypeError in
+# Poller._account, `retention: {finished: null}` in Ledger.expire.
+NULL_BECOMES_NONE = {
+    "carbon.pue", "carbon.intensity.source", "carbon.intensity.zone", "carbon.intensity.stale_after",
+    "carbon.intensity.timeout", "carbon.intensity.signal_type", "carbon.embodied.lifetime", "carbon.cost.currency",
+    "teams.default", "teams.pod_label", "teams.namespace_label", "retention.finished", "limits.gpu_read_timeout",
+    "kubernetes.podresources.socket", "kubernetes.podresources.interval", "slurm.scontrol", "state.interval",
+}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=".".join(p), marks=[pytest.mark.xfail(
+        strict=True, reason="config.py: null is kept as None for a key with a default (see NULL_BECOMES_NONE)")]
+        if ".".join(p) in NULL_BECOMES_NONE else [])
+    for p in _config_leaf_paths(CONFIG_SCHEMA)])
+def test_null_for_a_key_gives_its_default_or_a_config_error(path: tuple[str, ...]) -> None:
+    document: Any = None
+    for key in reversed(path):
+        document = {key: document}
+    try:
+        config = parse_config(dump(document), SOURCE)
+    except ConfigError:
+        return
+    assert _nones_in_required_fields(config) == []
