@@ -6,7 +6,7 @@ import pytest
 
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.carbon.refresh import ProviderHealth
+from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.clock import ManualClock
 from gpucarbon.device.model import BackendUnavailable, GpuReading
 from gpucarbon.device.scenario import load_scenario, parse_scenario

@@ -14,7 +14,7 @@ from gpucarbon.attribution.energy import EnergyMeter, Interval
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.attribution.policy import Split, split_interval
 from gpucarbon.carbon.model import IntensityProvider
-from gpucarbon.carbon.refresh import ProviderHealth
+from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.clock import Clock
 from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
 from gpucarbon.identity.devices import GpuInventory

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Mapping
 
 from gpucarbon.carbon.model import IntensityReading
 from gpucarbon.carbon.providers import CarbonProvider
-from gpucarbon.carbon.refresh import ProviderHealth
+from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.carbon.zone import resolve_zone
 
 log = logging.getLogger("gpucarbon.carbon")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,40 @@ class IntensityReading:
     fallback: bool = False  # True when a stale live value was replaced by `table`
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """What the exporter shows about a provider (gpucarbon_carbon_source_up and friends)."""
+
+    source: str
+    up: bool  # the last refresh succeeded and its value is not stale
+    age_seconds: float | None  # since the last good value was fetched; None: never
+    errors: Mapping[str, int] = field(default_factory=dict)  # failed fetches by reason, cumulative
+    fallbacks: int = 0  # episodes of serving the table instead of the live source, cumulative
+
+
 class IntensityProvider(Protocol):
     """Returns the latest known intensity without blocking (no I/O here)."""
 
     def current(self) -> IntensityReading: ...
+
+
+class FixedProvider:
+    """A provider whose reading never changes after it is built (static, table):
+    no task to run, nothing to release, always up."""
+
+    source = "fixed"
+
+    def __init__(self, reading: IntensityReading) -> None:
+        self._reading = reading
+
+    def current(self) -> IntensityReading:
+        return self._reading
+
+    def health(self) -> ProviderHealth:
+        return ProviderHealth(source=self.source, up=True, age_seconds=None)
+
+    async def start(self) -> None:
+        """Nothing to refresh."""
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -21,12 +21,12 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable, Mapping, Protocol
+from dataclasses import dataclass, replace
+from typing import Awaitable, Callable, Protocol
 
 import aiohttp
 
-from gpucarbon.carbon.model import IntensityReading
+from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +103,6 @@ class RefreshPolicy:
             raise ValueError(f"refresh policy: stale_after_s ({self.stale_after_s:g}) must be at least "
                              f"interval_s ({self.interval_s:g}), or every value would go stale "
                              f"before the next refresh")
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderHealth:
-    """What the exporter shows about a provider (gpucarbon_carbon_source_up and friends)."""
-
-    source: str
-    up: bool  # the last refresh succeeded and its value is not stale
-    age_seconds: float | None  # since the last good value was fetched; None: never
-    errors: Mapping[str, int] = field(default_factory=dict)  # failed fetches by reason, cumulative
-    fallbacks: int = 0  # readings served from the table instead of the live source, cumulative
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

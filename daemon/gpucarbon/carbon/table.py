@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Mapping
 
-from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.carbon.refresh import ProviderHealth
+from gpucarbon.carbon.model import FixedProvider, IntensityReading
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +157,19 @@ def _parse_entry(row: Mapping[str, str | None], origin: str, line: int) -> Table
     return TableEntry(fields["zone"], grams, year, fields["source"], fields["licence"], fields["name"])
 
 
-class TableProvider:
+class TableProvider(FixedProvider):
     """`table` source: the bundled yearly average for one zone. No I/O after build."""
 
     source = "table"
 
     def __init__(self, lookup: TableLookup) -> None:
         self._lookup = lookup
-        self._reading = IntensityReading(
+        super().__init__(IntensityReading(
             grams_per_kwh=lookup.entry.grams_per_kwh,
             zone=lookup.entry.zone,
             source=self.source,
             signal="average",
-        )
+        ))
 
     @classmethod
     def for_zone(cls, table: IntensityTable, zone: str) -> "TableProvider":
@@ -185,15 +184,3 @@ class TableProvider:
     @property
     def lookup(self) -> TableLookup:
         return self._lookup
-
-    def current(self) -> IntensityReading:
-        return self._reading
-
-    def health(self) -> ProviderHealth:
-        return ProviderHealth(source=self.source, up=True, age_seconds=None)
-
-    async def start(self) -> None:
-        """Nothing to refresh."""
-
-    async def close(self) -> None:
-        """Nothing to release."""

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import math
 
-from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.carbon.refresh import ProviderHealth
+from gpucarbon.carbon.model import FixedProvider, IntensityReading
 
 
-class StaticProvider:
+class StaticProvider(FixedProvider):
     source = "static"
 
     def __init__(self, grams_per_kwh: float, zone: str, signal: str = "average") -> None:
         if not (isinstance(grams_per_kwh, (int, float)) and math.isfinite(grams_per_kwh)
                 and grams_per_kwh >= 0):
             raise ValueError(f"static intensity must be a number >= 0 g/kWh, got {grams_per_kwh!r}")
-        self._reading = IntensityReading(float(grams_per_kwh), zone, self.source, signal)
-
-    def current(self) -> IntensityReading:
-        return self._reading
-
-    def health(self) -> ProviderHealth:
-        return ProviderHealth(source=self.source, up=True, age_seconds=None)
-
-    async def start(self) -> None:
-        """Nothing to refresh."""
-
-    async def close(self) -> None:
-        """Nothing to release."""
+        super().__init__(IntensityReading(float(grams_per_kwh), zone, self.source, signal))
