@@ -88,7 +88,7 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     if backend is None:
         backend = simulation if simulation is not None else _nvml_backend(clock)
     processes = ProcessCache(ProcFS(options.procfs))
-    teams = _team_rules(config)
+    teams = config.teams
     kube = _kubernetes_client(config)
     metadata = _kubernetes_source(config, kube, clock, teams) if kube else None
     intensity = _intensity(config, base_clock, kube)
@@ -185,12 +185,6 @@ class TaskService:
         closer = getattr(self._source, "close", None)
         if closer is not None:
             await closer()
-
-
-def _team_rules(config: Config) -> TeamRules:
-    t = config.teams
-    return TeamRules(default=t.default, pod_label=t.pod_label, namespace_label=t.namespace_label,
-                     namespaces=t.namespaces, workload_patterns=t.workload_patterns, users=t.users)
 
 
 def _kubernetes_client(config: Config):

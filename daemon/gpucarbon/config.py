@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from gpucarbon.identity.teams import TeamRules
+
 
 class ConfigError(Exception):
     """A configuration problem; str() is one line naming file, key and value."""
@@ -95,14 +97,8 @@ class CarbonConfig:
     currency: str = "USD"
 
 
-@dataclass(frozen=True)
-class TeamsConfig:
-    default: str = "unassigned"
-    pod_label: str = "team"
-    namespace_label: str = "team"
-    namespaces: Mapping[str, str] = field(default_factory=dict)
-    workload_patterns: tuple[tuple[str, str], ...] = ()  # (regex, team), first match wins
-    users: Mapping[str, str] = field(default_factory=dict)  # plain hosts: user -> team
+# Team rules (first match wins) are validated values with behaviour; the config
+# tree holds them as they are: gpucarbon.identity.teams.TeamRules.
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ class StateConfig:
 class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
-    teams: TeamsConfig = field(default_factory=TeamsConfig)
+    teams: TeamRules = field(default_factory=TeamRules)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
@@ -339,11 +335,11 @@ class _Reader:
             region=self.string(sec, "region", path, None),
         )
 
-    def teams(self, raw: Any) -> TeamsConfig:
+    def teams(self, raw: Any) -> TeamRules:
         path = "teams"
         sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces",
                                        "workloads", "users"})
-        d = TeamsConfig()
+        d = TeamRules()
         patterns = []
         workloads = sec.get("workloads") or []
         if not isinstance(workloads, list):
@@ -359,14 +355,17 @@ class _Reader:
             except re.error as err:
                 raise self.fail(f"{path}.workloads[{i}].match", regex, f"invalid regex: {err}") from None
             patterns.append((regex, team))
-        return TeamsConfig(
-            default=self.string(sec, "default", path, d.default),
-            pod_label=self.string(sec, "pod_label", path, d.pod_label),
-            namespace_label=self.string(sec, "namespace_label", path, d.namespace_label),
-            namespaces=self.string_map(sec, "namespaces", path),
-            workload_patterns=tuple(patterns),
-            users=self.string_map(sec, "users", path),
-        )
+        try:
+            return TeamRules(
+                default=self.string(sec, "default", path, d.default),
+                pod_label=self.string(sec, "pod_label", path, d.pod_label),
+                namespace_label=self.string(sec, "namespace_label", path, d.namespace_label),
+                namespaces=self.string_map(sec, "namespaces", path),
+                workload_patterns=tuple(patterns),
+                users=self.string_map(sec, "users", path),
+            )
+        except ValueError as err:  # e.g. a default with no printable character
+            raise ConfigError(self.source, "", _MISSING, str(err)) from None
 
     def retention(self, raw: Any) -> RetentionConfig:
         sec = self.section(raw, "retention", {"finished"})
