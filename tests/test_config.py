@@ -77,3 +77,22 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["carbon: {pue: null}", "retention: {finished: null}", "teams: {default: null}",
+                                  "limits: {max_workload_series: null}", "state: {interval: ~}"])
+def test_null_means_the_default(text):
+    assert parse_config(text) == Config()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("carbon: {pue: " + "9" * 400 + "}", "carbon.pue"),
+    ("state: {interval: " + "9" * 400 + "}", "state.interval"),
+    ("teams: {workloads: [{match: 'a{4294967296}', team: t}]}", "teams.workloads[0].match"),
+    ("state: {dir: 2024-13-45}", "invalid YAML"),
+    ("[" * 3000, "invalid YAML"),
+])
+def test_hostile_values_are_config_errors(text, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert key in str(err.value)

@@ -36,6 +36,24 @@ def _show(value: Any) -> str:
 
 
 _MISSING = object()
+
+# PyYAML's constructors raise more than YAMLError: impossible dates and ints past
+# Python's digit limit (ValueError), deep nesting (RecursionError).
+YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError, TypeError)
+LARGEST_NUMBER = 1e15  # no setting is anywhere near; bigger ints would overflow floats
+
+
+def yaml_where(err: BaseException) -> str:
+    """' at line L, column C' for YAML syntax errors, else ''."""
+    mark = getattr(err, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float of sane size (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= LARGEST_NUMBER and (isinstance(value, int) or math.isfinite(value))
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -45,6 +63,8 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError("not a duration")
     if isinstance(text, (int, float)):
+        if not is_number(text):
+            raise ValueError("must be a finite, non-negative duration")
         seconds = float(text)
     elif not isinstance(text, str):
         raise ValueError("not a duration (examples: 500ms, 1s, 10m, 1h30m)")
@@ -53,6 +73,8 @@ def parse_duration(text: str | int | float) -> float:
         parts = _DURATION_PART.findall(stripped)
         if not parts or "".join(n + u for n, u in parts) != stripped:
             raise ValueError("not a duration (examples: 500ms, 1s, 10m, 1h30m)")
+        if len(stripped) > 64:
+            raise ValueError("not a duration (too long)")
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("must be a finite, non-negative duration")
@@ -169,10 +191,8 @@ def load_config(path: str | Path | None) -> Config:
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, "", _MISSING, f"invalid YAML{where}") from None
+    except YAML_ERRORS as err:
+        raise ConfigError(source, "", _MISSING, f"invalid YAML{yaml_where(err)}") from None
     if raw is None:
         return Config()
     return _Reader(source).config(raw)
@@ -200,11 +220,11 @@ class _Reader:
 
     def number(self, raw: Mapping, key: str, path: str, default: Any, minimum: float | None = None,
                maximum: float | None = None) -> Any:
-        value = raw.get(key, default)
-        if value is None or value is default:
-            return value
+        value = raw.get(key)
+        if value is None:  # absent or null: the default
+            return default
         full = f"{path}.{key}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value):
             raise self.fail(full, value, "must be a number")
         if minimum is not None and value < minimum:
             raise self.fail(full, value, f"must be at least {minimum}")
@@ -213,17 +233,19 @@ class _Reader:
         return float(value)
 
     def integer(self, raw: Mapping, key: str, path: str, default: int, minimum: int) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
+        value = raw.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not is_number(value):
             raise self.fail(f"{path}.{key}", value, "must be an integer")
         if value < minimum:
             raise self.fail(f"{path}.{key}", value, f"must be at least {minimum}")
         return value
 
     def string(self, raw: Mapping, key: str, path: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
-        value = raw.get(key, default)
-        if value is None or value is default:
-            return value
+        value = raw.get(key)
+        if value is None:
+            return default
         full = f"{path}.{key}"
         if not isinstance(value, str) or not value:
             raise self.fail(full, value, "must be a non-empty string")
@@ -232,15 +254,17 @@ class _Reader:
         return value
 
     def boolean(self, raw: Mapping, key: str, path: str, default: bool) -> bool:
-        value = raw.get(key, default)
+        value = raw.get(key)
+        if value is None:
+            return default
         if not isinstance(value, bool):
             raise self.fail(f"{path}.{key}", value, "must be true or false")
         return value
 
     def duration(self, raw: Mapping, key: str, path: str, default: Any, minimum: float = 0.0) -> Any:
-        value = raw.get(key, default)
-        if value is None or value is default:
-            return value
+        value = raw.get(key)
+        if value is None:
+            return default
         full = f"{path}.{key}"
         try:
             seconds = parse_duration(value)
@@ -284,7 +308,7 @@ class _Reader:
         if isinstance(value, Mapping):
             by_gpu: dict[str, float] = {}
             for name, watts in value.items():
-                if isinstance(watts, bool) or not isinstance(watts, (int, float)) or not 0 <= watts < 1e5:
+                if not is_number(watts) or not 0 <= watts < 1e5:
                     raise self.fail(f"attribution.idle_watts.{name}", watts, "must be a number of watts >= 0")
                 by_gpu[str(name)] = float(watts)
             return AttributionConfig(idle_watts_by_gpu=by_gpu)
@@ -352,7 +376,7 @@ class _Reader:
                 raise self.fail(f"{path}.workloads[{i}]", _MISSING, "needs both match and team")
             try:
                 re.compile(regex)
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError, ValueError) as err:
                 raise self.fail(f"{path}.workloads[{i}].match", regex, f"invalid regex: {err}") from None
             patterns.append((regex, team))
         try:

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from gpucarbon.config import YAML_ERRORS, is_number, yaml_where
+
 
 class ScenarioError(Exception):
     def __init__(self, source: str, key: str, problem: str) -> None:
@@ -104,10 +106,8 @@ def load_scenario(path: str | None) -> Scenario:
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ScenarioError(source, "", f"invalid YAML{where}") from None
+    except YAML_ERRORS as err:
+        raise ScenarioError(source, "", f"invalid YAML{yaml_where(err)}") from None
     return _Parser(source).scenario(raw)
 
 
@@ -129,11 +129,11 @@ class _Parser:
 
     def number(self, raw: Mapping, key: str, path: str, default: Any = None, minimum: float = 0.0,
                maximum: float = math.inf) -> Any:
-        value = raw.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(f"{path}.{key}", f"{value!r} is not a number")
+        value = raw.get(key)
+        if value is None:  # absent or null: the default
+            return default
+        if not is_number(value):
+            raise self.fail(f"{path}.{key}", f"{str(value)[:40]!r} is not a number")
         if not minimum <= value <= maximum:
             raise self.fail(f"{path}.{key}", f"{value!r} must be between {minimum} and {maximum}")
         return value
@@ -149,8 +149,9 @@ class _Parser:
         gpus = self.gpus(top.get("gpus"))
         workloads = self.list(top.get("workloads", []), "workloads")
         faults = self.list(top.get("faults", []), "faults")
-        seed = top.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        seed = top.get("seed")
+        seed = 0 if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not is_number(seed):
             raise self.fail("seed", f"{seed!r} must be an integer")
         return Scenario(
             speed=float(self.number(top, "speed", "", 1.0, minimum=0.001, maximum=1e6)),
@@ -176,7 +177,7 @@ class _Parser:
         for i, entry in enumerate(entries):
             path = f"gpus[{i}]"
             sec = self.mapping(entry, path, {"model", "count", "idle_watts", "max_watts", "memory_bytes"})
-            count = sec.get("count", 1)
+            count = 1 if sec.get("count") is None else sec["count"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
                 raise self.fail(f"{path}.count", f"{count!r} must be an integer from 1 to 64")
             idle = self.number(sec, "idle_watts", path, 70.0, maximum=5000)
@@ -239,6 +240,8 @@ class _Parser:
                 raise self.fail(f"{path}[{i}]", f"{step!r} must be [t, util]")
             t = self.number({"t": step[0]}, "t", f"{path}[{i}]")
             u = self.number({"util": step[1]}, "util", f"{path}[{i}]", maximum=1.0)
+            if t is None or u is None:
+                raise self.fail(f"{path}[{i}]", f"{step!r} must be [t, util] numbers")
             parsed.append((float(t), float(u)))
         if [t for t, _ in parsed] != sorted(t for t, _ in parsed):
             raise self.fail(path, "steps must be in time order")
