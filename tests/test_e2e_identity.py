@@ -11,6 +11,8 @@ which GPU from a fake kubelet serving PodResources on a unix socket.
                            team from the namespace label; ends at 10 s, then deleted
     GPU 2  nothing runs    allocated to research/notebook-0: it pays the idle draw
     GPU 3  pids 4404+4505  Slurm job 4242 (team from a fake scontrol) and Xorg
+    GPU 4  pid 4606        pod batch/jax-worker-0, JobSet by its label, team from the
+                           static namespace map; the API server learns of it late
 
 The fakes run on their own event loop in a background thread for the life of
 the module; the checks read the daemon's /metrics. The tests share one daemon
@@ -51,6 +53,7 @@ NODE = "gpu-node-7"  # config.yaml.in's kubernetes.node_name
 IDLE_WATTS = 60.0  # the scenario's idle draw of every GPU
 VLLM_END_S = 10.0  # the scenario's end of pid 4202 on GPU 1
 MJ = 0.001  # one millijoule, in the exposition's joules
+RETENTION_S = 3.0  # config.yaml.in's retention.finished
 PATIENCE_S = 30.0  # generous: a loaded 2-core machine
 
 # Pod UIDs and container IDs are the fixture procfs tree's (its README.md).
@@ -59,6 +62,8 @@ TRAINER_CID = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
 VLLM_UID = "58e2d9b4-7a1c-4e3f-b6d8-0c2e4a6b8d1f"
 VLLM_CID = "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809"
 NOTEBOOK_UID = "9e0c6a4d-2b1f-4c3e-8d7a-6f5e4d3c2b1a"  # no process: in no cgroup
+JAX_UID = "0b7f3c1e-9d2a-4f61-8c3b-5e7a9d1f2b4c"
+JAX_CID = "cd0aa9856147b6c5b4ff2b7dfee5da20aa38253099ef1b4a64aced233c9afe29"
 
 T = TypeVar("T")
 
@@ -145,12 +150,23 @@ def api_pods() -> list[dict]:
     ]
 
 
+def late_jax_pod() -> dict:
+    """Added only by test_late_metadata_moves_the_pod_to_its_final_labels."""
+    return make_pod("jax-worker-0", uid=JAX_UID, namespace="batch", node=NODE,
+                    labels={"jobset.sigs.k8s.io/jobset-name": "llm-pretrain", "job-name": "llm-pretrain-w-0"},
+                    containers={"worker": f"containerd://{JAX_CID}"})
+
+
 def kubelet_pods(*, with_vllm: bool = True) -> list:
-    """Each device-ID form the NVIDIA device plugin uses: UUID, index, replica."""
+    """Each device-ID form the NVIDIA device plugin uses: UUID, index, replica of
+    a UUID, replica of an index."""
     pods = [
         kubelet_pod("ml", "bert-train-0", {"trainer": {"nvidia.com/gpu": [gpu_uuid(0)]}}),
         kubelet_pod("research", "notebook-0", {"jupyter": {"nvidia.com/gpu.shared": [f"{gpu_uuid(2)}::1"]}}),
+        kubelet_pod("batch", "jax-worker-0", {"worker": {"nvidia.com/gpu.shared": ["4::2"]}}),
         kubelet_pod("kube-system", "dns-0", {"coredns": {"cpu.example/other": ["x"]}}),  # holds no GPU
+        # A GPU this node does not have (a stale answer): ignored, never a crash.
+        kubelet_pod("ml", "ghost-0", {"main": {"nvidia.com/gpu": ["GPU-00000000-0000-0000-0000-000000000000"]}}),
     ]
     if with_vllm:
         pods.append(kubelet_pod("serving", "vllm-6c9d8f-x2x7q", {"server": {"nvidia.com/gpu": ["1"]}}))
@@ -228,23 +244,28 @@ def node(tmp_path_factory) -> Iterable[Node]:
             fakes.run(api.stop())
         fakes.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
-    log = daemon.log.read_text()
+    log = daemon.log.read_text(errors="replace")
     assert "Traceback" not in log, log
 
 
 def wait_scrape(node: Node, check, what: str, timeout: float = PATIENCE_S) -> Scrape:
-    """The first scrape for which `check(scrape)` is true."""
+    """The first scrape for which `check(scrape)` is true; on timeout the
+    message carries the daemon's last log lines."""
     def attempt():
         scrape = node.scrape()
         return scrape if check(scrape) else None
-    return wait_until(attempt, timeout, what)
+    try:
+        return wait_until(attempt, timeout, what)
+    except AssertionError as err:
+        tail = "\n".join(node.daemon.log.read_text(errors="replace").splitlines()[-30:])
+        raise AssertionError(f"{err}\n--- daemon log (last lines) ---\n{tail}") from None
 
 
 def assert_conserved(scrape: Scrape) -> None:
     """The issue's sums, from one scrape: per GPU, workloads + unattributed +
     retired = measured to 1 mJ; teams + unattributed = all GPUs."""
     gpus = scrape.series("gpucarbon_gpu_energy_joules_total")
-    assert len(gpus) == 4
+    assert len(gpus) == 5
     for gpu in gpus:
         uuid = gpu.labels["uuid"]
         parts = (scrape.total("gpucarbon_workload_energy_joules_total", uuid=uuid)
@@ -285,6 +306,7 @@ def test_kubernetes_pods_get_names_owner_workload_and_team(node):
                           "one holder of GPU 0")
     assert holders.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0)).labels["pod"] == "bert-train-0"
     assert not scrape.series("gpucarbon_workload_energy_joules_total", pod="elsewhere-0")
+    assert not scrape.series("gpucarbon_workload_energy_joules_total", pod="ghost-0")
 
 
 def test_allocated_idle_pod_pays_its_gpus_idle_energy(node):
@@ -298,13 +320,70 @@ def test_allocated_idle_pod_pays_its_gpus_idle_energy(node):
     energy = later.one("gpucarbon_workload_energy_joules_total", **notebook)
     held = later.one("gpucarbon_workload_held_seconds_total", **notebook)
     busy = later.one("gpucarbon_workload_busy_seconds_total", **notebook)
-    # Alone on an idle GPU, it pays all of it: idle watts x held seconds (the
-    # simulation integrates power exactly; each interval rounds to 1 mJ).
-    assert energy.value == pytest.approx(IDLE_WATTS * held.value, rel=1e-3)
+    # Alone on an idle GPU, it pays all of it: idle watts x held seconds. The
+    # simulation integrates power exactly and the counter truncates to whole mJ;
+    # held time comes from the same readings' time stamps.
+    assert energy.value == pytest.approx(IDLE_WATTS * held.value, abs=5 * MJ)
+    assert energy.value > before
     assert busy.value == 0.0
-    assert later.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(2)).labels["team"] == "vision"
-    # Nobody else holds GPU 2, and its energy since the notebook holds it is all the notebook's.
-    assert len(later.series("gpucarbon_workload_energy_joules_total", uuid=gpu_uuid(2), pod="notebook-0")) >= 1
+    holder = later.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(2))  # alone on it
+    assert (holder.labels["pod"], holder.labels["team"]) == ("notebook-0", "vision")
+
+
+JAX_KNOWN_BY_KUBELET = {"uuid": gpu_uuid(4), "namespace": "batch", "pod": "jax-worker-0", "container": "worker",
+                        "workload": "Pod/jax-worker-0"}
+JAX_KNOWN_BY_CGROUP = {"uuid": gpu_uuid(4), "container": JAX_CID[:12], "workload": f"Pod/uid-{JAX_UID}"}
+JAX_FINAL = {"uuid": gpu_uuid(4), "namespace": "batch", "pod": "jax-worker-0", "container": "worker",
+             "workload": "JobSet/llm-pretrain", "team": "platform"}
+
+
+def jax_seen_without_metadata(scrape: Scrape) -> bool:
+    """The process runs (busy time) and both sources have named what they know."""
+    by_cgroup = scrape.series("gpucarbon_workload_busy_seconds_total", **JAX_KNOWN_BY_CGROUP)
+    return bool(by_cgroup) and by_cgroup[0].value > 0 and bool(
+        scrape.series("gpucarbon_workload_held_seconds_total", **JAX_KNOWN_BY_KUBELET))
+
+
+def test_pod_unknown_to_the_api_server_still_gets_its_energy(node):
+    scrape = wait_scrape(node, jax_seen_without_metadata, "jax-worker-0 named by the kubelet and its cgroup")
+    for known in (JAX_KNOWN_BY_KUBELET, JAX_KNOWN_BY_CGROUP):
+        assert scrape.one("gpucarbon_workload_energy_joules_total", **known).value > 0
+        assert scrape.one("gpucarbon_workload_energy_joules_total", **known).labels["team"] == "unassigned"
+    assert_conserved(scrape)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core: before the API server knows a pod, the process path keys it pod/<uid>/<container-id[:12]> and "
+    "the kubelet path pod-name/<ns>/<pod>/<container>: one container is two holders of its GPU, splitting "
+    "the idle share and listed twice by gpucarbon_gpu_allocation_info"))
+def test_pod_unknown_to_the_api_server_is_one_holder(node):
+    scrape = wait_scrape(node, jax_seen_without_metadata, "jax-worker-0 named by the kubelet and its cgroup")
+    assert len(scrape.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4))) == 1
+
+
+def test_late_metadata_moves_the_pod_to_its_final_labels(node):
+    wait_scrape(node, jax_seen_without_metadata, "jax-worker-0 named by the kubelet and its cgroup")
+    node.fakes.run(node.api.add_pod(late_jax_pod()))
+    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_busy_seconds_total", **JAX_FINAL)
+                         and s.one("gpucarbon_workload_busy_seconds_total", **JAX_FINAL).value > 0,
+                         "jax-worker-0 under its final labels")
+    holders = wait_scrape(node, lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4))) == 1,
+                          "one holder of GPU 4 once the API server knows the pod")
+    assert holders.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4)).labels["workload"] == "JobSet/llm-pretrain"
+    assert_conserved(scrape)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core: when metadata arrives the pod gets a new consumer key (pod/<uid>/<container name>), so its "
+    "earlier energy stays on the provisional series until they retire, instead of the same series "
+    "continuing under the final labels as the issue asks"))
+def test_late_metadata_continues_the_same_series(node):
+    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_energy_joules_total", **JAX_FINAL),
+                         "jax-worker-0 under its final labels")
+    attributed = (scrape.one("gpucarbon_gpu_energy_joules_total", uuid=gpu_uuid(4)).value
+                  - scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(4)).value)
+    assert scrape.one("gpucarbon_workload_energy_joules_total", **JAX_FINAL).value == pytest.approx(attributed,
+                                                                                                   abs=MJ)
 
 
 def test_slurm_and_host_processes_resolve_through_procfs(node):
@@ -326,28 +405,33 @@ def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
     node.fakes.run(delete_vllm(node.api, node.kubelet))
 
     team_history: list[float] = []
-    last_series: list[float] = []
+    final: list[float] = []  # the series' energy once it holds GPU 1 no more (power 0)
 
     def retired(scrape: Scrape) -> bool:
         team_history.append(scrape.one("gpucarbon_team_energy_joules_total", team="inference").value)
-        series = scrape.series("gpucarbon_workload_energy_joules_total", **vllm)
-        if series:
-            last_series[:] = [s.value for s in series]
         assert_conserved(scrape)
+        series = scrape.series("gpucarbon_workload_energy_joules_total", **vllm)
+        if series and scrape.one("gpucarbon_workload_power_watts", **vllm).value == 0:
+            final[:] = [scrape.one("gpucarbon_workload_energy_joules_total", **vllm).value,
+                        team_history[-1]]
         return not series
 
-    scrape = wait_scrape(node, retired, "the deleted pod's series to be retired (retention.finished 2s)")
-    assert last_series, "the pod's series was seen before it was retired"
+    scrape = wait_scrape(node, retired, f"the deleted pod's series to be retired (retention.finished {RETENTION_S}s)")
     assert team_history == sorted(team_history), f"team counter went down: {team_history}"
+    assert final, "the series was seen between its last interval and its retirement"
+    series_energy, team_then = final
     team = scrape.one("gpucarbon_team_energy_joules_total", team="inference").value
-    assert team >= math.fsum(last_series) - MJ
-    assert team == team_history[-2], "retiring the series does not touch the team total"
-    assert scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=gpu_uuid(1)) >= math.fsum(last_series) - MJ
-    # Nobody holds GPU 1 now: its idle energy is unattributed, not charged to the team.
+    # The team's only consumer was this pod (its one series: metadata came first).
+    assert team == pytest.approx(series_energy, abs=MJ)
+    assert team == team_then, "retiring the series leaves the team total as it was"
+    assert scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=gpu_uuid(1)) >= series_energy - MJ
+    # Nobody holds GPU 1 now: its idle draw is unattributed, not charged to the team.
     time.sleep(1.0)
     again = node.scrape()
     assert again.one("gpucarbon_team_energy_joules_total", team="inference").value == team
     assert not again.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(1))
+    assert again.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value > \
+        scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
 
 
 def test_conservation_holds_exactly(node):
