@@ -20,11 +20,21 @@ The run lasts the simulated day plus the retention plus a margin: every
 workload has ended by then and every finished series should have expired, so
 the final workload-series count says whether expiry keeps up. A bench, not a
 test: it asserts nothing.
+
+RSS alone cannot show a slow leak here: parsing the 10,000-workload scenario
+peaks early and the freed memory stays in Python's arenas, so later growth
+would fill those before RSS moves. `--in-process` therefore runs the same day
+in this process on a hand-moved clock (one poll per `speed * poll-interval`
+simulated seconds, as the daemon would) and samples the Python heap with
+tracemalloc, the live object count and the ledger's series after every
+simulated hour: a leak shows there as a rising heap however big the arenas.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
 import os
 import random
@@ -32,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +158,11 @@ def main() -> None:
     p.add_argument("--sample-every", type=float, default=5.0, help="real seconds between samples")
     p.add_argument("--seed", type=int, default=24)
     p.add_argument("--csv", type=Path, default=None, help="also write the curve here")
+    p.add_argument("--in-process", action="store_true", help="measure the Python heap instead (see above)")
     args = p.parse_args()
+    if args.in_process:
+        asyncio.run(in_process(args))
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="gpucarbon-soak-"))
     (tmp / "scenario.yaml").write_text(scenario_text(args.workloads, args.gpus, args.hours, args.speed, args.seed))
@@ -185,6 +200,45 @@ def main() -> None:
     if args.csv:
         args.csv.write_text(header + "\n" + "".join(",".join(str(v) for v in vars(s).values()) + "\n" for s in samples))
     print(json.dumps(summary(samples, args), indent=2))
+
+
+async def in_process(args: argparse.Namespace) -> None:
+    """The same day in this process: heap (tracemalloc), objects, series per simulated hour."""
+    sys.path.insert(0, str(ROOT / "daemon"))
+    from gpucarbon.app import RunOptions, build_daemon
+    from gpucarbon.clock import ManualClock
+    from gpucarbon.config import Config, RetentionConfig, parse_duration
+    from gpucarbon.device.scenario import parse_scenario
+
+    scenario = parse_scenario(scenario_text(args.workloads, args.gpus, args.hours, 1.0, args.seed), "soak")
+    retention = parse_duration(args.retention)
+    clock = ManualClock()
+    daemon = build_daemon(Config(retention=RetentionConfig(finished=retention)), RunOptions(scenario=scenario),
+                          base_clock=clock)
+    step = args.speed * parse_duration(args.poll_interval)  # simulated seconds per poll
+    polls = int((args.hours * 3600 + retention) / step) + 4
+    per_hour = max(1, int(3600 / step))
+    gc.collect()
+    tracemalloc.start()
+    print("sim_h,heap_mib,objects,workload_series", flush=True)
+    rows = []
+    for n in range(polls + 1):
+        await daemon.poller.poll()
+        clock.advance(step)
+        if n % per_hour == 0 or n == polls:
+            gc.collect()
+            row = (round(n * step / 3600, 2), round(tracemalloc.get_traced_memory()[0] / 2**20, 2),
+                   len(gc.get_objects()), len(daemon.poller.ledger.workloads))
+            rows.append(row)
+            print(",".join(map(str, row)), flush=True)
+    hour1 = rows[min(1, len(rows) - 1)]
+    print(json.dumps({
+        "mode": "in-process", "workloads": args.workloads, "gpus": args.gpus, "polls": polls,
+        "simulated_s_per_poll": step, "retention": args.retention,
+        "heap_mib_after_1h": hour1[1], "heap_mib_max": max(r[1] for r in rows), "heap_mib_final": rows[-1][1],
+        "objects_after_1h": hour1[2], "objects_max": max(r[2] for r in rows), "objects_final": rows[-1][2],
+        "workload_series_max": max(r[3] for r in rows), "workload_series_final": rows[-1][3],
+    }, indent=2))
 
 
 def summary(samples: list[Sample], args: argparse.Namespace) -> dict:
