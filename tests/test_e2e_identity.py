@@ -289,11 +289,11 @@ def test_kubernetes_pods_get_names_owner_workload_and_team(node):
     }
 
     def named(scrape: Scrape) -> bool:
-        # Busy time: the pid's process runs (from 2 s), not just the kubelet's allocation.
-        return all(s.value > 0 for uuid, labels in expected.items()
-                   for s in scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)) \
-            and all(scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)
-                    for uuid, labels in expected.items())
+        # Busy time, not only held time: the pid's process runs (from 2 s) and
+        # was resolved to these names, beside the kubelet's allocation.
+        busy = [scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)
+                for uuid, labels in expected.items()]
+        return all(found and found[0].value > 0 for found in busy)
 
     scrape = wait_scrape(node, named, "pid-backed pods under their Kubernetes names")
     for uuid, labels in expected.items():
