@@ -368,10 +368,6 @@ def test_late_metadata_moves_the_pod_to_its_final_labels(node):
     assert_conserved(scrape)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: when metadata arrives the pod gets a new consumer key (pod/<uid>/<container name>), so its "
-    "earlier energy stays on the provisional series until they retire, instead of the same series "
-    "continuing under the final labels as the issue and docs/kubernetes.md (No double counting) say"))
 def test_late_metadata_continues_the_same_series(node):
     scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_energy_joules_total", **JAX_FINAL),
                          "jax-worker-0 under its final labels")

@@ -78,3 +78,17 @@ def test_emissions_follow_the_energy_split():
     parts = sum(e.grams for e in ledger.workloads.values())
     assert abs(parts + gpu.unattributed_grams - gpu.grams) < 1e-12
     assert abs(gpu.grams - 3000 * 0.5 / 1e3) < 1e-12
+
+
+def test_provisional_series_fold_into_the_final_one():
+    ledger = Ledger(100, "unassigned")
+    provisional = Consumer("pod/u1/abcdef123456", workload="Pod/uid-u1")
+    by_name = Consumer("pod-name/ns/p/c", namespace="ns", pod="p", container="c", workload="Pod/p")
+    ledger.book(charge("G", 300, [provisional, by_name]), now=0)
+    final = Consumer("pod/u1/c", namespace="ns", pod="p", container="c", workload="Job/x", team="nlp",
+                     aliases=("pod/u1/abcdef123456", "pod-name/ns/p/c"))
+    ledger.book(charge("G", 100, [final]), now=1)
+    (entry,) = ledger.workloads.values()
+    assert entry.consumer.workload == "Job/x" and entry.energy_mj == 400
+    assert per_gpu_sum(ledger, "G") == (400, 400)
+    assert ledger.teams["unassigned"].energy_mj == 300 and ledger.teams["nlp"].energy_mj == 100

@@ -117,6 +117,7 @@ class Ledger:
         if entry is not None:
             if consumer.key != OVERFLOW_KEY:
                 entry.consumer = consumer  # labels improve as metadata arrives
+            self._fold_aliases(uuid, consumer, entry)
             return entry
         if len(self.workloads) >= self.max_workload_series:
             if key not in self._folded:
@@ -132,7 +133,23 @@ class Ledger:
                 entry = self.workloads[key] = WorkloadTotals(OVERFLOW)
             return entry
         entry = self.workloads[key] = WorkloadTotals(consumer)
+        self._fold_aliases(uuid, consumer, entry)
         return entry
+
+    def _fold_aliases(self, uuid: str, consumer: Consumer, entry: WorkloadTotals) -> None:
+        """Move series booked under the consumer's provisional keys into its
+        final one, so its energy continues under the final labels. Team totals
+        stay where they were booked (team counters never decrease)."""
+        for alias in consumer.aliases:
+            old = self.workloads.pop((uuid, alias), None)
+            if old is None:
+                continue
+            entry.energy_mj += old.energy_mj
+            entry.grams += old.grams
+            entry.held_s += old.held_s
+            entry.busy_s += old.busy_s
+            entry.embodied_grams += old.embodied_grams
+            entry.cost += old.cost
 
     def _release(self, uuid: str, holding: set[str]) -> None:
         for (gpu_uuid, key), entry in self.workloads.items():

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Protocol
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.model import Consumer, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
-from gpucarbon.identity.resolver import clean_label
+from gpucarbon.identity.resolver import clean_label, pod_name_key
 
 
 class DeviceHolders(Protocol):
@@ -43,9 +43,10 @@ class KubeletAllocations:
         meta = self._pods.pods_by_name(key.namespace, key.pod) if self._pods is not None else None
         container = clean_label(key.container)
         if meta is None:
-            return Consumer(key=f"pod-name/{key.namespace}/{key.pod}/{key.container}",
+            return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
                             namespace=clean_label(key.namespace), pod=clean_label(key.pod),
                             container=container, workload=clean_label(f"Pod/{key.pod}"))
         return Consumer(key=f"pod/{meta.uid}/{key.container}", namespace=clean_label(meta.namespace),
                         pod=clean_label(meta.name), container=container,
-                        workload=clean_label(meta.workload or f"Pod/{meta.name}"), team=clean_label(meta.team))
+                        workload=clean_label(meta.workload or f"Pod/{meta.name}"), team=clean_label(meta.team),
+                        aliases=(pod_name_key(key.namespace, key.pod, key.container),))

@@ -17,6 +17,10 @@ class Consumer:
     container: str = ""
     workload: str = ""
     team: str = ""
+    # Provisional keys the same consumer was booked under before its metadata
+    # arrived (container id instead of name, pod name instead of UID); the
+    # ledger folds their series into this one so it continues under final labels.
+    aliases: tuple[str, ...] = ()
 
     def labels(self) -> tuple[str, str, str, str, str]:
         return (self.namespace, self.pod, self.container, self.workload, self.team)

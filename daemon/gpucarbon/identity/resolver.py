@@ -30,6 +30,11 @@ class SlurmTeams(Protocol):
     def team(self, job_id: str) -> str | None: ...
 
 
+def pod_name_key(namespace: str, pod: str, container: str) -> str:
+    """The provisional key of a container known by name only (kubelet pod-resources)."""
+    return f"pod-name/{namespace}/{pod}/{container}"
+
+
 def clean_label(value: str) -> str:
     """Bound length and drop control characters; the exposition format escapes the rest."""
     value = "".join(ch for ch in value if ch.isprintable())
@@ -86,6 +91,7 @@ class Resolver:
             container=clean_label(container),
             workload=clean_label(meta.workload or f"Pod/{meta.name}"),
             team=clean_label(meta.team),
+            aliases=(f"pod/{uid}/{container_id[:12]}", pod_name_key(meta.namespace, meta.name, container)),
         )
 
     def _slurm_consumer(self, job_id: str, user: str) -> Consumer:
