@@ -473,3 +473,23 @@ def test_fake_errors_map_codes_to_subclasses_like_pynvml():
     assert type(lost) is fake.NVMLError_GpuIsLost
     assert isinstance(lost, fake.NVMLError) and lost.value == NVML_ERROR_GPU_IS_LOST
     assert fake.NVMLError_NotFound().value == 6
+
+
+def test_mig_board_lists_its_mig_devices_for_the_kubelet_join():
+    from gpucarbon.identity.devices import GpuInventory, normalise_device_id
+
+    mig_a, mig_b = "MIG-11111111-2222-3333-4444-555555555555", "MIG-66666666-7777-8888-9999-000000000000"
+    gpu = FakeGpu(uuid=UUID_A, mig_current=NVML_DEVICE_MIG_ENABLE, mig_devices=[mig_a, mig_b])
+    backend = NvmlBackend(nvml=FakeNvml([gpu]))
+    backend.open()
+    reading = backend.read_gpu(UUID_A)
+    assert reading.mig_mode is True and reading.mig_devices == (mig_a, mig_b)
+    assert reading.errors == ()
+    inventory = GpuInventory({UUID_A: 0}, {m: UUID_A for m in reading.mig_devices})
+    assert normalise_device_id(mig_b, inventory) == UUID_A
+
+
+def test_mig_disabled_board_lists_no_mig_devices():
+    backend = NvmlBackend(nvml=FakeNvml([FakeGpu(uuid=UUID_A)]))
+    backend.open()
+    assert backend.read_gpu(UUID_A).mig_devices == ()

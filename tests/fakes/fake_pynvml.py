@@ -170,6 +170,8 @@ class FakeGpu:
     field_returns: dict[int, int] = field(default_factory=dict)  # field id -> nvmlReturn
     lost: bool = False
     hang: threading.Event | None = None
+    mig_devices: list[str] = field(default_factory=list)  # MIG device UUIDs, in slot order
+    max_mig_devices: int = 7
 
     def advance(self, energy_mj: int) -> None:
         self.energy_mj += energy_mj
@@ -178,6 +180,13 @@ class FakeGpu:
 @dataclass(frozen=True)
 class _Handle:
     """Opaque like c_nvmlDevice_t; identifies the GPU by UUID."""
+
+    uuid: str
+
+
+@dataclass(frozen=True)
+class _MigHandle:
+    """A MIG device handle: only its UUID is asked for."""
 
     uuid: str
 
@@ -258,7 +267,18 @@ class FakeNvml:
     # -- per device --------------------------------------------------------------
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        if isinstance(handle, _MigHandle):
+            return handle.uuid
         return self._enter(self._gpu(handle), "nvmlDeviceGetUUID").uuid
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, device: _Handle) -> int:
+        return self._enter(self._gpu(device), "nvmlDeviceGetMaxMigDeviceCount").max_mig_devices
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: _Handle, index: int) -> "_MigHandle":
+        gpu = self._enter(self._gpu(device), "nvmlDeviceGetMigDeviceHandleByIndex", (index,))
+        if index >= len(gpu.mig_devices):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)  # an empty slot
+        return _MigHandle(gpu.mig_devices[index])
 
     def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
         gpu = self._enter(self._gpu(handle), "nvmlDeviceGetIndex")

@@ -202,8 +202,23 @@ class NvmlBackend:
             temperature_c=float(temperature) if temperature is not None else None,
             processes=self._processes(handle, call),
             samples=self._samples(uuid, handle, call),
+            mig_devices=self._mig_devices(handle, call) if mig is not None and mig[0] == MIG_ENABLED else (),
             errors=tuple(errors),
         )
+
+    def _mig_devices(self, handle: Any, call: _FieldCaller) -> tuple[str, ...]:
+        """UUIDs of the MIG devices on a board, so the kubelet's `MIG-<uuid>`
+        device IDs can be mapped to it. Empty slots answer NotFound."""
+        slots = call("nvmlDeviceGetMaxMigDeviceCount", handle) or 0
+        uuids = []
+        for slot in range(int(slots)):
+            try:
+                mig_handle = self._nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+                uuids.append(_as_str(self._nvml.nvmlDeviceGetUUID(mig_handle)))
+            except self._nvml.NVMLError as exc:
+                if nvml_error_name(exc) != "NotFound":
+                    call.record("nvmlDeviceGetMigDeviceHandleByIndex", nvml_error_name(exc))
+        return tuple(uuids)
 
     def _power_w(self, device: _Device, call: _FieldCaller) -> float | None:
         """Board power in W: the instantaneous field when the GPU has it (on
