@@ -4,9 +4,13 @@ Needs the Debian `prometheus` and `promtool` binaries; .ci/run installs them and
 these tests never skip: a missing binary is a failure.
 """
 
+import json
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -95,3 +99,58 @@ def test_without_a_driver_the_daemon_keeps_serving_nvml_up_zero(tmp_path):
     log = d.log.read_text()
     assert log.count("GPU backend unavailable") == 1, "said once, not every retry"
     assert "Traceback" not in log
+
+
+def test_sigterm_writes_a_final_checkpoint_that_the_next_run_continues(tmp_path):
+    state = tmp_path / "state"
+    first = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
+    first.wait_ready()
+    assert first.stop() == 0
+    saved = json.loads((state / "state.json").read_text())
+    teams = saved["payload"]["ledger"]["teams"]
+    assert teams["nlp"]["energy_mj"] > 0
+    second = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
+    try:
+        second.wait_ready()
+        line = next(l for l in second.metrics().splitlines()
+                    if l.startswith('gpucarbon_team_energy_joules_total{team="nlp"}'))
+        assert float(line.split()[-1]) >= teams["nlp"]["energy_mj"] / 1000.0
+    finally:
+        assert second.stop() == 0
+
+
+def test_basic_auth_protects_metrics_but_not_probes(tmp_path):
+    import base64
+
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    d = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--web.config.file={web}")
+    try:
+        d.wait_ready()
+        assert http_get(d.url + "/metrics")[0] == 401
+        assert http_get(d.url + "/healthz")[0] == 200
+        good = base64.b64encode(b"prometheus:s3cret").decode()
+        bad = base64.b64encode(b"prometheus:guess").decode()
+        for token, status in ((bad, 401), (good, 200)):
+            request = urllib.request.Request(d.url + "/metrics", headers={"Authorization": f"Basic {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    assert resp.status == status
+            except urllib.error.HTTPError as err:
+                assert err.code == status
+        assert "s3cret" not in d.log.read_text() and hashed not in d.log.read_text()
+    finally:
+        d.stop()
+
+
+def test_invalid_web_config_is_one_line_exit_two(tmp_path):
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n")
+    result = subprocess.run([sys.executable, "-m", "gpucarbon", "--simulate", f"--web.config.file={web}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert str(web) in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
