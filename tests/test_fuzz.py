@@ -13,18 +13,14 @@ Two kinds of generated input per loader:
   wrong-typed section), so that the deep paths (carbon.intensity.*,
   teams.workloads[i].match, workloads[i].sm_util[j], ...) are reached.
 
-Inputs that crash a loader today are pinned at the end (KNOWN_BUGS) as strict
-xfails naming the bug; the fuzzers let exactly those signatures pass so that
-they keep looking for new failures, and a fixed bug turns its xfail into a
-failure that says to drop the entry.
+What the fuzzers found (fixed in aa4ba0d) is kept at the end as named
+regression examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +42,14 @@ YAML_TEXT = st.text(alphabet=st.sampled_from(list("ab01.:-[]{},#&*!|>'\"%@`? \n\
                     max_size=200)
 
 # Leaf values: every YAML scalar type, plausible values for the real keys, and
-# small containers where a scalar belongs. Integers stay within 64 bits: larger
-# ones are the pinned overflow bug below.
+# small containers where a scalar belongs, and numbers too big for a float.
 PLAUSIBLE = st.sampled_from([
     "10m", "500ms", "1h30m", "0s", "-1s", "1x", "1e3s", "", " ", "static", "table", "watttime",
     "electricitymaps", "uk-carbon-intensity", "co2_moer", "co2_aoer", "auto", "DE", "WORLD", ".*", "(", "[a-z]+",
     "lost", "reset", "hang", "NVIDIA H100 80GB HBM3", "Job/x", "/var/lib/gpucarbon", "USD",
 ])
-SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats()
-           | st.text(max_size=12) | PLAUSIBLE)
+SCALARS = (st.none() | st.booleans() | st.integers() | st.sampled_from([10**400, -(10**400)]) | st.floats()
+           | st.text(max_size=12) | st.dates() | PLAUSIBLE)
 LEAVES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
 JUNK_KEY = st.sampled_from(["", "unknown", "Pue", "token", "a\nb", "0"]) | st.text(max_size=8)
@@ -111,9 +106,6 @@ def assert_only_config_errors(text: str) -> None:
         result = parse_config(text, SOURCE)
     except ConfigError as err:
         assert str(err).startswith(SOURCE + ":"), f"error does not name the file: {err}"
-    except Exception as err:
-        if known_bug("config", err) is None:
-            raise
     else:
         assert isinstance(result, Config)
 
@@ -123,9 +115,6 @@ def assert_only_scenario_errors(text: str) -> None:
         result = parse_scenario(text, SOURCE)
     except ScenarioError as err:
         assert str(err).startswith(SOURCE + ":"), f"error does not name the file: {err}"
-    except Exception as err:
-        if known_bug("scenario", err) is None:
-            raise
     else:
         assert isinstance(result, Scenario) and result.gpus
 
@@ -207,123 +196,70 @@ def test_web_config_from_arbitrary_bytes_gives_only_web_config_errors(content: b
             assert str(err).startswith(str(path)), err
 
 
-# --- known bugs, pinned -------------------------------------------------------
+# --- regressions: what the fuzzers found -----------------------------------------
 #
-# Each entry: which loader, how to recognise the escaping exception (its type and
-# the innermost frame's file and function), and inputs that trigger it. The
-# fuzzers above let a recognised exception pass (so they keep hunting for new
-# bugs); the strict xfails below keep each one visible and fail once it is fixed,
-# which is the cue to delete the entry.
+# Each of these escaped as a non-loader error until aa4ba0d (PyYAML's eager
+# constructors raise ValueError/RecursionError, float() of a huge int raises
+# OverflowError, re.compile raises OverflowError/RecursionError, null was kept
+# as None). Kept as fixed examples so a regression fails by name, not by luck.
 
 HUGE_INT = "9" * 400  # fits YAML's int resolver; float(int) overflows
 OVER_STR_DIGITS = "9" * 5000  # beyond Python's int/str conversion limit (4300 digits)
+DEEP = "[" * 3_000  # past the recursion limit of PyYAML's composer
+
+CONFIG_HOSTILE = {
+    "impossible date": "state: {dir: 2024-13-45}",
+    "int past the str-digits limit": f"carbon: {{pue: {OVER_STR_DIGITS}}}",
+    "deep nesting": DEEP,
+    "huge number": f"carbon: {{pue: {HUGE_INT}}}",
+    "huge duration": f"state: {{interval: {HUGE_INT}}}",
+    "regex repeat count too large": "teams: {workloads: [{match: 'a{4294967296}', team: t}]}",
+    "regex nested too deeply": "teams: {workloads: [{match: '%s', team: t}]}" % ("(" * 500 + ")" * 500),
+    "duration given a list": "retention: {finished: []}",
+    "duration given a mapping": "limits: {gpu_read_timeout: {a: 1}}",
+}
+
+SCENARIO_HOSTILE = {
+    "impossible date": "gpus: [{model: 2024-13-45}]",
+    "int past the str-digits limit": f"seed: {OVER_STR_DIGITS}",
+    "deep nesting": DEEP,
+    "huge number": f"speed: {HUGE_INT}\ngpus: [{{model: G}}]",
+    "null utilization step": "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], sm_util: [[null, 0.5]]}]",
+}
+
+SCENARIO_NULLS = {
+    "idle_watts": "gpus: [{model: G, idle_watts: null}]",
+    "memory_bytes": "gpus: [{model: G, memory_bytes: null}]",
+    "speed": "speed: null\ngpus: [{model: G}]",
+    "start": "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], start: null}]",
+    "fault start": "gpus: [{model: G}]\nfaults: [{gpu: 0, kind: lost, start: null}]",
+}
 
 
-@dataclass(frozen=True)
-class KnownBug:
-    loader: str  # "config" or "scenario"
-    what: str
-    exception: type[BaseException]
-    raised_in: tuple[str, str]  # (file name, function) of the innermost frame; "*" matches any
-    examples: tuple[str, ...]
-
-    def matches(self, err: BaseException) -> bool:
-        if not isinstance(err, self.exception):
-            return False
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        file, function = self.raised_in
-        return (file == "*" or Path(frame.filename).name == file) and function in ("*", frame.name)
+@pytest.mark.parametrize("text", CONFIG_HOSTILE.values(), ids=CONFIG_HOSTILE.keys())
+def test_hostile_config_yaml_gives_a_one_line_config_error(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, SOURCE)
+    assert str(caught.value).startswith(SOURCE + ":") and "\n" not in str(caught.value)
 
 
-KNOWN_BUGS = (
-    # parse_config/parse_scenario catch only yaml.YAMLError; PyYAML's eager
-    # constructors raise others (load_web_config catches all three).
-    KnownBug("config", "impossible date", ValueError, ("*", "*"), ("state: {dir: 2024-13-45}",)),
-    KnownBug("config", "int past the str-digits limit", ValueError, ("*", "*"),
-             (f"carbon: {{pue: {OVER_STR_DIGITS}}}",)),
-    KnownBug("config", "deep nesting", RecursionError, ("*", "*"), ("[" * 3_000,)),
-    # _Reader.number/.duration: math.isfinite/float() on an unbounded int
-    KnownBug("config", "huge integer", OverflowError, ("config.py", "*"),
-             (f"carbon: {{pue: {HUGE_INT}}}", f"state: {{interval: {HUGE_INT}}}")),
-    # teams.workloads[i].match: re.compile raises these, not re.error
-    KnownBug("config", "regex repeat count too large", OverflowError, ("*", "*"),
-             ("teams: {workloads: [{match: 'a{4294967296}', team: t}]}",)),
-    KnownBug("config", "regex nested too deeply", RecursionError, ("*", "*"),
-             ("teams: {workloads: [{match: '%s', team: t}]}" % ("(" * 500 + ")" * 500),)),
-    KnownBug("scenario", "impossible date", ValueError, ("*", "*"), ("gpus: [{model: 2024-13-45}]",)),
-    KnownBug("scenario", "int past the str-digits limit", ValueError, ("*", "*"), (f"seed: {OVER_STR_DIGITS}",)),
-    KnownBug("scenario", "deep nesting", RecursionError, ("*", "*"), ("[" * 3_000,)),
-    KnownBug("scenario", "huge integer", OverflowError, ("scenario.py", "number"),
-             (f"speed: {HUGE_INT}\ngpus: [{{model: G}}]",)),
-    # _Parser.number returns None for an explicit null; callers do float()/int()/< on it.
-    KnownBug("scenario", "null for a number with a default", TypeError, ("scenario.py", "*"), (
-        "gpus: [{model: G, idle_watts: null}]",
-        "gpus: [{model: G, memory_bytes: null}]",
-        "speed: null\ngpus: [{model: G}]",
-        "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], start: null}]",
-        "gpus: [{model: G}]\nworkloads: [{workload: w, gpus: [0], sm_util: [[null, 0.5]]}]",
-        "gpus: [{model: G}]\nfaults: [{gpu: 0, kind: lost, start: null}]",
-    )),
-)
+@pytest.mark.parametrize("text", SCENARIO_HOSTILE.values(), ids=SCENARIO_HOSTILE.keys())
+def test_hostile_scenario_yaml_gives_a_one_line_scenario_error(text: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, SOURCE)
+    assert str(caught.value).startswith(SOURCE + ":") and "\n" not in str(caught.value)
 
 
-def known_bug(loader: str, err: BaseException) -> KnownBug | None:
-    return next((bug for bug in KNOWN_BUGS if bug.loader == loader and bug.matches(err)), None)
+@pytest.mark.parametrize("text", SCENARIO_NULLS.values(), ids=SCENARIO_NULLS.keys())
+def test_null_for_a_scenario_number_means_its_default(text: str) -> None:
+    scenario = parse_scenario(text, SOURCE)
+    values = [scenario.speed] + [v for g in scenario.gpus for v in (g.idle_watts, g.max_watts, g.memory_bytes)]
+    values += [w.start for w in scenario.workloads] + [f.start for f in scenario.faults]
+    assert all(isinstance(v, (int, float)) for v in values), values
 
 
-def _pinned(loader: str) -> list:
-    return [pytest.param(text, id=f"{bug.what}-{i}") for bug in KNOWN_BUGS if bug.loader == loader
-            for i, text in enumerate(bug.examples)]
-
-
-class StillBroken(Exception):
-    """A pinned bug is still there (raised without the deep original traceback,
-    which for a RecursionError costs seconds to render)."""
-
-
-def _expect_own_error(parse, own_error: type[Exception], text: str) -> None:
-    try:
-        parse(text, SOURCE)
-    except own_error:
-        return
-    except Exception as err:  # noqa: BLE001 - re-raised as the xfail's marker
-        raise StillBroken(f"{type(err).__name__}: {str(err)[:200]}") from None
-    raise AssertionError("accepted; a hostile input should be refused")
-
-
-@pytest.mark.xfail(strict=True, raises=StillBroken,
-                   reason="config.py lets this escape as a non-ConfigError (docs/reliability.md, hostile input)")
-@pytest.mark.parametrize("text", _pinned("config"))
-def test_config_known_bug_inputs_give_config_errors(text: str) -> None:
-    _expect_own_error(parse_config, ConfigError, text)
-
-
-@pytest.mark.xfail(strict=True, raises=StillBroken,
-                   reason="scenario.py lets this escape as a non-ScenarioError (docs/reliability.md, hostile input)")
-@pytest.mark.parametrize("text", _pinned("scenario"))
-def test_scenario_known_bug_inputs_give_scenario_errors(text: str) -> None:
-    _expect_own_error(parse_scenario, ScenarioError, text)
-
-
-def test_every_pinned_input_matches_its_own_signature() -> None:
-    """Keeps the table honest: each example raises what its entry says, so the
-    fuzzers' allowance covers exactly the pinned bugs."""
-    for bug in KNOWN_BUGS:
-        parse = parse_config if bug.loader == "config" else parse_scenario
-        for text in bug.examples:
-            try:
-                parse(text, SOURCE)
-            except (ConfigError, ScenarioError):
-                continue  # fixed: its xfail above now fails and says so
-            except Exception as err:  # noqa: BLE001 - classified below
-                assert bug.matches(err), (bug.what, type(err).__name__, text[:80])
-            else:
-                raise AssertionError(f"{bug.what}: {text[:80]!r} was accepted")
-
-
-def test_web_config_survives_the_yaml_that_escapes_the_other_loaders(tmp_path: Path) -> None:
-    """The reference behaviour for the YAML-layer fixes above."""
-    for text in ("tls_server_config: {cert_file: 2024-13-45}", f"x: {OVER_STR_DIGITS}", "[" * 3_000):
+def test_web_config_survives_the_same_hostile_yaml(tmp_path: Path) -> None:
+    for text in ("tls_server_config: {cert_file: 2024-13-45}", f"x: {OVER_STR_DIGITS}", DEEP):
         path = tmp_path / "web.yml"
         path.write_text(text)
         with pytest.raises(WebConfigError, match="not valid YAML"):
@@ -355,23 +291,7 @@ def _nones_in_required_fields(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
-# `_Reader.number/.string/.duration` return the raw None instead of the default
-# (`if value is None or value is default: return value`). The daemon then
-# starts and fails every poll: `carbon: {pue: null}` raises TypeError in
-# Poller._account, `retention: {finished: null}` in Ledger.expire.
-NULL_BECOMES_NONE = {
-    "carbon.pue", "carbon.intensity.source", "carbon.intensity.zone", "carbon.intensity.stale_after",
-    "carbon.intensity.timeout", "carbon.intensity.signal_type", "carbon.embodied.lifetime", "carbon.cost.currency",
-    "teams.default", "teams.pod_label", "teams.namespace_label", "retention.finished", "limits.gpu_read_timeout",
-    "kubernetes.podresources.socket", "kubernetes.podresources.interval", "slurm.scontrol", "state.interval",
-}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=".".join(p), marks=[pytest.mark.xfail(
-        strict=True, reason="config.py: null is kept as None for a key with a default (see NULL_BECOMES_NONE)")]
-        if ".".join(p) in NULL_BECOMES_NONE else [])
-    for p in _config_leaf_paths(CONFIG_SCHEMA)])
+@pytest.mark.parametrize("path", [pytest.param(p, id=".".join(p)) for p in _config_leaf_paths(CONFIG_SCHEMA)])
 def test_null_for_a_key_gives_its_default_or_a_config_error(path: tuple[str, ...]) -> None:
     document: Any = None
     for key in reversed(path):
