@@ -96,3 +96,12 @@ def test_hostile_values_are_config_errors(text, key):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml")
     assert key in str(err.value)
+
+
+def test_hostile_key_names_keep_the_error_on_one_line():
+    with pytest.raises(ConfigError) as err:
+        parse_config('"a\\nb": 1\n', "c.yaml")
+    assert "\n" not in str(err.value) and "'a\\nb'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config('teams: {namespaces: {"x\\ny": 3}}', "c.yaml")
+    assert "\n" not in str(err.value)

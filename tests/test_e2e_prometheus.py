@@ -154,3 +154,11 @@ def test_invalid_web_config_is_one_line_exit_two(tmp_path):
     assert result.returncode == 2
     assert str(web) in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigint_stops_cleanly_too(tmp_path):
+    d = Daemon(tmp_path, "--simulate", "--poll.interval=200ms")
+    d.wait_ready()
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(15) == 0
+    assert "Traceback" not in d.log.read_text()

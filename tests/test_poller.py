@@ -25,12 +25,12 @@ class MutableIntensity:
 
 
 def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=None, retention=600.0,
-                timeout=5.0, cap=2000, pue=1.0):
+                timeout=5.0, cap=2000, pue=1.0, resolver=None):
     intensity = intensity or MutableIntensity(400.0)
     synthetic = getattr(backend, "consumer_for_pid", None)
     return Poller(
         backend=backend, clock=clock,
-        resolver=Resolver(lookup_process=lambda pid: None, synthetic=synthetic),
+        resolver=resolver or Resolver(lookup_process=lambda pid: None, synthetic=synthetic),
         allocations=allocations if allocations is not None else (backend if synthetic else None),
         idle=IdleModel(idle_watts, {}), ledger=Ledger(cap, "unassigned"),
         accounting=Accounting(pue=pue, retention_s=retention, intensity=intensity,
@@ -237,4 +237,45 @@ async def test_series_cap_keeps_totals():
     names = {w.workload for w in poller.snapshot.workloads}
     assert "overflow" in names and len(names) == 5
     assert poller.snapshot.dropped_series > 0
+    assert_conserved(poller)
+
+
+class OneProcessBackend:
+    """One GPU with one process whose /proc entry is gone."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.counter = 0
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def list_gpus(self):
+        return ("GPU-v",)
+
+    def read_gpu(self, uuid):
+        from gpucarbon.device.model import GpuProcess
+
+        self.counter += 5_000
+        return GpuReading(uuid=uuid, index=0, name="G", timestamp_s=self.clock.monotonic(),
+                          energy_mj=self.counter, processes=(GpuProcess(31337),))
+
+
+async def test_vanished_pid_energy_lands_on_unresolved_and_is_counted(tmp_path):
+    from gpucarbon.identity.procfs import ProcessCache, ProcFS
+
+    clock = ManualClock()
+    cache = ProcessCache(ProcFS(str(tmp_path)))  # an empty procfs: every pid has vanished
+    resolver = Resolver(lookup_process=cache.lookup)
+    poller = make_poller(OneProcessBackend(clock), clock, resolver=resolver)
+    for _ in range(3):
+        await poller.poll()
+        clock.advance(1.0)
+    (workload,) = poller.snapshot.workloads
+    assert workload.workload == "unresolved" and workload.energy_j == 10.0
+    assert poller.snapshot.gpus[0].unattributed_j == 0
+    assert dict(resolver.failures())["vanished"] >= 2
     assert_conserved(poller)

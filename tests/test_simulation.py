@@ -134,3 +134,9 @@ def test_bad_scenarios_name_the_key(text, key):
 def test_missing_scenario_file_is_a_clear_error(tmp_path):
     with pytest.raises(ScenarioError, match="nope.yaml: cannot read"):
         load_scenario(str(tmp_path / "nope.yaml"))
+
+
+def test_hostile_scenario_key_keeps_the_error_on_one_line():
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario('gpus: [{model: G}]\n"evil\\nkey": 1\n', "s.yaml")
+    assert "\n" not in str(err.value)

@@ -32,6 +32,7 @@ def _show(value: Any) -> str:
     if value is _MISSING:
         return ""
     text = repr(value) if isinstance(value, str) else str(value)
+    text = text if text.isprintable() else repr(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -47,6 +48,13 @@ def yaml_where(err: BaseException) -> str:
     """' at line L, column C' for YAML syntax errors, else ''."""
     mark = getattr(err, "problem_mark", None)
     return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def key_text(name: Any) -> str:
+    """A key as it appears in an error: plain when printable, else its repr,
+    so a hostile key cannot break the one-line message."""
+    text = str(name)
+    return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
 
 
 def is_number(value: Any) -> bool:
@@ -214,7 +222,7 @@ class _Reader:
             raise self.fail(key or "(top level)", raw, "must be a mapping")
         for name in raw:
             if not isinstance(name, str) or name not in allowed:
-                full = f"{key}.{name}" if key else str(name)
+                full = f"{key}.{key_text(name)}" if key else key_text(name)
                 raise self.fail(full, _MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
@@ -281,7 +289,7 @@ class _Reader:
             raise self.fail(full, value, "must be a mapping of strings to strings")
         for name, item in value.items():
             if not isinstance(name, str) or not isinstance(item, str) or not item:
-                raise self.fail(f"{full}.{name}", item, "must be a non-empty string")
+                raise self.fail(f"{full}.{key_text(name)}", item, "must be a non-empty string")
         return dict(value)
 
     # sections
@@ -309,7 +317,7 @@ class _Reader:
             by_gpu: dict[str, float] = {}
             for name, watts in value.items():
                 if not is_number(watts) or not 0 <= watts < 1e5:
-                    raise self.fail(f"attribution.idle_watts.{name}", watts, "must be a number of watts >= 0")
+                    raise self.fail(f"attribution.idle_watts.{key_text(name)}", watts, "must be a number of watts >= 0")
                 by_gpu[str(name)] = float(watts)
             return AttributionConfig(idle_watts_by_gpu=by_gpu)
         watts = self.number(sec, "idle_watts", "attribution", None, minimum=0.0)

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from gpucarbon.config import YAML_ERRORS, is_number, yaml_where
+from gpucarbon.config import YAML_ERRORS, is_number, key_text, yaml_where
 
 
 class ScenarioError(Exception):
@@ -123,7 +123,7 @@ class _Parser:
             raise self.fail(key or "(top level)", "must be a mapping")
         for name in raw:
             if name not in allowed:
-                full = f"{key}.{name}" if key else str(name)
+                full = f"{key}.{key_text(name)}" if key else key_text(name)
                 raise self.fail(full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
