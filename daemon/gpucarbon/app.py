@@ -29,7 +29,6 @@ from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
-from gpucarbon.identity.teams import TeamRules
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
@@ -66,7 +65,6 @@ class RunOptions:
 class Daemon:
     poller: Poller
     options: RunOptions
-    clock: Clock
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
     checkpointer: Checkpointer | None = None
 
@@ -79,20 +77,61 @@ class Daemon:
 def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
                  base_clock: Clock | None = None) -> Daemon:
     base_clock = base_clock or SystemClock()
-    simulation: SimulatedBackend | None = None
-    clock = base_clock
-    if options.scenario is not None:
-        speed = options.speed or options.scenario.speed
-        clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-        simulation = SimulatedBackend(options.scenario, clock)
+    clock, simulation = _simulation(options, base_clock)
     if backend is None:
         backend = simulation if simulation is not None else _nvml_backend(clock)
-    processes = ProcessCache(ProcFS(options.procfs))
-    teams = config.teams
     kube = _kubernetes_client(config)
-    metadata = _kubernetes_source(config, kube, clock, teams) if kube else None
     intensity = _intensity(config, base_clock, kube)
-    slurm = SlurmSource(teams=teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
+    identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory())
+    idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
+    checkpointer: Checkpointer | None = None
+    poller = Poller(
+        backend=backend,
+        clock=clock,
+        resolver=identity.resolver,
+        allocations=identity.allocations,
+        idle=idle,
+        ledger=Ledger(config.limits.max_workload_series, config.teams.default),
+        accounting=_accounting(config, intensity),
+        read_timeout_s=config.limits.gpu_read_timeout,
+        sources=identity.health,
+        extra_counters=lambda: checkpointer.counters() if checkpointer else (),
+    )
+    state_dir = options.state_dir or config.state.dir
+    if state_dir:
+        store = CheckpointStore(Path(state_dir), clock=base_clock)
+        checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
+                                    read_boot_id(options.procfs))
+        checkpointer.restore()
+    services = (intensity,) + tuple(TaskService(s) for s in identity.sources)
+    return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer)
+
+
+def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedBackend | None]:
+    """The clock everything measures with, and the simulated node if asked for.
+    A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
+    if options.scenario is None:
+        return base_clock, None
+    speed = options.speed or options.scenario.speed
+    clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
+    return clock, SimulatedBackend(options.scenario, clock)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    resolver: Resolver
+    allocations: AllocationSource | None
+    sources: tuple  # background sources with run()/close() and .health
+    health: Callable[[], tuple[SourceView, ...]]
+
+
+def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
+              simulation: SimulatedBackend | None, inventory: Callable[[], object]) -> _Identity:
+    """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
+    processes = ProcessCache(ProcFS(options.procfs))
+    metadata = _kubernetes_source(config, kube, clock) if kube else None
+    slurm = SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) \
+        if config.slurm.enabled else None
     if slurm is not None and not slurm.enabled:
         slurm = None  # no scontrol on this host: the source is simply off
     resolver = Resolver(
@@ -103,65 +142,42 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         user_teams=config.teams.users,
     )
     podresources = None
+    allocations: AllocationSource | None = simulation
     if config.kubernetes.podresources_enabled:
-        from gpucarbon.identity.podresources import PodResourcesSource  # grpc only when used
+        # grpc is imported only when the kubelet source is used.
+        from gpucarbon.identity.allocations import KubeletAllocations
+        from gpucarbon.identity.podresources import PodResourcesSource
 
         podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
                                           poll_interval_s=config.kubernetes.podresources_interval)
-    lifetime = config.carbon.embodied_lifetime_years
-    accounting = Accounting(
-        pue=config.carbon.pue,
-        retention_s=config.retention.finished,
-        intensity=intensity,
-        carbon_health=intensity.health,
-        embodied_grams_per_s=(lambda model: embodied_grams_per_second(model, lifetime) or 0.0)
-        if config.carbon.embodied_enabled else None,
-        price_per_kwh=config.carbon.price_per_kwh,
-        currency=config.carbon.currency,
-    )
+        kubelet = KubeletAllocations(podresources, metadata, inventory)
+        allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
+    sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
 
-    health_sources = [s for s in (metadata, podresources, slurm) if s is not None]
-
-    def sources() -> tuple[SourceView, ...]:
-        processes.next_generation()
+    def health() -> tuple[SourceView, ...]:
+        processes.next_generation()  # once per poll: ages the process cache
         views = [SourceView("procfs", True, resolver.failures())]
-        for source in health_sources:
+        for source in sources:
             h = source.health.snapshot()
             views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
         return tuple(views)
 
-    idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
-    checkpoint_counters: list[Callable[[], tuple[tuple[str, int], ...]]] = []
-    allocations: AllocationSource | None = simulation
-    poller = Poller(
-        backend=backend,
-        clock=clock,
-        resolver=resolver,
-        allocations=None,
-        idle=idle,
-        ledger=Ledger(config.limits.max_workload_series, config.teams.default),
-        accounting=accounting,
-        read_timeout_s=config.limits.gpu_read_timeout,
-        sources=sources,
-        extra_counters=lambda: tuple(c for counters in checkpoint_counters for c in counters()),
-    )
-    if podresources is not None:
-        from gpucarbon.identity.allocations import KubeletAllocations
+    return _Identity(resolver, allocations, sources, health)
 
-        kubelet = KubeletAllocations(podresources, metadata, poller.inventory)
-        allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
-    poller.set_allocations(allocations)
-    services = [intensity] + [TaskService(s) for s in (metadata, podresources, slurm) if s is not None]
-    checkpointer = None
-    state_dir = options.state_dir or config.state.dir
-    if state_dir:
-        store = CheckpointStore(Path(state_dir), clock=base_clock)
-        checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
-                                    read_boot_id(options.procfs))
-        checkpointer.restore()
-        checkpoint_counters.append(checkpointer.counters)
-    return Daemon(poller=poller, options=options, clock=clock, services=tuple(services),
-                  checkpointer=checkpointer)
+
+def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
+    lifetime = config.carbon.embodied_lifetime_years
+    embodied = (lambda model: embodied_grams_per_second(model, lifetime) or 0.0) \
+        if config.carbon.embodied_enabled else None
+    return Accounting(
+        pue=config.carbon.pue,
+        retention_s=config.retention.finished,
+        intensity=intensity,
+        carbon_health=intensity.health,
+        embodied_grams_per_s=embodied,
+        price_per_kwh=config.carbon.price_per_kwh,
+        currency=config.carbon.currency,
+    )
 
 
 class SetupError(Exception):
@@ -205,11 +221,11 @@ def _kubernetes_client(config: Config):
         raise SetupError(f"kubernetes: {err}") from None
 
 
-def _kubernetes_source(config: Config, kube: tuple, clock: Clock, teams: TeamRules):
+def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
     from gpucarbon.identity.kubernetes import KubernetesSource
 
     client, node = kube
-    return KubernetesSource(client, node_name=node, teams=teams, clock=clock,
+    return KubernetesSource(client, node_name=node, teams=config.teams, clock=clock,
                             deleted_retention_s=config.retention.finished)
 
 

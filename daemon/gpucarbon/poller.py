@@ -259,10 +259,6 @@ class Poller:
             running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))
         return consumers, running
 
-    def set_allocations(self, allocations: AllocationSource | None) -> None:
-        """Late wiring: the kubelet join needs this poller's GPU inventory."""
-        self._allocations = allocations
-
     def inventory(self) -> GpuInventory:
         """The GPUs seen so far (UUID -> index, MIG device -> board), for
         normalising the kubelet's device IDs."""
