@@ -279,3 +279,54 @@ async def test_vanished_pid_energy_lands_on_unresolved_and_is_counted(tmp_path):
     assert poller.snapshot.gpus[0].unattributed_j == 0
     assert dict(resolver.failures())["vanished"] >= 2
     assert_conserved(poller)
+
+
+class ReloadingDriver:
+    """The driver is unloaded under the daemon, then comes back (a reload)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.unloaded = False
+        self.opens = 0
+        self.closes = 0
+        self.counter = 0
+
+    def open(self):
+        if self.unloaded:
+            raise BackendUnavailable("NVIDIA driver not loaded")
+        self.opens += 1
+
+    def close(self):
+        self.closes += 1
+
+    def list_gpus(self):
+        return ("GPU-r",)
+
+    def read_gpu(self, uuid):
+        from gpucarbon.device.model import GpuReadError
+
+        if self.unloaded:
+            raise GpuReadError(uuid, "nvmlDeviceGetName", "Uninitialized")
+        self.counter += 1_000
+        return GpuReading(uuid=uuid, index=0, name="G", timestamp_s=self.clock.monotonic(), energy_mj=self.counter)
+
+
+async def test_library_lost_mid_run_is_closed_and_reopened():
+    clock = ManualClock()
+    driver = ReloadingDriver(clock)
+    poller = make_poller(driver, clock)
+    await poller.poll()
+    clock.advance(1.0)
+    driver.unloaded = True
+    snap = await poller.poll()
+    assert not snap.nvml_up and "Uninitialized" in snap.nvml_reason and driver.closes == 1
+    clock.advance(5.0)
+    assert not (await poller.poll()).nvml_up  # still unloaded: retried with backoff
+    driver.unloaded = False
+    driver.counter = 0  # a reload restarts the energy counter
+    clock.advance(10.0)
+    await poller.poll()
+    clock.advance(1.0)
+    snap = await poller.poll()
+    assert snap.nvml_up and driver.opens == 2 and snap.gpus[0].up
+    assert_conserved(poller)

@@ -36,6 +36,9 @@ log = logging.getLogger("gpucarbon.poller")
 MJ_PER_KWH = 3.6e9
 POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REOPEN_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # retries when NVML is unavailable
+# Errors that say the library, not one GPU, is gone (driver unloaded or
+# reloaded under us): close it and open it again, with the same backoff.
+LIBRARY_ERRORS = frozenset({"Uninitialized", "DriverNotLoaded", "LibRmVersionMismatch", "LibraryNotFound"})
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Poller:
             for uuid in self._uuids:
                 self._take(uuid, results.get(uuid), held.get(uuid, ()))
             self._complete_polls += 1
+            await self._reopen_if_library_lost(results)
         self.ledger.expire(self._clock.monotonic(), self._acct.retention_s)
         self._histogram.observe(max(0.0, self._timer() - started))
         self.last_poll_monotonic = self._clock.monotonic()
@@ -156,6 +160,20 @@ class Poller:
         self._backend_open, self._reason, self._open_failures = True, "", 0
         log.info("GPU backend open: %d GPU(s)", len(self._uuids))
         return True
+
+    async def _reopen_if_library_lost(self, results: dict[str, GpuReading | GpuReadError]) -> None:
+        lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS),
+                    None)
+        if lost is None:
+            return
+        self._reason = f"GPU backend lost: {lost.call}: {lost.error}"
+        log.warning("%s; closing and opening it again", self._reason)
+        self._backend_open = False
+        self._next_open_at = self._clock.monotonic() + REOPEN_BACKOFF_S[0]
+        try:
+            await asyncio.to_thread(self._backend.close)
+        except Exception as err:  # closing a broken library may fail; reopening decides
+            log.debug("closing the GPU backend failed: %s", err)
 
     async def _read_all(self) -> dict[str, GpuReading | GpuReadError]:
         """Read every GPU in parallel worker threads, each bounded by the read
