@@ -43,8 +43,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # Bind-mount the wheel from the build stage instead of COPYing it, so the wheel
 # file itself never becomes a layer of the runtime image.
+# Extras: the Kubernetes sources (lightkube, grpcio) and basic auth (bcrypt).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl \
+    pip install "$(echo /wheels/*.whl)[kubernetes,auth]" \
  && mkdir -p /var/lib/gpu-carbon-exporter \
  && chown 65534:65534 /var/lib/gpu-carbon-exporter
 

@@ -27,3 +27,19 @@ def test_wheel_in_a_fresh_venv_runs_once_simulate(tmp_path):
     imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import gpucarbon; print(gpucarbon.__file__)"],
                               capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(venv) in imported.stdout, "the wheel, not the source tree, was imported"
+
+
+def test_kubernetes_without_its_extra_is_a_clear_setup_error(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from gpucarbon.app import RunOptions, SetupError, build_daemon
+    from gpucarbon.config import parse_config
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lightkube" else real_find_spec(name, *a))
+    config = parse_config("kubernetes: {enabled: true, node_name: n1}")
+    with pytest.raises(SetupError, match=r"gpu-carbon-exporter\[kubernetes\]"):
+        build_daemon(config, RunOptions())

@@ -145,6 +145,7 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
     allocations: AllocationSource | None = simulation
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
+        require_extra("grpc", "kubernetes.podresources.enabled", "kubernetes")
         from gpucarbon.identity.allocations import KubeletAllocations
         from gpucarbon.identity.podresources import PodResourcesSource
 
@@ -184,6 +185,15 @@ class SetupError(Exception):
     """The configuration cannot be put into effect (one line, names the key)."""
 
 
+def require_extra(module: str, setting: str, extra: str) -> None:
+    """A clear setup error when an optional dependency is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SetupError(f"{setting} needs the {module} package: "
+                         f"pip install 'gpu-carbon-exporter[{extra}]'")
+
+
 class TaskService:
     """Runs a source's `run()` as a task; `close()` cancels it and releases the source."""
 
@@ -208,7 +218,8 @@ def _kubernetes_client(config: Config):
     k = config.kubernetes
     if not k.enabled:
         return None
-    # Imported here: bare hosts and Slurm nodes need neither lightkube nor httpx.
+    # Imported here: bare hosts and Slurm nodes need neither lightkube nor grpc.
+    require_extra("lightkube", "kubernetes.enabled", "kubernetes")
     from gpucarbon.identity.kubernetes import KubernetesSetupError, make_client
 
     node = k.node_name or os.environ.get("NODE_NAME")

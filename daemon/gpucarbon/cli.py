@@ -126,7 +126,10 @@ def _web_security(path: str | None) -> tuple[tuple, object]:
     """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
     if path is None:
         return (), None
-    from gpucarbon.exporter.webconfig import WebConfigError, auth_middleware, load_web_config  # bcrypt
+    from gpucarbon.app import require_extra
+
+    require_extra("bcrypt", "--web.config.file", "auth")
+    from gpucarbon.exporter.webconfig import WebConfigError, auth_middleware, load_web_config
 
     try:
         web_config = load_web_config(path)
