@@ -94,6 +94,7 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         ledger=Ledger(config.limits.max_workload_series, config.teams.default),
         accounting=_accounting(config, intensity),
         read_timeout_s=config.limits.gpu_read_timeout,
+        wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
         sources=identity.health,
         extra_counters=lambda: checkpointer.counters() if checkpointer else (),
     )

@@ -90,6 +90,7 @@ class Poller:
         accounting: Accounting,
         read_timeout_s: float,
         timer: Callable[[], float] = time.perf_counter,
+        wall: Callable[[], float] = time.time,
         sources: Callable[[], tuple[SourceView, ...]] = lambda: (),
         extra_counters: Callable[[], tuple[tuple[str, int], ...]] = lambda: (),
     ) -> None:
@@ -102,6 +103,7 @@ class Poller:
         self._acct = accounting
         self._read_timeout_s = read_timeout_s
         self._timer = timer  # real seconds, for the daemon's own poll duration
+        self._wall = wall  # real unix time, for gpucarbon_last_poll_timestamp_seconds
         self._sources = sources
         self._extra_counters = extra_counters
         self._backend_open = False
@@ -321,7 +323,7 @@ class Poller:
             sources=self._sources(),
             nvml_errors=tuple((call, err, n) for (call, err), n in sorted(self._nvml_errors.items())),
             dropped_series=self.ledger.dropped_series,
-            poll=self._histogram.freeze(self._clock.wall() if self.last_poll_monotonic is not None else None),
+            poll=self._histogram.freeze(self._wall() if self.last_poll_monotonic is not None else None),
             extra_counters=self._extra_counters(),
         )
 
