@@ -35,7 +35,7 @@ def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=
         idle=IdleModel(idle_watts, {}), ledger=Ledger(cap, "unassigned"),
         accounting=Accounting(pue=pue, retention_s=retention, intensity=intensity,
                               carbon_health=lambda: ProviderHealth("static", True, None)),
-        read_timeout_s=timeout,
+        read_timeout_s=timeout, wall=clock.wall,
     )
 
 
