@@ -5,6 +5,7 @@ and the PromQL the docs print must be valid and must check what it claims."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -380,3 +381,21 @@ def test_readme_links_the_reference_docs():
 ])
 def test_readme_doc_link_points_to_a_file(link):
     assert (ROOT / link).is_file(), f"README.md links {link}, which does not exist"
+
+
+def schema_keys(node: dict, prefix: str = "") -> set[str]:
+    """Leaf keys of a JSON schema, spelt like discover_keys spells config keys."""
+    if node.get("type") == "array" and "properties" in node.get("items", {}):
+        return schema_keys(node["items"], prefix + "[]")
+    if "properties" not in node:
+        return {prefix}
+    keys: set[str] = set()
+    for name, child in node["properties"].items():
+        keys |= schema_keys(child, f"{prefix}.{name}" if prefix else name)
+    return keys
+
+
+def test_chart_values_schema_accepts_exactly_the_daemon_config_keys():
+    schema = json.loads((ROOT / "helm/gpu-carbon-exporter/values.schema.json").read_text())
+    # carbon.intensity.token is recognised only to refuse it (tokens never live in config).
+    assert schema_keys(schema["properties"]["config"]) == discover_keys(config_probe) - {"carbon.intensity.token"}
