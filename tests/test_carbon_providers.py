@@ -168,6 +168,16 @@ async def test_rate_limit_longer_than_the_interval_postpones_the_next_cycle(api,
     assert provider.next_delay_s == 1800.0
 
 
+@pytest.mark.parametrize("retry_after", ["99999999999", "9" * 400], ids=["years", "past-float-range"])
+async def test_an_absurd_retry_after_postpones_the_next_cycle_by_a_day_at_most(api, session, retry_after):
+    api.script(EM_PATH, Reply(status=429, headers={"Retry-After": retry_after}))
+    provider = em_provider(api, session, ManualTime())
+
+    assert await provider.refresh_once() is False
+
+    assert provider.next_delay_s == 86400.0
+
+
 def test_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after("120", now=T0) == 120.0
     when = "Wed, 01 May 2024 10:05:55 GMT"  # 55 s after T0 (10:05:00)

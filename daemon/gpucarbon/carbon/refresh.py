@@ -47,6 +47,10 @@ FETCH_ERROR_REASONS = (REASON_TIMEOUT, REASON_CONNECTION, REASON_SERVER_ERROR, R
 
 # Any live value outside this range is treated as malformed, g CO2e/kWh.
 MAX_LIVE_GRAMS_PER_KWH = 5000.0
+# The longest pause a Retry-After may impose, s. Without a cap a header of
+# "99999999999" (or one too long for a float: inf) would park the refresh task
+# for good; a server that still wants rest after a day gets asked once a day.
+MAX_RETRY_AFTER_S = 86400.0
 
 
 class FetchError(Exception):
@@ -258,8 +262,8 @@ class RefreshingProvider:
             return wait
         log.warning("carbon intensity %s: refresh failed (%s)", self.source, error.detail)
         self._last_cycle_ok = False
-        # A server asking for more than an interval's pause gets it.
-        self._next_delay = max(self._policy.interval_s, retry_after or 0.0)
+        # A server asking for more than an interval's pause gets it, up to a day.
+        self._next_delay = max(self._policy.interval_s, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
         return None
 
     def _backoff(self, attempt: int) -> float:
