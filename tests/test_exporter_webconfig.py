@@ -587,6 +587,17 @@ def test_bad_configs_name_file_key_and_value(pki: Pki, case: str) -> None:
         assert fragment in message, (fragment, message)
 
 
+@pytest.mark.parametrize("body", [
+    '"a\\nb": 1\n',
+    'tls_server_config: {"a\\nb": 1}\n',
+    'basic_auth_users: {"a\\nb": x}\n',
+])
+def test_hostile_keys_keep_the_error_on_one_line(pki: Pki, body: str) -> None:
+    with pytest.raises(WebConfigError) as error:
+        load_web_config(write_config(pki, body, "bad.yml"))
+    assert "\n" not in str(error.value) and "'a\\nb'" in str(error.value)
+
+
 def test_errors_never_echo_a_password_hash(pki: Pki) -> None:
     almost = PASSWORD_HASH[:-1] + "!"  # well, nearly a hash
     with pytest.raises(WebConfigError) as error:
@@ -626,7 +637,7 @@ def _assert_only_web_config_errors(path: Path) -> None:
     try:
         load_web_config(path)
     except WebConfigError as error:
-        assert str(error).startswith(str(path))
+        assert str(error).startswith(str(path)) and "\n" not in str(error)
 
 
 _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -46,6 +46,8 @@ import bcrypt
 import yaml
 from aiohttp import web
 
+from gpucarbon.config import YAML_ERRORS, key_text
+
 # A web config is a few hundred bytes; anything this large is not one, and
 # reading it whole would only waste memory.
 _MAX_CONFIG_BYTES = 1 << 20
@@ -192,7 +194,8 @@ class _Where:
     key: str
 
     def child(self, key: str) -> _Where:
-        return _Where(self.file, f"{self.key}.{key}" if self.key else key)
+        shown = key_text(key)  # a key with a newline must not break the one-line error
+        return _Where(self.file, f"{self.key}.{shown}" if self.key else shown)
 
     def error(self, problem: str) -> WebConfigError:
         where = f"{self.file}: {self.key}" if self.key else str(self.file)
@@ -246,7 +249,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
         raise where.error(f"not valid YAML: {_one_line(exc)}") from None
     except RecursionError:
         raise where.error("not valid YAML: nested too deeply") from None
-    except (ValueError, OverflowError) as exc:  # PyYAML builds dates eagerly: 2024-13-45
+    except YAML_ERRORS as exc:  # PyYAML builds dates and ints eagerly: 2024-13-45
         raise where.error(f"not valid YAML: a value cannot be parsed ({_one_line(exc)})") from None
     return _parse_top(raw, file)
 
@@ -550,7 +553,7 @@ def _parse_users(raw: object, where: _Where, notes: list[str]) -> dict[str, byte
                 "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
             )
         if int(hashed[4:6]) > _SLOW_BCRYPT_COST:
-            notes.append(f"basic_auth_users.{name}: bcrypt cost {int(hashed[4:6])} makes each new "
+            notes.append(f"{user_where.key}: bcrypt cost {int(hashed[4:6])} makes each new "
                          "password check slow (cost 10 takes about 70 ms)")
         users[name] = hashed.encode("ascii")
     return users
