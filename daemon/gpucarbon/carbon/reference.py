@@ -7,9 +7,10 @@ footprint should configure those instead. docs/carbon.md discusses them.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+
+from gpucarbon.config import is_number
 
 SECONDS_PER_YEAR = 365.25 * 24 * 3600  # Julian year, 31,557,600 s
 GRAMS_PER_POUND = 453.59237  # international avoirdupois pound
@@ -90,8 +91,7 @@ def embodied_grams_per_second(model: str, lifetime_years: float = DEFAULT_LIFETI
     """Embodied emissions of one GPU amortised linearly over its lifetime, g CO2e
     per second of holding it (GSF SCI `M` = TE x time reserved / lifetime).
     None when no figure is known for the model."""
-    if not (isinstance(lifetime_years, (int, float)) and math.isfinite(lifetime_years)
-            and lifetime_years > 0):
+    if not (is_number(lifetime_years) and lifetime_years > 0):
         raise ValueError(f"lifetime_years must be a positive number, got {lifetime_years!r}")
     figure = embodied_figure(model, overrides)
     if figure is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from typing import Awaitable, Callable, Protocol
 import aiohttp
 
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
+from gpucarbon.config import is_number
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class RefreshPolicy:
     def __post_init__(self) -> None:
         for name in ("interval_s", "timeout_s", "stale_after_s", "backoff_base_s", "backoff_max_s"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (is_number(value) and value > 0):
                 raise ValueError(f"refresh policy: {name} must be a positive number, got {value!r}")
         if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
             raise ValueError(f"refresh policy: max_attempts must be an integer >= 1, "
@@ -238,8 +238,7 @@ class RefreshingProvider:
 
     def _accept(self, sample: LiveSample) -> None:
         grams = sample.grams_per_kwh
-        if not (isinstance(grams, (int, float)) and math.isfinite(grams)
-                and 0.0 <= grams <= MAX_LIVE_GRAMS_PER_KWH):
+        if not (is_number(grams) and 0.0 <= grams <= MAX_LIVE_GRAMS_PER_KWH):
             raise FetchError(REASON_MALFORMED, f"implausible intensity {grams!r} g/kWh", retryable=False)
         self._last = IntensityReading(
             grams_per_kwh=float(grams),

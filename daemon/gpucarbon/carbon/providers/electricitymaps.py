@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from gpucarbon.carbon.providers.http import get_json, is_number, parse_timestamp, require
+from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, FetchError, LiveSample
+from gpucarbon.config import is_number
 
 DEFAULT_BASE_URL = "https://api.electricitymap.org"
 DEFAULT_INTERVAL_S = 600.0

@@ -90,7 +90,3 @@ def parse_timestamp(value: Any) -> float | None:
     if parsed.tzinfo is None:
         return None
     return parsed.timestamp()
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

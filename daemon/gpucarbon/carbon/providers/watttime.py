@@ -19,9 +19,10 @@ from typing import Callable
 
 import aiohttp
 
-from gpucarbon.carbon.providers.http import basic_auth_header, get_json, is_number, parse_timestamp, require
+from gpucarbon.carbon.providers.http import basic_auth_header, get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, REASON_MALFORMED, FetchError, LiveSample
+from gpucarbon.config import is_number
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
 DEFAULT_INTERVAL_S = 300.0
