@@ -60,3 +60,19 @@ async def test_fallbacks_count_episodes_not_calls():
     for _ in range(3):
         assert provider.current().fallback
     assert provider.health().fallbacks == 2
+
+
+async def test_the_provisional_provider_is_closed_when_the_real_one_replaces_it():
+    async def read_node():
+        return {"topology.kubernetes.io/region": "FR"}, None
+
+    class Provisional:
+        source, closed = "provisional", False
+
+        async def close(self):
+            self.closed = True
+
+    provisional = Provisional()
+    provider = ZoneDetectingProvider(read_node, builder([]), provisional)
+    await provider.start()
+    assert provisional.closed and provider.current().zone == "FR"

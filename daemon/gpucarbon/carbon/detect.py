@@ -11,9 +11,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Mapping
 
-from gpucarbon.carbon.model import IntensityReading
+from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.carbon.providers import CarbonProvider
-from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.carbon.zone import resolve_zone
 
 log = logging.getLogger("gpucarbon.carbon")
@@ -30,7 +29,6 @@ class ZoneDetectingProvider:
         self._read_node = read_node
         self._build = build
         self._provider = provisional
-        self.zone: str | None = None
 
     @property
     def source(self) -> str:
@@ -49,9 +47,10 @@ class ZoneDetectingProvider:
             labels, provider_id = await asyncio.wait_for(self._read_node(), NODE_READ_TIMEOUT_S)
         except Exception as err:  # no RBAC, API down: keep WORLD and say so
             log.warning("zone auto: cannot read this node (%s); using the WORLD average", type(err).__name__)
-        self.zone = resolve_zone("auto", labels, provider_id)
-        log.info("carbon intensity zone: %s", self.zone)
-        self._provider = self._build(self.zone)
+        zone = resolve_zone("auto", labels, provider_id)
+        log.info("carbon intensity zone: %s", zone)
+        provisional, self._provider = self._provider, self._build(zone)
+        await provisional.close()  # a no-op for the usual table provider, but not for every one
         await self._provider.start()
 
     async def close(self) -> None:

@@ -42,8 +42,9 @@ REASON_RATE_LIMITED = "rate_limited"  # HTTP 429
 REASON_AUTH = "auth"  # HTTP 401/403, or no credentials to send
 REASON_MALFORMED = "malformed"  # not JSON, or JSON without the documented fields
 REASON_UNEXPECTED = "unexpected"  # a bug in a fetcher; logged with its type
-FETCH_ERROR_REASONS = (REASON_TIMEOUT, REASON_CONNECTION, REASON_SERVER_ERROR, REASON_CLIENT_ERROR,
-                       REASON_RATE_LIMITED, REASON_AUTH, REASON_MALFORMED, REASON_UNEXPECTED)
+
+DEFAULT_TIMEOUT_S = 10.0  # per HTTP request
+DEFAULT_STALE_AFTER_S = 3600.0  # a value older than this is replaced by the table
 
 # Any live value outside this range is treated as malformed, g CO2e/kWh.
 MAX_LIVE_GRAMS_PER_KWH = 5000.0
@@ -89,8 +90,8 @@ class RefreshPolicy:
     """How often and how hard to ask. All durations in seconds."""
 
     interval_s: float = 600.0
-    timeout_s: float = 10.0  # per HTTP request
-    stale_after_s: float = 3600.0  # a value older than this is replaced by the table
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    stale_after_s: float = DEFAULT_STALE_AFTER_S
     max_attempts: int = 3  # per refresh cycle
     backoff_base_s: float = 2.0  # first retry waits about this long, doubling after
     backoff_max_s: float = 60.0

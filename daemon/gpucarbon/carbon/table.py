@@ -163,7 +163,6 @@ class TableProvider(FixedProvider):
     source = "table"
 
     def __init__(self, lookup: TableLookup) -> None:
-        self._lookup = lookup
         super().__init__(IntensityReading(
             grams_per_kwh=lookup.entry.grams_per_kwh,
             zone=lookup.entry.zone,
@@ -180,7 +179,3 @@ class TableProvider(FixedProvider):
         elif lookup.matched_by == "cloud-region":
             log.info("carbon intensity: cloud region %r uses zone %s", zone, lookup.entry.zone)
         return cls(lookup)
-
-    @property
-    def lookup(self) -> TableLookup:
-        return self._lookup

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+from gpucarbon.carbon.table import WORLD_ZONE
+
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 
@@ -76,7 +78,6 @@ def _region_from_zone_label(provider: str, zone: str | None) -> str | None:
 
 
 AUTO = "auto"
-WORLD = "WORLD"
 
 
 def resolve_zone(configured: str | None, labels: Mapping[str, str],
@@ -84,4 +85,4 @@ def resolve_zone(configured: str | None, labels: Mapping[str, str],
     """The configured zone, or for "auto"/empty the node's detected zone, else WORLD."""
     if configured and configured.strip().lower() != AUTO:
         return configured.strip()
-    return detect_zone(labels, provider_id) or WORLD
+    return detect_zone(labels, provider_id) or WORLD_ZONE

@@ -22,6 +22,8 @@ from gpucarbon.carbon.providers.static import StaticProvider
 from gpucarbon.carbon.providers.uk_carbon_intensity import UkCarbonIntensityFetcher
 from gpucarbon.carbon.providers.watttime import WattTimeFetcher
 from gpucarbon.carbon.refresh import (
+    DEFAULT_STALE_AFTER_S,
+    DEFAULT_TIMEOUT_S,
     Fetcher,
     ProviderHealth,
     RefreshingProvider,
@@ -37,8 +39,6 @@ DEFAULT_INTERVALS_S = {
     "watttime": watttime.DEFAULT_INTERVAL_S,
     "uk-carbon-intensity": uk_carbon_intensity.DEFAULT_INTERVAL_S,
 }
-DEFAULT_STALE_AFTER_S = 3600.0
-DEFAULT_TIMEOUT_S = 10.0
 
 
 class ProviderConfigError(ValueError):

@@ -9,7 +9,7 @@ Value: ``GET /v3/forecast?region=CAISO_NORTH&signal_type=co2_moer&horizon_hours=
 The first point of the current forecast is the real-time value (WattTime
 updates every 5 minutes; ``/v3/signal-index`` only gives a 0-100 percentile,
 not a rate). ``co2_moer`` is the marginal signal; ``co2_aoer`` the average.
-Units are lb CO2/MWh; 1 lb/MWh = 453.592 g / 1000 kWh = 0.453592 g/kWh.
+Units are lb CO2/MWh; 1 lb/MWh = 453.59237 g / 1000 kWh = 0.45359237 g/kWh.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import aiohttp
 
 from gpucarbon.carbon.providers.http import basic_auth_header, get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
+from gpucarbon.carbon.reference import GRAMS_PER_POUND
 from gpucarbon.carbon.refresh import REASON_AUTH, REASON_MALFORMED, FetchError, LiveSample
 from gpucarbon.config import is_number
 
@@ -28,7 +29,7 @@ DEFAULT_BASE_URL = "https://api.watttime.org"
 DEFAULT_INTERVAL_S = 300.0
 TOKEN_LIFETIME_S = 30 * 60.0
 TOKEN_RENEW_MARGIN_S = 5 * 60.0
-GRAMS_PER_KWH_PER_LB_PER_MWH = 0.453592
+GRAMS_PER_KWH_PER_LB_PER_MWH = GRAMS_PER_POUND / 1000.0  # a pound per MWh, in g per kWh
 SIGNALS = {"co2_moer": "marginal", "co2_aoer": "average"}
 EXPECTED_UNITS = "lbs_co2_per_mwh"
 
