@@ -464,6 +464,20 @@ async def test_unexpected_fetcher_exception_is_counted_not_raised():
 
 # Secrets and the factory --------------------------------------------------------------
 
+async def test_a_rotated_token_file_is_used_by_the_next_fetch(api, session, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    api.script(EM_PATH, Reply(body=electricitymaps_latest()))
+    fetcher = ElectricityMapsFetcher("FR", SecretSource("t", file=str(token_file)), base_url=api.base_url)
+    provider = RefreshingProvider(fetcher, RefreshPolicy(), FALLBACK, session=session)
+
+    await provider.refresh_once()
+    token_file.write_text("second\n")  # the kubelet updates a mounted Secret in place
+    await provider.refresh_once()
+
+    assert [r.headers["auth-token"] for r in api.hits(EM_PATH)] == ["first", "second"]
+
+
 def test_secret_from_file_and_missing_secret_message(tmp_path):
     secret = tmp_path / "token"
     secret.write_text("from-file\n")

@@ -12,6 +12,8 @@ in g CO2e/kWh. Electricity Maps computes hourly values, so polling every
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
@@ -35,7 +37,9 @@ class ElectricityMapsFetcher:
     async def fetch(self, session: aiohttp.ClientSession,
                     timeout: aiohttp.ClientTimeout) -> LiveSample:
         try:
-            token = self._token.read()
+            # Read on each fetch so a rotated Secret applies; a file read is
+            # blocking I/O, so it runs off the event loop.
+            token = await asyncio.to_thread(self._token.read)
         except SecretError as error:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
         body = await get_json(session, self._url, what=self.source, timeout=timeout,

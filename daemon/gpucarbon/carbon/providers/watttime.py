@@ -14,6 +14,7 @@ Units are lb CO2/MWh; 1 lb/MWh = 453.59237 g / 1000 kWh = 0.45359237 g/kWh.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -80,7 +81,8 @@ class WattTimeFetcher:
         if self._token is not None and self._clock() < self._token_expires_at - TOKEN_RENEW_MARGIN_S:
             return self._token
         try:
-            authorization = basic_auth_header(self._username.read(), self._password.read())
+            # The password may be a mounted file: blocking I/O, off the event loop.
+            authorization = basic_auth_header(*await asyncio.to_thread(self._read_credentials))
         except SecretError as error:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
         self.logins += 1
@@ -93,6 +95,9 @@ class WattTimeFetcher:
         self._token = token
         self._token_expires_at = requested_at + TOKEN_LIFETIME_S
         return token
+
+    def _read_credentials(self) -> tuple[str, str]:
+        return self._username.read(), self._password.read()
 
     async def _forecast(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout,
                         token: str) -> object:
