@@ -364,15 +364,29 @@ def test_unknown_uuid_is_a_read_error_for_that_gpu():
     assert (caught.value.call, caught.value.error) == ("nvmlDeviceGetHandleByUUID", "NotFound")
 
 
+class Gate(threading.Event):
+    """A hang that says when a call has reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.reached.set()
+        return super().wait(timeout)
+
+
 def test_hung_gpu_does_not_block_reads_of_other_gpus():
     nvml = two_gpus()
     backend = opened(nvml)
     backend.list_gpus()
-    release = threading.Event()
+    release = Gate()
     nvml.gpu(UUID_A).hang = release
     hung = threading.Thread(target=backend.read_gpu, args=(UUID_A,), daemon=True)
     hung.start()
     try:
+        # Read B only once A is stuck inside NVML; otherwise the test proves nothing.
+        assert release.reached.wait(timeout=5)
         assert backend.read_gpu(UUID_B).energy_mj == 7_000
         assert hung.is_alive()
     finally:
