@@ -186,13 +186,14 @@ class NvmlBackend:
         limit_mw = call("nvmlDeviceGetEnforcedPowerLimit", handle)
         temperature = call("nvmlDeviceGetTemperature", handle, _temperature_sensor(nvml))
         mig = call("nvmlDeviceGetMigMode", handle)
+        mig_mode = mig[0] == MIG_ENABLED if mig is not None else None
         return GpuReading(
             uuid=uuid,
             index=int(index) if index is not None else -1,
             name=_as_str(name) if name is not None else "",
             timestamp_s=timestamp_s,
             driver_version=self._driver_version,
-            mig_mode=(mig[0] == MIG_ENABLED) if mig is not None else None,
+            mig_mode=mig_mode,
             energy_mj=int(energy_mj) if energy_mj is not None else None,
             power_w=self._power_w(device, call),
             power_limit_w=_mw_to_w(limit_mw),
@@ -202,7 +203,7 @@ class NvmlBackend:
             temperature_c=float(temperature) if temperature is not None else None,
             processes=self._processes(handle, call),
             samples=self._samples(uuid, handle, call),
-            mig_devices=self._mig_devices(handle, call) if mig is not None and mig[0] == MIG_ENABLED else (),
+            mig_devices=self._mig_devices(handle, call) if mig_mode else (),
             errors=tuple(errors),
         )
 
