@@ -37,10 +37,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
 from fakes.kubelet import FakeKubelet, pod as kubelet_pod
+from fakes.slurm import FakeScontrol
 from gpucarbon.device.scenario import load_scenario
 from gpucarbon.device.simulated import _gpu_uuid
 from procs import Daemon, wait_until
-from test_identity_slurm import FakeScontrol
 
 pytestmark = pytest.mark.e2e
 
