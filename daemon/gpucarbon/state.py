@@ -19,13 +19,14 @@ other's checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,14 +117,8 @@ class CheckpointStore:
         self._ensure_directory()
         self._remove_stale_temp_files()
         temp = self._write_temp(data)
-        try:
+        with self._removed_on_failure(temp, "cannot rename the new checkpoint into place"):
             self._replace(temp, self.path)
-        except OSError as exc:
-            _unlink_quietly(temp)
-            raise self._error("cannot rename the new checkpoint into place", exc) from exc
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
         self._fsync_directory()
 
     def _encode(self, payload: dict[str, Any]) -> bytes:
@@ -154,19 +149,26 @@ class CheckpointStore:
         except OSError as exc:
             raise self._error("cannot create a temp file", exc) from exc
         temp = Path(name)
-        try:
+        with self._removed_on_failure(temp, "cannot write the checkpoint"):
             try:
                 self._write(fd, data)
                 self._fsync(fd)  # the data must be on disk before the rename is
             finally:
                 os.close(fd)
+        return temp
+
+    @contextlib.contextmanager
+    def _removed_on_failure(self, temp: Path, what: str) -> Iterator[None]:
+        """Deletes `temp` if the block fails (even on KeyboardInterrupt); an
+        OSError becomes a CheckpointError saying `what` failed."""
+        try:
+            yield
         except OSError as exc:
             _unlink_quietly(temp)
-            raise self._error("cannot write the checkpoint", exc) from exc
+            raise self._error(what, exc) from exc
         except BaseException:
             _unlink_quietly(temp)
             raise
-        return temp
 
     def _fsync_directory(self) -> None:
         try:
@@ -199,13 +201,9 @@ class CheckpointStore:
     def load(self) -> LoadResult:
         """Read the checkpoint. Never raises for bad content or an unreadable file."""
         try:
-            data = self._read()
+            saved_at, payload = _decode(self._read())
         except FileNotFoundError:
             return LoadResult(LoadStatus.NONE)
-        except _Unusable as problem:
-            return self._set_aside(str(problem))
-        try:
-            saved_at, payload = _decode(data)
         except _Unusable as problem:
             return self._set_aside(str(problem))
         return LoadResult(LoadStatus.OK, payload=payload, saved_at=saved_at)
