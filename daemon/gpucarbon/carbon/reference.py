@@ -58,7 +58,8 @@ class EmbodiedFigure:
 
 
 # Only figures with a published source are bundled. Others (H100, B200, ...)
-# await a published per-board figure; configure one with `overrides`.
+# await a published per-board figure; `overrides` supplies one (no config key
+# passes it yet).
 EMBODIED_FIGURES: tuple[EmbodiedFigure, ...] = (
     EmbodiedFigure(
         model="A100",
