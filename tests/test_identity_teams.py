@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gpucarbon.identity.teams import TEAM_MAX_LEN, TeamRules, sanitise_label_value
+from gpucarbon.identity.allocations import KubeletAllocations
+from gpucarbon.identity.devices import GpuInventory
+from gpucarbon.identity.model import CgroupIdentity, PodMeta
+from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
+from gpucarbon.identity.resolver import Resolver
+from gpucarbon.identity.teams import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, TeamRules, sanitise_label_value
 
 RULES = TeamRules(
     default="unassigned",
@@ -82,6 +87,53 @@ def test_malicious_pod_label_cannot_break_a_metric_line():
 def test_exactly_max_length_is_kept_whole():
     value = "x" * TEAM_MAX_LEN
     assert sanitise_label_value(value) == value
+
+
+class _Process:
+    user, comm = "root", "python"
+
+    def __init__(self, pod_uid: str, container_id: str) -> None:
+        self.cgroup = CgroupIdentity(pod_uid=pod_uid, container_id=container_id)
+
+
+class _Pods:
+    """The API server's index: by UID for processes, by name for allocations."""
+
+    def __init__(self, *pods: PodMeta) -> None:
+        self._pods = pods
+
+    def pod(self, uid: str) -> PodMeta | None:
+        return next((p for p in self._pods if p.uid == uid), None)
+
+    def pods_by_name(self, namespace: str, name: str) -> PodMeta | None:
+        return next((p for p in self._pods if (p.namespace, p.name) == (namespace, name)), None)
+
+
+class _Kubelet:
+    def __init__(self, *keys: ContainerKey) -> None:
+        self._keys = keys
+
+    def holders_by_gpu(self, normalise) -> GpuAllocations:
+        return GpuAllocations({"GPU-0": self._keys})
+
+
+def test_process_and_allocation_paths_label_a_pod_alike_and_keep_long_workloads_whole():
+    # Kubernetes names run to 253 characters: two workloads alike in their first
+    # 128 must stay two label values, and both paths must give the same labels.
+    pods = [PodMeta(f"uid-{n}", "ml", f"p-{n}", f"PyTorchJob/{'x' * 200}-{n}", "ml\n", {f"cid-{n}": "main"})
+            for n in "ab"]
+    resolver = Resolver(lambda pid: _Process(f"uid-{'ab'[pid]}", f"cid-{'ab'[pid]}"), metadata=_Pods(*pods))
+    kubelet = KubeletAllocations(_Kubelet(*(ContainerKey("ml", p.name, "main") for p in pods)), _Pods(*pods),
+                                 inventory=lambda: GpuInventory({}))
+    by_process = [resolver.consumer(pid) for pid in (0, 1)]
+    by_allocation = list(kubelet.allocations()["GPU-0"])
+    assert [c.key for c in by_process] == [c.key for c in by_allocation] == ["pod/uid-a/main", "pod/uid-b/main"]
+    assert [c.labels() for c in by_process] == [c.labels() for c in by_allocation]
+    assert [c.workload for c in by_process] == [p.workload for p in pods]  # 213 characters, under 320
+    assert by_process[0].team == "ml"
+    hostile = Resolver(lambda pid: _Process("uid-a", "cid-a"),
+                       metadata=_Pods(PodMeta("uid-a", "ml", "p", "Job/" + "y" * 1000, "t")))
+    assert len(hostile.consumer(1).workload) == WORKLOAD_MAX_LEN
 
 
 def test_invalid_regex_is_rejected_naming_the_rule():

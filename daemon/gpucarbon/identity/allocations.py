@@ -16,7 +16,8 @@ from typing import Callable, Mapping, Protocol
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.model import Consumer, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
-from gpucarbon.identity.resolver import clean_label, pod_name_key
+from gpucarbon.identity.resolver import pod_consumer, pod_name_key
+from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 
 class DeviceHolders(Protocol):
@@ -41,12 +42,9 @@ class KubeletAllocations:
 
     def _consumer(self, key: ContainerKey) -> Consumer:
         meta = self._pods.pods_by_name(key.namespace, key.pod) if self._pods is not None else None
-        container = clean_label(key.container)
-        if meta is None:
-            return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
-                            namespace=clean_label(key.namespace), pod=clean_label(key.pod),
-                            container=container, workload=clean_label(f"Pod/{key.pod}"))
-        return Consumer(key=f"pod/{meta.uid}/{key.container}", namespace=clean_label(meta.namespace),
-                        pod=clean_label(meta.name), container=container,
-                        workload=clean_label(meta.workload or f"Pod/{meta.name}"), team=clean_label(meta.team),
-                        aliases=(pod_name_key(key.namespace, key.pod, key.container),))
+        if meta is not None:
+            return pod_consumer(meta, key.container)
+        return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
+                        namespace=sanitise_label_value(key.namespace), pod=sanitise_label_value(key.pod),
+                        container=sanitise_label_value(key.container),
+                        workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN))

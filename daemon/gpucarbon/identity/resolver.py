@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Mapping, Protocol
 
-from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource
+from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource, PodMeta
+from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
-MAX_LABEL_LENGTH = 128  # bytes of a label value we keep; longer values are cut
 
 
 class ProcessFacts(Protocol):
@@ -35,10 +35,20 @@ def pod_name_key(namespace: str, pod: str, container: str) -> str:
     return f"pod-name/{namespace}/{pod}/{container}"
 
 
-def clean_label(value: str) -> str:
-    """Bound length and drop control characters; the exposition format escapes the rest."""
-    value = "".join(ch for ch in value if ch.isprintable())
-    return value[:MAX_LABEL_LENGTH]
+def pod_consumer(meta: PodMeta, container: str, *provisional_keys: str) -> Consumer:
+    """The consumer of a container of a pod the API server knows, the same whether
+    a process (resolver) or an allocation (allocations.py) names it, so the two
+    paths meet on one key. Its provisional keys become aliases (docs/kubernetes.md,
+    "No double counting")."""
+    return Consumer(
+        key=f"pod/{meta.uid}/{container}",
+        namespace=sanitise_label_value(meta.namespace),
+        pod=sanitise_label_value(meta.name),
+        container=sanitise_label_value(container),
+        workload=sanitise_label_value(meta.workload or f"Pod/{meta.name}", WORKLOAD_MAX_LEN),
+        team=sanitise_label_value(meta.team),
+        aliases=(*provisional_keys, pod_name_key(meta.namespace, meta.name, container)),
+    )
 
 
 class Resolver:
@@ -84,21 +94,14 @@ class Resolver:
             short_id = container_id[:12]
             return Consumer(key=f"pod/{uid}/{short_id}", container=short_id, workload=f"Pod/uid-{uid}")
         container = (meta.containers or {}).get(container_id, container_id[:12])
-        return Consumer(
-            key=f"pod/{uid}/{container}",
-            namespace=clean_label(meta.namespace),
-            pod=clean_label(meta.name),
-            container=clean_label(container),
-            workload=clean_label(meta.workload or f"Pod/{meta.name}"),
-            team=clean_label(meta.team),
-            aliases=(f"pod/{uid}/{container_id[:12]}", pod_name_key(meta.namespace, meta.name, container)),
-        )
+        return pod_consumer(meta, container, f"pod/{uid}/{container_id[:12]}")
 
     def _slurm_consumer(self, job_id: str, user: str) -> Consumer:
         team = self._slurm.team(job_id) if self._slurm is not None else None
         team = team or self._user_teams.get(user, "")
-        return Consumer(key=f"slurm/{job_id}", workload=clean_label(f"slurm/{job_id}"), team=clean_label(team))
+        workload = sanitise_label_value(f"slurm/{job_id}", WORKLOAD_MAX_LEN)
+        return Consumer(key=f"slurm/{job_id}", workload=workload, team=sanitise_label_value(team))
 
     def _process_consumer(self, user: str, comm: str) -> Consumer:
-        workload = clean_label(f"process/{user}/{comm}")
-        return Consumer(key=workload, workload=workload, team=clean_label(self._user_teams.get(user, "")))
+        workload = sanitise_label_value(f"process/{user}/{comm}", WORKLOAD_MAX_LEN)
+        return Consumer(key=workload, workload=workload, team=sanitise_label_value(self._user_teams.get(user)))

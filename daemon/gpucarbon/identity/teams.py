@@ -12,7 +12,8 @@ Order (documented in docs/kubernetes.md):
 
 Plain hosts and Slurm use `team_for_user` / `team_for_account`.
 
-Every value that becomes a metric label goes through `sanitise_label_value`: label
+Every value that becomes a metric label goes through `sanitise_label_value` (teams
+here, workloads in owners.py and slurm.py, pod consumers in resolver.py): label
 values come from users (pod labels, Slurm accounts) and must never crash the
 exporter or blow up a scrape. A rule whose value sanitises to "" does not match.
 """
@@ -27,6 +28,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 TEAM_MAX_LEN = 128  # characters; Kubernetes label values are at most 63
+WORKLOAD_MAX_LEN = 320  # "<Kind>/<name>": Kubernetes names are at most 253 characters
 # Unicode categories removed from label values: control (Cc), format (Cf: zero-width
 # and bidi overrides that make two values look alike), lone surrogates (Cs: cannot be
 # encoded as UTF-8 on /metrics), line and paragraph separators (Zl, Zp).
