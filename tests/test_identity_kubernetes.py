@@ -315,6 +315,25 @@ def test_missing_kubeconfig_names_the_file(tmp_path):
         make_client(kubeconfig=str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('users:\n- name: me\n  user: {token: "s3cret-token\n', "not valid YAML: found unexpected end of stream"),
+        ("users:\n- name: me\n  user:\n    token: s3cret-token: x\n", "not valid YAML: mapping values are "
+                                                                        "not allowed here at line 4, column 24"),
+        ("- token: s3cret-token\n", "not a kubeconfig"),
+    ],
+)
+def test_broken_kubeconfig_is_one_line_naming_the_file_never_the_token(tmp_path, text, problem):
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    with pytest.raises(KubernetesSetupError) as err:
+        make_client(kubeconfig=str(path))
+    message = str(err.value)
+    assert message.startswith(f"kubeconfig {path}: {problem}")
+    assert "s3cret" not in message and "\n" not in message
+
+
 def self_signed_ca_pem() -> bytes:
     import datetime
 

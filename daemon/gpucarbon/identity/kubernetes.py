@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
+import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.models import Cluster, User
 from lightkube.core.exceptions import ApiError, ConfigError
@@ -92,14 +93,29 @@ def make_client(
         else:
             config = KubeConfig.from_service_account(service_account_dir)
         return AsyncClient(config, timeout=httpx.Timeout(timeout_s), trust_env=False)
-    except (ConfigError, OSError, KeyError, ValueError, TypeError, AssertionError) as err:
+    except (ConfigError, OSError, KeyError, ValueError, TypeError, AttributeError, AssertionError,
+            yaml.YAMLError) as err:
         if kubeconfig:
             where = f"kubeconfig {kubeconfig}"
         elif server:
             where = f"kubernetes server {server}"
         else:
             where = f"in-cluster service account {service_account_dir}"
-        raise KubernetesSetupError(f"{where}: {type(err).__name__}: {err}") from None
+        raise KubernetesSetupError(f"{where}: {_setup_problem(err)}") from None
+
+
+def _setup_problem(err: Exception) -> str:
+    """One line. A YAML error's own text quotes the offending line, which in a
+    kubeconfig may hold a token or key: give only the problem and where it is."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"not valid YAML: {err.problem or err.context}{at}"
+    if isinstance(err, yaml.YAMLError):
+        return "not valid YAML"
+    if isinstance(err, AttributeError):  # lightkube reads a non-mapping document
+        return "not a kubeconfig (expected a mapping with clusters, users and contexts)"
+    return f"{type(err).__name__}: {err}"
 
 
 def status_code(exc: BaseException) -> int | None:
