@@ -8,6 +8,7 @@ import pytest
 from gpucarbon.carbon.reference import (
     DEFAULT_LIFETIME_YEARS,
     EMBODIED_FIGURES,
+    GRAMS_PER_POUND,
     SECONDS_PER_YEAR,
     embodied_figure,
     embodied_grams_per_second,
@@ -31,7 +32,7 @@ def test_worked_example_with_hyperscaler_pue():
 
 def test_strubell_us_figure_converts_to_grams_per_kwh():
     # Strubell et al. 2019 used 0.954 lb CO2/kWh for the US (2018).
-    assert 0.954 * 453.59237 == pytest.approx(432.7, abs=0.05)
+    assert 0.954 * GRAMS_PER_POUND == pytest.approx(432.7, abs=0.05)
     # and the same conversion as the WattTime provider's lb/MWh -> g/kWh, scaled by 1000
     assert 954 * GRAMS_PER_KWH_PER_LB_PER_MWH == pytest.approx(432.7, abs=0.05)
 
