@@ -32,8 +32,9 @@ from gpucarbon.carbon.refresh import (
     WallClock,
 )
 from gpucarbon.carbon.table import IntensityTable, TableProvider, load_bundled_table
+from gpucarbon.config import INTENSITY_SOURCES
 
-SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
+SOURCES = INTENSITY_SOURCES  # the config validates the same names
 DEFAULT_INTERVALS_S = {
     "electricitymaps": electricitymaps.DEFAULT_INTERVAL_S,
     "watttime": watttime.DEFAULT_INTERVAL_S,
