@@ -15,7 +15,6 @@ from fakes.kubelet import FakeKubelet, pod
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.podresources import ContainerKey, PodResourcesSource, holders_by_gpu
-from gpucarbon.identity.proto import api_pb2, api_pb2_grpc
 
 GPU0 = "GPU-11111111-1111-1111-1111-111111111111"
 GPU1 = "GPU-22222222-2222-2222-2222-222222222222"
@@ -168,20 +167,6 @@ async def test_run_polls_on_its_interval_until_cancelled(kubelet):
 def test_bad_intervals_are_rejected_with_their_values():
     with pytest.raises(ValueError, match="poll_interval_s=0"):
         PodResourcesSource("/x", clock=ManualClock(), poll_interval_s=0)
-
-
-async def test_fake_serves_the_whole_service(kubelet):
-    # The same proto serves Get and GetAllocatableResources, as kubelet does.
-    kubelet.allocatable = [api_pb2.ContainerDevices(resource_name="nvidia.com/gpu", device_ids=[GPU0, GPU1])]
-    async with grpc.aio.insecure_channel(f"unix://{kubelet.socket_path}") as channel:
-        stub = api_pb2_grpc.PodResourcesListerStub(channel)
-        got = await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="trainer-0", pod_namespace="ml"), timeout=2)
-        assert got.pod_resources.containers[0].devices[0].device_ids == [GPU0]
-        allocatable = await stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(), timeout=2)
-        assert list(allocatable.devices[0].device_ids) == [GPU0, GPU1]
-        with pytest.raises(grpc.aio.AioRpcError) as missing:
-            await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="nope", pod_namespace="ml"), timeout=2)
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 class _Stop(Exception):

@@ -1,5 +1,6 @@
 """A real grpc.aio server on a unix socket serving kubelet's `v1.PodResourcesLister`
-from the same proto the daemon uses, with settable allocations and faults.
+from the same proto the daemon uses, with settable allocations and faults. Only
+`List`, the one call the daemon makes; the others answer UNIMPLEMENTED.
 
     kubelet = FakeKubelet(tmp_path / "kubelet.sock")
     kubelet.pods = [pod("ml", "trainer-0", {"main": {"nvidia.com/gpu": ["GPU-..."]}})]
@@ -40,7 +41,6 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self.pods: list[api_pb2.PodResources] = []
-        self.allocatable: list[api_pb2.ContainerDevices] = []
         self.delay_s = 0.0  # every answer waits this long (deadline tests)
         self.fail_with: grpc.StatusCode | None = None  # abort every call with this
         self.calls = 0
@@ -68,14 +68,3 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
     async def List(self, request, context):  # noqa: N802 - gRPC method name
         await self._answer(context)
         return api_pb2.ListPodResourcesResponse(pod_resources=self.pods)
-
-    async def GetAllocatableResources(self, request, context):  # noqa: N802
-        await self._answer(context)
-        return api_pb2.AllocatableResourcesResponse(devices=self.allocatable, cpu_ids=[0, 1, 2, 3])
-
-    async def Get(self, request, context):  # noqa: N802
-        await self._answer(context)
-        for item in self.pods:
-            if item.name == request.pod_name and item.namespace == request.pod_namespace:
-                return api_pb2.GetPodResourcesResponse(pod_resources=item)
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {request.pod_namespace}/{request.pod_name} not found")

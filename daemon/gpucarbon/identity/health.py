@@ -65,12 +65,6 @@ class SourceHealth:
             if down:
                 self._up = False
 
-    @property
-    def errors(self) -> Mapping[str, int]:
-        """A copy of the counts by reason (the shape the carbon providers use)."""
-        with self._lock:
-            return MappingProxyType(dict(self._errors))
-
     def errors_total(self, reason: str) -> int:
         with self._lock:
             return self._errors.get(reason, 0)

@@ -415,11 +415,9 @@ class KubernetesSource:
         facts = pod_facts(pod)
         if facts is None:
             return
+        self._upsert(facts)  # a deleted pod too: its last state labels its final interval
         if kind == "DELETED":
-            self._upsert(facts)  # its last state, for the final interval's labels
             self._deleted_at.setdefault(facts.uid, self._clock.monotonic())
-        else:
-            self._upsert(facts)
         self._prune(self._clock.monotonic())
 
     def _upsert(self, facts: _PodFacts) -> None:
@@ -494,12 +492,14 @@ class KubernetesSource:
                 self._requeue_unresolved()
                 continue
             facts = self._facts.get(uid)
-            if facts is not None:
-                workload = await self._resolver.resolve(facts.ownership)
+            if facts is None:  # pruned while queued
+                self._queued.discard(uid)
+                continue
+            workload = await self._resolver.resolve(facts.ownership)
             # Discarded only now, so events during the read do not queue the pod twice.
             self._queued.discard(uid)
             current = self._facts.get(uid)
-            if facts is not None and current is facts:
+            if current is facts:
                 self._pods[uid] = self._meta(facts, workload)
             elif current is not None:
                 self._queue_owner(uid)  # a newer event replaced the facts: resolve those

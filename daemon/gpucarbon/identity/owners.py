@@ -207,9 +207,6 @@ class OwnerResolver:
             return guessed_workload(pod)
         return self._from_parent(ref, cached.parent)
 
-    def forget(self, namespace: str, kind: str, name: str) -> None:
-        self._cache.pop((namespace, kind, name), None)
-
     def _from_parent(self, ref: OwnerRef, parent: OwnerRef | None) -> str:
         if parent is None:
             return workload_value(ref.kind, ref.name)
