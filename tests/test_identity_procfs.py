@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -143,28 +146,43 @@ def test_permission_error_is_unreadable_not_vanished():
     assert procfs.read(4606) is None
 
 
-def chmod_blocks_reads(folder: Path) -> bool:
-    """False for root (euid 0 with CAP_DAC_OVERRIDE): it reads mode-000 files anyway."""
-    probe = folder / "probe"
-    probe.write_bytes(b"x")
-    probe.chmod(0)
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def file_access_as_nobody():
+    """Root (CI runs as root) reads mode-000 files through CAP_DAC_OVERRIDE. A
+    non-zero filesystem uid drops that capability for this thread until it is set
+    back to 0 (capabilities(7)), so chmod 000 bites as it does for the daemon's user."""
+    if os.geteuid() != 0:
+        yield
+        return
+    setfsuid = ctypes.CDLL(None, use_errno=True).setfsuid
+    setfsuid(NOBODY)
     try:
-        probe.read_bytes()
-    except PermissionError:
-        return True
-    return False
+        assert setfsuid(-1) == NOBODY, "setfsuid refused: the test needs CAP_SETUID as root"  # -1 only queries
+        yield
+    finally:
+        setfsuid(0)
 
 
-def test_chmod_unreadable_files_are_unreadable(tmp_path: Path):
-    if not chmod_blocks_reads(tmp_path):
-        pytest.skip(f"euid {os.geteuid()} reads files whatever their mode, so chmod 000 cannot make them unreadable")
-    tree = tmp_path / "proc"
-    shutil.copytree(TREE, tree)
-    for name in ("status", "cgroup"):
-        (tree / "4606" / name).chmod(0)
-    result = ProcFS(str(tree)).lookup(4606)
+def test_chmod_unreadable_files_are_unreadable():
+    # Not under tmp_path: pytest makes it 0700 for root, so nobody could not reach it.
+    root = Path(tempfile.mkdtemp(prefix="procfs-"))
+    try:
+        root.chmod(0o755)
+        tree = root / "proc"
+        shutil.copytree(TREE, tree)
+        for name in ("status", "cgroup"):
+            (tree / "4606" / name).chmod(0)
+        with file_access_as_nobody():
+            result = ProcFS(str(tree)).lookup(4606)
+            readable = ProcFS(str(tree), user_name=no_users).read(4101)
+    finally:
+        shutil.rmtree(root)
     assert isinstance(result, ReadFailure) and result.reason == "unreadable"
-    assert ProcFS(str(tree), user_name=no_users).read(4101) == EXPECTED[4101]
+    assert "4606/status" in result.detail and "Permission denied" in result.detail
+    assert readable == EXPECTED[4101]
 
 
 def test_pid_reused_during_the_read_is_vanished():
