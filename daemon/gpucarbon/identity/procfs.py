@@ -16,6 +16,7 @@ already seen: only the cheap stat read happens on every lookup.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 from collections import OrderedDict
@@ -58,8 +59,13 @@ class ReadFailure:
     detail: str  # file and error, for a debug log line
 
 
+@functools.lru_cache(maxsize=1024)
 def system_user_name(uid: int) -> str | None:
-    """The passwd name of `uid`, None when there is none (the default lookup)."""
+    """The passwd name of `uid`, None when there is none (the default lookup).
+
+    Cached per uid: the poller resolves new processes on the event loop, and with
+    NSS backed by LDAP/SSSD one getpwuid can wait on the network (files: ~10 us).
+    A user renamed while the daemon runs keeps the old name until a restart."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
