@@ -30,6 +30,7 @@ SIMULATION_DOC = DOCS / "simulation.md"
 SOURCES_OF_METRIC_NAMES = (
     ROOT / "daemon/gpucarbon/exporter/collector.py",
     ROOT / "daemon/gpucarbon/checkpoint.py",  # the state counters, passed as extra counters
+    ROOT / "daemon/gpucarbon/exporter/http.py",  # web auth failures, counted on the HTTP path
 )
 PROBE = "zz_not_a_key"  # a key no section accepts
 

@@ -3,6 +3,8 @@
 import errno
 import json
 
+import pytest
+
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, StateConfig
@@ -134,3 +136,20 @@ async def test_disk_full_while_saving_is_counted_and_polling_goes_on(tmp_path):
     snap = await d.poller.poll()
     assert ("gpucarbon_state_save_failures_total", 1) in snap.extra_counters
     assert gpu(d).energy_j == 20.0
+
+
+async def test_embodied_override_amortises_over_held_time(tmp_path):
+    """carbon.embodied.kg_co2e_by_model gives a model without a bundled figure one."""
+    from gpucarbon.config import parse_config
+
+    clock = ManualClock()
+    config = parse_config("carbon: {embodied: {enabled: true, lifetime: 4, kg_co2e_by_model: {G: 150}}}")
+    d = build_daemon(config, RunOptions(procfs=procfs_with_boot_id(tmp_path)), backend=CounterBackend(clock),
+                     base_clock=clock)
+    await d.poller.poll()
+    clock.advance(3600.0)
+    await d.poller.poll()
+    (workload,) = d.poller.snapshot.workloads
+    expected = 150_000.0 / (4 * 365.25 * 86400) * 3600.0  # g per GPU-hour held
+    assert workload.embodied_grams == pytest.approx(expected, rel=1e-3)
+    assert d.poller.snapshot.teams[0].embodied_grams == pytest.approx(expected, rel=1e-3)

@@ -142,6 +142,11 @@ def test_basic_auth_protects_metrics_but_not_probes(tmp_path):
             except urllib.error.HTTPError as err:
                 assert err.code == status
         assert "s3cret" not in d.log.read_text() and hashed not in d.log.read_text()
+        request = urllib.request.Request(d.url + "/metrics", headers={"Authorization": f"Basic {good}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'gpucarbon_web_auth_failures_total{reason="missing"} 1.0' in text
+        assert 'gpucarbon_web_auth_failures_total{reason="rejected"} 1.0' in text
     finally:
         d.stop()
 

@@ -19,13 +19,14 @@ from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
-from gpucarbon.carbon.zone import resolve_zone
+from gpucarbon.carbon.table import WORLD_ZONE
+from gpucarbon.carbon.zone import AUTO, resolve_zone
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
 from gpucarbon.config import Config
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
-from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
+from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
@@ -169,7 +170,8 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
 
 def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
     lifetime = config.carbon.embodied_lifetime_years
-    embodied = (lambda model: embodied_grams_per_second(model, lifetime) or 0.0) \
+    overrides = dict(config.carbon.embodied_kg_by_model)
+    embodied = (lambda model: embodied_grams_per_second(model, lifetime, overrides) or 0.0) \
         if config.carbon.embodied_enabled else None
     return Accounting(
         pue=config.carbon.pue,
@@ -278,11 +280,11 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
         )
 
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
-    if c.zone.strip().lower() != "auto" or node is None:
+    if c.zone.strip().lower() != AUTO or node is None:
         return configured
     client, node_name = node
     return ZoneDetectingProvider(lightkube_node_reader(client, node_name), build,
-                                 provisional=build_provider("table", "WORLD"))
+                                 provisional=build_provider("table", WORLD_ZONE))
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:
@@ -299,12 +301,13 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
     return 0, render_text(lambda: daemon.poller.snapshot)
 
 
-async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None) -> int:
+async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
+                auth_failures: AuthFailures | None = None) -> int:
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
     app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares)
+                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,

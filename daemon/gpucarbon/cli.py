@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 from gpucarbon import __version__
 from gpucarbon.config import ConfigError, load_config, parse_duration
 from gpucarbon.device.scenario import DEMO, ScenarioError, load_scenario
-from gpucarbon.exporter.http import parse_listen_address
+from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 
 PROG = "gpu-carbon-exporter"
 
@@ -122,8 +122,8 @@ class _WebConfigProblem(Exception):
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
 
 
-def _web_security(path: str | None) -> tuple[tuple, object]:
-    """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
+def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
+    """Middlewares and TLS context from --web.config.file (_WebConfigProblem if bad)."""
     if path is None:
         return (), None
     from gpucarbon.app import require_extra
@@ -137,7 +137,8 @@ def _web_security(path: str | None) -> tuple[tuple, object]:
         raise _WebConfigProblem(str(err)) from None
     for note in web_config.notes:
         logging.getLogger("gpucarbon").info("web config: %s", note)
-    return (auth_middleware(web_config, exempt_paths=PROBE_PATHS),), web_config.ssl_context()
+    middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
+    return (middleware,), web_config.ssl_context()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
                          speed=args.speed, state_dir=args.state_dir)
     try:
-        middlewares, ssl_context = _web_security(args.web_config)
+        auth_failures = AuthFailures()
+        middlewares, ssl_context = _web_security(args.web_config, auth_failures)
         daemon = build_daemon(config, options)
     except (_WebConfigProblem, SetupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -173,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon, middlewares, ssl_context))
+        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures))
     except KeyboardInterrupt:
         return 0
     except OSError as err:  # e.g. the listen port is taken

@@ -123,6 +123,9 @@ class CarbonConfig:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     embodied_enabled: bool = False
     embodied_lifetime_years: float = 4.0  # GPU service life (see docs/carbon.md)
+    # kg CO2e to make one GPU, by a token of its model name ("H100"); adds to or
+    # replaces the bundled figures (docs/carbon.md).
+    embodied_kg_by_model: Mapping[str, float] = field(default_factory=dict)
     price_per_kwh: float | None = None
     currency: str = "USD"
 
@@ -282,6 +285,16 @@ class _Reader:
             raise self.fail(full, value, f"must be at least {minimum}s")
         return seconds
 
+    def number_map(self, raw: Mapping, key: str, path: str, minimum: float, maximum: float) -> dict[str, float]:
+        value = raw.get(key) or {}
+        full = f"{path}.{key}"
+        if not isinstance(value, Mapping):
+            raise self.fail(full, value, "must be a mapping of names to numbers")
+        for name, item in value.items():
+            if not is_number(item) or not minimum <= item <= maximum:
+                raise self.fail(f"{full}.{key_text(name)}", item, f"must be a number from {minimum} to {maximum}")
+        return {str(name): float(item) for name, item in value.items()}
+
     def string_map(self, raw: Mapping, key: str, path: str) -> dict[str, str]:
         value = raw.get(key) or {}
         full = f"{path}.{key}"
@@ -325,7 +338,7 @@ class _Reader:
 
     def carbon(self, raw: Any) -> CarbonConfig:
         sec = self.section(raw, "carbon", {"pue", "intensity", "embodied", "cost"})
-        embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime"})
+        embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime", "kg_co2e_by_model"})
         cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "currency"})
         defaults = CarbonConfig()
         lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
@@ -335,6 +348,7 @@ class _Reader:
             intensity=self.intensity(sec.get("intensity")),
             embodied_enabled=self.boolean(embodied, "enabled", "carbon.embodied", False),
             embodied_lifetime_years=lifetime,
+            embodied_kg_by_model=self.number_map(embodied, "kg_co2e_by_model", "carbon.embodied", 0.001, 1e5),
             price_per_kwh=self.number(cost, "price_per_kwh", "carbon.cost", None, minimum=0.0),
             currency=self.string(cost, "currency", "carbon.cost", defaults.currency),
         )

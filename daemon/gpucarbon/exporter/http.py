@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gzip
 import html
+from collections import Counter
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
@@ -44,10 +46,30 @@ def parse_listen_address(text: str) -> ListenAddress:
     return ListenAddress(host or None, int(port_text))
 
 
-def build_registry(latest: Callable[[], Snapshot]) -> CollectorRegistry:
+class AuthFailures:
+    """Requests refused by --web.config.file's basic auth, by reason. Counted on
+    the HTTP path itself (no poll sees them), rendered with the snapshot."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def record(self, reason: str) -> None:
+        self._counts[reason] += 1
+
+    def collect(self):
+        family = CounterMetricFamily("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.",
+                                     labels=["reason"])
+        for reason, count in sorted(self._counts.items()):
+            family.add_metric([reason], count)
+        yield family
+
+
+def build_registry(latest: Callable[[], Snapshot], *extra: object) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(latest))
     registry.register(ProcessCollector(registry=None))
+    for collector in extra:
+        registry.register(collector)
     return registry
 
 
@@ -78,8 +100,9 @@ def build_app(
     healthy: Callable[[], bool],
     telemetry_path: str = "/metrics",
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
+    auth_failures: AuthFailures | None = None,
 ) -> web.Application:
-    registry = build_registry(latest)
+    registry = build_registry(latest, *([auth_failures] if auth_failures else []))
     cache = _RenderCache(registry, latest)
 
     async def metrics(request: web.Request) -> web.Response:
