@@ -1,1 +1,3 @@
-"""Test doubles for vendor libraries (pynvml) that the CI machines lack hardware for."""
+"""Test doubles for what CI cannot run for real: pynvml (no GPU), the Kubernetes
+API server, the carbon intensity APIs and scontrol. The kubelet double is a real
+gRPC server of the same proto."""
