@@ -140,3 +140,27 @@ def test_hostile_scenario_key_keeps_the_error_on_one_line():
     with pytest.raises(ScenarioError) as err:
         parse_scenario('gpus: [{model: G}]\n"evil\\nkey": 1\n', "s.yaml")
     assert "\n" not in str(err.value)
+
+
+async def test_pid_with_cgroup_goes_through_the_real_cgroup_parser(tmp_path):
+    from gpucarbon.app import RunOptions, build_daemon
+    from gpucarbon.config import Config
+
+    uid = "6f1b8e2a-3c4d-4e5f-9a0b-1c2d3e4f5a6b"
+    cid = "ab" * 32
+    cgroup = (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
+              f".slice/cri-containerd-{cid}.scope")
+    scenario = parse_scenario(f"""
+gpus: [{{model: G}}]
+workloads:
+  - {{workload: Job/ignored, container: trainer, gpus: [0], pid: 4242, cgroup: "{cgroup}", sm_util: 0.5}}
+  - {{workload: Job/plain, gpus: [0], pid: 4343, sm_util: 0.5}}
+""")
+    clock = ManualClock()
+    daemon = build_daemon(Config(), RunOptions(scenario=scenario, procfs=str(tmp_path)), base_clock=clock)
+    await daemon.poller.poll()
+    clock.advance(10)
+    await daemon.poller.poll()
+    workloads = {w.workload: w for w in daemon.poller.snapshot.workloads}
+    assert set(workloads) == {f"Pod/uid-{uid}", "unresolved"}, "no procfs entry for 4343: unresolved"
+    assert workloads[f"Pod/uid-{uid}"].container == cid[:12]

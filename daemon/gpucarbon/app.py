@@ -136,8 +136,11 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
         if config.slurm.enabled else None
     if slurm is not None and not slurm.enabled:
         slurm = None  # no scontrol on this host: the source is simply off
+    lookup = processes.lookup
+    if simulation is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
+        lookup = lambda pid: simulation.process_facts(pid) or processes.lookup(pid)  # noqa: E731
     resolver = Resolver(
-        lookup_process=processes.lookup,
+        lookup_process=lookup,
         metadata=metadata,
         synthetic=simulation.consumer_for_pid if simulation else None,
         slurm=slurm,

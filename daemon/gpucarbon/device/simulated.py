@@ -24,7 +24,9 @@ from typing import Mapping
 from gpucarbon.clock import Clock
 from gpucarbon.device.model import GpuProcess, GpuReadError, GpuReading, ProcessSample
 from gpucarbon.device.scenario import Scenario, SimWorkload
+from gpucarbon.identity.cgroup import parse_cgroup
 from gpucarbon.identity.model import Consumer
+from gpucarbon.identity.procfs import ProcessInfo
 
 JITTER_BUCKET_S = 5.0  # simulated seconds over which the jitter is constant
 JITTER = 0.05  # +-5% of a workload's utilization
@@ -52,6 +54,7 @@ class SimulatedBackend:
         self._states = [_GpuState(last_t=0.0) for _ in scenario.gpus]
         self._lock = threading.Lock()
         self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
+        self._cgroup_by_pid = {w.pid: w for w in scenario.workloads if w.pid is not None and w.cgroup}
 
     # --- GpuBackend ---------------------------------------------------------
 
@@ -94,6 +97,17 @@ class SimulatedBackend:
             if holders:
                 held[uuid] = holders
         return held
+
+    def process_facts(self, pid: int) -> ProcessInfo | None:
+        """What /proc would say of a pid-backed workload that gives `cgroup:`:
+        its cgroup file's text goes through the real parser, so the rest of the
+        identity path (Kubernetes, Slurm) runs as on a real node without a
+        fixture procfs tree. None for every other pid (procfs answers)."""
+        workload = self._cgroup_by_pid.get(pid)
+        if workload is None:
+            return None
+        return ProcessInfo(pid=pid, start_time_ticks=0, uid=0, user="root",
+                           comm=(workload.container or "sim")[:15], cgroup=parse_cgroup(workload.cgroup))
 
     def consumer_for_pid(self, pid: int) -> Consumer | None:
         """Owner of a synthetic PID; None for real (pid-backed) processes."""
