@@ -34,9 +34,6 @@ SOURCES_OF_METRIC_NAMES = (
 )
 PROBE = "zz_not_a_key"  # a key no section accepts
 
-# README links to docs other people are still writing (remove an entry once its file exists).
-WRITTEN_IN_PARALLEL: frozenset[str] = frozenset()
-
 
 def read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
@@ -375,11 +372,7 @@ def test_readme_links_the_reference_docs():
         assert doc in DOC_LINKS
 
 
-@pytest.mark.parametrize("link", [
-    pytest.param(link, marks=pytest.mark.xfail(reason="written in parallel", strict=False))
-    if link in WRITTEN_IN_PARALLEL else link
-    for link in DOC_LINKS
-])
+@pytest.mark.parametrize("link", DOC_LINKS)
 def test_readme_doc_link_points_to_a_file(link):
     assert (ROOT / link).is_file(), f"README.md links {link}, which does not exist"
 
