@@ -263,10 +263,6 @@ def config_probe(document: Any) -> str | None:
         parse_config(yaml.safe_dump(document), "probe")
     except ConfigError as err:
         return str(err)
-    except AttributeError:
-        # A duration key given a mapping escapes as AttributeError (reported to
-        # the config owner); for discovery it is simply not a section.
-        return None
     return None
 
 
