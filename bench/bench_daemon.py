@@ -22,9 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 from procs import free_port, wait_until  # noqa: E402
+from procstat import cpu_seconds, peak_rss_mib  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def scenario(gpus: int = 8, per_gpu: int = 8) -> str:
@@ -36,18 +37,6 @@ def scenario(gpus: int = 8, per_gpu: int = 8) -> str:
             lines.append(f"  - {{namespace: ns{g}, pod: pod-{g}-{w}, container: main, workload: Job/job-{g}-{w}, "
                          f"team: team{w % 4}, gpus: [{g}], sm_util: {util}}}")
     return "\n".join(lines) + "\n"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def scrape(url: str) -> tuple[float, bytes]:
@@ -94,7 +83,7 @@ def main() -> None:
             "gpus": 8, "workloads": 64, "window_s": round(wall, 1), "polls": polls,
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / wall, 2),
             "cpu_ms_per_poll_incl_idle_loop": round(1000 * (cpu1 - cpu0) / max(polls, 1), 2),
-            "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
+            "peak_rss_mb": round(peak_rss_mib(proc.pid), 1),
             "scrape_ms_median": round(1000 * statistics.median(latencies), 2),
             "scrape_ms_p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 2),
             "series": series,

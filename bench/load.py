@@ -33,9 +33,10 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 from procs import free_port, http_get, wait_until  # noqa: E402
+from procstat import cpu_seconds, peak_rss_mib  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 LAST_POLL = "gpucarbon_last_poll_timestamp_seconds "
 POLL_COUNT = "gpucarbon_poll_duration_seconds_count "
 
@@ -127,18 +128,6 @@ async def run_load(url: str, clients: int, seconds: float, think_s: float) -> tu
     probe = asyncio.create_task(poll_timestamps(url, until))
     await asyncio.gather(*(scraper(url, until, think_s, stats) for _ in range(clients)))
     return stats, await probe
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def seconds_of(text: str) -> float:

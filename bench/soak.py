@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT / "bench"))
+from procstat import cpu_seconds, status_kib  # noqa: E402
 WORKLOAD_SERIES = "gpucarbon_workload_energy_joules_total{"  # one line per workload series
 LAST_POLL = "gpucarbon_last_poll_timestamp_seconds "
 
@@ -91,18 +92,6 @@ class Sample:
     series: int
     workload_series: int
     cpu_s: float
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS line")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def scrape(url: str) -> str:
@@ -188,7 +177,7 @@ def main() -> None:
             sim0 = last_poll if sim0 is None else sim0
             sim_s = (last_poll or sim0 or 0.0) - (sim0 or 0.0)
             sample = Sample(round(time.monotonic() - t0, 1), round(sim_s / 3600, 3),
-                            round(rss_kib(proc.pid) / 1024, 1), series, workload, round(cpu_seconds(proc.pid), 1))
+                            round(status_kib(proc.pid, "VmRSS") / 1024, 1), series, workload, round(cpu_seconds(proc.pid), 1))
             samples.append(sample)
             print(",".join(str(v) for v in vars(sample).values()), flush=True)
             if sim_s >= run_sim_s:
