@@ -181,6 +181,8 @@ async def start_api() -> FakeApiServer:
     await api.apply("namespaces", "ADDED", make_namespace("research"))
     api.set_owned("Job", "ml", "bert-train", None)
     api.set_owned("ReplicaSet", "serving", "vllm-6c9d8f", owner("Deployment", "vllm"))
+    # zone: auto (the default) reads this node: an AWS node in Paris -> France's grid.
+    api.set_node(NODE, {"topology.kubernetes.io/region": "eu-west-3"}, "aws:///eu-west-3a/i-0abc")
     for item in api_pods():
         await api.add_pod(item)
     return api
@@ -447,3 +449,11 @@ def test_source_health_and_a_kubelet_outage(node):
     assert_conserved(later)
     assert node.daemon.proc.poll() is None
     assert scrape.one("gpucarbon_source_up", source="procfs").value == 1
+
+
+def test_zone_auto_reads_the_node_and_uses_its_grid(node):
+    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_grid_carbon_intensity_grams_per_kwh", zone="FR"),
+                         "intensity for the node's zone")
+    (intensity,) = scrape.series("gpucarbon_grid_carbon_intensity_grams_per_kwh")
+    assert intensity.labels["source"] == "table" and intensity.value < 100  # France: low-carbon grid
+    assert ("get", f"/api/v1/nodes/{NODE}", {}) in node.api.requests

@@ -110,6 +110,7 @@ class FakeApiServer:
             "namespaces": _Collection(NAMESPACE_PATH, "NamespaceList"),
         }
         self.owned: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
+        self.nodes: dict[str, dict[str, Any]] = {}  # name -> Node (GET only)
         # (verb, collection) -> faults for the next requests; owner GETs use collection "owned"
         self.faults: dict[tuple[str, str], list[Fault]] = {}
         self._drops = 0  # bumped by drop_watches()
@@ -127,6 +128,7 @@ class FakeApiServer:
         app.router.add_get(NAMESPACE_PATH, self._collection_handler("namespaces"))
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/replicasets/{name}", self._owned_handler("ReplicaSet"))
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs/{name}", self._owned_handler("Job"))
+        app.router.add_get("/api/v1/nodes/{name}", self._node_handler)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -140,6 +142,22 @@ class FakeApiServer:
             await self._runner.cleanup()
 
     # ---- state changes -----------------------------------------------------------
+
+    def set_node(self, name: str, labels: dict[str, str], provider_id: str | None = None) -> None:
+        """A Node the daemon may GET (zone: auto reads its region label and providerID)."""
+        self.nodes[name] = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": f"node-{name}", "resourceVersion": "1", "labels": labels},
+            "spec": {"providerID": provider_id} if provider_id else {},
+        }
+
+    async def _node_handler(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append(("get", request.path, dict(request.query)))
+        node = self.nodes.get(name)
+        if node is None:
+            return web.json_response(status_body(404, "NotFound", f'nodes "{name}" not found'), status=404)
+        return web.json_response(node)
 
     async def apply(self, collection: str, event: str, obj: dict[str, Any]) -> int:
         """ADDED/MODIFIED/DELETED one object; returns its new resourceVersion."""
