@@ -57,7 +57,7 @@ def test_prometheus_scrapes_and_conservation_holds(daemon, tmp_path):
     prom = Prometheus(tmp_path, [f"127.0.0.1:{daemon.port}"])
     try:
         wait_until(lambda: prom.query('up{job="gpu-carbon-exporter"} == 1'), 30, "first scrape")
-        wait_until(lambda: len(prom.query("gpucarbon_gpu_energy_joules_total > 0")) == 6, 30, "energy on 6 GPUs")
+        wait_until(lambda: len(prom.query("gpucarbon_gpu_energy_joules_total > 0")) == 8, 30, "energy on 8 GPUs")
         for _ in range(3):
             assert value(prom.query(PER_GPU_IMBALANCE)) <= 0.001  # 1 mJ
             assert value(prom.query(TEAM_IMBALANCE)) <= 0.001 * 6

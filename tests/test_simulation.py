@@ -103,7 +103,9 @@ def test_demo_scenario_shows_every_case():
     scenario = load_scenario(None)
     assert len({w.team for w in scenario.workloads}) >= 3
     assert any(len(w.gpus) > 1 for w in scenario.workloads)
-    assert any(w.allocated_only for w in scenario.workloads)
+    assert any(w.allocated_only for w in scenario.workloads), "held by the scheduler, no process"
+    assert any(not w.allocated_only and w.sm_util == ((0.0, 0.0),) for w in scenario.workloads), \
+        "a process holding a context and doing nothing"
     assert any(w.end is not None for w in scenario.workloads)
     used = {g for w in scenario.workloads for g in w.gpus}
     assert set(range(len(scenario.gpus))) - used, "an unallocated GPU"
@@ -164,3 +166,21 @@ workloads:
     workloads = {w.workload: w for w in daemon.poller.snapshot.workloads}
     assert set(workloads) == {f"Pod/uid-{uid}", "unresolved"}, "no procfs entry for 4343: unresolved"
     assert workloads[f"Pod/uid-{uid}"].container == cid[:12]
+
+
+def test_an_open_context_draws_context_watts_not_idle():
+    sim, clock = backend("""
+gpus: [{model: G, idle_watts: 70, context_watts: 118, max_watts: 700}]
+workloads: [{workload: Pod/nb, gpus: [0], sm_util: 0.0}]
+""")
+    (uuid,) = sim.list_gpus()
+    sim.read_gpu(uuid)
+    clock.advance(10)
+    reading = sim.read_gpu(uuid)
+    assert reading.energy_mj == 118 * 10 * 1000 and reading.power_w == 118.0
+    assert reading.utilization == 0.0 and reading.processes
+
+
+def test_context_watts_must_lie_between_idle_and_max():
+    with pytest.raises(ScenarioError, match="gpus\\[0\\].context_watts"):
+        parse_scenario("gpus: [{model: G, idle_watts: 70, context_watts: 50}]", "s.yaml")

@@ -5,8 +5,8 @@ Format (docs/simulation.md has the full reference):
     speed: 1          # simulated seconds per wall-clock second
     seed: 7
     gpus:             # expanded in order into indices 0..N-1
-      - {model: NVIDIA H100 80GB HBM3, count: 4, idle_watts: 70, max_watts: 700,
-         memory_bytes: 85899345920}
+      - {model: NVIDIA H100 80GB HBM3, count: 4, idle_watts: 70, context_watts: 118,
+         max_watts: 700, memory_bytes: 85899345920}
     workloads:
       - {namespace: research, pod: bert-0, container: trainer, workload: Job/bert,
          team: nlp, gpus: [0, 1], start: 0, end: null, sm_util: 0.9,
@@ -41,6 +41,12 @@ class SimGpu:
     idle_watts: float
     max_watts: float
     memory_bytes: int
+    context_watts: float | None = None  # draw with a process's CUDA context open, no work
+
+    def power(self, utilization: float, has_process: bool) -> float:
+        """Board power (W): the base draw, plus the busy share of the rest."""
+        base = self.context_watts if has_process and self.context_watts is not None else self.idle_watts
+        return base + (self.max_watts - base) * min(1.0, utilization)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +182,8 @@ class _Parser:
         gpus: list[SimGpu] = []
         for i, entry in enumerate(entries):
             path = f"gpus[{i}]"
-            sec = self.mapping(entry, path, {"model", "count", "idle_watts", "max_watts", "memory_bytes"})
+            sec = self.mapping(entry, path, {"model", "count", "idle_watts", "context_watts", "max_watts",
+                                             "memory_bytes"})
             count = 1 if sec.get("count") is None else sec["count"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
                 raise self.fail(f"{path}.count", f"{count!r} must be an integer from 1 to 64")
@@ -185,7 +192,11 @@ class _Parser:
             if peak < idle:
                 raise self.fail(f"{path}.max_watts", f"{peak!r} is below idle_watts {idle!r}")
             memory = self.number(sec, "memory_bytes", path, 80 * 2**30, maximum=2**50)
-            gpu = SimGpu(self.text(sec, "model", path), float(idle), float(peak), int(memory))
+            context = self.number(sec, "context_watts", path, None, maximum=5000)
+            if context is not None and not idle <= context <= peak:
+                raise self.fail(f"{path}.context_watts", f"{context!r} must be between idle_watts and max_watts")
+            gpu = SimGpu(self.text(sec, "model", path), float(idle), float(peak), int(memory),
+                         None if context is None else float(context))
             gpus.extend([gpu] * count)
         if len(gpus) > 64:
             raise self.fail("gpus", f"{len(gpus)} GPUs; at most 64 are supported")

@@ -1,7 +1,10 @@
 """A simulated GPU node that implements the same GpuBackend Protocol as NVML.
 
-Power follows the issue's model: idle + (max - idle) * min(1, sum of SM
-utilizations of the workloads running on the GPU). The energy counter integrates
+Power follows the issue's model: base + (max - base) * min(1, sum of SM
+utilizations of the workloads running on the GPU), where base is the idle draw,
+or `context_watts` while a process holds a CUDA context (an H100 measured on
+2026-11-27 drew 72 W bare and 118 W with a context open and no kernels running;
+docs/simulation.md). The energy counter integrates
 that power exactly (piecewise constant between breakpoints), so attribution
 tests can check results against hand computations. A seeded +-5% jitter per
 5-simulated-second bucket keeps series lifelike and runs reproducible.
@@ -135,15 +138,16 @@ class SimulatedBackend:
         for a, b in self._segments(g, candidates, start, now):
             mid = (a + b) / 2.0
             total_util = 0.0
+            has_process = False
             for i in candidates:
                 workload = self._scenario.workloads[i]
                 if workload.allocated_only or not workload.running_at(mid):
                     continue
+                has_process = True
                 util = self._jittered(i, g, mid, workload.util_at(mid))
                 integrals[i] = integrals.get(i, 0.0) + util * (b - a)
                 total_util += util
-            power = gpu.idle_watts + (gpu.max_watts - gpu.idle_watts) * min(1.0, total_util)
-            state.energy_mj += power * (b - a) * 1000.0
+            state.energy_mj += gpu.power(total_util, has_process) * (b - a) * 1000.0
         state.last_t = now
         dt = now - start
         return {i: v / dt for i, v in integrals.items()}, dt
@@ -206,7 +210,7 @@ class SimulatedBackend:
                         for i, avg in sorted(averages.items()) if avg > 0.0)
         total_util = min(1.0, sum(self._jittered(i, g, now, self._scenario.workloads[i].util_at(now))
                                   for i in running))
-        power = gpu.idle_watts + (gpu.max_watts - gpu.idle_watts) * total_util
+        power = gpu.power(total_util, bool(running))
         used = min(gpu.memory_bytes, sum(p.used_memory_bytes or 0 for p in processes))
         return GpuReading(
             uuid=self._uuids[g],
