@@ -275,7 +275,7 @@ def test_rendered_config_is_accepted_by_the_daemon(rendered: dict, name: str) ->
     assert config.kubernetes.enabled is True
     podresources = VALUE_SETS[name].get("podResources", {}).get("enabled", False)
     assert config.kubernetes.podresources_enabled is podresources
-    assert f"--config.file=/etc/gpu-carbon-exporter/config/config.yaml" in _container(rendered[name])["args"]
+    assert "--config.file=/etc/gpu-carbon-exporter/config/config.yaml" in _container(rendered[name])["args"]
 
 
 def test_carbon_tokens_come_from_the_existing_secret(rendered: dict) -> None:

@@ -18,7 +18,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
