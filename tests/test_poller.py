@@ -25,7 +25,7 @@ class MutableIntensity:
 
 
 def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=None, retention=600.0,
-                timeout=5.0, cap=2000, pue=1.0, resolver=None):
+                timeout=5.0, cap=2000, pue=1.0, resolver=None, **accounting):
     intensity = intensity or MutableIntensity(400.0)
     synthetic = getattr(backend, "consumer_for_pid", None)
     return Poller(
@@ -34,7 +34,7 @@ def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=
         allocations=allocations if allocations is not None else (backend if synthetic else None),
         idle=IdleModel(idle_watts, {}), ledger=Ledger(cap, "unassigned"),
         accounting=Accounting(pue=pue, retention_s=retention, intensity=intensity,
-                              carbon_health=lambda: ProviderHealth("static", True, None)),
+                              carbon_health=lambda: ProviderHealth("static", True, None), **accounting),
         read_timeout_s=timeout, wall=clock.wall,
     )
 
@@ -330,3 +330,20 @@ async def test_library_lost_mid_run_is_closed_and_reopened():
     snap = await poller.poll()
     assert snap.nvml_up and driver.opens == 2 and snap.gpus[0].up
     assert_conserved(poller)
+
+
+async def test_zone_overrides_for_pue_and_price_follow_the_intensity_zone():
+    clock = ManualClock()
+    sim = SimulatedBackend(parse_scenario(
+        "gpus: [{model: G, idle_watts: 100}]\n"
+        "workloads: [{workload: Pod/p, team: t, gpus: [0], allocated_only: true}]"), clock)
+    poller = make_poller(sim, clock, intensity=MutableIntensity(200.0), pue=1.5, pue_by_zone={"ZZ": 1.1},
+                         price_per_kwh=0.30, price_by_zone={"ZZ": 0.10})
+    await poller.poll()
+    clock.advance(3600.0)
+    await poller.poll()  # 0.1 kWh in zone ZZ: 0.1 x 200 x 1.1 = 22 g
+    (gpu,) = poller.snapshot.gpus
+    assert gpu.grams == pytest.approx(22.0)
+    assert poller.snapshot.carbon.pue == 1.1 and poller.snapshot.carbon.currency == "USD"
+    (workload,) = poller.snapshot.workloads
+    assert workload.cost == pytest.approx(0.1 * 0.10)  # the zone's price, not the default 0.30

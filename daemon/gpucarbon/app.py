@@ -184,6 +184,8 @@ def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
         embodied_grams_per_s=embodied,
         price_per_kwh=config.carbon.price_per_kwh,
         currency=config.carbon.currency,
+        pue_by_zone=config.carbon.pue_by_zone,
+        price_by_zone=config.carbon.price_by_zone,
     )
 
 

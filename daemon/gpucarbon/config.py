@@ -128,6 +128,9 @@ class CarbonConfig:
     embodied_kg_by_model: Mapping[str, float] = field(default_factory=dict)
     price_per_kwh: float | None = None
     currency: str = "USD"
+    # Overrides by grid zone (the zone the intensity provider resolved, e.g. FR).
+    pue_by_zone: Mapping[str, float] = field(default_factory=dict)
+    price_by_zone: Mapping[str, float] = field(default_factory=dict)
 
 
 # Team rules (first match wins) are validated values with behaviour; the config
@@ -337,9 +340,9 @@ class _Reader:
         return AttributionConfig(idle_watts=watts)
 
     def carbon(self, raw: Any) -> CarbonConfig:
-        sec = self.section(raw, "carbon", {"pue", "intensity", "embodied", "cost"})
+        sec = self.section(raw, "carbon", {"pue", "pue_by_zone", "intensity", "embodied", "cost"})
         embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime", "kg_co2e_by_model"})
-        cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "currency"})
+        cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "price_per_kwh_by_zone", "currency"})
         defaults = CarbonConfig()
         lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
                                minimum=0.1)
@@ -350,6 +353,8 @@ class _Reader:
             embodied_lifetime_years=lifetime,
             embodied_kg_by_model=self.number_map(embodied, "kg_co2e_by_model", "carbon.embodied", 0.001, 1e5),
             price_per_kwh=self.number(cost, "price_per_kwh", "carbon.cost", None, minimum=0.0),
+            pue_by_zone=self.number_map(sec, "pue_by_zone", "carbon", 1.0, 5.0),
+            price_by_zone=self.number_map(cost, "price_per_kwh_by_zone", "carbon.cost", 0.0, 1e6),
             currency=self.string(cost, "currency", "carbon.cost", defaults.currency),
         )
 

@@ -52,6 +52,19 @@ class Accounting:
     embodied_grams_per_s: Callable[[str], float] | None = None  # GPU model -> g/s, None: off
     price_per_kwh: float | None = None
     currency: str = "USD"
+    # Per grid zone overrides (the zone of the intensity in use decides).
+    pue_by_zone: Mapping[str, float] = field(default_factory=dict)
+    price_by_zone: Mapping[str, float] = field(default_factory=dict)
+
+    def pue_for(self, zone: str) -> float:
+        return self.pue_by_zone.get(zone, self.pue)
+
+    def price_for(self, zone: str) -> float | None:
+        return self.price_by_zone.get(zone, self.price_per_kwh)
+
+    @property
+    def costs_on(self) -> bool:
+        return self.price_per_kwh is not None or bool(self.price_by_zone)
 
 
 @dataclass
@@ -245,7 +258,7 @@ class Poller:
                 average_w = interval.energy_mj / 1000.0 / interval.dt_s
                 self._idle.observe(reading.uuid, average_w, processes_running=bool(reading.processes))
         intensity = self._acct.intensity.current()
-        grams_per_mj = self._acct.pue * intensity.grams_per_kwh / MJ_PER_KWH
+        grams_per_mj = self._acct.pue_for(intensity.zone) * intensity.grams_per_kwh / MJ_PER_KWH
         embodied_rate = self._acct.embodied_grams_per_s
         self.ledger.book(
             IntervalCharge(
@@ -255,7 +268,7 @@ class Poller:
                 consumers=consumers,
                 busy=running,
                 grams_per_mj=grams_per_mj,
-                cost_per_mj=(self._acct.price_per_kwh or 0.0) / MJ_PER_KWH,
+                cost_per_mj=(self._acct.price_for(intensity.zone) or 0.0) / MJ_PER_KWH,
                 embodied_grams=embodied_rate(reading.name) * interval.dt_s if embodied_rate else 0.0,
             ),
             self._clock.monotonic(),
@@ -300,6 +313,7 @@ class Poller:
     def _build_snapshot(self) -> Snapshot:
         self._sequence += 1
         health = self._acct.carbon_health()
+        intensity = self._acct.intensity.current()
         return Snapshot(
             sequence=self._sequence,
             ready=self.ready,
@@ -310,15 +324,15 @@ class Poller:
             teams=tuple(TeamView(team, t.energy_mj / 1000.0, t.grams, t.embodied_grams, t.cost)
                         for team, t in sorted(self.ledger.teams.items())),
             carbon=CarbonView(
-                intensity=self._acct.intensity.current(),
-                pue=self._acct.pue,
+                intensity=intensity,
+                pue=self._acct.pue_for(intensity.zone),
                 source=health.source,
                 source_up=health.up,
                 source_errors=tuple(sorted(health.errors.items())),
                 age_s=health.age_seconds,
                 fallbacks=health.fallbacks,
                 embodied_enabled=self._acct.embodied_grams_per_s is not None,
-                currency=self._acct.currency if self._acct.price_per_kwh is not None else None,
+                currency=self._acct.currency if self._acct.costs_on else None,
             ),
             sources=self._sources(),
             nvml_errors=tuple((call, err, n) for (call, err), n in sorted(self._nvml_errors.items())),
