@@ -191,7 +191,7 @@ def _team_metrics(snap: Snapshot) -> Iterator[Metric]:
 
 def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:
     carbon = snap.carbon
-    pue = _gauge("gpucarbon_pue_ratio", "Power usage effectiveness applied to GPU energy (configured).")
+    pue = _gauge("gpucarbon_pue_ratio", "Power usage effectiveness applied to GPU energy (configured; per zone when set).")
     pue.add_metric([], carbon.pue)
     yield pue
     if carbon.intensity is not None:
