@@ -17,7 +17,7 @@ from gpucarbon.identity.kubernetes import (
     make_client,
 )
 from gpucarbon.identity.model import MetadataSource
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 CID = "containerd://" + "a" * 64
 CID2 = "cri-o://" + "b" * 64

@@ -9,7 +9,7 @@ import pytest
 from fakes.slurm import GOLDEN_JSON, GOLDEN_TEXT, FakeScontrol
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.slurm import SlurmSource, parse_job_json, parse_job_text
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 
 @pytest.fixture

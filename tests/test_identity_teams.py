@@ -9,7 +9,7 @@ from gpucarbon.identity.devices import GpuInventory
 from gpucarbon.identity.model import CgroupIdentity, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.identity.teams import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, TeamRules, sanitise_label_value
+from gpucarbon.teams import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, TeamRules, sanitise_label_value
 
 RULES = TeamRules(
     default="unassigned",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.checkpoint import Checkpointer, read_boot_id
+from gpucarbon.errors import SetupError, require_extra
 from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
@@ -187,19 +188,6 @@ def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
         pue_by_zone=config.carbon.pue_by_zone,
         price_by_zone=config.carbon.price_by_zone,
     )
-
-
-class SetupError(Exception):
-    """The configuration cannot be put into effect (one line, names the key)."""
-
-
-def require_extra(module: str, setting: str, extra: str) -> None:
-    """A clear setup error when an optional dependency is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise SetupError(f"{setting} needs the {module} package: "
-                         f"pip install 'gpu-carbon-exporter[{extra}]'")
 
 
 class TaskService:

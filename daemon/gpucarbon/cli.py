@@ -14,11 +14,15 @@ import sys
 from typing import NoReturn, Sequence
 
 from gpucarbon import __version__
-from gpucarbon.config import ConfigError, load_config, parse_duration
-from gpucarbon.device.scenario import DEMO, ScenarioError, load_scenario
+from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
+from gpucarbon.config import load_config, parse_duration
+from gpucarbon.device.scenario import DEMO, load_scenario
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 
 PROG = "gpu-carbon-exporter"
+
+log = logging.getLogger(__name__)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -115,28 +119,18 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
-class _WebConfigProblem(Exception):
-    """--web.config.file is invalid (one line naming file and key)."""
-
-
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
 
 
-def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
-    """Middlewares and TLS context from --web.config.file (_WebConfigProblem if bad)."""
+def _web_security(path: str | None, auth_failures: AuthFailures) -> tuple[tuple, object]:
+    """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
     if path is None:
         return (), None
-    from gpucarbon.app import require_extra
+    from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
 
-    require_extra("bcrypt", "--web.config.file", "auth")
-    from gpucarbon.exporter.webconfig import WebConfigError, auth_middleware, load_web_config
-
-    try:
-        web_config = load_web_config(path)
-    except WebConfigError as err:
-        raise _WebConfigProblem(str(err)) from None
+    web_config = load_web_config(path)
     for note in web_config.notes:
-        logging.getLogger("gpucarbon").info("web config: %s", note)
+        log.info("web config: %s", note)
     middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
     return (middleware,), web_config.ssl_context()
 
@@ -145,26 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        config = load_config(args.config_file)
-        scenario = load_scenario(args.simulate) if args.simulate is not None else None
-    except (ConfigError, ScenarioError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
-    from gpucarbon.app import RunOptions, SetupError, build_daemon, run_once, serve
-    from gpucarbon.carbon.providers import ProviderConfigError
-
-    options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
-                         poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
-                         speed=args.speed, state_dir=args.state_dir)
-    try:
-        auth_failures = AuthFailures()
-        middlewares, ssl_context = _web_security(args.web_config, auth_failures)
-        daemon = build_daemon(config, options)
-    except (_WebConfigProblem, SetupError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
-    except ProviderConfigError as err:
-        where = f"{args.config_file}: " if args.config_file else ""
+        daemon, middlewares, ssl_context, auth_failures = _build(args)
+    except GpuCarbonError as err:
+        where = f"{args.config_file}: " if err.in_config_file and args.config_file else ""
         print(f"{PROG}: {where}{err}", file=sys.stderr)
         return 2
     try:
@@ -181,3 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # e.g. the listen port is taken
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
+
+
+def _build(args: argparse.Namespace) -> tuple[Daemon, tuple, object, AuthFailures]:
+    """Everything the command line asks for, built; raises GpuCarbonError."""
+    config = load_config(args.config_file)
+    scenario = load_scenario(args.simulate) if args.simulate is not None else None
+    options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
+                         poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
+                         speed=args.speed, state_dir=args.state_dir)
+    auth_failures = AuthFailures()
+    middlewares, ssl_context = _web_security(args.web_config, auth_failures)
+    return build_daemon(config, options), middlewares, ssl_context, auth_failures

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpucarbon.errors import GpuCarbonError
+
 FORMAT = "gpucarbon-state"
 VERSION = 1
 DEFAULT_FILE_NAME = "state.json"
@@ -46,7 +48,7 @@ class WallClock(Protocol):
         """Unix time, seconds."""
 
 
-class CheckpointError(Exception):
+class CheckpointError(GpuCarbonError):
     """A checkpoint could not be saved. The previous one, if any, is intact."""
 
 

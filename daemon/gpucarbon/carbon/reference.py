@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 SECONDS_PER_YEAR = 365.25 * 24 * 3600  # Julian year, 31,557,600 s
 GRAMS_PER_POUND = 453.59237  # international avoirdupois pound

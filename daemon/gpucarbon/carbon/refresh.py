@@ -25,13 +25,15 @@ from typing import Awaitable, Callable, Protocol
 
 import aiohttp
 
+from gpucarbon.backoff import Backoff
+from gpucarbon.clock import Sleep
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 log = logging.getLogger(__name__)
 
 WallClock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 # Reasons a fetch fails; they label the error counter.
 REASON_TIMEOUT = "timeout"
@@ -54,7 +56,7 @@ MAX_LIVE_GRAMS_PER_KWH = 5000.0
 MAX_RETRY_AFTER_S = 86400.0
 
 
-class FetchError(Exception):
+class FetchError(GpuCarbonError):
     """A fetch failed for `reason`; `detail` is safe to log (no secrets)."""
 
     def __init__(self, reason: str, detail: str, *, retryable: bool = True,
@@ -138,7 +140,8 @@ class RefreshingProvider:
         self._fallback = replace(fallback, fallback=True)
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
+        rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(policy.backoff_base_s, policy.backoff_max_s, rng.random)
         self._session = session
         self._owns_session = session is None
         self._task: asyncio.Task[None] | None = None
@@ -255,7 +258,7 @@ class RefreshingProvider:
         self._errors[error.reason] = self._errors.get(error.reason, 0) + 1
         retry_after = parse_retry_after(error.retry_after, self._clock())
         final = not error.retryable or attempt >= self._policy.max_attempts
-        wait = retry_after if retry_after is not None else self._backoff(attempt)
+        wait = retry_after if retry_after is not None else self._backoff.delay(attempt - 1)
         if not final and wait <= self._policy.interval_s:
             log.info("carbon intensity %s: attempt %d failed (%s), retrying in %.1f s",
                      self.source, attempt, error.detail, wait)
@@ -266,7 +269,3 @@ class RefreshingProvider:
         self._next_delay = max(self._policy.interval_s, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
         return None
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: half the cap plus up to half again."""
-        cap = min(self._policy.backoff_max_s, self._policy.backoff_base_s * 2 ** (attempt - 1))
-        return cap / 2 + self._rng.uniform(0.0, cap / 2)

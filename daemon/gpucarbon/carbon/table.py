@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Mapping
 
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.carbon.model import FixedProvider, IntensityReading
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ TABLE_COLUMNS = ("zone", "grams_per_kwh", "year", "source", "licence", "name")
 REGION_COLUMNS = ("region", "zone", "location")
 
 
-class TableError(ValueError):
+class TableError(GpuCarbonError, ValueError):
     """The table data is unusable; the message names the file, row and field."""
 
 

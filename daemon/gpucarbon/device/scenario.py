@@ -27,10 +27,11 @@ from typing import Any, Mapping
 
 import yaml
 
-from gpucarbon.config import YAML_ERRORS, is_number, key_text, yaml_where
+from gpucarbon.errors import GpuCarbonError
+from gpucarbon.yamlcheck import YAML_ERRORS, is_number, key_text, yaml_where
 
 
-class ScenarioError(Exception):
+class ScenarioError(GpuCarbonError):
     def __init__(self, source: str, key: str, problem: str) -> None:
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
 

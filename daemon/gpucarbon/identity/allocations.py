@@ -17,7 +17,7 @@ from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.model import Consumer, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
 from gpucarbon.identity.resolver import pod_consumer, pod_name_key
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 
 class DeviceHolders(Protocol):

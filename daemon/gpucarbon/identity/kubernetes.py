@@ -40,6 +40,9 @@ from lightkube.resources.apps_v1 import ReplicaSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
+from gpucarbon.backoff import Backoff
+from gpucarbon.clock import Sleep
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.clock import Clock
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
@@ -51,7 +54,7 @@ from gpucarbon.identity.owners import (
     PodOwnership,
     controller_of,
 )
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 try:  # lightkube >= 1.0 ships its HTTP client as httpx2, earlier releases use httpx
     import httpx2 as httpx
@@ -66,10 +69,9 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
 _OWNED_KINDS = {"ReplicaSet": ReplicaSet, "Job": Job}
 
-Sleep = Callable[[float], Awaitable[None]]
 
 
-class KubernetesSetupError(Exception):
+class KubernetesSetupError(GpuCarbonError):
     """The client cannot be built (no kubeconfig, not in a cluster); one line."""
 
 
@@ -143,25 +145,6 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, httpx.TransportError):
         return reasons.DISCONNECTED
     return reasons.DECODE
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": half the step fixed, half random,
-    so many daemons restarting together spread out but never retry at once."""
-
-    initial_s: float = 1.0
-    max_s: float = 60.0
-    rng: Callable[[], float] = random.random
-    _attempt: int = 0
-
-    def next_delay(self) -> float:
-        step = min(self.max_s, self.initial_s * (2 ** self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return step / 2 + self.rng() * step / 2
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class _WatchStalled(Exception):

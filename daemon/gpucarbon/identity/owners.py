@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Mapping, Protocol
 
 from gpucarbon.clock import Clock
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 # Controller kinds whose own controller is worth one GET.
 FOLLOWED_KINDS = frozenset({"ReplicaSet", "Job"})

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import grpc
 
-from gpucarbon.clock import Clock
+from gpucarbon.clock import Clock, Sleep
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.proto import api_pb2, api_pb2_grpc
@@ -39,7 +39,6 @@ NVIDIA_PREFIX = "nvidia.com/"
 # default of 4 MiB fails on large nodes.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-Sleep = Callable[[float], Awaitable[None]]
 Normaliser = Callable[[str], "str | None"]
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Callable, Mapping, Protocol
 
 from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource, PodMeta
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
 

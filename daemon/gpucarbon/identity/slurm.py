@@ -21,10 +21,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.clock import Clock
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
-from gpucarbon.identity.teams import TeamRules, sanitise_label_value
+from gpucarbon.teams import TeamRules, sanitise_label_value
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SlurmJobMeta:
     resolved: bool = False  # False: provisional, scontrol not asked or not answered yet
 
 
-class ScontrolError(Exception):
+class ScontrolError(GpuCarbonError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason

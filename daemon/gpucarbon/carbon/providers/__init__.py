@@ -14,6 +14,7 @@ from typing import Protocol
 
 import aiohttp
 
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.carbon.model import IntensityReading
 from gpucarbon.carbon.providers import electricitymaps, uk_carbon_intensity, watttime
 from gpucarbon.carbon.providers.electricitymaps import ElectricityMapsFetcher
@@ -42,8 +43,10 @@ DEFAULT_INTERVALS_S = {
 }
 
 
-class ProviderConfigError(ValueError):
+class ProviderConfigError(GpuCarbonError, ValueError):
     """The settings cannot build a provider; the message names the setting."""
+
+    in_config_file = True  # names carbon.* keys; the CLI adds the file
 
 
 class CarbonProvider(Protocol):

@@ -19,7 +19,7 @@ import aiohttp
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, FetchError, LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.electricitymap.org"
 DEFAULT_INTERVAL_S = 600.0

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from gpucarbon.errors import GpuCarbonError
 
-class SecretError(Exception):
+
+class SecretError(GpuCarbonError):
     """The secret cannot be read; the message names where it was looked for."""
 
 

@@ -20,7 +20,7 @@ import aiohttp
 
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.refresh import LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.carbonintensity.org.uk"
 DEFAULT_INTERVAL_S = 900.0

@@ -24,7 +24,7 @@ from gpucarbon.carbon.providers.http import basic_auth_header, get_json, parse_t
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.reference import GRAMS_PER_POUND
 from gpucarbon.carbon.refresh import REASON_AUTH, REASON_MALFORMED, FetchError, LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
 DEFAULT_INTERVAL_S = 300.0
