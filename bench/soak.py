@@ -197,7 +197,7 @@ async def in_process(args: argparse.Namespace) -> None:
     from gpucarbon.app import RunOptions, build_daemon
     from gpucarbon.clock import ManualClock
     from gpucarbon.config import Config, RetentionConfig, parse_duration
-    from gpucarbon.device.scenario import parse_scenario
+    from gpucarbon.simulation.scenario import parse_scenario
 
     scenario = parse_scenario(scenario_text(args.workloads, args.gpus, args.hours, 1.0, args.seed), "soak")
     retention = parse_duration(args.retention)
@@ -217,7 +217,7 @@ async def in_process(args: argparse.Namespace) -> None:
         if n % per_hour == 0 or n == polls:
             gc.collect()
             row = (round(n * step / 3600, 2), round(tracemalloc.get_traced_memory()[0] / 2**20, 2),
-                   len(gc.get_objects()), len(daemon.poller.ledger.workloads))
+                   len(gc.get_objects()), len(daemon.ledger.workloads))
             rows.append(row)
             print(",".join(map(str, row)), flush=True)
     hour1 = rows[min(1, len(rows) - 1)]

@@ -19,7 +19,7 @@ from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import build_parser
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, ConfigError, parse_config
-from gpucarbon.device.scenario import ScenarioError, load_scenario, parse_scenario
+from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 from gpucarbon.exporter.http import render_text
 
 ROOT = Path(__file__).resolve().parent.parent

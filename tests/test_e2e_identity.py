@@ -38,8 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
 from fakes.kubelet import FakeKubelet, pod as kubelet_pod
 from fakes.slurm import FakeScontrol
-from gpucarbon.device.scenario import load_scenario
-from gpucarbon.device.simulated import _gpu_uuid
+from gpucarbon.simulation.scenario import load_scenario
+from gpucarbon.simulation.gpu import gpu_uuid as sim_gpu_uuid
 from procs import Daemon, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -126,7 +126,7 @@ class Scrape:
 
 def gpu_uuid(index: int) -> str:
     """The simulated GPU's UUID (`GPU-<uuid>`), as NVML and the daemon spell it."""
-    return _gpu_uuid(load_scenario(str(SCENARIO)).seed, index)
+    return sim_gpu_uuid(load_scenario(str(SCENARIO)).seed, index)
 
 
 # ---- the cluster the fakes pretend to be -----------------------------------------------

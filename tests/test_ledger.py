@@ -1,16 +1,17 @@
 """Running totals: retention, the series cap and team totals keep every mJ."""
 
+from gpucarbon.accounting import Prices, price_charge
 from gpucarbon.attribution.energy import Interval
 from gpucarbon.attribution.policy import split_interval
 from gpucarbon.identity.model import Consumer
-from gpucarbon.ledger import OVERFLOW_KEY, IntervalCharge, Ledger
+from gpucarbon.ledger import OVERFLOW_KEY, Ledger
 
 
 def charge(uuid, energy, consumers, running=None, dt=1.0):
     running = running or {}
     split = split_interval(energy, 0, sorted(c.key for c in consumers), running)
-    return IntervalCharge(uuid, Interval(dt, energy, "counter"), split, {c.key: c for c in consumers},
-                          running, grams_per_mj=0.5 / 1e3)
+    return price_charge(uuid, Interval(dt, energy, "counter"), split, {c.key: c for c in consumers},
+                        running, Prices(grams_per_mj=0.5 / 1e3))
 
 
 def per_gpu_sum(ledger, uuid):

@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 from gpucarbon import __version__
 from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
 from gpucarbon.config import load_config, parse_duration
-from gpucarbon.device.scenario import DEMO, load_scenario
+from gpucarbon.simulation.scenario import DEMO, load_scenario
 from gpucarbon.errors import GpuCarbonError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from gpucarbon.device.model import GpuReading
 
@@ -38,7 +39,8 @@ class EnergyMeter:
         self._restored_counter: int | None = None
 
     @property
-    def last_counter_mj(self) -> int | None:
+    def counter_mj(self) -> int | None:
+        """The energy counter of the last reading (None before one, or without a counter)."""
         return self._last.energy_mj if self._last else None
 
     def mark_missed(self) -> None:
@@ -82,3 +84,23 @@ class EnergyMeter:
         whole = int(self._carry_mj)
         self._carry_mj -= whole
         return whole
+
+
+class EnergyMeters:
+    """One EnergyMeter per GPU, and the energy counters a checkpoint keeps."""
+
+    def __init__(self) -> None:
+        self._meters: dict[str, EnergyMeter] = {}
+
+    def meter(self, uuid: str) -> EnergyMeter:
+        return self._meters.setdefault(uuid, EnergyMeter())
+
+    def seed(self, counters: Mapping[str, int]) -> None:
+        """Baselines from a checkpoint: the next read books the energy used
+        while the daemon was down as a gap (unattributed)."""
+        for uuid, counter in counters.items():
+            self.meter(uuid).seed(counter, missed=True)
+
+    def counters(self) -> dict[str, int]:
+        """The last energy counter read from each GPU that has one, mJ."""
+        return {uuid: m.counter_mj for uuid, m in self._meters.items() if m.counter_mj is not None}

@@ -15,7 +15,7 @@ from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.carbon.providers import CarbonProvider
 from gpucarbon.carbon.zone import resolve_zone
 
-log = logging.getLogger("gpucarbon.carbon")
+log = logging.getLogger(__name__)
 
 NodeFacts = tuple[Mapping[str, str], str | None]  # (labels, spec.providerID)
 NODE_READ_TIMEOUT_S = 10.0

@@ -39,14 +39,6 @@ PUE_REFERENCES: tuple[PueReference, ...] = (
 )
 
 
-def reference_pue(name: str) -> float | None:
-    """The reference PUE called `name` ("aws", "gcp", "azure", ...), or None."""
-    for ref in PUE_REFERENCES:
-        if ref.name == name.strip().lower():
-            return ref.pue
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class EmbodiedFigure:
     """Cradle-to-grave emissions of one GPU board, excluding its use phase."""

@@ -6,7 +6,7 @@ so a scrape costs the same however slow the GPUs or the API server are.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -16,14 +16,21 @@ from prometheus_client.core import (
 )
 
 from gpucarbon import __version__
-from gpucarbon.snapshot import LABELS_WORKLOAD, GpuView, Snapshot
+from gpucarbon.snapshot import LABELS_WORKLOAD, GpuView, Snapshot, StateCounters
 
 GPU_LABELS = ("gpu", "uuid")
 
 
+class ReasonCounts(Protocol):
+    def counts(self) -> tuple[tuple[str, int], ...]: ...
+
+
 class SnapshotCollector:
-    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+    """Every metric the daemon exports (bar the process_* ones) is declared here."""
+
+    def __init__(self, latest: Callable[[], Snapshot], auth_failures: ReasonCounts | None = None) -> None:
         self._latest = latest
+        self._auth_failures = auth_failures
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the snapshot; skip describe-time collection
@@ -36,6 +43,8 @@ class SnapshotCollector:
         yield from _team_metrics(snap)
         yield from _carbon_metrics(snap)
         yield from _source_metrics(snap)
+        if self._auth_failures is not None:
+            yield from _auth_metrics(self._auth_failures.counts())
 
 
 def _gauge(name: str, doc: str, labels=(), unit: str = "") -> GaugeMetricFamily:
@@ -74,10 +83,23 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
                        "Workload label sets folded into workload=\"overflow\" by the series cap.")
     dropped.add_metric([], snap.dropped_series)
     yield dropped
-    for name, value in snap.extra_counters:
-        extra = _counter(name, f"See docs/metrics.md ({name}).")
-        extra.add_metric([], value)
-        yield extra
+    if snap.state is not None:
+        yield from _state_metrics(snap.state)
+
+
+def _state_metrics(state: StateCounters) -> Iterator[Metric]:
+    for name, value in (("gpucarbon_state_save_failures_total", state.save_failures),
+                        ("gpucarbon_state_restore_failures_total", state.restore_failures)):
+        family = _counter(name, f"See docs/metrics.md ({name}).")
+        family.add_metric([], value)
+        yield family
+
+
+def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
+    family = _counter("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.", ["reason"])
+    for reason, count in counts:
+        family.add_metric([reason], count)
+    yield family
 
 
 _GPU_GAUGES: tuple[tuple[str, str, Callable[[GpuView], float | None]], ...] = (

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from aiohttp import web
@@ -51,6 +51,8 @@ from gpucarbon.yamlcheck import YAML_ERRORS, key_text, show
 # A web config is a few hundred bytes; anything this large is not one, and
 # reading it whole would only waste memory.
 _MAX_CONFIG_BYTES = 1 << 20
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 _MAX_PEM_BYTES = 1 << 20
 
 # bcrypt hashes as htpasswd and Go's x/crypto/bcrypt write them: version 2a, 2b
@@ -306,22 +308,22 @@ def _refuse_unknown_keys(section: Mapping[Any, Any], known: frozenset[str], wher
             raise where.child(key).error(f"unknown key (known: {', '.join(sorted(known))})")
 
 
-def _string(section: Mapping[Any, Any], key: str, where: _Where, default: str | None = None) -> str | None:
+def _typed(section: Mapping[Any, Any], key: str, where: _Where, kind: type[_T], expected: str,
+           default: _D) -> _T | _D:
     value = section.get(key)
     if value is None:
         return default
-    if not isinstance(value, str):
-        raise where.child(key).error(f"must be a string, got {show(value)}")
+    if not isinstance(value, kind):
+        raise where.child(key).error(f"must be {expected}, got {show(value)}")
     return value
+
+
+def _string(section: Mapping[Any, Any], key: str, where: _Where, default: str | None = None) -> str | None:
+    return _typed(section, key, where, str, "a string", default)
 
 
 def _boolean(section: Mapping[Any, Any], key: str, where: _Where, default: bool) -> bool:
-    value = section.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise where.child(key).error(f"must be true or false, got {show(value)}")
-    return value
+    return _typed(section, key, where, bool, "true or false", default)
 
 
 def _file_path(section: Mapping[Any, Any], key: str, where: _Where) -> Path | None:

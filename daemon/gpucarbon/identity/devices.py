@@ -20,6 +20,8 @@ import re
 from types import MappingProxyType
 from typing import Iterable, Mapping, TypeVar
 
+from gpucarbon.device.model import GpuReading
+
 # Longer than any ID the device plugin makes (a legacy MIG ID is ~50 chars); a cap
 # keeps a corrupted PodResources answer from costing more than it is worth.
 MAX_DEVICE_ID_CHARS = 256
@@ -129,3 +131,10 @@ def _check_uuid(uuid: object, what: str) -> None:
 
 def _pairs(items: Mapping[str, _V] | Iterable[tuple[str, _V]]) -> Iterable[tuple[str, _V]]:
     return items.items() if isinstance(items, Mapping) else items
+
+
+def inventory_of(readings: Mapping[str, GpuReading]) -> GpuInventory:
+    """The inventory the last good readings describe (UUID -> index, MIG -> board)."""
+    gpus = {uuid: r.index for uuid, r in readings.items()}
+    migs = {mig: uuid for uuid, r in readings.items() for mig in r.mig_devices}
+    return GpuInventory(gpus, migs)

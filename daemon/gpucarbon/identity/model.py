@@ -50,7 +50,7 @@ class PodMeta:
 
 
 class MetadataSource(Protocol):
-    """Resolves pod UIDs to names, workloads and teams (Kubernetes API later)."""
+    """Resolves pod UIDs to names, workloads and teams (the Kubernetes API source)."""
 
     def pod(self, uid: str) -> PodMeta | None: ...
 

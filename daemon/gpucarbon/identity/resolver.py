@@ -8,12 +8,15 @@ that vanished or cannot be read still gets its energy under UNRESOLVED.
 from __future__ import annotations
 
 from collections import Counter
+from types import MappingProxyType
 from typing import Callable, Mapping, Protocol
 
+from gpucarbon.identity.health import HealthSnapshot
 from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource, PodMeta
 from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
+PROCFS_SOURCE = "procfs"
 
 
 class ProcessFacts(Protocol):
@@ -24,6 +27,10 @@ class ProcessFacts(Protocol):
 
 class LookupFailure(Protocol):
     reason: str  # "vanished", "unreadable", "malformed"
+
+
+class GenerationalCache(Protocol):
+    def next_generation(self) -> None: ...
 
 
 class SlurmTeams(Protocol):
@@ -59,8 +66,10 @@ class Resolver:
         synthetic: Callable[[int], Consumer | None] | None = None,
         slurm: SlurmTeams | None = None,
         user_teams: Mapping[str, str] | None = None,
+        process_cache: GenerationalCache | None = None,
     ) -> None:
         self._lookup = lookup_process
+        self._process_cache = process_cache
         self._metadata = metadata
         self._synthetic = synthetic
         self._slurm = slurm
@@ -70,6 +79,15 @@ class Resolver:
     def failures(self) -> tuple[tuple[str, int], ...]:
         """PIDs that fell back to UNRESOLVED, by reason, since start."""
         return tuple(sorted(self._failures.items()))
+
+    def health(self) -> HealthSnapshot:
+        """The procfs source: always up; lookups that failed, by reason."""
+        return HealthSnapshot(PROCFS_SOURCE, True, MappingProxyType(dict(self._failures)))
+
+    def next_poll(self) -> None:
+        """A poll finished: the process cache ages by one generation."""
+        if self._process_cache is not None:
+            self._process_cache.next_generation()
 
     def consumer(self, pid: int) -> Consumer:
         if self._synthetic is not None:
