@@ -27,7 +27,6 @@ from procs import free_port, wait_until  # noqa: E402
 from procstat import cpu_seconds, peak_rss_mib  # noqa: E402
 
 
-
 def scenario(gpus: int = 8, per_gpu: int = 8) -> str:
     lines = ["speed: 1", "seed: 11", "gpus:",
              f"  - {{model: NVIDIA H100 80GB HBM3, count: {gpus}, idle_watts: 70, max_watts: 700}}", "workloads:"]

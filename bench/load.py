@@ -83,7 +83,7 @@ async def scraper(url: str, until: float, think_s: float, stats: ScrapeStats) ->
                     if resp.status != 200:
                         stats.error(f"status {resp.status}")
                         continue
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientError) as err:
                 stats.error(type(err).__name__)
                 continue
             stats.latencies_s.append(loop.time() - started)
@@ -100,7 +100,7 @@ async def poll_timestamps(url: str, until: float, every_s: float = 0.05) -> list
             try:
                 async with session.get(url) as resp:
                     value = metric_value(await resp.text(), LAST_POLL)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 value = None
             if value is not None and (not seen or value != seen[-1]):
                 seen.append(value)
@@ -109,7 +109,7 @@ async def poll_timestamps(url: str, until: float, every_s: float = 0.05) -> list
 
 
 def jitter(timestamps: list[float], interval_s: float) -> Jitter:
-    gaps = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    gaps = [b - a for a, b in zip(timestamps, timestamps[1:], strict=False)]
     if len(gaps) < 2:
         return Jitter(len(gaps), float("nan"), float("nan"), float("nan"), 0)
     return Jitter(

@@ -50,6 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from procstat import cpu_seconds, status_kib  # noqa: E402
+
 WORKLOAD_SERIES = "gpucarbon_workload_energy_joules_total{"  # one line per workload series
 LAST_POLL = "gpucarbon_last_poll_timestamp_seconds "
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-
 from fakes.carbon_apis import (
     FakeApi,
     Reply,
@@ -22,6 +21,7 @@ from fakes.carbon_apis import (
     watttime_forecast,
     watttime_login,
 )
+
 from gpucarbon.carbon.model import IntensityReading
 from gpucarbon.carbon.providers import ProviderConfigError, StaticProvider, build_provider
 from gpucarbon.carbon.providers.electricitymaps import ElectricityMapsFetcher
@@ -36,7 +36,7 @@ from gpucarbon.carbon.refresh import (
     parse_retry_after,
 )
 
-T0 = datetime(2024, 5, 1, 10, 5, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2024, 5, 1, 10, 5, tzinfo=UTC).timestamp()
 EM_TOKEN = "em-secret-token-value"
 WT_PASSWORD = "wt-secret-password"
 FALLBACK = IntensityReading(56.0, "FR", "table")
@@ -93,7 +93,7 @@ async def test_electricitymaps_success_sends_token_header_and_returns_live_avera
     assert (reading.grams_per_kwh, reading.zone, reading.source, reading.signal) == \
         (41.0, "FR", "electricitymaps", "average")
     assert reading.fallback is False
-    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
     [request] = api.hits(EM_PATH)
     assert request.query == {"zone": "FR"}
     assert request.headers["auth-token"] == EM_TOKEN
@@ -413,7 +413,7 @@ async def test_uk_national_uses_actual_when_present(api, session):
     await provider.refresh_once()
     reading = provider.current()
     assert (reading.grams_per_kwh, reading.zone, reading.source) == (180.0, "GB", "uk-carbon-intensity")
-    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
 
 
 async def test_uk_national_falls_back_to_forecast_when_actual_is_null(api, session):

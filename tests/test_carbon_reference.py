@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from gpucarbon.carbon.providers.watttime import GRAMS_PER_KWH_PER_LB_PER_MWH
 from gpucarbon.carbon.reference import (
     DEFAULT_LIFETIME_YEARS,
     EMBODIED_FIGURES,
     GRAMS_PER_POUND,
+    PUE_REFERENCES,
     SECONDS_PER_YEAR,
     embodied_figure,
     embodied_grams_per_second,
     grams_to_pounds,
-    PUE_REFERENCES,
 )
-from gpucarbon.carbon.providers.watttime import GRAMS_PER_KWH_PER_LB_PER_MWH
 
 REFERENCE_PUE = {ref.name: ref.pue for ref in PUE_REFERENCES}  # the table docs/carbon.md cites
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from gpucarbon.clock import ManualClock
-from gpucarbon.simulation.scenario import parse_scenario
-from gpucarbon.simulation import SimulatedNode
 from pipeline import assert_conserved, make_poller
 from test_durability import counter_backend, daemon, procfs_with_boot_id
+
+from gpucarbon.clock import ManualClock
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.scenario import parse_scenario
 
 # One 100 W idle GPU held by a pod that runs nothing: it pays exactly the idle
 # draw, so every joule is predictable from monotonic time alone. A second GPU is

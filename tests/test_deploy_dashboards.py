@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dashboards import (
     DASHBOARD_DIR,
     REPO,

@@ -7,7 +7,6 @@ import sys
 import threading
 
 import pytest
-
 from fakes.fake_pynvml import (
     NO_MIG_INSTANCE,
     NVML_DEVICE_MIG_ENABLE,
@@ -26,6 +25,7 @@ from fakes.fake_pynvml import (
     FakeProcess,
     FakeSample,
 )
+
 from gpucarbon.device.model import BackendUnavailable, GpuProcess, GpuReadError, ProcessSample
 from gpucarbon.device.nvml import NvmlBackend
 
@@ -455,7 +455,6 @@ def test_fake_matches_the_installed_pynvml_names_constants_and_signatures():
     import inspect
 
     import pynvml
-
     from fakes import fake_pynvml
 
     fake = FakeNvml([])

@@ -8,8 +8,9 @@ import asyncio
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -19,8 +20,8 @@ from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import build_parser
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, ConfigError, parse_config
-from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 from gpucarbon.exporter.http import render_text
+from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -4,8 +4,8 @@ import errno
 import json
 
 import pytest
-
 from fakes.gpu import FakeGpu, FakeGpuBackend
+
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.config import Config, StateConfig
 from gpucarbon.device.model import GpuProcess, ProcessSample

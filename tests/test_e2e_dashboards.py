@@ -18,11 +18,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from dashboards import REPO, load_dashboards, may_be_empty, panel_queries
 
 pytestmark = pytest.mark.e2e

@@ -28,19 +28,21 @@ import string
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
+from fakes.kubelet import FakeKubelet
+from fakes.kubelet import pod as kubelet_pod
+from fakes.slurm import FakeScontrol
+from procs import Daemon, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
-from fakes.kubelet import FakeKubelet, pod as kubelet_pod
-from fakes.slurm import FakeScontrol
-from gpucarbon.simulation.scenario import load_scenario
 from gpucarbon.simulation.gpu import gpu_uuid as sim_gpu_uuid
-from procs import Daemon, wait_until
+from gpucarbon.simulation.scenario import load_scenario
 
 pytestmark = pytest.mark.e2e
 

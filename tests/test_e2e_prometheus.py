@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from procs import Daemon, Prometheus, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -112,8 +111,8 @@ def test_sigterm_writes_a_final_checkpoint_that_the_next_run_continues(tmp_path)
     second = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
     try:
         second.wait_ready()
-        line = next(l for l in second.metrics().splitlines()
-                    if l.startswith('gpucarbon_team_energy_joules_total{team="nlp"}'))
+        line = next(text for text in second.metrics().splitlines()
+                    if text.startswith('gpucarbon_team_energy_joules_total{team="nlp"}'))
         assert float(line.split()[-1]) >= teams["nlp"]["energy_mj"] / 1000.0
     finally:
         assert second.stop() == 0

@@ -69,7 +69,7 @@ def _certificate(
     usage: x509.ObjectIdentifier | None = None,
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issuer_name = issuer[0].subject if issuer else _name(subject)
     signing_key = issuer[1] if issuer else key
     builder = (

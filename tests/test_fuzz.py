@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpucarbon.config import Config, ConfigError, parse_config
-from gpucarbon.simulation.scenario import Scenario, ScenarioError, parse_scenario
 from gpucarbon.exporter.webconfig import WebConfigError, load_web_config
+from gpucarbon.simulation.scenario import Scenario, ScenarioError, parse_scenario
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOURCE = "fuzz.yaml"

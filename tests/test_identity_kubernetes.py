@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from fakes.apiserver import FakeApiServer, Fault, make_namespace, make_pod, owner
 
-from fakes.apiserver import Fault, FakeApiServer, make_namespace, make_pod, owner
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.kubernetes import (
     Backoff,
@@ -347,7 +347,7 @@ def self_signed_ca_pem() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from fakes.kubelet import FakeKubelet, pod
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.podresources import ContainerKey, PodResourcesSource, holders_by_gpu

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fakes.slurm import GOLDEN_JSON, GOLDEN_TEXT, FakeScontrol
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.slurm import SlurmSource, parse_job_json, parse_job_text
 from gpucarbon.teams import TeamRules

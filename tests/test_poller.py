@@ -1,13 +1,13 @@
 """The poll loop end to end in-process: conservation, idle policy, faults."""
 
 import pytest
-
 from fakes.gpu import FakeGpu, FakeGpuBackend
+from pipeline import MutableIntensity, assert_conserved, make_poller
+
 from gpucarbon.device.model import GpuProcess
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.scenario import load_scenario, parse_scenario
-from pipeline import MutableIntensity, assert_conserved, make_poller
 
 
 async def test_demo_day_conserves_every_millijoule(clock):

@@ -4,8 +4,8 @@ import pytest
 
 from gpucarbon.clock import ManualClock
 from gpucarbon.device.model import GpuReadError
-from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 
 ONE_GPU = """
 seed: 3

@@ -10,9 +10,10 @@ embodied carbon. A new per-interval figure belongs here: price it into each
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from gpucarbon.attribution.energy import COUNTER, POWER_INTEGRATION, EnergyMeters, Interval
 from gpucarbon.attribution.idle import IdleModel
@@ -198,6 +199,6 @@ def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
         return {}
     # split_exact works on integers; use micrograms so shares sum exactly.
     micro = split_exact(round(grams * MICROGRAMS_PER_GRAM), [1.0] * len(holders))
-    return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro)}
+    return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro, strict=True)}
 
 

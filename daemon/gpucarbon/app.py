@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -329,7 +330,7 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     log.info("shutting down")
     try:
         await asyncio.wait_for(_shutdown(daemon, tasks, runner), timeout=SHUTDOWN_GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
 

@@ -9,8 +9,8 @@ library, where there is no thundering herd to spread).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 MAX_DOUBLINGS = 32  # 2**32 * any initial step is far past every cap
 

@@ -11,14 +11,15 @@ import asyncio
 import json
 import logging
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from gpucarbon import __version__
 from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
 from gpucarbon.config import load_config, parse_duration
-from gpucarbon.simulation.scenario import DEMO, load_scenario
 from gpucarbon.errors import GpuCarbonError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
+from gpucarbon.simulation.scenario import DEMO, load_scenario
 
 PROG = "gpu-carbon-exporter"
 

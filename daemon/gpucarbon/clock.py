@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 # An awaitable pause, seconds (asyncio.sleep, or a fake that returns at once).
 Sleep = Callable[[float], Awaitable[None]]

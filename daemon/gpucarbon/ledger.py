@@ -7,9 +7,11 @@ holds exactly; emissions (floats) follow the same split.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from gpucarbon.identity.model import Consumer
 
@@ -238,7 +240,9 @@ class Ledger:
         for item in data["workloads"]:
             namespace, pod, container, workload, team = (str(v) for v in item["labels"])
             consumer = Consumer(str(item["key"]), namespace, pod, container, workload, team)
-            entry = WorkloadTotals(consumer, **{f: _number(item[f], f) for f in _WORKLOAD_NUMBERS})
+            entry = WorkloadTotals(consumer)
+            for name in _WORKLOAD_NUMBERS:
+                setattr(entry, name, _number(item[name], name))
             entry.energy_mj = int(entry.energy_mj)
             entry.last_active = now
             workloads[(str(item["uuid"]), consumer.key)] = entry
@@ -252,11 +256,11 @@ _WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams",
 
 
 
-def _numbers(raw: dict, kind: type) -> dict:
-    fields = kind.__dataclass_fields__
-    if set(raw) - set(fields):
-        raise ValueError(f"unknown fields {sorted(set(raw) - set(fields))} in {kind.__name__}")
-    return {name: (int if fields[name].type in ("int", int) else float)(_number(value, name))
+def _numbers(raw: dict[str, Any], kind: type) -> dict[str, Any]:
+    types = {f.name: f.type for f in dataclasses.fields(kind)}
+    if set(raw) - set(types):
+        raise ValueError(f"unknown fields {sorted(set(raw) - set(types))} in {kind.__name__}")
+    return {name: (int if types[name] in ("int", int) else float)(_number(value, name))
             for name, value in raw.items()}
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from gpucarbon.accounting import Accountant, Rates
 from gpucarbon.carbon.model import ProviderHealth
@@ -161,5 +162,5 @@ class Poller:
                 next_tick = now + interval_s - ((now - next_tick) % interval_s)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - now))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -3,8 +3,8 @@ from explicit inputs. The exporter renders it; nothing mutates it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from gpucarbon.accounting import AccountingState, Rates
 from gpucarbon.attribution.energy import POWER_INTEGRATION

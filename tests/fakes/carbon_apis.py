@@ -50,7 +50,7 @@ class FakeApi:
     def hits(self, path: str) -> list[SeenRequest]:
         return [r for r in self.requests if r.path == path]
 
-    async def __aenter__(self) -> "FakeApi":
+    async def __aenter__(self) -> FakeApi:
         await self._server.start_server()
         return self
 

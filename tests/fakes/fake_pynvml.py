@@ -274,7 +274,7 @@ class FakeNvml:
     def nvmlDeviceGetMaxMigDeviceCount(self, device: _Handle) -> int:
         return self._enter(self._gpu(device), "nvmlDeviceGetMaxMigDeviceCount").max_mig_devices
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: _Handle, index: int) -> "_MigHandle":
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: _Handle, index: int) -> _MigHandle:
         gpu = self._enter(self._gpu(device), "nvmlDeviceGetMigDeviceHandleByIndex", (index,))
         if index >= len(gpu.mig_devices):
             raise NVMLError(NVML_ERROR_NOT_FOUND)  # an empty slot

@@ -10,8 +10,8 @@ from the same proto the daemon uses, with settable allocations and faults. Only
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 

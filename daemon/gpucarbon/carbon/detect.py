@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.carbon.providers import CarbonProvider

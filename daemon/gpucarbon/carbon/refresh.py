@@ -20,15 +20,16 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from gpucarbon.backoff import Backoff
+from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.clock import Sleep
 from gpucarbon.errors import GpuCarbonError
-from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.yamlcheck import is_number
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable, Mapping
 
-from gpucarbon.errors import GpuCarbonError
 from gpucarbon.carbon.model import FixedProvider, IntensityReading
+from gpucarbon.errors import GpuCarbonError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class TableProvider(FixedProvider):
         ))
 
     @classmethod
-    def for_zone(cls, table: IntensityTable, zone: str) -> "TableProvider":
+    def for_zone(cls, table: IntensityTable, zone: str) -> TableProvider:
         lookup = table.lookup(zone)
         if lookup.world_fallback:
             log.warning("carbon intensity: zone %r is not in the bundled table; using the world "

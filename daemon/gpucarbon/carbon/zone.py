@@ -11,7 +11,7 @@ such as ``FR`` or ``US-EGRID-RFCE``).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from gpucarbon.carbon.table import WORLD_ZONE
 

@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from gpucarbon.device.model import (
     BackendUnavailable,
     GpuProcess,
-    GpuReading,
     GpuReadError,
+    GpuReading,
     ProcessSample,
 )
 
@@ -95,7 +96,7 @@ class NvmlBackend:
         nvml: ModuleType | Any | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml  # the pynvml module, or a stand-in with its names
         self._clock = clock
         self._lock = threading.Lock()  # guards the two dicts, never an NVML call
         self._devices: dict[str, _Device] = {}

@@ -6,7 +6,8 @@ so a scrape costs the same however slow the GPUs or the API server are.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -73,7 +74,7 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
         bounds = [str(b) for b in poll.buckets] + ["+Inf"]
         hist = HistogramMetricFamily("gpucarbon_poll_duration_seconds", "Wall time of one poll of all GPUs.",
                                      unit="seconds")
-        hist.add_metric([], list(zip(bounds, poll.counts)), poll.sum_s)
+        hist.add_metric([], list(zip(bounds, poll.counts, strict=True)), poll.sum_s)
         yield hist
     if poll.last_poll_wall is not None:
         last = _gauge("gpucarbon_last_poll_timestamp_seconds", "Unix time the last poll finished.")
@@ -148,11 +149,11 @@ def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
             if v is not None:
                 family.add_metric([str(g.index), g.uuid], v)
         yield family
-    for name, doc, value in _GPU_COUNTERS:
-        family = _counter(name, doc, GPU_LABELS)
+    for name, doc, count in _GPU_COUNTERS:
+        counter = _counter(name, doc, GPU_LABELS)
         for g in snap.gpus:
-            family.add_metric([str(g.index), g.uuid], value(g))
-        yield family
+            counter.add_metric([str(g.index), g.uuid], count(g))
+        yield counter
 
 
 def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:

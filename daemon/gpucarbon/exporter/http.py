@@ -10,8 +10,8 @@ from __future__ import annotations
 import gzip
 import html
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry

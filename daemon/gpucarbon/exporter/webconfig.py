@@ -338,9 +338,7 @@ def _file_path(section: Mapping[Any, Any], key: str, where: _Where) -> Path | No
 
 
 def _enum(section: Mapping[Any, Any], key: str, where: _Where, choices: Mapping[str, Any], default: str) -> Any:
-    value = _string(section, key, where, default)
-    if value == "":
-        value = default
+    value = _string(section, key, where, default) or default  # unset or "": the default
     if value not in choices:
         raise where.child(key).error(f"invalid value {show(value)} (expected one of {', '.join(choices)})")
     return choices[value]

@@ -10,8 +10,9 @@ key, with the names pod-resources gave: its idle share is never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.model import Consumer, PodMeta

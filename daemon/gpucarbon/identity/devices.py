@@ -17,8 +17,9 @@ the daemon's GPU readings spell it. IDs the daemon's GPUs do not explain give No
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 from gpucarbon.device.model import GpuReading
 

@@ -28,9 +28,10 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 from lightkube import AsyncClient, KubeConfig
@@ -41,9 +42,8 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
 from gpucarbon.backoff import Backoff
-from gpucarbon.clock import Sleep
+from gpucarbon.clock import Clock, Sleep
 from gpucarbon.errors import GpuCarbonError
-from gpucarbon.clock import Clock
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import PodMeta
@@ -67,7 +67,7 @@ SOURCE = "kubernetes"
 ALL_NAMESPACES = "*"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
-_OWNED_KINDS = {"ReplicaSet": ReplicaSet, "Job": Job}
+_OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job}  # lightkube resource classes
 
 
 
@@ -177,7 +177,7 @@ class ListWatch:
         self._on_event = on_event
         self._on_state = on_state  # (loop name, ok, error reason or None)
         self._namespace = namespace
-        self._fields = dict(fields) if fields else None
+        self._fields: dict[str, Any] | None = dict(fields) if fields else None
         self._sleep = sleep
         self._backoff = backoff
         self._watch_timeout_s = watch_timeout_s
@@ -214,7 +214,7 @@ class ListWatch:
         await self._sleep(self._backoff.next_delay())
 
     async def _relist(self) -> None:
-        listing = self._client.list(
+        listing: Any = self._client.list(
             self._resource, namespace=self._namespace, chunk_size=LIST_CHUNK, fields=self._fields
         )
         items = [item async for item in listing]
@@ -226,7 +226,7 @@ class ListWatch:
         self._on_state(self.name, True, None)
 
     async def _watch(self) -> None:
-        stream = self._client.watch(
+        stream: Any = self._client.watch(
             self._resource,
             namespace=self._namespace,
             fields=self._fields,
@@ -437,7 +437,7 @@ class KubernetesSource:
     # ---- namespaces ----------------------------------------------------------
 
     def _namespaces_listed(self, namespaces: list[Any]) -> None:
-        fresh = {ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
+        fresh: dict[str, Mapping[str, str]] = {ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
                  for ns in namespaces if ns.metadata and ns.metadata.name}
         changed = {name for name in fresh.keys() | self._namespace_labels.keys()
                    if fresh.get(name) != self._namespace_labels.get(name)}
@@ -494,7 +494,7 @@ class KubernetesSource:
 
     async def _controller_of(self, kind: str, namespace: str, name: str) -> OwnerRef | None:
         try:
-            obj = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
+            obj: Any = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a reason, never fatal

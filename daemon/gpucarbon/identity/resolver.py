@@ -8,8 +8,9 @@ that vanished or cannot be read still gets its energy under UNRESOLVED.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Callable, Mapping, Protocol
+from typing import Protocol, cast
 
 from gpucarbon.identity.health import HealthSnapshot
 from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource, PodMeta
@@ -20,17 +21,23 @@ PROCFS_SOURCE = "procfs"
 
 
 class ProcessFacts(Protocol):
-    user: str
-    comm: str
-    cgroup: CgroupIdentity
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def comm(self) -> str: ...
+
+    @property
+    def cgroup(self) -> CgroupIdentity: ...
 
 
 class LookupFailure(Protocol):
-    reason: str  # "vanished", "unreadable", "malformed"
+    @property
+    def reason(self) -> str: ...  # "vanished", "unreadable", "malformed"
 
 
 class GenerationalCache(Protocol):
-    def next_generation(self) -> None: ...
+    def next_generation(self) -> object: ...
 
 
 class SlurmTeams(Protocol):
@@ -94,10 +101,11 @@ class Resolver:
             found = self._synthetic(pid)
             if found is not None:
                 return found
-        facts = self._lookup(pid)
-        if facts is None or not hasattr(facts, "cgroup"):
-            self._failures[getattr(facts, "reason", "vanished")] += 1
+        looked_up = self._lookup(pid)
+        if looked_up is None or not hasattr(looked_up, "cgroup"):
+            self._failures[getattr(looked_up, "reason", "vanished")] += 1
             return UNRESOLVED
+        facts = cast(ProcessFacts, looked_up)  # it has a cgroup: the lookup found the process
         cgroup = facts.cgroup
         if cgroup.pod_uid:
             return self._pod_consumer(cgroup.pod_uid, cgroup.container_id or "")

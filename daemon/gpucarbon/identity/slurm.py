@@ -18,11 +18,11 @@ import logging
 import re
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from gpucarbon.errors import GpuCarbonError
 from gpucarbon.clock import Clock
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.teams import TeamRules, sanitise_label_value
@@ -200,13 +200,13 @@ class SlurmSource:
         except OSError as err:
             raise ScontrolError(reasons.UNAVAILABLE, f"{self._scontrol}: {err}") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout_s)
+            out, errout = await asyncio.wait_for(proc.communicate(), self._timeout_s)
         except TimeoutError:
             proc.kill()
             await proc.communicate()  # reap it and close its pipes
             raise ScontrolError(reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s") from None
         decode = lambda raw: raw[:_OUTPUT_LIMIT].decode("utf-8", "replace")  # noqa: E731
-        return proc.returncode or 0, decode(out), decode(err)
+        return proc.returncode or 0, decode(out), decode(errout)
 
     def _meta(self, info: SlurmJobInfo, *, resolved: bool) -> SlurmJobMeta:
         return SlurmJobMeta(

@@ -131,7 +131,7 @@ class SimulatedGpus:
             edges = [workload.start, workload.end] + [t for t, _ in workload.sm_util]
             points.update(t for t in edges if t is not None and start < t < end)
         ordered = sorted(points)
-        return list(zip(ordered, ordered[1:]))
+        return list(zip(ordered, ordered[1:], strict=False))
 
     def _jittered(self, i: int, g: int, t: float, util: float) -> float:
         if util <= 0.0:

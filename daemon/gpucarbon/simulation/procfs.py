@@ -5,7 +5,7 @@ without a fixture procfs tree. Every other PID is asked of the real /proc."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from gpucarbon.identity.cgroup import parse_cgroup
 from gpucarbon.identity.procfs import ProcessInfo, ReadFailure

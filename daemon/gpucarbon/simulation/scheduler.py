@@ -5,7 +5,7 @@ identity path (procfs, Kubernetes)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from gpucarbon.identity.model import Consumer
 from gpucarbon.simulation.gpu import SimTime, gpu_uuids, workload_of_pid

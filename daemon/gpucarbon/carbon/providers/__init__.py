@@ -14,7 +14,6 @@ from typing import Protocol
 
 import aiohttp
 
-from gpucarbon.errors import GpuCarbonError
 from gpucarbon.carbon.model import IntensityReading
 from gpucarbon.carbon.providers import electricitymaps, uk_carbon_intensity, watttime
 from gpucarbon.carbon.providers.electricitymaps import ElectricityMapsFetcher
@@ -34,6 +33,7 @@ from gpucarbon.carbon.refresh import (
 )
 from gpucarbon.carbon.table import IntensityTable, TableProvider, load_bundled_table
 from gpucarbon.config import INTENSITY_SOURCES
+from gpucarbon.errors import GpuCarbonError
 
 SOURCES = INTENSITY_SOURCES  # the config validates the same names
 DEFAULT_INTERVALS_S = {
@@ -50,7 +50,8 @@ class ProviderConfigError(GpuCarbonError, ValueError):
 
 
 class CarbonProvider(Protocol):
-    source: str
+    @property
+    def source(self) -> str: ...
 
     def current(self) -> IntensityReading: ...
 

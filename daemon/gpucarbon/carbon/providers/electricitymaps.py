@@ -53,6 +53,7 @@ def parse_latest(body: object, requested_zone: str) -> LiveSample:
     assert isinstance(body, dict)
     value = body.get("carbonIntensity")
     require(is_number(value), what, "carbonIntensity is missing or not a number")
+    assert isinstance(value, (int, float))
     zone = body.get("zone")
     return LiveSample(
         grams_per_kwh=float(value),

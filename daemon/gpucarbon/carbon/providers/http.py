@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -67,7 +68,7 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
 
 def basic_auth_header(user: str, password: str) -> str:
     """RFC 7617 Basic credentials (built here: aiohttp's BasicAuth is deprecated in 3.14)."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def require(condition: bool, what: str, problem: str) -> None:

@@ -9,8 +9,8 @@ in a repr, a log line or an exception.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from gpucarbon.errors import GpuCarbonError
 

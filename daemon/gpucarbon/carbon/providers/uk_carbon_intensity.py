@@ -86,5 +86,6 @@ def _parse_period(period: dict, zone: str) -> LiveSample:
     if not is_number(value):
         value = intensity.get("forecast")
     require(is_number(value), what, "neither intensity.actual nor intensity.forecast is a number")
+    assert isinstance(value, (int, float))
     return LiveSample(grams_per_kwh=float(value), zone=zone,
                       observed_at=parse_timestamp(period.get("from")))

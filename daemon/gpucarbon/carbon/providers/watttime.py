@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -112,7 +112,9 @@ def parse_forecast(body: object, region: str, now: float) -> LiveSample:
     what = WattTimeFetcher.source
     require(isinstance(body, dict), what, "expected a JSON object")
     assert isinstance(body, dict)
-    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    meta = body.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
     units = meta.get("units")
     require(units in (None, EXPECTED_UNITS), what, f"unexpected units {units!r}")
     points = body.get("data")
