@@ -46,8 +46,20 @@ class Pipeline:
         return self.poller.snapshot
 
 
-def make_poller(source, clock, *, allocations=None, idle_watts=None, intensity=None, retention=600.0,
-                timeout=5.0, cap=2000, pue=1.0, resolver=None, **rates) -> Pipeline:
+def make_poller(
+    source,
+    clock,
+    *,
+    allocations=None,
+    idle_watts=None,
+    intensity=None,
+    retention=600.0,
+    timeout=5.0,
+    cap=2000,
+    pue=1.0,
+    resolver=None,
+    **rates,
+) -> Pipeline:
     """`source` is a SimulatedNode (its scheduler allocates and owns synthetic
     PIDs) or any GpuBackend."""
     node = source if isinstance(source, SimulatedNode) else None
@@ -60,10 +72,25 @@ def make_poller(source, clock, *, allocations=None, idle_watts=None, intensity=N
     ledger = Ledger(cap, "unassigned")
     rates_ = Rates(pue=pue, intensity=intensity, **rates)
     reader = GpuReader(backend, clock, timeout)
-    accountant = Accountant(resolver=resolver, allocations=allocations, idle=IdleModel(idle_watts, {}),
-                            meters=EnergyMeters(), rates=rates_, ledger=ledger, clock=clock, retention_s=retention)
-    poller = Poller(reader=reader, accountant=accountant, ledger=ledger, rates=rates_, carbon=intensity,
-                    resolver=resolver, wall=clock.wall)
+    accountant = Accountant(
+        resolver=resolver,
+        allocations=allocations,
+        idle=IdleModel(idle_watts, {}),
+        meters=EnergyMeters(),
+        rates=rates_,
+        ledger=ledger,
+        clock=clock,
+        retention_s=retention,
+    )
+    poller = Poller(
+        reader=reader,
+        accountant=accountant,
+        ledger=ledger,
+        rates=rates_,
+        carbon=intensity,
+        resolver=resolver,
+        wall=clock.wall,
+    )
     return Pipeline(poller, ledger, reader)
 
 

@@ -39,8 +39,7 @@ def test_strubell_us_figure_converts_to_grams_per_kwh():
     assert 954 * GRAMS_PER_KWH_PER_LB_PER_MWH == pytest.approx(432.7, abs=0.05)
 
 
-@pytest.mark.parametrize("name, pue", [("aws", 1.135), ("gcp", 1.1), ("azure", 1.185),
-                                       ("industry-average", 1.58)])
+@pytest.mark.parametrize("name, pue", [("aws", 1.135), ("gcp", 1.1), ("azure", 1.185), ("industry-average", 1.58)])
 def test_reference_pue(name, pue):
     assert REFERENCE_PUE[name] == pue
 
@@ -52,10 +51,16 @@ def test_embodied_a100_amortised_over_four_years():
     assert DEFAULT_LIFETIME_YEARS == 4.0 and SECONDS_PER_YEAR == 31_557_600
 
 
-@pytest.mark.parametrize("name, token", [
-    ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"),
-    ("nvidia a100-pcie-40gb", "A100"), ("NVIDIA RTX A1000", None), ("NVIDIA H100 80GB HBM3", None),
-])
+@pytest.mark.parametrize(
+    "name, token",
+    [
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("nvidia a100-pcie-40gb", "A100"),
+        ("NVIDIA RTX A1000", None),
+        ("NVIDIA H100 80GB HBM3", None),
+    ],
+)
 def test_embodied_figure_matches_whole_model_tokens(name, token):
     figure = embodied_figure(name)
     assert (figure.model if figure else None) == token

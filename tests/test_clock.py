@@ -68,10 +68,13 @@ async def test_last_poll_timestamp_follows_the_wall_clock_it_is_for() -> None:
 
 async def test_finished_series_expire_after_monotonic_retention_not_wall_time() -> None:
     clock = ManualClock()
-    sim = SimulatedNode.build(parse_scenario("""
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, idle_watts: 100}]
 workloads: [{workload: Job/short, team: t, gpus: [0], start: 0, end: 25, sm_util: 0.5}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock, retention=60.0)
     await poller.poll()
     await poll_steps(poller, clock, 3)  # t=30: finished, last held the GPU at t=20

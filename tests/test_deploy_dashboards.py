@@ -147,7 +147,7 @@ def test_substitution_covers_every_variable_form() -> None:
     expr = 'rate(x{a=~"$cluster",b=~"${node}",c=~"${team:regex}",d=~"[[namespace]]"}[$__rate_interval])'
     assert substitute(expr) == 'rate(x{a=~".*",b=~".*",c=~".*",d=~".*"}[1m])'
     with pytest.raises(KeyError, match="nosuchvar"):
-        substitute("x{a=~\"$nosuchvar\"}")
+        substitute('x{a=~"$nosuchvar"}')
 
 
 def test_metric_names_ignore_functions_labels_and_strings() -> None:

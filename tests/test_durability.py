@@ -15,8 +15,10 @@ BOOT_ID = "11111111-2222-3333-4444-555555555555"
 
 def counter_backend(clock):
     """One GPU whose energy counter lives outside the daemon, as the driver's does."""
-    return FakeGpuBackend.of(clock, FakeGpu("GPU-dur", counter_mj=1_000_000, processes=(GpuProcess(4242),),
-                                            samples=(ProcessSample(4242, 1, 0.5),)))
+    return FakeGpuBackend.of(
+        clock,
+        FakeGpu("GPU-dur", counter_mj=1_000_000, processes=(GpuProcess(4242),), samples=(ProcessSample(4242, 1, 0.5),)),
+    )
 
 
 def procfs_with_boot_id(tmp_path, boot_id=BOOT_ID):
@@ -94,8 +96,9 @@ async def test_wrong_shaped_payload_is_rejected_without_partial_restore(tmp_path
     state = tmp_path / "state"
     state.mkdir()
     payload = {"ledger": {"gpus": {"GPU-dur": {"energy_mj": -5}}, "workloads": [], "teams": {}}}
-    (state / "state.json").write_text(json.dumps(
-        {"format": "gpucarbon-state", "version": 1, "saved_at": 1.0, "payload": payload}))
+    (state / "state.json").write_text(
+        json.dumps({"format": "gpucarbon-state", "version": 1, "saved_at": 1.0, "payload": payload})
+    )
     d = daemon(tmp_path, counter_backend(clock), clock, procfs_with_boot_id(tmp_path))
     assert d.checkpointer.restore_failures == 1
     assert d.ledger.gpus == {}
@@ -122,8 +125,9 @@ async def test_embodied_override_amortises_over_held_time(tmp_path, clock):
     from gpucarbon.config import parse_config
 
     config = parse_config("carbon: {embodied: {enabled: true, lifetime: 4, kg_co2e_by_model: {G: 150}}}")
-    d = build_daemon(config, RunOptions(procfs=procfs_with_boot_id(tmp_path)), backend=counter_backend(clock),
-                     base_clock=clock)
+    d = build_daemon(
+        config, RunOptions(procfs=procfs_with_boot_id(tmp_path)), backend=counter_backend(clock), base_clock=clock
+    )
     await d.poller.poll()
     clock.advance(3600.0)
     await d.poller.poll()

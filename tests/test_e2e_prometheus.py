@@ -66,15 +66,15 @@ def test_prometheus_scrapes_and_conservation_holds(daemon, tmp_path):
         assert {"nlp", "platform", "vision"} <= teams
         idle_holder = prom.query('gpucarbon_gpu_allocation_info{pod="notebook-alice-0"}')
         assert idle_holder and idle_holder[0]["metric"]["team"] == "vision"
-        assert not prom.query('count by (__name__) ({__name__=~"gpucarbon_.*", exported_job!=""})'), \
+        assert not prom.query('count by (__name__) ({__name__=~"gpucarbon_.*", exported_job!=""})'), (
             "no label named job on our series"
+        )
     finally:
         prom.stop()
 
 
 def test_live_metrics_pass_promtool(daemon):
-    result = subprocess.run(["promtool", "check", "metrics"], input=daemon.metrics(), capture_output=True,
-                            text=True)
+    result = subprocess.run(["promtool", "check", "metrics"], input=daemon.metrics(), capture_output=True, text=True)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
@@ -111,8 +111,11 @@ def test_sigterm_writes_a_final_checkpoint_that_the_next_run_continues(tmp_path)
     second = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
     try:
         second.wait_ready()
-        line = next(text for text in second.metrics().splitlines()
-                    if text.startswith('gpucarbon_team_energy_joules_total{team="nlp"}'))
+        line = next(
+            text
+            for text in second.metrics().splitlines()
+            if text.startswith('gpucarbon_team_energy_joules_total{team="nlp"}')
+        )
         assert float(line.split()[-1]) >= teams["nlp"]["energy_mj"] / 1000.0
     finally:
         assert second.stop() == 0
@@ -153,8 +156,12 @@ def test_basic_auth_protects_metrics_but_not_probes(tmp_path):
 def test_invalid_web_config_is_one_line_exit_two(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n")
-    result = subprocess.run([sys.executable, "-m", "gpucarbon", "--simulate", f"--web.config.file={web}"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpucarbon", "--simulate", f"--web.config.file={web}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert str(web) in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -107,8 +107,9 @@ async def test_hung_scontrol_times_out(scontrol):
 
 
 def test_no_scontrol_means_source_off_and_silent(caplog):
-    source = SlurmSource(teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here",
-                         which=lambda name: None)
+    source = SlurmSource(
+        teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here", which=lambda name: None
+    )
     assert not source.enabled
     meta = source.job("4242", user="alice")
     assert (meta.workload, meta.team) == ("slurm/4242", "alice")

@@ -24,10 +24,13 @@ async def test_demo_day_conserves_every_millijoule(clock):
 
 
 async def test_allocated_idle_pod_pays_exactly_the_idle_draw(clock):
-    sim = SimulatedNode.build(parse_scenario("""
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, idle_watts: 80, max_watts: 400}]
 workloads: [{namespace: v, pod: nb, container: c, workload: Pod/nb, team: vision, gpus: [0], allocated_only: true}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock, idle_watts=80.0)
     await poller.poll()
     clock.advance(60.0)
@@ -49,11 +52,14 @@ async def test_unallocated_gpu_energy_is_unattributed(clock):
 
 
 async def test_lost_gpu_is_down_others_continue_and_gap_energy_is_unattributed(clock):
-    sim = SimulatedNode.build(parse_scenario("""
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, count: 2, idle_watts: 100, max_watts: 300}]
 workloads: [{workload: Job/j, team: t, gpus: [0, 1], sm_util: 0.5}]
 faults: [{gpu: 1, kind: lost, start: 15, end: 35}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock)
     a, b = sim.gpus.list_gpus()
     for _ in range(3):
@@ -180,11 +186,22 @@ async def test_library_lost_mid_run_is_closed_and_reopened(clock):
 
 
 async def test_zone_overrides_for_pue_and_price_follow_the_intensity_zone(clock):
-    sim = SimulatedNode.build(parse_scenario(
-        "gpus: [{model: G, idle_watts: 100}]\n"
-        "workloads: [{workload: Pod/p, team: t, gpus: [0], allocated_only: true}]"), clock)
-    poller = make_poller(sim, clock, intensity=MutableIntensity(200.0), pue=1.5, pue_by_zone={"ZZ": 1.1},
-                         price_per_kwh=0.30, price_by_zone={"ZZ": 0.10})
+    sim = SimulatedNode.build(
+        parse_scenario(
+            "gpus: [{model: G, idle_watts: 100}]\n"
+            "workloads: [{workload: Pod/p, team: t, gpus: [0], allocated_only: true}]"
+        ),
+        clock,
+    )
+    poller = make_poller(
+        sim,
+        clock,
+        intensity=MutableIntensity(200.0),
+        pue=1.5,
+        pue_by_zone={"ZZ": 1.1},
+        price_per_kwh=0.30,
+        price_by_zone={"ZZ": 0.10},
+    )
     await poller.poll()
     clock.advance(3600.0)
     await poller.poll()  # 0.1 kWh in zone ZZ: 0.1 x 200 x 1.1 = 22 g

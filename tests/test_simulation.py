@@ -104,8 +104,9 @@ def test_demo_scenario_shows_every_case():
     assert len({w.team for w in scenario.workloads}) >= 3
     assert any(len(w.gpus) > 1 for w in scenario.workloads)
     assert any(w.allocated_only for w in scenario.workloads), "held by the scheduler, no process"
-    assert any(not w.allocated_only and w.sm_util == ((0.0, 0.0),) for w in scenario.workloads), \
+    assert any(not w.allocated_only and w.sm_util == ((0.0, 0.0),) for w in scenario.workloads), (
         "a process holding a context and doing nothing"
+    )
     assert any(w.end is not None for w in scenario.workloads)
     used = {g for w in scenario.workloads for g in w.gpus}
     assert set(range(len(scenario.gpus))) - used, "an unallocated GPU"
@@ -113,19 +114,22 @@ def test_demo_scenario_shows_every_case():
     assert shared, "two pods time-slicing one GPU"
 
 
-@pytest.mark.parametrize("text, key", [
-    ("gpus: [{model: G}]\nbogus: 1", "bogus"),
-    ("gpus: []", "gpus"),
-    ("gpus: [{model: G, count: 0}]", "gpus[0].count"),
-    ("gpus: [{model: G, idle_watts: 800, max_watts: 700}]", "gpus[0].max_watts"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [3]}]", "workloads[0].gpus"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], sm_util: 1.5}]", "workloads[0].sm_util[0].util"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], start: 5, end: 2}]", "workloads[0].end"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
-    ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
-    ("speed: fast\ngpus: [{model: G}]", ".speed"),
-    ("gpus: [", ""),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("gpus: [{model: G}]\nbogus: 1", "bogus"),
+        ("gpus: []", "gpus"),
+        ("gpus: [{model: G, count: 0}]", "gpus[0].count"),
+        ("gpus: [{model: G, idle_watts: 800, max_watts: 700}]", "gpus[0].max_watts"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [3]}]", "workloads[0].gpus"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], sm_util: 1.5}]", "workloads[0].sm_util[0].util"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], start: 5, end: 2}]", "workloads[0].end"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
+        ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
+        ("speed: fast\ngpus: [{model: G}]", ".speed"),
+        ("gpus: [", ""),
+    ],
+)
 def test_bad_scenarios_name_the_key(text, key):
     with pytest.raises(ScenarioError) as err:
         parse_scenario(text, "s.yaml")
@@ -150,8 +154,10 @@ async def test_pid_with_cgroup_goes_through_the_real_cgroup_parser(tmp_path):
 
     uid = "6f1b8e2a-3c4d-4e5f-9a0b-1c2d3e4f5a6b"
     cid = "ab" * 32
-    cgroup = (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
-              f".slice/cri-containerd-{cid}.scope")
+    cgroup = (
+        f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
+        f".slice/cri-containerd-{cid}.scope"
+    )
     scenario = parse_scenario(f"""
 gpus: [{{model: G}}]
 workloads:

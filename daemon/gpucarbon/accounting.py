@@ -83,8 +83,18 @@ class AccountingState:
 
 
 class Accountant:
-    def __init__(self, *, resolver: ConsumerResolver, allocations: AllocationSource | None, idle: IdleModel,
-                 meters: EnergyMeters, rates: Rates, ledger: Ledger, clock: Clock, retention_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        resolver: ConsumerResolver,
+        allocations: AllocationSource | None,
+        idle: IdleModel,
+        meters: EnergyMeters,
+        rates: Rates,
+        ledger: Ledger,
+        clock: Clock,
+        retention_s: float,
+    ) -> None:
         self._resolver = resolver
         self._allocations = allocations
         self._idle = idle
@@ -111,8 +121,10 @@ class Accountant:
 
     def state(self, latest: Mapping[str, GpuReading]) -> AccountingState:
         idle = {uuid: self._idle.watts(uuid, r.name, r.power_limit_w) for uuid, r in latest.items()}
-        sources = {uuid: self._energy_source.get(uuid, COUNTER if r.energy_mj is not None else POWER_INTEGRATION)
-                   for uuid, r in latest.items()}
+        sources = {
+            uuid: self._energy_source.get(uuid, COUNTER if r.energy_mj is not None else POWER_INTEGRATION)
+            for uuid, r in latest.items()
+        }
         return AccountingState(MappingProxyType(sources), MappingProxyType(idle))
 
     def _take(self, reading: GpuReading, held: tuple[Consumer, ...]) -> None:
@@ -129,8 +141,9 @@ class Accountant:
         charge = price_charge(reading.uuid, interval, split, consumers, running, prices, embodied)
         self._ledger.book(charge, self._clock.monotonic())
 
-    def _split(self, reading: GpuReading, interval: Interval, consumers: Mapping[str, Consumer],
-               running: Mapping[str, float]) -> Split:
+    def _split(
+        self, reading: GpuReading, interval: Interval, consumers: Mapping[str, Consumer], running: Mapping[str, float]
+    ) -> Split:
         if interval.gap:
             # Readings were missed: who held the GPU meanwhile is unknown.
             return Split({}, interval.energy_mj, 0, 0)
@@ -165,8 +178,15 @@ class Accountant:
         return consumers, running
 
 
-def price_charge(uuid: str, interval: Interval, split: Split, consumers: Mapping[str, Consumer],
-                 busy: Mapping[str, float], prices: Prices, embodied_grams: float = 0.0) -> IntervalCharge:
+def price_charge(
+    uuid: str,
+    interval: Interval,
+    split: Split,
+    consumers: Mapping[str, Consumer],
+    busy: Mapping[str, float],
+    prices: Prices,
+    embodied_grams: float = 0.0,
+) -> IntervalCharge:
     """One interval, every figure priced and split: what the ledger books."""
     dt = interval.dt_s
     embodied = split_embodied(embodied_grams, list(split.parts))
@@ -200,5 +220,3 @@ def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
     # split_exact works on integers; use micrograms so shares sum exactly.
     micro = split_exact(round(grams * MICROGRAMS_PER_GRAM), [1.0] * len(holders))
     return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro, strict=True)}
-
-

@@ -85,8 +85,9 @@ class Daemon:
         return since is None or since <= HEALTHY_POLL_INTERVALS * self.options.poll_interval_s + HEALTHY_SLACK_S
 
 
-def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
-                 base_clock: Clock | None = None) -> Daemon:
+def build_daemon(
+    config: Config, options: RunOptions, backend: GpuBackend | None = None, base_clock: Clock | None = None
+) -> Daemon:
     """Every stage, each made after what it needs: device, carbon, identity,
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
@@ -101,8 +102,16 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     ledger = Ledger(config.limits.max_workload_series, config.teams.default)
     meters = EnergyMeters()
     rates = _rates(config, intensity)
-    accountant = Accountant(resolver=identity.resolver, allocations=identity.allocations, idle=idle, meters=meters,
-                            rates=rates, ledger=ledger, clock=clock, retention_s=config.retention.finished)
+    accountant = Accountant(
+        resolver=identity.resolver,
+        allocations=identity.allocations,
+        idle=idle,
+        meters=meters,
+        rates=rates,
+        ledger=ledger,
+        clock=clock,
+        retention_s=config.retention.finished,
+    )
     checkpointer = _checkpointer(config, options, base_clock, clock, ledger, meters, idle)
     poller = Poller(
         reader=reader,
@@ -129,15 +138,21 @@ def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, Simulate
     return clock, SimulatedNode.build(options.scenario, clock)
 
 
-def _checkpointer(config: Config, options: RunOptions, base_clock: Clock, clock: Clock, ledger: Ledger,
-                  meters: EnergyMeters, idle: IdleModel) -> Checkpointer | None:
+def _checkpointer(
+    config: Config,
+    options: RunOptions,
+    base_clock: Clock,
+    clock: Clock,
+    ledger: Ledger,
+    meters: EnergyMeters,
+    idle: IdleModel,
+) -> Checkpointer | None:
     """The checkpointer, with the last checkpoint restored; None without a state dir."""
     state_dir = options.state_dir or config.state.dir
     if not state_dir:
         return None
     store = CheckpointStore(Path(state_dir), clock=base_clock)
-    checkpointer = Checkpointer(store, ledger, meters, idle, clock, config.state.interval,
-                                read_boot_id(options.procfs))
+    checkpointer = Checkpointer(store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs))
     checkpointer.restore()
     return checkpointer
 
@@ -149,13 +164,20 @@ class _Identity:
     sources: tuple[Any, ...]  # background sources with run()/close() and .health
 
 
-def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
-              node: SimulatedNode | None, inventory: Callable[[], GpuInventory]) -> _Identity:
+def _identity(
+    config: Config,
+    options: RunOptions,
+    clock: Clock,
+    kube: tuple | None,
+    node: SimulatedNode | None,
+    inventory: Callable[[], GpuInventory],
+) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
     metadata = _kubernetes_source(config, kube, clock) if kube else None
-    slurm = SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) \
-        if config.slurm.enabled else None
+    slurm = (
+        SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
+    )
     if slurm is not None and not slurm.enabled:
         slurm = None  # no scontrol on this host: the source is simply off
     lookup = processes.lookup
@@ -177,8 +199,9 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
         from gpucarbon.identity.allocations import KubeletAllocations
         from gpucarbon.identity.podresources import PodResourcesSource
 
-        podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
-                                          poll_interval_s=config.kubernetes.podresources_interval)
+        podresources = PodResourcesSource(
+            config.kubernetes.podresources_socket, clock=clock, poll_interval_s=config.kubernetes.podresources_interval
+        )
         kubelet = KubeletAllocations(podresources, metadata, inventory)
         allocations = _merged(node.scheduler, kubelet) if node is not None else kubelet
     sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
@@ -233,8 +256,9 @@ def _kubernetes_client(config: Config):
 
     node = k.node_name or os.environ.get("NODE_NAME")
     if not node:
-        raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
-                         "(the chart sets NODE_NAME from the downward API)")
+        raise SetupError(
+            "kubernetes.node_name: not set and $NODE_NAME is empty (the chart sets NODE_NAME from the downward API)"
+        )
     try:
         return make_client(kubeconfig=k.kubeconfig), node
     except KubernetesSetupError as err:
@@ -245,8 +269,9 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
     from gpucarbon.identity.kubernetes import KubernetesSource
 
     client, node = kube
-    return KubernetesSource(client, node_name=node, teams=config.teams, clock=clock,
-                            deleted_retention_s=config.retention.finished)
+    return KubernetesSource(
+        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+    )
 
 
 class _merged:
@@ -279,18 +304,29 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
 
     def build(zone: str) -> CarbonProvider:
         return build_provider(
-            c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
-            token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
-            password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
-            stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
+            c.source,
+            zone,
+            grams_per_kwh=c.grams_per_kwh,
+            region=c.region,
+            base_url=c.base_url,
+            token_env=c.token_env,
+            token_file=c.token_file,
+            username_env=c.username_env,
+            password_env=c.password_env,
+            signal_type=c.signal_type,
+            refresh_s=c.refresh,
+            stale_after_s=c.stale_after,
+            timeout_s=c.timeout,
+            clock=clock.wall,
         )
 
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured
     client, node_name = node
-    return ZoneDetectingProvider(lightkube_node_reader(client, node_name), build,
-                                 provisional=build_provider("table", WORLD_ZONE))
+    return ZoneDetectingProvider(
+        lightkube_node_reader(client, node_name), build, provisional=build_provider("table", WORLD_ZONE)
+    )
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:
@@ -307,17 +343,22 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
     return 0, render_text(daemon.poller.latest)
 
 
-async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
-                auth_failures: AuthFailures | None = None) -> int:
+async def serve(
+    daemon: Daemon, middlewares: tuple = (), ssl_context=None, auth_failures: AuthFailures | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
-    app = build_app(latest=daemon.poller.latest, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures)
+    app = build_app(
+        latest=daemon.poller.latest,
+        healthy=daemon.healthy,
+        telemetry_path=opts.telemetry_path,
+        middlewares=middlewares,
+        auth_failures=auth_failures,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
-                       shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context, shutdown_timeout=2.0)
     await site.start()
     log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
     stop = asyncio.Event()

@@ -26,8 +26,16 @@ BOOT_ID_PATH = "sys/kernel/random/boot_id"  # under the procfs root
 
 
 class Checkpointer:
-    def __init__(self, store: CheckpointStore, ledger: Ledger, meters: EnergyMeters, idle: IdleModel,
-                 clock: Clock, interval_s: float, boot_id: str | None) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        ledger: Ledger,
+        meters: EnergyMeters,
+        idle: IdleModel,
+        clock: Clock,
+        interval_s: float,
+        boot_id: str | None,
+    ) -> None:
         self._store = store
         self._ledger = ledger
         self._meters = meters
@@ -62,8 +70,12 @@ class Checkpointer:
         else:
             for uuid in counters:
                 self._ledger.count_reset(uuid)
-        log.info("restored counters from %s (%d GPU(s), %s boot)", self._store.path, len(counters),
-                 "same" if same_boot else "new")
+        log.info(
+            "restored counters from %s (%d GPU(s), %s boot)",
+            self._store.path,
+            len(counters),
+            "same" if same_boot else "new",
+        )
 
     def _set_aside(self, reason: str) -> None:
         self.restore_failures += 1

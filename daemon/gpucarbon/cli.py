@@ -66,28 +66,55 @@ def _speed(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=PROG, description="Export GPU energy, attributed to workloads and teams, "
-                       "and its carbon emissions as Prometheus metrics.")
-    p.add_argument("--web.listen-address", dest="listen_address", default=":9789", type=_address,
-                   help="address to serve metrics on (default :9789)")
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", type=_telemetry_path,
-                   help="path of the metrics endpoint (default /metrics)")
-    p.add_argument("--web.config.file", dest="web_config", default=None,
-                   help="exporter-toolkit web config (TLS, basic auth)")
+    p = _OneLineParser(
+        prog=PROG,
+        description="Export GPU energy, attributed to workloads and teams, "
+        "and its carbon emissions as Prometheus metrics.",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9789",
+        type=_address,
+        help="address to serve metrics on (default :9789)",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        type=_telemetry_path,
+        help="path of the metrics endpoint (default /metrics)",
+    )
+    p.add_argument(
+        "--web.config.file", dest="web_config", default=None, help="exporter-toolkit web config (TLS, basic auth)"
+    )
     p.add_argument("--config.file", dest="config_file", default=None, help="YAML configuration file")
-    p.add_argument("--simulate", nargs="?", const=DEMO, default=None, metavar="SCENARIO",
-                   help="use the simulated GPU backend; without a file, the built-in demo scenario")
-    p.add_argument("--simulate.speed", dest="speed", type=_speed, default=None,
-                   help="simulated seconds per real second (overrides the scenario)")
-    p.add_argument("--once", action="store_true",
-                   help="poll, wait one interval, poll again, print the metrics and exit")
+    p.add_argument(
+        "--simulate",
+        nargs="?",
+        const=DEMO,
+        default=None,
+        metavar="SCENARIO",
+        help="use the simulated GPU backend; without a file, the built-in demo scenario",
+    )
+    p.add_argument(
+        "--simulate.speed",
+        dest="speed",
+        type=_speed,
+        default=None,
+        help="simulated seconds per real second (overrides the scenario)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="poll, wait one interval, poll again, print the metrics and exit"
+    )
     p.add_argument("--path.procfs", dest="procfs", default="/proc", help="procfs mount point (default /proc)")
-    p.add_argument("--poll.interval", dest="poll_interval", default=1.0, type=_duration,
-                   help="time between polls (default 1s)")
-    p.add_argument("--state.dir", dest="state_dir", default=None,
-                   help="directory for counter checkpoints (default: off)")
-    p.add_argument("--log.level", dest="log_level", default="info",
-                   choices=["debug", "info", "warn", "error"])
+    p.add_argument(
+        "--poll.interval", dest="poll_interval", default=1.0, type=_duration, help="time between polls (default 1s)"
+    )
+    p.add_argument(
+        "--state.dir", dest="state_dir", default=None, help="directory for counter checkpoints (default: off)"
+    )
+    p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
@@ -96,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace('"', '\\"').replace("\n", " ")
-        line = f'ts={self.formatTime(record, "%Y-%m-%dT%H:%M:%S")} level={record.levelname.lower()} ' \
-               f'logger={record.name} msg="{msg}"'
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
+            f'logger={record.name} msg="{msg}"'
+        )
         if record.exc_info:
             line += ' exc="' + self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'") + '"'
         return line
@@ -105,8 +134,12 @@ class _LogfmtFormatter(logging.Formatter):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                 "logger": record.name, "msg": record.getMessage()}
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -165,9 +198,15 @@ def _build(args: argparse.Namespace) -> tuple[Daemon, tuple, object, AuthFailure
     """Everything the command line asks for, built; raises GpuCarbonError."""
     config = load_config(args.config_file)
     scenario = load_scenario(args.simulate) if args.simulate is not None else None
-    options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
-                         poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
-                         speed=args.speed, state_dir=args.state_dir)
+    options = RunOptions(
+        listen_address=args.listen_address,
+        telemetry_path=args.telemetry_path,
+        poll_interval_s=args.poll_interval,
+        procfs=args.procfs,
+        scenario=scenario,
+        speed=args.speed,
+        state_dir=args.state_dir,
+    )
     auth_failures = AuthFailures()
     middlewares, ssl_context = _web_security(args.web_config, auth_failures)
     return build_daemon(config, options), middlewares, ssl_context, auth_failures

@@ -201,8 +201,15 @@ class _Reader:
                 raise self.fail(full, MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
-    def number(self, raw: Mapping, key: str, path: str, default: Any, minimum: float | None = None,
-               maximum: float | None = None) -> Any:
+    def number(
+        self,
+        raw: Mapping,
+        key: str,
+        path: str,
+        default: Any,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> Any:
         value = raw.get(key)
         if value is None:  # absent or null: the default
             return default
@@ -280,8 +287,9 @@ class _Reader:
     # sections
 
     def config(self, raw: Any) -> Config:
-        top = self.section(raw, "", {"attribution", "carbon", "teams", "retention", "limits",
-                                     "kubernetes", "slurm", "state"})
+        top = self.section(
+            raw, "", {"attribution", "carbon", "teams", "retention", "limits", "kubernetes", "slurm", "state"}
+        )
         return Config(
             attribution=self.attribution(top.get("attribution")),
             carbon=self.carbon(top.get("carbon")),
@@ -313,8 +321,7 @@ class _Reader:
         embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime", "kg_co2e_by_model"})
         cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "price_per_kwh_by_zone", "currency"})
         defaults = CarbonConfig()
-        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
-                               minimum=0.1)
+        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years, minimum=0.1)
         return CarbonConfig(
             pue=self.number(sec, "pue", "carbon", defaults.pue, minimum=1.0, maximum=5.0),
             intensity=self.intensity(sec.get("intensity")),
@@ -331,18 +338,35 @@ class _Reader:
         path = "carbon.intensity"
         if isinstance(raw, Mapping) and raw.get("source") == "static" and raw.get("grams_per_kwh") is None:
             raise self.fail(f"{path}.grams_per_kwh", MISSING, "required when source is static")
-        sec = self.section(raw, path, {"source", "zone", "grams_per_kwh", "refresh", "stale_after",
-                                       "base_url", "token_env", "token_file", "username_env",
-                                       "password_env", "region", "token", "timeout", "signal_type"})
+        sec = self.section(
+            raw,
+            path,
+            {
+                "source",
+                "zone",
+                "grams_per_kwh",
+                "refresh",
+                "stale_after",
+                "base_url",
+                "token_env",
+                "token_file",
+                "username_env",
+                "password_env",
+                "region",
+                "token",
+                "timeout",
+                "signal_type",
+            },
+        )
         if "token" in sec:
-            raise self.fail(f"{path}.token", MISSING,
-                            "tokens are never read from the config file; use token_env or token_file")
+            raise self.fail(
+                f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
+            )
         d = IntensityConfig()
         return IntensityConfig(
             source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
             zone=self.string(sec, "zone", path, d.zone),
-            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
-                                      maximum=5000.0),
+            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0, maximum=5000.0),
             timeout=self.duration(sec, "timeout", path, d.timeout, minimum=0.1),
             signal_type=self.string(sec, "signal_type", path, d.signal_type, ("co2_moer", "co2_aoer")),
             refresh=self.duration(sec, "refresh", path, None, minimum=1.0),
@@ -357,8 +381,7 @@ class _Reader:
 
     def teams(self, raw: Any) -> TeamRules:
         path = "teams"
-        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces",
-                                       "workloads", "users"})
+        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces", "workloads", "users"})
         d = TeamRules()
         patterns = []
         workloads = sec.get("workloads") or []
@@ -410,18 +433,21 @@ class _Reader:
             kubeconfig=self.string(sec, "kubeconfig", path, None),
             podresources_enabled=self.boolean(pr, "enabled", f"{path}.podresources", d.podresources_enabled),
             podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
-            podresources_interval=self.duration(pr, "interval", f"{path}.podresources",
-                                                d.podresources_interval, 0.1),
+            podresources_interval=self.duration(pr, "interval", f"{path}.podresources", d.podresources_interval, 0.1),
         )
 
     def slurm(self, raw: Any) -> SlurmConfig:
         sec = self.section(raw, "slurm", {"enabled", "scontrol"})
         d = SlurmConfig()
-        return SlurmConfig(enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
-                           scontrol=self.string(sec, "scontrol", "slurm", d.scontrol))
+        return SlurmConfig(
+            enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
+            scontrol=self.string(sec, "scontrol", "slurm", d.scontrol),
+        )
 
     def state(self, raw: Any) -> StateConfig:
         sec = self.section(raw, "state", {"dir", "interval"})
         d = StateConfig()
-        return StateConfig(dir=self.string(sec, "dir", "state", None),
-                           interval=self.duration(sec, "interval", "state", d.interval, 1.0))
+        return StateConfig(
+            dir=self.string(sec, "dir", "state", None),
+            interval=self.duration(sec, "interval", "state", d.interval, 1.0),
+        )

@@ -204,8 +204,9 @@ class Ledger:
     def expire(self, now: float, retention_s: float) -> int:
         """Remove series idle longer than the retention; fold them into their
         GPU's retired totals so the per-GPU sum still holds. Returns how many."""
-        expired = [key for key, entry in self._workloads.items()
-                   if not entry.holding and now - entry.last_active > retention_s]
+        expired = [
+            key for key, entry in self._workloads.items() if not entry.holding and now - entry.last_active > retention_s
+        ]
         for key in expired:
             entry = self._workloads.pop(key)
             gpu = self._gpus.setdefault(key[0], GpuTotals())
@@ -223,8 +224,12 @@ class Ledger:
         return {
             "gpus": {uuid: vars(g).copy() for uuid, g in self._gpus.items()},
             "workloads": [
-                {"uuid": uuid, "key": key, "labels": list(e.consumer.labels()),
-                 **{f: getattr(e, f) for f in _WORKLOAD_NUMBERS}}
+                {
+                    "uuid": uuid,
+                    "key": key,
+                    "labels": list(e.consumer.labels()),
+                    **{f: getattr(e, f) for f in _WORKLOAD_NUMBERS},
+                }
                 for (uuid, key), e in self._workloads.items()
             ],
             "teams": {team: vars(t).copy() for team, t in self._teams.items()},
@@ -254,14 +259,11 @@ class Ledger:
 _WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")
 
 
-
-
 def _numbers(raw: dict[str, Any], kind: type) -> dict[str, Any]:
     types = {f.name: f.type for f in dataclasses.fields(kind)}
     if set(raw) - set(types):
         raise ValueError(f"unknown fields {sorted(set(raw) - set(types))} in {kind.__name__}")
-    return {name: (int if types[name] in ("int", int) else float)(_number(value, name))
-            for name, value in raw.items()}
+    return {name: (int if types[name] in ("int", int) else float)(_number(value, name)) for name, value in raw.items()}
 
 
 def _number(value: object, name: str) -> float:

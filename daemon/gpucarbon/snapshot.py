@@ -164,8 +164,10 @@ def build_snapshot(
         nvml_reason=devices.reason,
         gpus=tuple(_gpu_view(devices, accounting, ledger, uuid) for uuid in devices.uuids),
         workloads=_workload_views(devices, ledger),
-        teams=tuple(TeamView(team, t.energy_mj / 1000.0, t.grams, t.embodied_grams, t.cost)
-                    for team, t in sorted(ledger.teams.items())),
+        teams=tuple(
+            TeamView(team, t.energy_mj / 1000.0, t.grams, t.embodied_grams, t.cost)
+            for team, t in sorted(ledger.teams.items())
+        ),
         carbon=carbon,
         sources=sources,
         nvml_errors=devices.errors,
@@ -206,18 +208,32 @@ def _gpu_view(devices: DeviceState, accounting: AccountingState, ledger: Ledger,
 
 
 def _workload_views(devices: DeviceState, ledger: Ledger) -> tuple[WorkloadView, ...]:
-    index = {uuid: str(devices.latest[uuid].index) if uuid in devices.latest else str(i)
-             for i, uuid in enumerate(devices.uuids)}
+    index = {
+        uuid: str(devices.latest[uuid].index) if uuid in devices.latest else str(i)
+        for i, uuid in enumerate(devices.uuids)
+    }
     views = []
     for uuid, entry in ledger.workload_entries():
         c = entry.consumer
-        views.append(WorkloadView(
-            gpu=index.get(uuid, ""), uuid=uuid, namespace=c.namespace, pod=c.pod, container=c.container,
-            workload=c.workload, team=c.team or ledger.default_team,
-            energy_j=entry.energy_mj / 1000.0, grams=entry.grams, power_w=entry.power_w,
-            held_s=entry.held_s, busy_s=entry.busy_s, embodied_grams=entry.embodied_grams,
-            cost=entry.cost, holding=entry.holding,
-        ))
+        views.append(
+            WorkloadView(
+                gpu=index.get(uuid, ""),
+                uuid=uuid,
+                namespace=c.namespace,
+                pod=c.pod,
+                container=c.container,
+                workload=c.workload,
+                team=c.team or ledger.default_team,
+                energy_j=entry.energy_mj / 1000.0,
+                grams=entry.grams,
+                power_w=entry.power_w,
+                held_s=entry.held_s,
+                busy_s=entry.busy_s,
+                embodied_grams=entry.embodied_grams,
+                cost=entry.cost,
+                holding=entry.holding,
+            )
+        )
     return tuple(views)
 
 

@@ -84,5 +84,12 @@ class FakeGpuBackend:
         if gpu.fail is not None:
             raise GpuReadError(uuid, *gpu.fail)
         gpu.counter_mj += gpu.mj_per_read
-        return GpuReading(uuid=uuid, index=gpu.index, name=gpu.name, timestamp_s=self.clock.monotonic(),
-                          energy_mj=gpu.counter_mj, processes=gpu.processes, samples=gpu.samples)
+        return GpuReading(
+            uuid=uuid,
+            index=gpu.index,
+            name=gpu.name,
+            timestamp_s=self.clock.monotonic(),
+            energy_mj=gpu.counter_mj,
+            processes=gpu.processes,
+            samples=gpu.samples,
+        )

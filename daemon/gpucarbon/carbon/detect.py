@@ -24,8 +24,12 @@ NODE_READ_TIMEOUT_S = 10.0
 class ZoneDetectingProvider:
     """A CarbonProvider whose zone comes from the node; delegates once built."""
 
-    def __init__(self, read_node: Callable[[], Awaitable[NodeFacts]],
-                 build: Callable[[str], CarbonProvider], provisional: CarbonProvider) -> None:
+    def __init__(
+        self,
+        read_node: Callable[[], Awaitable[NodeFacts]],
+        build: Callable[[str], CarbonProvider],
+        provisional: CarbonProvider,
+    ) -> None:
         self._read_node = read_node
         self._build = build
         self._provider = provisional

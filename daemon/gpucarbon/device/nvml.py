@@ -144,9 +144,7 @@ class NvmlBackend:
         try:
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
-            raise BackendUnavailable(
-                f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})"
-            ) from exc
+            raise BackendUnavailable(f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})") from exc
         uuids: list[str] = []
         for index in range(count):
             try:
@@ -406,9 +404,7 @@ def _import_pynvml() -> ModuleType:
     try:
         import pynvml
     except ImportError as exc:
-        raise BackendUnavailable(
-            f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}"
-        ) from exc
+        raise BackendUnavailable(f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}") from exc
     return pynvml
 
 

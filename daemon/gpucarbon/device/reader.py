@@ -56,8 +56,9 @@ class DeviceState:
 
 
 class GpuReader:
-    def __init__(self, backend: GpuBackend, clock: Clock, read_timeout_s: float,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, backend: GpuBackend, clock: Clock, read_timeout_s: float, backoff: Backoff | None = None
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._read_timeout_s = read_timeout_s
@@ -118,8 +119,7 @@ class GpuReader:
         return True
 
     async def _reopen_if_library_lost(self, results: Mapping[str, Result]) -> None:
-        lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS),
-                    None)
+        lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS), None)
         if lost is None:
             return
         self._reason = f"GPU backend lost: {lost.call}: {lost.error}"

@@ -117,10 +117,12 @@ def build_app(
 
     async def landing(_: web.Request) -> web.Response:
         path = html.escape(telemetry_path)
-        page = (f"<html><head><title>gpu-carbon-exporter</title></head><body>"
-                f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
-                f"<p><a href=\"{path}\">Metrics</a> · <a href=\"/healthz\">Health</a> · "
-                f"<a href=\"/readyz\">Readiness</a></p></body></html>")
+        page = (
+            f"<html><head><title>gpu-carbon-exporter</title></head><body>"
+            f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
+            f'<p><a href="{path}">Metrics</a> · <a href="/healthz">Health</a> · '
+            f'<a href="/readyz">Readiness</a></p></body></html>'
+        )
         return web.Response(text=page, content_type="text/html")
 
     app = web.Application(middlewares=list(middlewares))

@@ -106,9 +106,7 @@ _TLS12_CIPHERS = {
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
 }
 # TLS 1.3 suites cannot be chosen in Go either: accepted, always enabled.
-_TLS13_CIPHERS = frozenset(
-    {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
-)
+_TLS13_CIPHERS = frozenset({"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"})
 
 # The headers exporter-toolkit lets a config set, with their allowed values
 # (None: any value). Kept identical so one file works for every exporter.
@@ -217,13 +215,9 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
         try:
             duplicate = key in mapping
         except TypeError as exc:  # unhashable key, e.g. a list used as a key
-            raise yaml.constructor.ConstructorError(
-                None, None, "found an unhashable key", key_node.start_mark
-            ) from exc
+            raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark) from exc
         if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {show(key)}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {show(key)}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
@@ -308,8 +302,7 @@ def _refuse_unknown_keys(section: Mapping[Any, Any], known: frozenset[str], wher
             raise where.child(key).error(f"unknown key (known: {', '.join(sorted(known))})")
 
 
-def _typed(section: Mapping[Any, Any], key: str, where: _Where, kind: type[_T], expected: str,
-           default: _D) -> _T | _D:
+def _typed(section: Mapping[Any, Any], key: str, where: _Where, kind: type[_T], expected: str, default: _D) -> _T | _D:
     value = section.get(key)
     if value is None:
         return default
@@ -405,14 +398,19 @@ def _check_tls_consistency(settings: TlsSettings, where: _Where, notes: list[str
     if auth in verifying and settings.client_ca_file is None:
         raise where.child("client_ca_file").error(f"required with client_auth_type {auth.value}")
     if auth is ClientAuth.REQUEST_CLIENT_CERT:
-        notes.append("client_auth_type RequestClientCert: certificates would be neither verified nor "
-                     "used, so none is requested; use RequireAndVerifyClientCert to authenticate clients")
+        notes.append(
+            "client_auth_type RequestClientCert: certificates would be neither verified nor "
+            "used, so none is requested; use RequireAndVerifyClientCert to authenticate clients"
+        )
     if auth is ClientAuth.REQUIRE_ANY_CLIENT_CERT:
-        notes.append("client_auth_type RequireAnyClientCert: Python's ssl verifies every certificate it "
-                     "requires, so client certificates must chain to client_ca_file")
+        notes.append(
+            "client_auth_type RequireAnyClientCert: Python's ssl verifies every certificate it "
+            "requires, so client certificates must chain to client_ca_file"
+        )
     if settings.min_version < ssl.TLSVersion.TLSv1_2:
-        notes.append(f"min_version {settings.min_version.name} is obsolete; OpenSSL's security level "
-                     "may still refuse it")
+        notes.append(
+            f"min_version {settings.min_version.name} is obsolete; OpenSSL's security level may still refuse it"
+        )
 
 
 def _build_ssl_context(settings: TlsSettings, where: _Where) -> ssl.SSLContext:
@@ -510,9 +508,7 @@ def _parse_http(raw: object, where: _Where, tls: TlsSettings | None, notes: list
 
 def _parse_header(name: object, value: object, where: _Where) -> str:
     if not isinstance(name, str) or name not in _ALLOWED_HEADERS:
-        raise where.error(
-            f"header {show(name)} can not be configured (allowed: {', '.join(_ALLOWED_HEADERS)})"
-        )
+        raise where.error(f"header {show(name)} can not be configured (allowed: {', '.join(_ALLOWED_HEADERS)})")
     header_where = where.child(name)
     if value is None:
         return ""
@@ -547,8 +543,10 @@ def _parse_users(raw: object, where: _Where, notes: list[str]) -> dict[str, byte
                 "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
             )
         if int(hashed[4:6]) > _SLOW_BCRYPT_COST:
-            notes.append(f"{user_where.key}: bcrypt cost {int(hashed[4:6])} makes each new "
-                         "password check slow (cost 10 takes about 70 ms)")
+            notes.append(
+                f"{user_where.key}: bcrypt cost {int(hashed[4:6])} makes each new "
+                "password check slow (cost 10 takes about 70 ms)"
+            )
         users[name] = hashed.encode("ascii")
     return users
 
@@ -713,8 +711,9 @@ def auth_middleware(
 
 def _refusal(failure: str) -> web.Response:
     if failure == FAILURE_OVERLOADED:
-        return web.Response(status=503, text="Too many authentication checks in progress\n",
-                            headers={"Retry-After": "1"})
+        return web.Response(
+            status=503, text="Too many authentication checks in progress\n", headers={"Retry-After": "1"}
+        )
     return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": _REALM_HEADER})
 
 

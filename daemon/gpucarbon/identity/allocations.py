@@ -30,8 +30,9 @@ class PodsByName(Protocol):
 
 
 class KubeletAllocations:
-    def __init__(self, podresources: DeviceHolders, pods: PodsByName | None,
-                 inventory: Callable[[], GpuInventory]) -> None:
+    def __init__(
+        self, podresources: DeviceHolders, pods: PodsByName | None, inventory: Callable[[], GpuInventory]
+    ) -> None:
         self._podresources = podresources
         self._pods = pods
         self._inventory = inventory
@@ -45,7 +46,10 @@ class KubeletAllocations:
         meta = self._pods.pods_by_name(key.namespace, key.pod) if self._pods is not None else None
         if meta is not None:
             return pod_consumer(meta, key.container)
-        return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
-                        namespace=sanitise_label_value(key.namespace), pod=sanitise_label_value(key.pod),
-                        container=sanitise_label_value(key.container),
-                        workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN))
+        return Consumer(
+            key=pod_name_key(key.namespace, key.pod, key.container),
+            namespace=sanitise_label_value(key.namespace),
+            pod=sanitise_label_value(key.pod),
+            container=sanitise_label_value(key.container),
+            workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN),
+        )

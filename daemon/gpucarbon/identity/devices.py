@@ -112,9 +112,7 @@ def _check_syntax(device_id: str) -> None:
     if device_id == "":
         raise ValueError("device id is empty")
     if len(device_id) > MAX_DEVICE_ID_CHARS:
-        raise ValueError(
-            f"device id {device_id[:40]!r}... is {len(device_id)} chars, over {MAX_DEVICE_ID_CHARS}"
-        )
+        raise ValueError(f"device id {device_id[:40]!r}... is {len(device_id)} chars, over {MAX_DEVICE_ID_CHARS}")
     if any(_is_control(c) for c in device_id):
         raise ValueError(f"device id {device_id!r} contains control characters")
 

@@ -70,7 +70,6 @@ LIST_CHUNK = 500  # objects per list page
 _OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job}  # lightkube resource classes
 
 
-
 class KubernetesSetupError(GpuCarbonError):
     """The client cannot be built (no kubeconfig, not in a cluster); one line."""
 
@@ -95,8 +94,16 @@ def make_client(
         else:
             config = KubeConfig.from_service_account(service_account_dir)
         return AsyncClient(config, timeout=httpx.Timeout(timeout_s), trust_env=False)
-    except (ConfigError, OSError, KeyError, ValueError, TypeError, AttributeError, AssertionError,
-            yaml.YAMLError) as err:
+    except (
+        ConfigError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        yaml.YAMLError,
+    ) as err:
         if kubeconfig:
             where = f"kubeconfig {kubeconfig}"
         elif server:
@@ -268,9 +275,7 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     meta = pod.metadata
     if meta is None or not meta.uid or not meta.name or not meta.namespace:
         return None
-    owners = tuple(
-        OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ())
-    )
+    owners = tuple(OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ()))
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
     return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)))
@@ -318,22 +323,39 @@ class KubernetesSource:
         self._deleted_retention_s = deleted_retention_s
         self._owner_retry_s = owner_retry_s
         self._resolver = OwnerResolver(
-            self._controller_of, clock=clock, cache_size=owner_cache_size,
-            retry_after_s=owner_retry_s, on_failure=self._owner_failed,
+            self._controller_of,
+            clock=clock,
+            cache_size=owner_cache_size,
+            retry_after_s=owner_retry_s,
+            on_failure=self._owner_failed,
         )
         stall = stall_timeout_s if stall_timeout_s is not None else watch_timeout_s + 30.0
         common = dict(sleep=sleep, watch_timeout_s=watch_timeout_s, stall_timeout_s=stall, on_state=self._loop_state)
-        self._loops = [ListWatch(
-            "pods", client, Pod, namespace=ALL_NAMESPACES, fields={"spec.nodeName": node_name},
-            on_list=self._pods_listed, on_event=self._pod_event,
-            backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-        )]
+        self._loops = [
+            ListWatch(
+                "pods",
+                client,
+                Pod,
+                namespace=ALL_NAMESPACES,
+                fields={"spec.nodeName": node_name},
+                on_list=self._pods_listed,
+                on_event=self._pod_event,
+                backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                **common,  # type: ignore[arg-type]
+            )
+        ]
         if watch_namespaces:
-            self._loops.append(ListWatch(
-                "namespaces", client, Namespace, on_list=self._namespaces_listed,
-                on_event=self._namespace_event,
-                backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-            ))
+            self._loops.append(
+                ListWatch(
+                    "namespaces",
+                    client,
+                    Namespace,
+                    on_list=self._namespaces_listed,
+                    on_event=self._namespace_event,
+                    backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                    **common,  # type: ignore[arg-type]
+                )
+            )
         self._loop_ok = {loop.name: False for loop in self._loops}
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
@@ -437,10 +459,16 @@ class KubernetesSource:
     # ---- namespaces ----------------------------------------------------------
 
     def _namespaces_listed(self, namespaces: list[Any]) -> None:
-        fresh: dict[str, Mapping[str, str]] = {ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
-                 for ns in namespaces if ns.metadata and ns.metadata.name}
-        changed = {name for name in fresh.keys() | self._namespace_labels.keys()
-                   if fresh.get(name) != self._namespace_labels.get(name)}
+        fresh: dict[str, Mapping[str, str]] = {
+            ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
+            for ns in namespaces
+            if ns.metadata and ns.metadata.name
+        }
+        changed = {
+            name
+            for name in fresh.keys() | self._namespace_labels.keys()
+            if fresh.get(name) != self._namespace_labels.get(name)
+        }
         self._namespace_labels = fresh
         self._recompute_teams(changed)
 

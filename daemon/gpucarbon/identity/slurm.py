@@ -192,7 +192,8 @@ class SlurmSource:
         assert self._scontrol is not None
         try:
             proc = await asyncio.create_subprocess_exec(
-                self._scontrol, *args,
+                self._scontrol,
+                *args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -204,7 +205,9 @@ class SlurmSource:
         except TimeoutError:
             proc.kill()
             await proc.communicate()  # reap it and close its pipes
-            raise ScontrolError(reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s") from None
+            raise ScontrolError(
+                reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s"
+            ) from None
         decode = lambda raw: raw[:_OUTPUT_LIMIT].decode("utf-8", "replace")  # noqa: E731
         return proc.returncode or 0, decode(out), decode(errout)
 

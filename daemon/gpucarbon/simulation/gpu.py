@@ -54,8 +54,7 @@ class SimulatedGpus:
         self._time = sim_time
         self._uuids = gpu_uuids(scenario)
         self._index = {u: i for i, u in enumerate(self._uuids)}
-        self._by_gpu = [[i for i, w in enumerate(scenario.workloads) if g in w.gpus]
-                        for g in range(len(scenario.gpus))]
+        self._by_gpu = [[i for i, w in enumerate(scenario.workloads) if g in w.gpus] for g in range(len(scenario.gpus))]
         self._states = [_GpuState(last_t=0.0) for _ in scenario.gpus]
         self._lock = threading.Lock()
 
@@ -156,8 +155,10 @@ class SimulatedGpus:
             state.reset_offset_mj = saved
 
     def _fault(self, g: int, now: float, kind: str) -> bool:
-        return any(f.gpu == g and f.kind == kind and f.start <= now and (f.end is None or now < f.end)
-                   for f in self._scenario.faults)
+        return any(
+            f.gpu == g and f.kind == kind and f.start <= now and (f.end is None or now < f.end)
+            for f in self._scenario.faults
+        )
 
     def _wait_out_hang(self, uuid: str, g: int) -> None:
         """A 'hang' fault blocks the call, like a stuck NVML call, until it ends."""
@@ -166,14 +167,17 @@ class SimulatedGpus:
 
     def _reading(self, g: int, now: float, averages: dict[int, float], dt: float, state: _GpuState) -> GpuReading:
         gpu = self._scenario.gpus[g]
-        running = [i for i in self._by_gpu[g]
-                   if self._scenario.workloads[i].running_at(now) and not self._scenario.workloads[i].allocated_only]
+        running = [
+            i
+            for i in self._by_gpu[g]
+            if self._scenario.workloads[i].running_at(now) and not self._scenario.workloads[i].allocated_only
+        ]
         processes = tuple(GpuProcess(self._pid(i, g), self._scenario.workloads[i].memory_bytes) for i in running)
         stamp = int(self._time.t0 * 1e6 + now * 1e6)
-        samples = tuple(ProcessSample(self._pid(i, g), stamp, min(1.0, avg))
-                        for i, avg in sorted(averages.items()) if avg > 0.0)
-        total_util = min(1.0, sum(self._jittered(i, g, now, self._scenario.workloads[i].util_at(now))
-                                  for i in running))
+        samples = tuple(
+            ProcessSample(self._pid(i, g), stamp, min(1.0, avg)) for i, avg in sorted(averages.items()) if avg > 0.0
+        )
+        total_util = min(1.0, sum(self._jittered(i, g, now, self._scenario.workloads[i].util_at(now)) for i in running))
         power = gpu.power(total_util, bool(running))
         used = min(gpu.memory_bytes, sum(p.used_memory_bytes or 0 for p in processes))
         return GpuReading(

@@ -26,5 +26,11 @@ class SimulatedProcFS:
         workload = self._by_pid.get(pid)
         if workload is None or workload.cgroup is None:
             return self._fallback(pid)
-        return ProcessInfo(pid=pid, start_time_ticks=0, uid=0, user=SIM_USER,
-                           comm=(workload.container or "sim")[:COMM_MAX_CHARS], cgroup=parse_cgroup(workload.cgroup))
+        return ProcessInfo(
+            pid=pid,
+            start_time_ticks=0,
+            uid=0,
+            user=SIM_USER,
+            comm=(workload.container or "sim")[:COMM_MAX_CHARS],
+            cgroup=parse_cgroup(workload.cgroup),
+        )

@@ -20,16 +20,17 @@ class SimulatedScheduler:
         self._time = sim_time
         self._uuids = gpu_uuids(scenario)
         self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
-        self._by_gpu = [[i for i, w in enumerate(scenario.workloads) if g in w.gpus and w.pid is None]
-                        for g in range(len(scenario.gpus))]
+        self._by_gpu = [
+            [i for i, w in enumerate(scenario.workloads) if g in w.gpus and w.pid is None]
+            for g in range(len(scenario.gpus))
+        ]
 
     def allocations(self) -> Mapping[str, tuple[Consumer, ...]]:
         """GPU UUID -> consumers holding it now (running or allocated idle)."""
         now = self._time.now()
         held: dict[str, tuple[Consumer, ...]] = {}
         for g, uuid in enumerate(self._uuids):
-            holders = tuple(self._consumers[i] for i in self._by_gpu[g]
-                            if self._scenario.workloads[i].running_at(now))
+            holders = tuple(self._consumers[i] for i in self._by_gpu[g] if self._scenario.workloads[i].running_at(now))
             if holders:
                 held[uuid] = holders
         return held
@@ -41,5 +42,6 @@ class SimulatedScheduler:
 
 
 def _consumer(i: int, w: SimWorkload) -> Consumer:
-    return Consumer(key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container,
-                    workload=w.workload, team=w.team)
+    return Consumer(
+        key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container, workload=w.workload, team=w.team
+    )

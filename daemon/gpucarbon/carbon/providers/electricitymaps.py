@@ -34,16 +34,21 @@ class ElectricityMapsFetcher:
         self._token = token
         self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v3/carbon-intensity/latest"
 
-    async def fetch(self, session: aiohttp.ClientSession,
-                    timeout: aiohttp.ClientTimeout) -> LiveSample:
+    async def fetch(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> LiveSample:
         try:
             # Read on each fetch so a rotated Secret applies; a file read is
             # blocking I/O, so it runs off the event loop.
             token = await asyncio.to_thread(self._token.read)
         except SecretError as error:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
-        body = await get_json(session, self._url, what=self.source, timeout=timeout,
-                              params={"zone": self._zone}, headers={"auth-token": token})
+        body = await get_json(
+            session,
+            self._url,
+            what=self.source,
+            timeout=timeout,
+            params={"zone": self._zone},
+            headers={"auth-token": token},
+        )
         return parse_latest(body, self._zone)
 
 

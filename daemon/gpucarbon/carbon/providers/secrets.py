@@ -28,8 +28,7 @@ class SecretSource:
 
     def __post_init__(self) -> None:
         if not self.env and not self.file:
-            raise SecretError(f"{self.what}: set an environment variable name (token_env) "
-                              f"or a file path (token_file)")
+            raise SecretError(f"{self.what}: set an environment variable name (token_env) or a file path (token_file)")
 
     def describe(self) -> str:
         places = []
@@ -49,8 +48,9 @@ class SecretSource:
                 with open(self.file, encoding="utf-8") as handle:
                     value = handle.read().strip()
             except OSError as error:
-                raise SecretError(f"{self.what}: cannot read file {self.file} "
-                                  f"({error.strerror or type(error).__name__})") from None
+                raise SecretError(
+                    f"{self.what}: cannot read file {self.file} ({error.strerror or type(error).__name__})"
+                ) from None
             if value:
                 return value
         raise SecretError(f"{self.what}: nothing found in {self.describe()}")
