@@ -151,7 +151,10 @@ def test_substitution_covers_every_variable_form() -> None:
 
 
 def test_metric_names_ignore_functions_labels_and_strings() -> None:
-    expr = 'sum by (team) (rate(gpucarbon_team_energy_joules_total{team=~"gpucarbon_fake"}[5m])) / on (uuid) team:gpucarbon_x:rate5m'
+    expr = (
+        'sum by (team) (rate(gpucarbon_team_energy_joules_total{team=~"gpucarbon_fake"}[5m]))'
+        " / on (uuid) team:gpucarbon_x:rate5m"
+    )
     assert metric_names(expr) == {"gpucarbon_team_energy_joules_total", "team:gpucarbon_x:rate5m"}
 
 

@@ -162,7 +162,8 @@ def test_every_rendered_object_validates_against_kubernetes_schemas(rendered: di
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as err:
                 pytest.fail(
-                    f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: {err.message} at {list(err.path)}"
+                    f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: "
+                    f"{err.message} at {list(err.path)}"
                 )
 
 

@@ -31,7 +31,8 @@ abs(sum(gpucarbon_team_energy_joules_total) + sum(gpucarbon_gpu_unattributed_ene
 """
 EMISSIONS_IMBALANCE = """
 max(abs(
-    (sum by (uuid) (gpucarbon_workload_emissions_grams_total) or sum by (uuid) (0 * gpucarbon_gpu_emissions_grams_total))
+    (sum by (uuid) (gpucarbon_workload_emissions_grams_total)
+      or sum by (uuid) (0 * gpucarbon_gpu_emissions_grams_total))
   + on (uuid) sum by (uuid) (gpucarbon_gpu_unattributed_emissions_grams_total)
   + on (uuid) sum by (uuid) (gpucarbon_gpu_retired_emissions_grams_total)
   - on (uuid) sum by (uuid) (gpucarbon_gpu_emissions_grams_total)

@@ -413,9 +413,15 @@ def _init_failure_reason(exc: BaseException) -> str:
     if error == "LibraryNotFound":
         return f"NVIDIA driver not loaded (libnvidia-ml.so.1 not found); {SIMULATE_HINT}"
     if error == "DriverNotLoaded":
-        return f"NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); {SIMULATE_HINT}"
+        return (
+            "NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); "
+            f"{SIMULATE_HINT}"
+        )
     if error == "NoPermission":
         return "no permission to use NVML (nvmlInit: NoPermission); the daemon needs read access to /dev/nvidia*"
     if error == "LibRmVersionMismatch":
-        return "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); reboot or reload the driver after an upgrade"
+        return (
+            "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); "
+            "reboot or reload the driver after an upgrade"
+        )
     return f"NVML initialisation failed (nvmlInit: {error})"
