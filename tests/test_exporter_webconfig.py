@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import textwrap
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpucarbon.errors import SetupError
 from gpucarbon.exporter import webconfig
 from gpucarbon.exporter.webconfig import ClientAuth, WebConfigError, auth_middleware, load_web_config
 
@@ -325,6 +327,15 @@ def test_client_auth_modes_map_to_python_verify_modes(pki: Pki) -> None:
     request_only = load_web_config(tls_config(pki, "  client_auth_type: RequestClientCert\n"))
     assert request_only.ssl_context().verify_mode == ssl.CERT_NONE  # type: ignore[union-attr]
     assert any("RequestClientCert" in note for note in request_only.notes)
+
+
+def test_tls_only_config_needs_no_bcrypt(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt (the `auth` extra) is imported only when basic auth is configured."""
+    monkeypatch.setitem(sys.modules, "bcrypt", None)  # as if the auth extra were not installed
+    config = load_web_config(tls_config(pki, name="tls-only.yml"))
+    assert config.ssl_context() is not None
+    with pytest.raises(SetupError, match=r"basic_auth_users needs the bcrypt package"):
+        load_web_config(tls_config(pki, f"basic_auth_users:\n  prometheus: '{PASSWORD_HASH}'\n", name="users.yml"))
 
 
 # ------------------------------------------------------------------ basic auth and headers
