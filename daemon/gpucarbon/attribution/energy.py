@@ -7,9 +7,6 @@ from dataclasses import dataclass
 
 from gpucarbon.device.model import GpuReading
 
-COUNTER = "counter"
-POWER_INTEGRATION = "power_integration"
-
 
 @dataclass(frozen=True, slots=True)
 class Interval:
@@ -20,6 +17,11 @@ class Interval:
     method: str  # COUNTER or POWER_INTEGRATION
     reset: bool = False  # the counter dropped: a driver reload
     gap: bool = False  # readings were missed before this one: holders unknown
+
+
+# How an interval's energy was measured (the energy_source label of gpucarbon_gpu_info).
+COUNTER = "counter"
+POWER_INTEGRATION = "power_integration"
 
 
 class EnergyMeter:
