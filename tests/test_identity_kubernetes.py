@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 from fakes.apiserver import FakeApiServer, Fault, make_namespace, make_pod, owner
 
+from gpucarbon.backoff import Backoff
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.kubernetes import (
-    Backoff,
     KubernetesSetupError,
     KubernetesSource,
     make_client,
