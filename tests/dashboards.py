@@ -124,5 +124,15 @@ def panel_queries(
 
 def may_be_empty(query: PanelQuery) -> bool:
     """True when the query reads only optional metrics (cost, embodied, error counters)."""
-    names = {name for name in query.metrics() if name.startswith("gpucarbon_")}
+    names = {_source_metric(name) for name in query.metrics()}
+    names = {name for name in names if name.startswith("gpucarbon_")}
     return bool(names) and names <= OPTIONAL_METRICS
+
+
+def _source_metric(name: str) -> str:
+    """`team:gpucarbon_team_energy_cost:increase1h` -> `gpucarbon_team_energy_cost_total`:
+    a recording rule is as optional as the counter it rolls up."""
+    if ":" not in name:
+        return name
+    _, metric, operation = name.split(":")
+    return metric + "_total" if operation.startswith(("rate", "increase")) else metric

@@ -213,3 +213,58 @@ def test_dashboard_files_are_formatted_json() -> None:
     for path in sorted(DASHBOARD_DIR.glob("*.json")):
         text = path.read_text()
         assert text == json.dumps(json.loads(text), indent=2) + "\n", f"{path.name}: reformat with json indent=2"
+
+
+# Panels that show one number (or one row) per series: Grafana must run them as
+# instant queries. As range queries a stat doing increase(...[$__range]) re-reads
+# the whole range at each of ~240 steps.
+ONE_NUMBER_PANELS = frozenset({"stat", "table", "bargauge", "piechart", "gauge"})
+# Raw series with one series per GPU, pod or workload: a panel that draws them
+# over time must bound the selection (topk) so that a fleet does not draw 8,000 lines.
+PER_SERIES_RAW = re.compile(r"\bgpucarbon_(?:gpu|workload)_\w+")
+PER_NODE_RAW = frozenset({"gpucarbon_workload_series_dropped_total"})  # one series per node
+
+
+@pytest.mark.parametrize("item", PANELS, ids=_panel_id)
+def test_one_number_panels_are_instant_queries(item: tuple[str, dict]) -> None:
+    uid, panel = item
+    if panel["type"] not in ONE_NUMBER_PANELS:
+        return
+    for target in panel["targets"]:
+        assert target.get("instant") is True and not target.get("range", False), (
+            f"{uid}/{panel['title']} [{target['refId']}]: a {panel['type']} shows one number per series; "
+            "set instant: true, range: false"
+        )
+
+
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
+def test_range_wide_windows_read_only_the_hourly_rollups(query) -> None:
+    """A window as long as the dashboard's range reads the `:increase1h` rules
+    (24 samples per series-day), never raw counters (thousands per series-day)."""
+    raw = {"$__range", "${__range}"}
+    expr = next(
+        (
+            target["expr"]
+            for uid, panel in PANELS
+            if uid == query.dashboard and panel.get("title") == query.panel
+            for target in panel["targets"]
+            if target["refId"] == query.ref_id
+        ),
+        "",
+    )
+    for window in re.finditer(r"(\w[\w:]*)\{[^}]*\}\[([^\]]+)\]", expr):
+        if window.group(2) in raw:
+            assert window.group(1).endswith(":increase1h"), (
+                f"{query.dashboard}/{query.panel} reads {window.group(1)} over $__range: use an :increase1h rule"
+            )
+
+
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
+def test_time_series_of_per_gpu_or_per_workload_raw_series_are_bounded(query) -> None:
+    if query.instant:
+        return
+    names = {name for name in query.metrics() if ":" not in name}
+    if any(PER_SERIES_RAW.fullmatch(name) for name in names - PER_NODE_RAW):
+        assert query.expr.lstrip().startswith("topk("), (
+            f"{query.dashboard}/{query.panel} draws raw per-GPU/per-workload series; bound it with topk()"
+        )

@@ -104,6 +104,7 @@ LEVEL_LABEL = {
     "team": "team",
     "namespace": "namespace",
     "namespace_workload": "workload",
+    "node_namespace_workload": "workload",
 }
 
 
@@ -156,3 +157,37 @@ def test_compose_stack_mounts_the_sources_of_truth() -> None:
     assert provider["providers"][0]["options"]["path"] == dashboards_target
     datasource = yaml.safe_load(compose["configs"]["grafana-datasources"]["content"])["datasources"][0]
     assert datasource["type"] == "prometheus" and datasource["isDefault"] is True
+
+
+def test_hourly_rollups_window_equals_their_group_interval() -> None:
+    """sum_over_time(<rule>:increase1h[$__range]) adds up to the period only
+    when each evaluation covers exactly the time since the previous one."""
+    rollups = 0
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("record", "")
+                match = re.search(r":increase(\d+[smhd])$", name)
+                if not match:
+                    continue
+                rollups += 1
+                assert group.get("interval") == match.group(1), f"{name}: group interval must be {match.group(1)}"
+                windows = set(re.findall(r"\[(\w+)\]", rule["expr"]))
+                assert windows == {match.group(1)}, f"{name}: every window must be [{match.group(1)}], got {windows}"
+    assert rollups >= 8
+
+
+def test_recording_rules_read_only_the_daemons_series() -> None:
+    """`promtool tsdb create-blocks-from rules` backfills all rules in one pass
+    only when no rule reads another rule's output."""
+    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+    for path in RULE_FILES:
+        if "recording" not in path.name:
+            continue
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "record" in rule:
+                    reads = {
+                        name for name in recorded if re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", rule["expr"])
+                    }
+                    assert not reads, f"{rule['record']} reads rules {sorted(reads)}: write it over the raw series"

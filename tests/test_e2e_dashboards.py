@@ -65,8 +65,10 @@ def _wait_for(what: str, probe, timeout: float, processes: list[subprocess.Popen
 
 
 def _shorten_for_durations(text: str) -> str:
-    """`for: 15m` (and any minutes/hours) -> `for: 2s`, so alerts can fire in a test."""
-    return re.sub(r"(\bfor:\s*)\d+[mh]\b", r"\g<1>2s", text)
+    """`for: 15m` (and any minutes/hours) -> `for: 2s`, so alerts can fire in a test;
+    the hourly rollups' group `interval: 1h` -> 2s, so they have samples within it."""
+    text = re.sub(r"(\bfor:\s*)\d+[mh]\b", r"\g<1>2s", text)
+    return re.sub(r"(\binterval:\s*)\d+[mh]\b", r"\g<1>2s", text)
 
 
 def _stop(process: subprocess.Popen) -> None:
