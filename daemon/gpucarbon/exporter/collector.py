@@ -9,14 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 
 from gpucarbon import __version__
+from gpucarbon.exporter.exposition import Family
 from gpucarbon.snapshot import LABELS_WORKLOAD, GpuView, Snapshot, StateCounters
 
 GPU_LABELS = ("gpu", "uuid")
@@ -37,6 +33,12 @@ class SnapshotCollector:
         return []  # families vary with the snapshot; skip describe-time collection
 
     def collect(self) -> Iterator[Metric]:
+        """client_python's collector interface (a registry, generate_latest)."""
+        for family in self.families():
+            yield family.to_metric()
+
+    def families(self) -> Iterator[Family]:
+        """The same families for exposition.TextWriter, the /metrics path."""
         snap = self._latest()
         yield from _self_metrics(snap)
         yield from _gpu_metrics(snap)
@@ -48,16 +50,16 @@ class SnapshotCollector:
             yield from _auth_metrics(self._auth_failures.counts())
 
 
-def _gauge(name: str, doc: str, labels=(), unit: str = "") -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels), unit=unit)
+def _gauge(name: str, doc: str, labels=(), unit: str = "") -> Family:
+    return Family(name, "gauge", doc, labels, unit)
 
 
-def _counter(name: str, doc: str, labels=()) -> CounterMetricFamily:
-    # client_python appends _total itself; pass the name without it.
-    return CounterMetricFamily(name.removesuffix("_total"), doc, labels=list(labels))
+def _counter(name: str, doc: str, labels=()) -> Family:
+    # As in client_python, the family's name has no _total; its samples do.
+    return Family(name.removesuffix("_total"), "counter", doc, labels)
 
 
-def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _self_metrics(snap: Snapshot) -> Iterator[Family]:
     build = _gauge("gpucarbon_build_info", "Build of the exporter; value is always 1.", ["version"])
     build.add_metric([__version__], 1)
     yield build
@@ -71,10 +73,10 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
     poll = snap.poll
     if poll.count:
         bounds = [str(b) for b in poll.buckets] + ["+Inf"]
-        hist = HistogramMetricFamily(
-            "gpucarbon_poll_duration_seconds", "Wall time of one poll of all GPUs.", unit="seconds"
+        hist = Family(
+            "gpucarbon_poll_duration_seconds", "histogram", "Wall time of one poll of all GPUs.", unit="seconds"
         )
-        hist.add_metric([], list(zip(bounds, poll.counts, strict=True)), poll.sum_s)
+        hist.add_histogram(list(zip(bounds, poll.counts, strict=True)), poll.sum_s)
         yield hist
     if poll.last_poll_wall is not None:
         last = _gauge("gpucarbon_last_poll_timestamp_seconds", "Unix time the last poll finished.")
@@ -90,7 +92,7 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
         yield from _state_metrics(snap.state)
 
 
-def _state_metrics(state: StateCounters) -> Iterator[Metric]:
+def _state_metrics(state: StateCounters) -> Iterator[Family]:
     for name, value in (
         ("gpucarbon_state_save_failures_total", state.save_failures),
         ("gpucarbon_state_restore_failures_total", state.restore_failures),
@@ -100,7 +102,7 @@ def _state_metrics(state: StateCounters) -> Iterator[Metric]:
         yield family
 
 
-def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
+def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Family]:
     family = _counter("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.", ["reason"])
     for reason, count in counts:
         family.add_metric([reason], count)
@@ -156,7 +158,7 @@ _GPU_COUNTERS: tuple[tuple[str, str, Callable[[GpuView], float]], ...] = (
 )
 
 
-def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _gpu_metrics(snap: Snapshot) -> Iterator[Family]:
     info = _gauge(
         "gpucarbon_gpu_info",
         "GPU identity; value is always 1.",
@@ -182,7 +184,7 @@ def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
         yield counter
 
 
-def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _workload_metrics(snap: Snapshot) -> Iterator[Family]:
     energy = _counter(
         "gpucarbon_workload_energy_joules_total", "GPU energy attributed to the workload.", LABELS_WORKLOAD
     )
@@ -226,7 +228,7 @@ def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
         yield cost
 
 
-def _team_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _team_metrics(snap: Snapshot) -> Iterator[Family]:
     energy = _counter("gpucarbon_team_energy_joules_total", "GPU energy attributed to the team.", ["team"])
     grams = _counter("gpucarbon_team_emissions_grams_total", "Emissions of the team's energy, g CO2e.", ["team"])
     embodied = _counter("gpucarbon_team_embodied_emissions_grams_total", "Embodied emissions, g CO2e.", ["team"])
@@ -246,7 +248,7 @@ def _team_metrics(snap: Snapshot) -> Iterator[Metric]:
         yield cost
 
 
-def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _carbon_metrics(snap: Snapshot) -> Iterator[Family]:
     carbon = snap.carbon
     pue = _gauge(
         "gpucarbon_pue_ratio", "Power usage effectiveness applied to GPU energy (configured; per zone when set)."
@@ -280,7 +282,7 @@ def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield fallbacks
 
 
-def _source_metrics(snap: Snapshot) -> Iterator[Metric]:
+def _source_metrics(snap: Snapshot) -> Iterator[Family]:
     if not snap.sources:
         return
     up = _gauge("gpucarbon_source_up", "1 if the metadata source is healthy.", ["source"])

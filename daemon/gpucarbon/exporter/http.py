@@ -20,10 +20,11 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
 from gpucarbon.exporter.collector import SnapshotCollector
+from gpucarbon.exporter.exposition import TextWriter
 from gpucarbon.snapshot import Snapshot
 
-# generate_latest() writes the classic text format; say so explicitly, since
-# older Prometheus servers (2.x) only know version 0.0.4.
+# The classic text format (TextWriter writes what generate_latest() would); say
+# so explicitly, since older Prometheus servers (2.x) only know version 0.0.4.
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -60,17 +61,32 @@ class AuthFailures:
 
 
 def build_registry(latest: Callable[[], Snapshot], auth_failures: AuthFailures | None = None) -> CollectorRegistry:
+    """client_python's view of the same metrics (the reference the writer is tested against)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(latest, auth_failures))
     registry.register(ProcessCollector(registry=None))
     return registry
 
 
+class Exposition:
+    """The daemon's families through the fast TextWriter, then the process_*
+    families (a handful, read from /proc) through client_python."""
+
+    def __init__(self, latest: Callable[[], Snapshot], auth_failures: AuthFailures | None = None) -> None:
+        self._collector = SnapshotCollector(latest, auth_failures)
+        self._writer = TextWriter()
+        self._process = CollectorRegistry(auto_describe=False)
+        self._process.register(ProcessCollector(registry=None))
+
+    def render(self) -> bytes:
+        return self._writer.render(self._collector.families()) + generate_latest(self._process)
+
+
 class _RenderCache:
     """Exposition bytes for the current snapshot, plain and gzipped."""
 
-    def __init__(self, registry: CollectorRegistry, latest: Callable[[], Snapshot]) -> None:
-        self._registry = registry
+    def __init__(self, exposition: Exposition, latest: Callable[[], Snapshot]) -> None:
+        self._exposition = exposition
         self._latest = latest
         self._sequence = -1
         self._plain = b""
@@ -79,7 +95,7 @@ class _RenderCache:
     def get(self, want_gzip: bool) -> tuple[bytes, bool]:
         sequence = self._latest().sequence
         if sequence != self._sequence:
-            self._plain, self._gzipped, self._sequence = generate_latest(self._registry), None, sequence
+            self._plain, self._gzipped, self._sequence = self._exposition.render(), None, sequence
         if not want_gzip:
             return self._plain, False
         if self._gzipped is None:
@@ -95,8 +111,7 @@ def build_app(
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
 ) -> web.Application:
-    registry = build_registry(latest, auth_failures)
-    cache = _RenderCache(registry, latest)
+    cache = _RenderCache(Exposition(latest, auth_failures), latest)
 
     async def metrics(request: web.Request) -> web.Response:
         want_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
@@ -136,4 +151,4 @@ def build_app(
 
 def render_text(latest: Callable[[], Snapshot]) -> str:
     """The exposition of a snapshot, for --once."""
-    return generate_latest(build_registry(latest)).decode("utf-8")
+    return Exposition(latest).render().decode("utf-8")
