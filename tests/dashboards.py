@@ -49,7 +49,7 @@ OPTIONAL_METRICS = frozenset(
 )
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
-_METRIC = re.compile(r"\b(gpucarbon_\w+|[a-z_]+:gpucarbon_\w+:\w+|up|process_\w+)\b(?!\s*\()")
+_METRIC = re.compile(r"\b(gpucarbon_\w+|[a-z_]+:(?:gpucarbon|process)_\w+:\w+|up|process_\w+)\b(?!\s*\()")
 
 
 @dataclass(frozen=True, slots=True)
