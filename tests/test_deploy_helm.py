@@ -367,6 +367,9 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["interval"] == "15s" and endpoint["scheme"] == "http"
+    # Without it the operator's namespace/pod/container target labels replace the
+    # workload's (moved to exported_namespace...) and every per-workload panel breaks.
+    assert endpoint["honorLabels"] is True
     assert {
         "sourceLabels": ["__meta_kubernetes_pod_node_name"],
         "targetLabel": "node",
@@ -375,6 +378,7 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
     assert set(endpoint) <= {
         "port",
         "path",
+        "honorLabels",
         "scheme",
         "interval",
         "scrapeTimeout",
