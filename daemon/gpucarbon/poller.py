@@ -13,6 +13,7 @@ from typing import Awaitable, Callable, Mapping
 from gpucarbon.attribution.energy import EnergyMeter, Interval
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.attribution.policy import Split, split_interval
+from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split_mig_board
 from gpucarbon.carbon.model import IntensityProvider
 from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.clock import Clock
@@ -39,6 +40,13 @@ REOPEN_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # retries when NVML is una
 # Errors that say the library, not one GPU, is gone (driver unloaded or
 # reloaded under us): close it and open it again, with the same backoff.
 LIBRARY_ERRORS = frozenset({"Uninitialized", "DriverNotLoaded", "LibRmVersionMismatch", "LibraryNotFound"})
+# nvmlInit and listing GPUs can hang inside the driver (go-nvml#152): one open
+# attempt may take this long; a hung attempt is not started again while it hangs.
+OPEN_TIMEOUT_S = 30.0
+# Once ready, the daemon stays ready through a short NVML outage (a driver
+# reload); NVML down this long means it will not come back by itself (e.g. the
+# container lost its devices and must be recreated), so readiness fails.
+NVML_DOWN_UNREADY_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class Poller:
         self._sources = sources
         self._extra_counters = extra_counters
         self._backend_open = False
+        self._opening: asyncio.Future | None = None
+        self._down_since: float | None = None  # monotonic time NVML went down after being up
         self._reason = "not polled yet"
         self._next_open_at = 0.0
         self._open_failures = 0
@@ -161,20 +171,36 @@ class Poller:
         now = self._clock.monotonic()
         if now < self._next_open_at:
             return False
+        if self._opening is not None and not self._opening.done():
+            self._reason = f"NVML initialisation has not answered for over {OPEN_TIMEOUT_S:g}s (hung in the driver)"
+            return False
+        self._opening = asyncio.ensure_future(asyncio.to_thread(self._open_and_list))
+        self._opening.add_done_callback(_swallow)
         try:
-            await asyncio.to_thread(self._backend.open)
-            self._uuids = tuple(await asyncio.to_thread(self._backend.list_gpus))
-        except BackendUnavailable as err:
-            self._reason = str(err)
-            delay = REOPEN_BACKOFF_S[min(self._open_failures, len(REOPEN_BACKOFF_S) - 1)]
-            self._open_failures += 1
-            self._next_open_at = now + delay
-            if self._open_failures == 1:
-                log.warning("GPU backend unavailable: %s (retrying)", err)
+            self._uuids = await asyncio.wait_for(asyncio.shield(self._opening), OPEN_TIMEOUT_S)
+        except (BackendUnavailable, asyncio.TimeoutError) as err:
+            reason = str(err) if isinstance(err, BackendUnavailable) else (
+                f"NVML initialisation did not answer within {OPEN_TIMEOUT_S:g}s (nvmlInit or GPU listing hung)")
+            self._backend_failed(reason, now)
             return False
         self._backend_open, self._reason, self._open_failures = True, "", 0
+        self._down_since = None
         log.info("GPU backend open: %d GPU(s)", len(self._uuids))
         return True
+
+    def _open_and_list(self) -> tuple[str, ...]:
+        self._backend.open()
+        return tuple(self._backend.list_gpus())
+
+    def _backend_failed(self, reason: str, now: float) -> None:
+        self._reason = reason
+        delay = REOPEN_BACKOFF_S[min(self._open_failures, len(REOPEN_BACKOFF_S) - 1)]
+        self._open_failures += 1
+        self._next_open_at = now + delay
+        if self._down_since is None:
+            self._down_since = now
+        if self._open_failures == 1:
+            log.warning("GPU backend unavailable: %s (retrying)", reason)
 
     async def _reopen_if_library_lost(self, results: dict[str, GpuReading | GpuReadError]) -> None:
         lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS),
@@ -184,6 +210,7 @@ class Poller:
         self._reason = f"GPU backend lost: {lost.call}: {lost.error}"
         log.warning("%s; closing and opening it again", self._reason)
         self._backend_open = False
+        self._down_since = self._clock.monotonic()
         self._next_open_at = self._clock.monotonic() + REOPEN_BACKOFF_S[0]
         try:
             await asyncio.to_thread(self._backend.close)
@@ -253,7 +280,10 @@ class Poller:
         else:
             idle_w = self._idle.watts(reading.uuid, reading.name, reading.power_limit_w)
             idle_cap = int(idle_w * interval.dt_s * 1000.0)
-            split = split_interval(interval.energy_mj, idle_cap, sorted(consumers), running)
+            if reading.mig_instances:
+                split, running = self._split_mig(reading, interval.energy_mj, idle_cap, consumers, held)
+            else:
+                split = split_interval(interval.energy_mj, idle_cap, sorted(consumers), running)
             if interval.dt_s > 0:
                 average_w = interval.energy_mj / 1000.0 / interval.dt_s
                 self._idle.observe(reading.uuid, average_w, processes_running=bool(reading.processes))
@@ -277,20 +307,50 @@ class Poller:
     def _running_consumers(self, reading: GpuReading) -> tuple[dict[str, Consumer], dict[str, float]]:
         """Consumers with a process on the GPU -> their SM-utilization share (0..1).
 
-        NVML returns one sample per process per sampling slot, only for processes
-        that were busy; a process's utilization over the interval is the sum of
-        its samples divided by the number of slots seen."""
-        slots = len({s.timestamp_us for s in reading.samples}) or 1
-        util_by_pid: dict[int, float] = {}
-        for sample in reading.samples:
-            util_by_pid[sample.pid] = util_by_pid.get(sample.pid, 0.0) + sample.sm_util / slots
+        NVML returns one sample per busy process per query (docs/nvml.md): the
+        sample's utilization is that process's share of the interval, as is.
+        A CUDA MPS server is never a consumer; its share goes to its clients
+        (attribution/sharing.py)."""
+        servers = {p.pid for p in reading.processes if self._resolver.is_mps_server(p.pid)}
+        clients = [p.pid for p in reading.processes if p.pid not in servers and (p.mps_client or servers)]
+        util_by_pid = share_mps_server({s.pid: s.sm_util for s in reading.samples}, servers, clients)
         consumers: dict[str, Consumer] = {}
         running: dict[str, float] = {}
         for process in reading.processes:
+            if process.pid in servers:
+                continue
             consumer = self._resolver.consumer(process.pid)
             consumers[consumer.key] = consumer
             running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))
         return consumers, running
+
+    def _split_mig(self, reading: GpuReading, energy_mj: int, idle_cap: int, consumers: dict[str, Consumer],
+                   held: tuple[Consumer, ...]) -> tuple[Split, dict[str, float]]:
+        """A MIG board: energy between instances, then within each (attribution/sharing.py).
+        Holders known only by allocation (the kubelet names the board) share the
+        instances that have no process. Returns the split and each consumer's
+        busy fraction of the board (GPM SM utilization, where NVML has it)."""
+        board_sms = sum(i.sm_count or 0 for i in reading.mig_instances)
+        running_keys = set()
+        shares, busy = [], {}
+        for instance in reading.mig_instances:
+            keys = sorted({self._resolver.consumer(p.pid).key for p in instance.processes
+                           if not self._resolver.is_mps_server(p.pid)})
+            running_keys.update(keys)
+            shares.append((instance, keys))
+        idle_holders = sorted(c.key for c in held if c.key not in running_keys)
+        instance_shares = []
+        for instance, keys in shares:
+            instance_shares.append(InstanceShare(
+                instance=str(instance.gpu_instance_id), holders=keys or idle_holders,
+                running=dict.fromkeys(keys, 0.0), slice_count=instance.slice_count,
+                sm_count=instance.sm_count, sm_util=instance.sm_util))
+            if keys and instance.sm_util is not None and board_sms:
+                each = instance.sm_util * (instance.sm_count or 0) / board_sms / len(keys)
+                for key in keys:
+                    busy[key] = min(1.0, busy.get(key, 0.0) + each)
+        split, _ = split_mig_board(energy_mj, idle_cap, instance_shares)
+        return split, {key: busy.get(key, 0.0) for key in consumers}
 
     def inventory(self) -> GpuInventory:
         """The GPUs seen so far (UUID -> index, MIG device -> board), for
@@ -307,8 +367,13 @@ class Poller:
 
     @property
     def ready(self) -> bool:
-        """At least one complete poll with intervals (two reads) is done."""
-        return self._complete_polls >= 2 or (self._complete_polls >= 1 and not self._uuids)
+        """At least one complete poll with intervals (two reads) is done, and
+        NVML has not been down for longer than NVML_DOWN_UNREADY_S."""
+        polled = self._complete_polls >= 2 or (self._complete_polls >= 1 and not self._uuids)
+        if not polled:
+            return False
+        down_since = self._down_since if not self._backend_open else None
+        return down_since is None or self._clock.monotonic() - down_since < NVML_DOWN_UNREADY_S
 
     def _build_snapshot(self) -> Snapshot:
         self._sequence += 1
