@@ -7,8 +7,9 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from aiohttp import web
 
@@ -29,7 +30,7 @@ from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
-from gpucarbon.identity.slurm import SlurmSource
+from gpucarbon.identity.slurm import SlurmAllocations, SlurmSource
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
@@ -83,7 +84,8 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         backend = simulation if simulation is not None else _nvml_backend(clock)
     kube = _kubernetes_client(config)
     intensity = _intensity(config, base_clock, kube)
-    identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory())
+    identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory(),
+                         gpus_by_minor=lambda: poller.gpus_by_minor())
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
     checkpointer: Checkpointer | None = None
     poller = Poller(
@@ -128,7 +130,8 @@ class _Identity:
 
 
 def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
-              simulation: SimulatedBackend | None, inventory: Callable[[], object]) -> _Identity:
+              simulation: SimulatedBackend | None, inventory: Callable[[], object],
+              gpus_by_minor: Callable[[], Mapping[int, str]]) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
     metadata = _kubernetes_source(config, kube, clock) if kube else None
@@ -158,6 +161,11 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
                                           poll_interval_s=config.kubernetes.podresources_interval)
         kubelet = KubeletAllocations(podresources, metadata, inventory)
         allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
+    if slurm is not None and simulation is None:
+        # Jobs holding GPUs on this node, running a process or not, pay their idle draw.
+        node = config.slurm.node or socket.gethostname().split(".", 1)[0]
+        held = SlurmAllocations(slurm, node, gpus_by_minor)
+        allocations = _merged(allocations, held) if allocations is not None else held
     sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
 
     def health() -> tuple[SourceView, ...]:
@@ -266,7 +274,7 @@ class _merged:
 def _nvml_backend(clock: Clock) -> GpuBackend:
     from gpucarbon.device.nvml import NvmlBackend
 
-    return NvmlBackend(clock=clock.monotonic)
+    return NvmlBackend(clock=clock.monotonic, wall=clock.wall)
 
 
 def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvider:

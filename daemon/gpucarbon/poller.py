@@ -359,6 +359,10 @@ class Poller:
         migs = {mig: uuid for uuid, r in self._latest.items() for mig in r.mig_devices}
         return GpuInventory(gpus, migs)
 
+    def gpus_by_minor(self) -> dict[int, str]:
+        """Device minor number (/dev/nvidiaN) -> GPU UUID, for Slurm's GPU indices."""
+        return {r.minor_number: uuid for uuid, r in self._latest.items() if r.minor_number is not None}
+
     def seconds_since_poll(self) -> float | None:
         """Real seconds since the last poll finished (None before the first)."""
         return None if self._last_poll_timer is None else self._timer() - self._last_poll_timer
