@@ -25,6 +25,7 @@ from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.clock import ManualClock
 from gpucarbon.device.nvml import NvmlBackend
+from gpucarbon.exporter.http import render_text
 from gpucarbon.identity.model import CgroupIdentity, Consumer
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
@@ -153,8 +154,13 @@ async def test_mig_board_energy_splits_by_gpm_sm_utilization_weighted_by_sm_coun
         == totals.energy_mj == 5_000_000
     # busy: the instance's GPM utilization as a share of the board's SMs
     assert entries["process/u/big"].busy_s == pytest.approx(10.0 * 0.8 * 42 / 98)
-    # board power is not repeated per instance: one GPU series, one energy total
+    # board power is not repeated per instance: one GPU series, one energy total;
+    # the workload says which instance it ran in
     assert [g.uuid for g in poller.snapshot.gpus] == [UUID]
+    text = render_text(lambda: poller.snapshot)
+    assert text.count("gpucarbon_gpu_energy_joules_total{") == 1
+    assert 'gpu_instance="1",mig_uuid="%s"' % MIG_1 in text
+    assert 'gpu_instance="5",mig_uuid="%s"' % MIG_2 in text
 
 
 async def test_mig_without_gpm_splits_active_energy_by_slices_of_busy_instances(lib_factory):
@@ -294,3 +300,49 @@ async def test_not_ready_before_the_first_successful_poll(lib_factory):
     assert not poller.snapshot.ready
     await poller.poll()
     assert not poller.snapshot.ready and not poller.snapshot.nvml_up
+
+
+async def test_grace_module_scope_is_exported_with_each_figure(lib_factory):
+    clock = ManualClock()
+    gpu = FakeGpu(UUID, name="NVIDIA GH200 480GB", module_power_mw=650_000)
+    lib_factory([gpu])
+    poller = make_poller(clock, {})
+    await two_polls(poller, clock, gpu, 6_500_000)
+    text = render_text(lambda: poller.snapshot)
+    assert 'energy_scope="module"' in text
+    assert 'gpucarbon_gpu_module_power_watts{gpu="0",uuid="%s"} 650.0' % UUID in text
+    assert 'gpucarbon_gpu_power_watts{gpu="0",uuid="%s"} 310.0' % UUID in text  # GPU-only field
+
+
+# -- Slurm: a job holding an idle GPU pays its idle draw ------------------------------
+
+
+async def test_slurm_job_holding_an_idle_gpu_pays_its_idle_draw(lib_factory):
+    """Slurm index 1 is /dev/nvidia1, which NVML enumerates first here."""
+    from gpucarbon.identity.slurm import SlurmAllocations, SlurmJobInfo
+
+    class Jobs:  # what SlurmAllocations asks of the Slurm source
+        def info(self, job_id):
+            return SlurmJobInfo(job_id, "physics", "alice", gpus_by_node={"n1": (1,)})
+
+        def job(self, job_id):
+            return SimpleNamespace(workload=f"slurm/{job_id}", team="physics")
+
+    clock = ManualClock()
+    second = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+    gpus = [FakeGpu(second, minor=1), FakeGpu(UUID, minor=0)]
+    lib_factory(gpus)
+    poller = make_poller(clock, {}, idle_w=80.0)
+    held = SlurmAllocations(Jobs(), "n1", poller.gpus_by_minor, job_ids=lambda: ["4242"])
+    poller._allocations = held  # noqa: SLF001 - the daemon wires the same object in app.py
+    await poller.poll()
+    clock.advance(10.0)
+    for gpu in gpus:
+        gpu.advance(1_000_000)
+    await poller.poll()
+    entries = {(u, k): e for (u, k), e in poller.ledger.workloads.items()}
+    # the only holder, no process: it pays the whole interval (docs/attribution.md)
+    assert entries[(second, "slurm/4242")].energy_mj == 1_000_000
+    assert entries[(second, "slurm/4242")].held_s == 10.0 and entries[(second, "slurm/4242")].busy_s == 0.0
+    assert (UUID, "slurm/4242") not in entries
+    assert poller.ledger.gpus[UUID].unattributed_mj == 1_000_000

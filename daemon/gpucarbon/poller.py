@@ -138,6 +138,8 @@ class Poller:
         self._latest: dict[str, GpuReading] = {}
         self._up: dict[str, bool] = {}
         self._energy_source: dict[str, str] = {}
+        # (board uuid, consumer key) -> (GPU instance id, MIG device uuid) it last ran in
+        self._mig_instance: dict[tuple[str, str], tuple[str, str]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._nvml_errors: Counter[tuple[str, str]] = Counter()
         self._histogram = _PollHistogram()
@@ -337,6 +339,8 @@ class Poller:
             keys = sorted({self._resolver.consumer(p.pid).key for p in instance.processes
                            if not self._resolver.is_mps_server(p.pid)})
             running_keys.update(keys)
+            for key in keys:
+                self._mig_instance[(reading.uuid, key)] = (str(instance.gpu_instance_id), instance.uuid)
             shares.append((instance, keys))
         idle_holders = sorted(c.key for c in held if c.key not in running_keys)
         instance_shares = []
@@ -440,6 +444,8 @@ class Poller:
             unattributed_grams=totals.unattributed_grams if totals else 0.0,
             retired_grams=totals.retired_grams if totals else 0.0,
             resets=totals.resets if totals else 0,
+            energy_scope=reading.energy_scope if reading else "gpu",
+            module_power_w=live.module_power_w if live else None,
         )
 
     def _workload_views(self) -> list[WorkloadView]:
@@ -448,12 +454,13 @@ class Poller:
         views = []
         for uuid, entry in self.ledger.workload_entries():
             c = entry.consumer
+            mig_instance, mig_uuid = self._mig_instance.get((uuid, c.key), ("", ""))
             views.append(WorkloadView(
                 gpu=index.get(uuid, ""), uuid=uuid, namespace=c.namespace, pod=c.pod, container=c.container,
                 workload=c.workload, team=c.team or self.ledger.default_team,
                 energy_j=entry.energy_mj / 1000.0, grams=entry.grams, power_w=entry.power_w,
                 held_s=entry.held_s, busy_s=entry.busy_s, embodied_grams=entry.embodied_grams,
-                cost=entry.cost, holding=entry.holding,
+                cost=entry.cost, holding=entry.holding, mig_instance=mig_instance, mig_uuid=mig_uuid,
             ))
         return views
 

@@ -32,6 +32,10 @@ class GpuView:
     unattributed_grams: float
     retired_grams: float
     resets: int
+    # What the energy counter (and every energy/emissions figure from it) covers:
+    # "gpu", or "module" on Grace superchips (CPU + GPU + memory; docs/nvml.md).
+    energy_scope: str = "gpu"
+    module_power_w: float | None = None  # module-scope instant power, superchips only
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,8 @@ class WorkloadView:
     embodied_grams: float
     cost: float
     holding: bool
+    mig_instance: str = ""  # GPU instance id the workload's processes ran in, "" off MIG
+    mig_uuid: str = ""  # that MIG device's UUID
 
     def labels(self) -> tuple[str, ...]:
         return (self.gpu, self.uuid, self.namespace, self.pod, self.container, self.workload, self.team)
