@@ -17,7 +17,7 @@ from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split
 from gpucarbon.carbon.model import IntensityProvider
 from gpucarbon.carbon.model import ProviderHealth
 from gpucarbon.clock import Clock
-from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
+from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading, MigInstance
 from gpucarbon.identity.devices import GpuInventory
 from gpucarbon.identity.model import AllocationSource, Consumer
 from gpucarbon.identity.resolver import Resolver
@@ -333,8 +333,9 @@ class Poller:
         instances that have no process. Returns the split and each consumer's
         busy fraction of the board (GPM SM utilization, where NVML has it)."""
         board_sms = sum(i.sm_count or 0 for i in reading.mig_instances)
-        running_keys = set()
-        shares, busy = [], {}
+        running_keys: set[str] = set()
+        shares: list[tuple[MigInstance, list[str]]] = []
+        busy: dict[str, float] = {}
         for instance in reading.mig_instances:
             keys = sorted({self._resolver.consumer(p.pid).key for p in instance.processes
                            if not self._resolver.is_mps_server(p.pid)})

@@ -39,7 +39,8 @@ class InstanceShare:
     sm_util: float | None = None  # GPM, 0..1
 
 
-def split_mig_board(energy_mj: int, idle_cap_mj: int, instances: Sequence[InstanceShare]) -> tuple[Split, dict[str, int]]:
+def split_mig_board(energy_mj: int, idle_cap_mj: int,
+                    instances: Sequence[InstanceShare]) -> tuple[Split, dict[str, int]]:
     """Divide a MIG board's interval energy; returns the merged split and each
     instance's part of E (mJ), which also sum to E."""
     if energy_mj < 0 or idle_cap_mj < 0:

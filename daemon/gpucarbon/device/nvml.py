@@ -293,7 +293,7 @@ class NvmlBackend:
         MIG (NoPermission: k8s-device-plugin#399, gpu-operator#322), while each
         MIG device handle answers for its instance, so the daemon needs no
         CAP_SYS_ADMIN. Empty slots answer NotFound."""
-        nvml = self._nvml
+        nvml: Any = self._nvml
         slots = call("nvmlDeviceGetMaxMigDeviceCount", device.handle) or 0
         found: list[tuple[Any, str, int, Any]] = []
         for slot in range(int(slots)):
@@ -354,7 +354,7 @@ class NvmlBackend:
         return result
 
     def _gpm_metric(self, first: Any, second: Any, call: _FieldCaller) -> float | None:
-        nvml = self._nvml
+        nvml: Any = self._nvml
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = getattr(nvml, "NVML_GPM_METRICS_GET_VERSION", GPM_METRICS_GET_VERSION)
         request.numMetrics = 1
@@ -369,10 +369,11 @@ class NvmlBackend:
         return value / 100.0 if 0.0 <= value <= 100.0 else None
 
     def _free_gpm(self, device: _Device) -> None:
+        nvml: Any = self._nvml
         for sample in device.gpm_samples.values():
             try:
-                self._nvml.nvmlGpmSampleFree(sample)
-            except self._nvml.NVMLError as exc:  # best effort: the library may be gone
+                nvml.nvmlGpmSampleFree(sample)
+            except nvml.NVMLError as exc:  # best effort: the library may be gone
                 log.debug("nvmlGpmSampleFree: %s", nvml_error_name(exc))
         device.gpm_samples.clear()
 

@@ -189,7 +189,7 @@ def _expand_one(item: str) -> list[str]:
     if match is None:
         return [item]
     prefix, ranges, rest = match.groups()
-    heads = []
+    heads: list[str] = []
     for part in ranges.split(","):
         low, _, high = part.partition("-")
         width = len(low)
