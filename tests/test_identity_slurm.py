@@ -267,3 +267,23 @@ async def test_allocations_map_slurm_indices_to_gpus_by_minor_number(scontrol):
     assert sorted(held) == ["GPU-m0", "GPU-m2", "GPU-m3", "GPU-m5"]
     (consumer,) = held["GPU-m2"]
     assert (consumer.key, consumer.workload) == ("slurm/153291", "slurm/153291")
+
+
+def test_the_daemon_on_nvml_with_scontrol_takes_slurm_allocations(scontrol):
+    from gpucarbon.app import RunOptions, build_daemon
+    from gpucarbon.clock import ManualClock as Clock
+    from gpucarbon.config import parse_config
+    from gpucarbon.device.simulated import SimulatedBackend
+
+    config = parse_config(f"slurm: {{scontrol: {scontrol.path}, node: n1}}")
+
+    class NoGpus:  # a GpuBackend that is not the simulation: the NVML path
+        def open(self): ...
+        def list_gpus(self): return ()
+        def read_gpu(self, uuid): raise AssertionError(uuid)
+        def close(self): ...
+
+    daemon = build_daemon(config, RunOptions(), backend=NoGpus(), base_clock=Clock())
+    held = daemon.poller._allocations  # noqa: SLF001
+    assert isinstance(held, SlurmAllocations) and held._node == "n1"  # noqa: SLF001
+    assert not isinstance(held, SimulatedBackend)
