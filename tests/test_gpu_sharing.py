@@ -346,3 +346,13 @@ async def test_slurm_job_holding_an_idle_gpu_pays_its_idle_draw(lib_factory):
     assert entries[(second, "slurm/4242")].held_s == 10.0 and entries[(second, "slurm/4242")].busy_s == 0.0
     assert (UUID, "slurm/4242") not in entries
     assert poller.ledger.gpus[UUID].unattributed_mj == 1_000_000
+
+
+@pytest.mark.parametrize("model, watts", [
+    ("NVIDIA H200", 75.0), ("NVIDIA H100 80GB HBM3", 70.0), ("NVIDIA A100-SXM4-40GB", 46.0), ("Tesla T4", 8.0),
+    ("NVIDIA GH200 480GB", 90.0),  # not the H200 default: 10 % of its 900 W limit
+])
+def test_idle_defaults_do_not_take_a_grace_superchip_for_a_gpu(model, watts):
+    from gpucarbon.attribution.idle import default_idle_watts
+
+    assert default_idle_watts(model, 900.0) == pytest.approx(watts)
