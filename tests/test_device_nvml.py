@@ -9,7 +9,6 @@ import threading
 
 import pynvml
 import pytest
-
 from fakes.libnvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_GPU_IS_LOST,
@@ -26,6 +25,7 @@ from fakes.libnvml import (
     FakeProcess,
     FakeSample,
 )
+
 from gpucarbon.device.model import BackendUnavailable, GpuProcess, GpuReadError, ProcessSample
 from gpucarbon.device.nvml import NvmlBackend
 
@@ -265,16 +265,33 @@ def test_one_sample_per_process_is_that_process_utilization_undivided():
     """nvml.h: one sample per busy process per query, CPU-stamped. Three
     processes at 60/20/10 % are 0.6/0.2/0.1, not divided by how many
     distinct timestamps arrived."""
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1), FakeProcess(2), FakeProcess(3)], samples=[
-        FakeSample(1, NOW_US - 900_000, 60), FakeSample(2, NOW_US - 600_000, 20), FakeSample(3, NOW_US - 300_000, 10),
-    ])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1), FakeProcess(2), FakeProcess(3)],
+                samples=[
+                    FakeSample(1, NOW_US - 900_000, 60),
+                    FakeSample(2, NOW_US - 600_000, 20),
+                    FakeSample(3, NOW_US - 300_000, 10),
+                ],
+            )
+        ]
+    )
     reading = opened(nvml).read_gpu(UUID_A)
     assert [(s.pid, s.sm_util) for s in reading.samples] == [(1, 0.6), (2, 0.2), (3, 0.1)]
 
 
 def test_samples_continue_from_the_newest_timestamp_seen():
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(4242), FakeProcess(4343)],
-                            samples=[FakeSample(4242, NOW_US - 2_000, 60), FakeSample(4343, NOW_US - 1_500, 30)])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(4242), FakeProcess(4343)],
+                samples=[FakeSample(4242, NOW_US - 2_000, 60), FakeSample(4343, NOW_US - 1_500, 30)],
+            )
+        ]
+    )
     gpu = nvml.gpu(UUID_A)
     wall = FakeClock(NOW_S)
     backend = opened(nvml, wall=wall)
@@ -306,18 +323,36 @@ def test_last_seen_timestamp_is_kept_per_gpu():
 def test_garbage_utilization_and_pids_not_listed_are_dropped_not_clamped():
     """nvtop#110 (%SM 37100), DCGM#83 (2147483632): drop, as nvtop does; a PID
     that is not in the process list (an exited process, a slot) counts for nobody."""
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1), FakeProcess(2)], samples=[
-        FakeSample(1, NOW_US - 10, 37100), FakeSample(2, NOW_US - 20, 2147483632),
-        FakeSample(99, NOW_US - 30, 50), FakeSample(0, NOW_US - 40, 0), FakeSample(2, NOW_US - 50, 100),
-    ])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1), FakeProcess(2)],
+                samples=[
+                    FakeSample(1, NOW_US - 10, 37100),
+                    FakeSample(2, NOW_US - 20, 2147483632),
+                    FakeSample(99, NOW_US - 30, 50),
+                    FakeSample(0, NOW_US - 40, 0),
+                    FakeSample(2, NOW_US - 50, 100),
+                ],
+            )
+        ]
+    )
     assert opened(nvml).read_gpu(UUID_A).samples == (ProcessSample(2, NOW_US - 50, 1.0),)
 
 
 def test_a_sample_stamped_in_the_future_never_becomes_last_seen():
     """A bogus timestamp far ahead (nvtop#110) used to become last-seen, after
     which the GPU returned no samples until restart."""
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1)], samples=[
-        FakeSample(1, NOW_US + 3_600_000_000, 40), FakeSample(1, NOW_US - 100, 30)])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1)],
+                samples=[FakeSample(1, NOW_US + 3_600_000_000, 40), FakeSample(1, NOW_US - 100, 30)],
+            )
+        ]
+    )
     wall = FakeClock(NOW_S)
     backend = opened(nvml, wall=wall)
     assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, NOW_US - 100, 0.3),)
@@ -355,8 +390,16 @@ def test_wall_clock_stepping_forward_loses_nothing_and_double_counts_nothing():
 
 
 def test_stale_samples_returned_by_the_driver_are_dropped():
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1)], ignores_last_seen=True,
-                            samples=[FakeSample(1, NOW_US - 10, 5), FakeSample(0, NOW_US - 5, 0)])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1)],
+                ignores_last_seen=True,
+                samples=[FakeSample(1, NOW_US - 10, 5), FakeSample(0, NOW_US - 5, 0)],
+            )
+        ]
+    )
     backend = opened(nvml)
     assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, NOW_US - 10, 0.05),)  # pid 0 is an empty slot
     assert backend.read_gpu(UUID_A).samples == ()
@@ -367,6 +410,7 @@ def test_success_with_no_samples_quirk_is_empty():
     nvml = library([FakeGpu(UUID_A, no_samples_code=0)])
     reading = opened(nvml).read_gpu(UUID_A)
     assert reading.samples == () and reading.errors == ()
+
 
 # -- lost GPUs --------------------------------------------------------------------------
 
@@ -387,7 +431,14 @@ def test_lost_gpu_fails_alone_and_comes_back_with_a_new_handle():
     assert len(nvml.calls_to("nvmlDeviceGetHandleByUUID", UUID_A)) == 1  # re-acquired after the loss
 
 
-@pytest.mark.parametrize("code, name", [(NVML_ERROR_GPU_IS_LOST, "GpuIsLost"), (NVML_ERROR_UNKNOWN, "Unknown"), (NVML_ERROR_UNINITIALIZED, "Uninitialized")])
+@pytest.mark.parametrize(
+    "code, name",
+    [
+        (NVML_ERROR_GPU_IS_LOST, "GpuIsLost"),
+        (NVML_ERROR_UNKNOWN, "Unknown"),
+        (NVML_ERROR_UNINITIALIZED, "Uninitialized"),
+    ],
+)
 def test_lost_class_error_on_the_energy_counter_means_lost(code, name):
     nvml = two_gpus()
     nvml.gpu(UUID_A).errors["nvmlDeviceGetTotalEnergyConsumption"] = code
@@ -508,12 +559,35 @@ MIG_2 = "MIG-66666666-7777-8888-9999-000000000000"
 
 
 def mig_board(**kwargs) -> FakeNvmlLibrary:
-    return library([FakeGpu(UUID_A, mig_enabled=True, migs=[
-        FakeMig(MIG_1, gpu_instance_id=1, sm_count=42, slice_count=3,
-                processes=[FakeProcess(10, used_memory_bytes=None)], gpm_sm_util=80.0),
-        FakeMig(MIG_2, gpu_instance_id=5, sm_count=16, slice_count=1,
-                processes=[FakeProcess(11)], gpm_sm_util=20.0),
-    ], processes=[FakeProcess(10), FakeProcess(11)], samples=[FakeSample(10, NOW_US - 5, 50)], **kwargs)])
+    return library(
+        [
+            FakeGpu(
+                UUID_A,
+                mig_enabled=True,
+                migs=[
+                    FakeMig(
+                        MIG_1,
+                        gpu_instance_id=1,
+                        sm_count=42,
+                        slice_count=3,
+                        processes=[FakeProcess(10, used_memory_bytes=None)],
+                        gpm_sm_util=80.0,
+                    ),
+                    FakeMig(
+                        MIG_2,
+                        gpu_instance_id=5,
+                        sm_count=16,
+                        slice_count=1,
+                        processes=[FakeProcess(11)],
+                        gpm_sm_util=20.0,
+                    ),
+                ],
+                processes=[FakeProcess(10), FakeProcess(11)],
+                samples=[FakeSample(10, NOW_US - 5, 50)],
+                **kwargs,
+            )
+        ]
+    )
 
 
 def test_mig_processes_are_listed_per_instance_without_privileges():
@@ -528,7 +602,9 @@ def test_mig_processes_are_listed_per_instance_without_privileges():
         GpuProcess(pid=11, used_memory_bytes=GIB, gpu_instance_id=5, compute_instance_id=0),
     )
     assert [(i.uuid, i.gpu_instance_id, i.sm_count, i.slice_count) for i in reading.mig_instances] == [
-        (MIG_1, 1, 42, 3), (MIG_2, 5, 16, 1)]
+        (MIG_1, 1, 42, 3),
+        (MIG_2, 5, 16, 1),
+    ]
     assert reading.mig_devices == (MIG_1, MIG_2)
     assert reading.samples == ()  # NotSupported under MIG
     assert reading.errors == ()
@@ -581,15 +657,23 @@ def test_mig_disabled_board_lists_no_mig_devices():
 
 
 def test_mps_clients_are_marked():
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(500), FakeProcess(501), FakeProcess(502)],
-                            mps_clients=[FakeProcess(501), FakeProcess(502)])])
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(500), FakeProcess(501), FakeProcess(502)],
+                mps_clients=[FakeProcess(501), FakeProcess(502)],
+            )
+        ]
+    )
     reading = opened(nvml).read_gpu(UUID_A)
     assert [(p.pid, p.mps_client) for p in reading.processes] == [(500, False), (501, True), (502, True)]
 
 
 def test_a_driver_without_the_mps_listing_still_reads():
-    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(500)])],
-                   missing=("nvmlDeviceGetMPSComputeRunningProcesses_v3",))
+    nvml = library(
+        [FakeGpu(UUID_A, processes=[FakeProcess(500)])], missing=("nvmlDeviceGetMPSComputeRunningProcesses_v3",)
+    )
     reading = opened(nvml).read_gpu(UUID_A)
     assert [p.pid for p in reading.processes] == [500] and reading.errors == ()
 
@@ -626,8 +710,10 @@ def test_temperature_uses_the_versioned_call_and_falls_back_on_old_drivers():
 # -- driver faults ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code, name", [(NVML_ERROR_DRIVER_NOT_LOADED, "DriverNotLoaded"),
-                                        (NVML_ERROR_LIB_RM_VERSION_MISMATCH, "LibRmVersionMismatch")])
+@pytest.mark.parametrize(
+    "code, name",
+    [(NVML_ERROR_DRIVER_NOT_LOADED, "DriverNotLoaded"), (NVML_ERROR_LIB_RM_VERSION_MISMATCH, "LibRmVersionMismatch")],
+)
 def test_library_errors_on_any_call_fail_the_read(code, name):
     """Recorded on the reading, these never reached the poller's reopen."""
     nvml = two_gpus()

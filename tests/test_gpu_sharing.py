@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pynvml
 import pytest
-
 from fakes.libnvml import (
     NVML_ERROR_UNKNOWN,
     FakeGpu,
@@ -19,27 +18,20 @@ from fakes.libnvml import (
     FakeProcess,
     FakeSample,
 )
-from gpucarbon.attribution.idle import IdleModel
+from pipeline import make_poller as make_pipeline
+
 from gpucarbon.attribution.policy import split_exact
 from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split_mig_board
-from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.clock import ManualClock
+from gpucarbon.device import reader as reader_module
 from gpucarbon.device.nvml import NvmlBackend
 from gpucarbon.exporter.http import render_text
 from gpucarbon.identity.model import CgroupIdentity, Consumer
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.ledger import Ledger
-from gpucarbon import poller as poller_module
-from gpucarbon.poller import Accounting, Poller
 
 UUID = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 MIG_1 = "MIG-11111111-2222-3333-4444-555555555555"
 MIG_2 = "MIG-66666666-7777-8888-9999-000000000000"
-
-
-class Intensity:
-    def current(self):
-        return IntensityReading(400.0, "ZZ", "static")
 
 
 @pytest.fixture
@@ -59,23 +51,28 @@ def lib_factory():
 
 def processes(comms: dict[int, str]):
     """A /proc stand-in: pid -> comm, each a plain host process of user 'u'."""
+
     def lookup(pid):
         return SimpleNamespace(user="u", comm=comms[pid], cgroup=CgroupIdentity()) if pid in comms else None
+
     return lookup
 
 
-def make_poller(clock, comms, *, idle_w=100.0, held=None):
+def make_poller(clock, comms, *, idle_w=100.0, held=None, allocations=None):
+    """The daemon's pipeline (reader -> accountant -> ledger -> snapshot) over
+    the real NVML backend and the fake library."""
+
     class Held:
         def allocations(self):
             return held or {}
 
-    return Poller(
-        backend=NvmlBackend(nvml=pynvml, clock=clock.monotonic, wall=clock.wall),
-        clock=clock, resolver=Resolver(lookup_process=processes(comms)),
-        allocations=Held(), idle=IdleModel(idle_w, {}), ledger=Ledger(2000, "unassigned"),
-        accounting=Accounting(pue=1.0, retention_s=3600.0, intensity=Intensity(),
-                              carbon_health=lambda: ProviderHealth("static", True, None)),
-        read_timeout_s=5.0, wall=clock.wall,
+    return make_pipeline(
+        NvmlBackend(nvml=pynvml, clock=clock.monotonic, wall=clock.wall),
+        clock,
+        allocations=allocations or Held(),
+        idle_watts=idle_w,
+        resolver=Resolver(lookup_process=processes(comms)),
+        retention=3600.0,
     )
 
 
@@ -107,28 +104,45 @@ async def test_busy_seconds_are_each_process_utilization_not_divided_by_process_
     poller = make_poller(clock, {1: "a", 2: "b", 3: "c"}, idle_w=100.0)
 
     def samples():
-        gpu.samples = [FakeSample(1, stamp(clock, 0.9), 60), FakeSample(2, stamp(clock, 0.6), 20),
-                       FakeSample(3, stamp(clock, 0.3), 10)]
+        gpu.samples = [
+            FakeSample(1, stamp(clock, 0.9), 60),
+            FakeSample(2, stamp(clock, 0.6), 20),
+            FakeSample(3, stamp(clock, 0.3), 10),
+        ]
+
     await two_polls(poller, clock, gpu, 3_000_000, before_second=samples)
 
     entries = workloads(poller)
-    assert [entries[f"process/u/{c}"].busy_s for c in "abc"] == [pytest.approx(6.0), pytest.approx(2.0),
-                                                                 pytest.approx(1.0)]
+    assert [entries[f"process/u/{c}"].busy_s for c in "abc"] == [
+        pytest.approx(6.0),
+        pytest.approx(2.0),
+        pytest.approx(1.0),
+    ]
     idle, active = 1_000_000, 2_000_000
     idle_parts = split_exact(idle, [1, 1, 1])
     active_parts = split_exact(active, [0.6, 0.2, 0.1])
-    assert [entries[f"process/u/{c}"].energy_mj for c in "abc"] == [i + a for i, a in zip(idle_parts, active_parts)]
+    expected = [i + a for i, a in zip(idle_parts, active_parts, strict=True)]
+    assert [entries[f"process/u/{c}"].energy_mj for c in "abc"] == expected
 
 
 # -- MIG ------------------------------------------------------------------------------
 
 
 def mig_gpu(gpm: bool) -> FakeGpu:
-    return FakeGpu(UUID, mig_enabled=True, gpm_supported=gpm, migs=[
-        FakeMig(MIG_1, gpu_instance_id=1, sm_count=42, slice_count=3, processes=[FakeProcess(10)], gpm_sm_util=80.0),
-        FakeMig(MIG_2, gpu_instance_id=5, sm_count=14, slice_count=1, processes=[FakeProcess(11)], gpm_sm_util=40.0),
-        FakeMig("MIG-99999999-0000-0000-0000-000000000000", gpu_instance_id=9, sm_count=42, slice_count=3),
-    ])
+    return FakeGpu(
+        UUID,
+        mig_enabled=True,
+        gpm_supported=gpm,
+        migs=[
+            FakeMig(
+                MIG_1, gpu_instance_id=1, sm_count=42, slice_count=3, processes=[FakeProcess(10)], gpm_sm_util=80.0
+            ),
+            FakeMig(
+                MIG_2, gpu_instance_id=5, sm_count=14, slice_count=1, processes=[FakeProcess(11)], gpm_sm_util=40.0
+            ),
+            FakeMig("MIG-99999999-0000-0000-0000-000000000000", gpu_instance_id=9, sm_count=42, slice_count=3),
+        ],
+    )
 
 
 async def test_mig_board_energy_splits_by_gpm_sm_utilization_weighted_by_sm_count(lib_factory):
@@ -150,8 +164,11 @@ async def test_mig_board_energy_splits_by_gpm_sm_utilization_weighted_by_sm_coun
     assert entries["process/u/small"].energy_mj == idle_by_instance[1] + active_by_instance[1]
     totals = poller.ledger.gpus[UUID]
     assert totals.unattributed_mj == idle_by_instance[2]
-    assert entries["process/u/big"].energy_mj + entries["process/u/small"].energy_mj + totals.unattributed_mj \
-        == totals.energy_mj == 5_000_000
+    assert (
+        entries["process/u/big"].energy_mj + entries["process/u/small"].energy_mj + totals.unattributed_mj
+        == totals.energy_mj
+        == 5_000_000
+    )
     # busy: the instance's GPM utilization as a share of the board's SMs
     assert entries["process/u/big"].busy_s == pytest.approx(10.0 * 0.8 * 42 / 98)
     # board power is not repeated per instance: one GPU series, one energy total;
@@ -159,8 +176,8 @@ async def test_mig_board_energy_splits_by_gpm_sm_utilization_weighted_by_sm_coun
     assert [g.uuid for g in poller.snapshot.gpus] == [UUID]
     text = render_text(lambda: poller.snapshot)
     assert text.count("gpucarbon_gpu_energy_joules_total{") == 1
-    assert 'gpu_instance="1",mig_uuid="%s"' % MIG_1 in text
-    assert 'gpu_instance="5",mig_uuid="%s"' % MIG_2 in text
+    assert f'gpu_instance="1",mig_uuid="{MIG_1}"' in text
+    assert f'gpu_instance="5",mig_uuid="{MIG_2}"' in text
 
 
 async def test_mig_without_gpm_splits_active_energy_by_slices_of_busy_instances(lib_factory):
@@ -188,8 +205,11 @@ async def test_mig_allocation_holder_without_a_process_pays_idle_of_the_empty_in
 
 
 def test_mig_split_sums_exactly_for_awkward_numbers():
-    shares = [InstanceShare("1", ["a"], {"a": 0.0}, 3, 42, 0.33), InstanceShare("2", ["b", "c"], {"b": 0.0}, 2, 28, 0.71),
-              InstanceShare("3", [], {}, 2, 28, None)]
+    shares = [
+        InstanceShare("1", ["a"], {"a": 0.0}, 3, 42, 0.33),
+        InstanceShare("2", ["b", "c"], {"b": 0.0}, 2, 28, 0.71),
+        InstanceShare("3", [], {}, 2, 28, None),
+    ]
     for energy in (0, 1, 7, 999_999_937):
         split, by_instance = split_mig_board(energy, 12_345, shares)
         assert sum(split.parts.values()) + split.unattributed_mj == energy == sum(by_instance.values())
@@ -202,13 +222,17 @@ async def test_mps_server_is_never_charged_and_its_share_goes_to_the_clients(lib
     """The server appears as a compute process; if the samples name it, its
     utilization is split equally among the MPS clients."""
     clock = ManualClock()
-    gpu = FakeGpu(UUID, processes=[FakeProcess(500), FakeProcess(501), FakeProcess(502)],
-                  mps_clients=[FakeProcess(501), FakeProcess(502)])
+    gpu = FakeGpu(
+        UUID,
+        processes=[FakeProcess(500), FakeProcess(501), FakeProcess(502)],
+        mps_clients=[FakeProcess(501), FakeProcess(502)],
+    )
     lib_factory([gpu])
     poller = make_poller(clock, {500: "nvidia-cuda-mps", 501: "train", 502: "infer"}, idle_w=100.0)
 
     def samples():
         gpu.samples = [FakeSample(500, stamp(clock), 90)]
+
     await two_polls(poller, clock, gpu, 3_000_000, before_second=samples)
 
     entries = workloads(poller)
@@ -260,7 +284,7 @@ async def test_persistent_unknown_error_at_init_turns_not_ready_with_a_recreate_
     await poller.poll()
     lib.driver_loaded, lib.init_error = True, NVML_ERROR_UNKNOWN
     elapsed = 0.0
-    while elapsed < poller_module.NVML_DOWN_UNREADY_S - 10:
+    while elapsed < reader_module.DOWN_UNREADY_S - 10:
         clock.advance(10.0)
         elapsed += 10.0
         await poller.poll()
@@ -272,7 +296,7 @@ async def test_persistent_unknown_error_at_init_turns_not_ready_with_a_recreate_
 
 
 async def test_hung_nvml_init_is_bounded_and_not_ready(lib_factory, monkeypatch):
-    monkeypatch.setattr(poller_module, "OPEN_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(reader_module, "OPEN_TIMEOUT_S", 0.2)
     clock = ManualClock()
     lib = lib_factory([FakeGpu(UUID)])
     lib.init_hang = threading.Event()
@@ -310,8 +334,8 @@ async def test_grace_module_scope_is_exported_with_each_figure(lib_factory):
     await two_polls(poller, clock, gpu, 6_500_000)
     text = render_text(lambda: poller.snapshot)
     assert 'energy_scope="module"' in text
-    assert 'gpucarbon_gpu_module_power_watts{gpu="0",uuid="%s"} 650.0' % UUID in text
-    assert 'gpucarbon_gpu_power_watts{gpu="0",uuid="%s"} 310.0' % UUID in text  # GPU-only field
+    assert f'gpucarbon_gpu_module_power_watts{{gpu="0",uuid="{UUID}"}} 650.0' in text
+    assert f'gpucarbon_gpu_power_watts{{gpu="0",uuid="{UUID}"}} 310.0' in text  # GPU-only field
 
 
 # -- Slurm: a job holding an idle GPU pays its idle draw ------------------------------
@@ -319,7 +343,7 @@ async def test_grace_module_scope_is_exported_with_each_figure(lib_factory):
 
 async def test_slurm_job_holding_an_idle_gpu_pays_its_idle_draw(lib_factory):
     """Slurm index 1 is /dev/nvidia1, which NVML enumerates first here."""
-    from gpucarbon.identity.slurm import SlurmAllocations, SlurmJobInfo
+    from gpucarbon.identity.slurm import SlurmAllocations, SlurmJobInfo, minors_of
 
     class Jobs:  # what SlurmAllocations asks of the Slurm source
         def info(self, job_id):
@@ -332,9 +356,10 @@ async def test_slurm_job_holding_an_idle_gpu_pays_its_idle_draw(lib_factory):
     second = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
     gpus = [FakeGpu(second, minor=1), FakeGpu(UUID, minor=0)]
     lib_factory(gpus)
-    poller = make_poller(clock, {}, idle_w=80.0)
-    held = SlurmAllocations(Jobs(), "n1", poller.gpus_by_minor, job_ids=lambda: ["4242"])
-    poller._allocations = held  # noqa: SLF001 - the daemon wires the same object in app.py
+    box = {}
+    held = SlurmAllocations(Jobs(), "n1", lambda: minors_of(box["reader"].latest()), job_ids=lambda: ["4242"])
+    poller = make_poller(clock, {}, idle_w=80.0, allocations=held)
+    box["reader"] = poller.reader
     await poller.poll()
     clock.advance(10.0)
     for gpu in gpus:
@@ -348,11 +373,48 @@ async def test_slurm_job_holding_an_idle_gpu_pays_its_idle_draw(lib_factory):
     assert poller.ledger.gpus[UUID].unattributed_mj == 1_000_000
 
 
-@pytest.mark.parametrize("model, watts", [
-    ("NVIDIA H200", 75.0), ("NVIDIA H100 80GB HBM3", 70.0), ("NVIDIA A100-SXM4-40GB", 46.0), ("Tesla T4", 8.0),
-    ("NVIDIA GH200 480GB", 90.0),  # not the H200 default: 10 % of its 900 W limit
-])
+@pytest.mark.parametrize(
+    "model, watts",
+    [
+        ("NVIDIA H200", 75.0),
+        ("NVIDIA H100 80GB HBM3", 70.0),
+        ("NVIDIA A100-SXM4-40GB", 46.0),
+        ("Tesla T4", 8.0),
+        ("NVIDIA GH200 480GB", 90.0),  # not the H200 default: 10 % of its 900 W limit
+    ],
+)
 def test_idle_defaults_do_not_take_a_grace_superchip_for_a_gpu(model, watts):
     from gpucarbon.attribution.idle import default_idle_watts
 
     assert default_idle_watts(model, 900.0) == pytest.approx(watts)
+
+
+async def test_every_gpu_answering_unknown_error_reopens_and_says_recreate(lib_factory):
+    """After `systemctl daemon-reload` the running process loses its devices:
+    every call answers Unknown Error, and so does nvmlInit (toolkit#48)."""
+    clock = ManualClock()
+    gpus = [FakeGpu(UUID), FakeGpu("GPU-bbbbbbbb-0000-0000-0000-000000000000")]
+    lib = lib_factory(gpus)
+    poller = make_poller(clock, {})
+    await two_polls(poller, clock, gpus[0], 1_000)
+    lib.errors["nvmlDeviceGetName"] = NVML_ERROR_UNKNOWN
+    lib.init_error = NVML_ERROR_UNKNOWN
+    clock.advance(10.0)
+    await poller.poll()
+    assert lib.calls_to("nvmlShutdown")  # closed to find out
+    clock.advance(10.0)
+    await poller.poll()
+    assert not poller.snapshot.nvml_up and "must be recreated" in poller.snapshot.nvml_reason
+
+
+async def test_one_gpu_answering_unknown_is_that_gpu_only(lib_factory):
+    clock = ManualClock()
+    gpus = [FakeGpu(UUID), FakeGpu("GPU-bbbbbbbb-0000-0000-0000-000000000000")]
+    lib = lib_factory(gpus)
+    poller = make_poller(clock, {})
+    await two_polls(poller, clock, gpus[0], 1_000)
+    gpus[0].errors["nvmlDeviceGetName"] = NVML_ERROR_UNKNOWN
+    clock.advance(10.0)
+    await poller.poll()
+    assert poller.snapshot.nvml_up and lib.calls_to("nvmlShutdown") == []
+    assert [g.up for g in poller.snapshot.gpus] == [False, True]

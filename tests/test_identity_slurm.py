@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fakes.slurm import GOLDEN_JSON, GOLDEN_TEXT, FakeScontrol
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.slurm import (
     EMPTY_ANSWER,
@@ -19,7 +19,7 @@ from gpucarbon.identity.slurm import (
     parse_job_json,
     parse_job_text,
 )
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 
 @pytest.fixture
@@ -117,8 +117,9 @@ async def test_hung_scontrol_times_out(scontrol):
 
 
 def test_no_scontrol_means_source_off_and_silent(caplog):
-    source = SlurmSource(teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here",
-                         which=lambda name: None)
+    source = SlurmSource(
+        teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here", which=lambda name: None
+    )
     assert not source.enabled
     meta = source.job("4242", user="alice")
     assert (meta.workload, meta.team) == ("slurm/4242", "alice")
@@ -163,18 +164,37 @@ def test_malicious_account_is_sanitised(scontrol):
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 
 
-@pytest.mark.parametrize("name, job_id, expected", [
-    # Slurm 18.08 era: GRES_IDX=gpu(IDX:0,2-3,5)
-    ("scontrol-d-job-153291.txt", "153291", ("oabend", "user3", "medium", "name3", "RUNNING", {"node-06": (0, 2, 3, 5)})),
-    # Slurm 19.05: GRES=gpu(IDX:5)
-    ("scontrol-d-job-2423559.txt", "2423559", ("account4", "user4", "short", "tsn", "RUNNING", {"cortex-08": (5,)})),
-    # Slurm 24.x: another GRES first, then gpu:1(IDX:3)
-    ("scontrol-d-job-25686416.txt", "25686416", ("account6", "user6", "interactive", "test", "RUNNING", {"node-005": (3,)})),
-    # typed GPU: GRES=gpu:rtx2080:1(IDX:1),gg:g0(CNT:1)
-    ("scontrol-d-job-25687666.txt", "25687666", ("system", "user6", "interactive", "test", "RUNNING", {"node-001": (1,)})),
-    # three nodes, no GPU
-    ("scontrol-d-job-1.txt", "1", ("account1", "user1", "long", "name1", "RUNNING", {})),
-])
+@pytest.mark.parametrize(
+    "name, job_id, expected",
+    [
+        # Slurm 18.08 era: GRES_IDX=gpu(IDX:0,2-3,5)
+        (
+            "scontrol-d-job-153291.txt",
+            "153291",
+            ("oabend", "user3", "medium", "name3", "RUNNING", {"node-06": (0, 2, 3, 5)}),
+        ),
+        # Slurm 19.05: GRES=gpu(IDX:5)
+        (
+            "scontrol-d-job-2423559.txt",
+            "2423559",
+            ("account4", "user4", "short", "tsn", "RUNNING", {"cortex-08": (5,)}),
+        ),
+        # Slurm 24.x: another GRES first, then gpu:1(IDX:3)
+        (
+            "scontrol-d-job-25686416.txt",
+            "25686416",
+            ("account6", "user6", "interactive", "test", "RUNNING", {"node-005": (3,)}),
+        ),
+        # typed GPU: GRES=gpu:rtx2080:1(IDX:1),gg:g0(CNT:1)
+        (
+            "scontrol-d-job-25687666.txt",
+            "25687666",
+            ("system", "user6", "interactive", "test", "RUNNING", {"node-001": (1,)}),
+        ),
+        # three nodes, no GPU
+        ("scontrol-d-job-1.txt", "1", ("account1", "user1", "long", "name1", "RUNNING", {})),
+    ],
+)
 def test_real_scontrol_detail_text_gives_fields_and_gpu_indices_per_node(name, job_id, expected):
     text = (FIXTURES / name).read_text()
     info = parse_job_text(text, job_id)
@@ -186,7 +206,12 @@ def test_real_scontrol_detail_text_gives_fields_and_gpu_indices_per_node(name, j
 def test_real_slurm_23_02_json_gives_fields_and_gres_detail():
     info = parse_job_json((FIXTURES / "squeue-json-23.02.6-job-1618871.json").read_text(), "1618871")
     assert (info.account, info.user, info.partition, info.name, info.state) == (
-        "dmn@v100", "www26kf", "gpu_p2", "model_pretrain", "RUNNING")
+        "dmn@v100",
+        "www26kf",
+        "gpu_p2",
+        "model_pretrain",
+        "RUNNING",
+    )
     assert dict(info.gpus_by_node) == {"data-center-ia830": tuple(range(8))}
 
 
@@ -198,12 +223,15 @@ def test_json_state_list_of_data_parser_0_0_40_and_gres_detail():
     assert dict(info.gpus_by_node) == {"gpu01": (0, 1, 2, 3), "gpu02": (1, 3)}
 
 
-@pytest.mark.parametrize("hostlist, names", [
-    ("node-[63-65]", ["node-63", "node-64", "node-65"]),
-    ("gpu[01-02,07],cpu1", ["gpu01", "gpu02", "gpu07", "cpu1"]),
-    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
-    ("data-center-ia830", ["data-center-ia830"]),
-])
+@pytest.mark.parametrize(
+    "hostlist, names",
+    [
+        ("node-[63-65]", ["node-63", "node-64", "node-65"]),
+        ("gpu[01-02,07],cpu1", ["gpu01", "gpu02", "gpu07", "cpu1"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("data-center-ia830", ["data-center-ia830"]),
+    ],
+)
 def test_host_lists_expand(hostlist, names):
     assert expand_hostlist(hostlist) == names
 
@@ -225,7 +253,8 @@ async def test_empty_jobs_answer_is_a_source_error_not_a_finished_job(scontrol):
     assert source.health.snapshot().errors_total == {EMPTY_ANSWER: 1}
     assert source.info("4243") is None  # nothing cached
     scontrol.spec["jobs"]["4243"]["json"] = json.dumps(
-        {"jobs": [dict(GOLDEN_JSON["jobs"][0], job_id=4243, account="vision")]})
+        {"jobs": [dict(GOLDEN_JSON["jobs"][0], job_id=4243, account="vision")]}
+    )
     scontrol.save()
     clock.advance(61.0)
     assert (await source.lookup("4243")).account == "vision"
@@ -273,17 +302,19 @@ def test_the_daemon_on_nvml_with_scontrol_takes_slurm_allocations(scontrol):
     from gpucarbon.app import RunOptions, build_daemon
     from gpucarbon.clock import ManualClock as Clock
     from gpucarbon.config import parse_config
-    from gpucarbon.device.simulated import SimulatedBackend
 
     config = parse_config(f"slurm: {{scontrol: {scontrol.path}, node: n1}}")
 
     class NoGpus:  # a GpuBackend that is not the simulation: the NVML path
         def open(self): ...
-        def list_gpus(self): return ()
-        def read_gpu(self, uuid): raise AssertionError(uuid)
+        def list_gpus(self):
+            return ()
+
+        def read_gpu(self, uuid):
+            raise AssertionError(uuid)
+
         def close(self): ...
 
     daemon = build_daemon(config, RunOptions(), backend=NoGpus(), base_clock=Clock())
-    held = daemon.poller._allocations  # noqa: SLF001
+    held = daemon.poller._accountant._allocations  # noqa: SLF001
     assert isinstance(held, SlurmAllocations) and held._node == "n1"  # noqa: SLF001
-    assert not isinstance(held, SimulatedBackend)

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import ctypes as C
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pynvml
 
@@ -141,8 +142,13 @@ class _GpmSample:
 class FakeNvmlLibrary:
     """The fake library. Use as a context manager, or install()/uninstall()."""
 
-    def __init__(self, gpus: list[FakeGpu], driver_version: str = "550.54.15",
-                 init_error: int | None = None, missing: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        driver_version: str = "550.54.15",
+        init_error: int | None = None,
+        missing: tuple[str, ...] = (),
+    ) -> None:
         self.gpus = gpus  # index order; reorder to model another enumeration
         self.driver_version = driver_version
         self.init_error = init_error
@@ -164,7 +170,7 @@ class FakeNvmlLibrary:
 
     # -- installing under pynvml ---------------------------------------------------
 
-    def install(self) -> "FakeNvmlLibrary":
+    def install(self) -> FakeNvmlLibrary:
         with pynvml.libLoadLock:
             pynvml.nvmlLib = self._symbols
             pynvml._nvmlGetFunctionPointer_cache.clear()
@@ -177,7 +183,7 @@ class FakeNvmlLibrary:
             pynvml._nvmlGetFunctionPointer_cache.clear()
             pynvml._nvmlLib_refcount = 0
 
-    def __enter__(self) -> "FakeNvmlLibrary":
+    def __enter__(self) -> FakeNvmlLibrary:
         return self.install()
 
     def __exit__(self, *exc: object) -> None:
@@ -534,8 +540,11 @@ class _Impl:
             return NVML_ERROR_INSUFFICIENT_SIZE
         for i, process in enumerate(listed):
             infos[i].pid = process.pid
-            infos[i].usedGpuMemory = (process.used_memory_bytes if process.used_memory_bytes is not None
-                                      else pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value)
+            infos[i].usedGpuMemory = (
+                process.used_memory_bytes
+                if process.used_memory_bytes is not None
+                else pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+            )
             infos[i].gpuInstanceId = mig.gpu_instance_id if mig else NO_MIG_INSTANCE
             infos[i].computeInstanceId = mig.compute_instance_id if mig else NO_MIG_INSTANCE
         count[0] = len(listed)
@@ -649,9 +658,13 @@ _SIGNATURES: dict[str, tuple[tuple[Any, ...], str]] = {
     "nvmlDeviceGetComputeRunningProcesses_v3": (_sig(_vp, _p(_u), _p(pynvml.c_nvmlProcessInfo_v3_t)), "processes"),
     "nvmlDeviceGetComputeRunningProcesses_v2": (_sig(_vp, _p(_u), _p(pynvml.c_nvmlProcessInfo_v2_t)), "processes"),
     "nvmlDeviceGetMPSComputeRunningProcesses_v3": (
-        _sig(_vp, _p(_u), _p(pynvml.c_nvmlProcessInfo_v3_t)), "mps_processes"),
+        _sig(_vp, _p(_u), _p(pynvml.c_nvmlProcessInfo_v3_t)),
+        "mps_processes",
+    ),
     "nvmlDeviceGetProcessUtilization": (
-        _sig(_vp, _p(pynvml.c_nvmlProcessUtilizationSample_t), _p(_u), C.c_ulonglong), "process_utilization"),
+        _sig(_vp, _p(pynvml.c_nvmlProcessUtilizationSample_t), _p(_u), C.c_ulonglong),
+        "process_utilization",
+    ),
     "nvmlGpmQueryDeviceSupport": (_sig(_vp, _p(pynvml.c_nvmlGpmSupport_t)), "gpm_support"),
     "nvmlGpmSampleAlloc": (_sig(_p(pynvml.c_nvmlGpmSample_t)), "gpm_alloc"),
     "nvmlGpmSampleFree": (_sig(_vp), "gpm_free"),

@@ -22,10 +22,11 @@ cannot favour one). Its clients keep their own samples too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from gpucarbon.attribution.policy import Split, split_exact, split_interval
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceShare:
@@ -39,8 +40,9 @@ class InstanceShare:
     sm_util: float | None = None  # GPM, 0..1
 
 
-def split_mig_board(energy_mj: int, idle_cap_mj: int,
-                    instances: Sequence[InstanceShare]) -> tuple[Split, dict[str, int]]:
+def split_mig_board(
+    energy_mj: int, idle_cap_mj: int, instances: Sequence[InstanceShare]
+) -> tuple[Split, dict[str, int]]:
     """Divide a MIG board's interval energy; returns the merged split and each
     instance's part of E (mJ), which also sum to E."""
     if energy_mj < 0 or idle_cap_mj < 0:
@@ -54,7 +56,7 @@ def split_mig_board(energy_mj: int, idle_cap_mj: int,
     parts: dict[str, int] = {}
     unattributed = 0
     by_instance: dict[str, int] = {}
-    for share, idle_mj, active_mj in zip(instances, idle_parts, active_parts):
+    for share, idle_mj, active_mj in zip(instances, idle_parts, active_parts, strict=True):
         inner = split_interval(idle_mj + active_mj, idle_mj, list(share.holders), share.running)
         by_instance[share.instance] = idle_mj + active_mj
         unattributed += inner.unattributed_mj

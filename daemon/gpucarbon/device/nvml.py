@@ -19,15 +19,16 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from gpucarbon.device.model import (
     BackendUnavailable,
     GpuProcess,
-    GpuReading,
     GpuReadError,
+    GpuReading,
     MigInstance,
     ProcessSample,
 )
@@ -118,7 +119,7 @@ class NvmlBackend:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml  # the pynvml module, or a stand-in with its names
         self._clock = clock
         self._wall = wall  # NVML stamps per-process samples with the CPU wall clock
         self._lock = threading.Lock()  # guards the dicts, never an NVML call
@@ -173,9 +174,7 @@ class NvmlBackend:
         try:
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
-            raise BackendUnavailable(
-                f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})"
-            ) from exc
+            raise BackendUnavailable(f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})") from exc
         uuids: list[str] = []
         for index in range(count):
             try:
@@ -225,8 +224,7 @@ class NvmlBackend:
         mig = call("nvmlDeviceGetMigMode", handle)
         mig_mode = mig[0] == MIG_ENABLED if mig is not None else None
         instances = self._mig_instances(device, call) if mig_mode else ()
-        processes = (tuple(p for i in instances for p in i.processes) if mig_mode
-                     else self._processes(handle, call))
+        processes = tuple(p for i in instances for p in i.processes) if mig_mode else self._processes(handle, call)
         module_scope = self._module_scope(device, name, call)
         return GpuReading(
             uuid=uuid,
@@ -318,9 +316,10 @@ class NvmlBackend:
                 sm_count=int(attributes.multiprocessorCount) if attributes is not None else None,
                 slice_count=int(attributes.gpuInstanceSliceCount) if attributes is not None else None,
                 sm_util=sm_util.get(gi_id),
-                processes=tuple(GpuProcess(p.pid, p.used_memory_bytes, gi_id, p.compute_instance_id,
-                                           p.mps_client)
-                                for p in self._processes(mig_handle, call)),
+                processes=tuple(
+                    GpuProcess(p.pid, p.used_memory_bytes, gi_id, p.compute_instance_id, p.mps_client)
+                    for p in self._processes(mig_handle, call)
+                ),
             )
             for mig_handle, mig_uuid, gi_id, attributes in found
         )
@@ -331,8 +330,11 @@ class NvmlBackend:
         the previous read's sample and this one's; the first read has none."""
         if device.gpm_supported is None:
             support = call.raw("nvmlGpmQueryDeviceSupport", device.handle)
-            device.gpm_supported = bool(getattr(support, "isSupportedDevice", 0)) \
-                if support not in (None, _UNSUPPORTED, _FUNCTION_MISSING) else False
+            device.gpm_supported = (
+                bool(getattr(support, "isSupportedDevice", 0))
+                if support not in (None, _UNSUPPORTED, _FUNCTION_MISSING)
+                else False
+            )
         if not device.gpm_supported:
             return {}
         result: dict[int, float] = {}
@@ -421,12 +423,18 @@ class NvmlBackend:
         if isinstance(mps, list):
             for info in mps:
                 client = _process(info)
-                processes[client.pid] = GpuProcess(client.pid, client.used_memory_bytes, client.gpu_instance_id,
-                                                   client.compute_instance_id, mps_client=True)
+                processes[client.pid] = GpuProcess(
+                    client.pid,
+                    client.used_memory_bytes,
+                    client.gpu_instance_id,
+                    client.compute_instance_id,
+                    mps_client=True,
+                )
         return tuple(processes.values())
 
-    def _samples(self, uuid: str, handle: Any, call: _FieldCaller,
-                 processes: tuple[GpuProcess, ...]) -> tuple[ProcessSample, ...]:
+    def _samples(
+        self, uuid: str, handle: Any, call: _FieldCaller, processes: tuple[GpuProcess, ...]
+    ) -> tuple[ProcessSample, ...]:
         """Per-process SM utilization since the previous read.
 
         NVML returns one sample per process that was busy, stamped with the CPU
@@ -604,9 +612,7 @@ def _import_pynvml() -> ModuleType:
     try:
         import pynvml
     except ImportError as exc:
-        raise BackendUnavailable(
-            f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}"
-        ) from exc
+        raise BackendUnavailable(f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}") from exc
     return pynvml
 
 
@@ -615,16 +621,24 @@ def _init_failure_reason(exc: BaseException) -> str:
     if error == "LibraryNotFound":
         return f"NVIDIA driver not loaded (libnvidia-ml.so.1 not found); {SIMULATE_HINT}"
     if error == "DriverNotLoaded":
-        return f"NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); {SIMULATE_HINT}"
+        return (
+            "NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); "
+            f"{SIMULATE_HINT}"
+        )
     if error == "NoPermission":
         return "no permission to use NVML (nvmlInit: NoPermission); the daemon needs read access to /dev/nvidia*"
     if error == "LibRmVersionMismatch":
-        return "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); reboot or reload the driver after an upgrade"
+        return (
+            "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); "
+            "reboot or reload the driver after an upgrade"
+        )
     if error == "Unknown":
         # nvidia-container-toolkit#48: after `systemctl daemon-reload` systemd
         # resets the container's device cgroup and NVML answers Unknown Error
         # until the container is recreated.
-        return ("NVML initialisation failed (nvmlInit: Unknown Error); if this persists, the container has "
-                "lost access to /dev/nvidia* (e.g. after systemctl daemon-reload, nvidia-container-toolkit#48) "
-                "and must be recreated (delete the pod)")
+        return (
+            "NVML initialisation failed (nvmlInit: Unknown Error); if this persists, the container has "
+            "lost access to /dev/nvidia* (e.g. after systemctl daemon-reload, nvidia-container-toolkit#48) "
+            "and must be recreated (delete the pod)"
+        )
     return f"NVML initialisation failed (nvmlInit: {error})"

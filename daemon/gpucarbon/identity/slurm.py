@@ -30,15 +30,17 @@ import logging
 import re
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from gpucarbon.clock import Clock
+from gpucarbon.device.model import GpuReading
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import Consumer
-from gpucarbon.identity.teams import TeamRules, sanitise_label_value
+from gpucarbon.teams import TeamRules, sanitise_label_value
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class SlurmJobMeta:
     state: str = ""
 
 
-class ScontrolError(Exception):
+class ScontrolError(GpuCarbonError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -112,9 +114,13 @@ def parse_job_json(text: str, job_id: str) -> SlurmJobInfo | None:
     for job in data["jobs"]:
         if isinstance(job, dict) and str(job.get("job_id")) == job_id:
             return SlurmJobInfo(
-                job_id, _text(job.get("account")), _text(job.get("user_name") or job.get("user")),
-                partition=_text(job.get("partition")), name=_text(job.get("name")),
-                state=_state(job.get("job_state")), gpus_by_node=_json_gpus(job),
+                job_id,
+                _text(job.get("account")),
+                _text(job.get("user_name") or job.get("user")),
+                partition=_text(job.get("partition")),
+                name=_text(job.get("name")),
+                state=_state(job.get("job_state")),
+                gpus_by_node=_json_gpus(job),
             )
     return None
 
@@ -136,9 +142,15 @@ def parse_job_text(text: str, job_id: str) -> SlurmJobInfo | None:
         indices = gpu_indices(gres)
         for node in expand_hostlist(nodes):
             gpus[node] = tuple(sorted(set(gpus.get(node, ()) + indices)))
-    return SlurmJobInfo(job_id, _null(account), user, partition=_null(fields.get("Partition", "")),
-                        name=_null(fields.get("JobName", "")), state=fields.get("JobState", ""),
-                        gpus_by_node={n: g for n, g in gpus.items() if g})
+    return SlurmJobInfo(
+        job_id,
+        _null(account),
+        user,
+        partition=_null(fields.get("Partition", "")),
+        name=_null(fields.get("JobName", "")),
+        state=fields.get("JobState", ""),
+        gpus_by_node={n: g for n, g in gpus.items() if g},
+    )
 
 
 def gpu_indices(gres: str) -> tuple[int, ...]:
@@ -203,7 +215,8 @@ def _json_gpus(job: dict) -> dict[str, tuple[int, ...]]:
     if not isinstance(detail, list) or not isinstance(nodes, str):
         return {}
     gpus = {}
-    for node, gres in zip(expand_hostlist(nodes), detail):
+    # One gres_detail entry per node; a short or long list pairs what it can.
+    for node, gres in zip(expand_hostlist(nodes), detail, strict=False):
         indices = gpu_indices(gres) if isinstance(gres, str) else ()
         if indices:
             gpus[node] = indices
@@ -265,8 +278,16 @@ class SlurmSource:
             self._queue_lookup(job_id)  # a miss is asked about again; the answer stands meanwhile
         if cached is not None:
             # scontrol may not name the user (job purged); the caller's procfs user does.
-            merged = SlurmJobInfo(job_id, cached.account, cached.user or user or "", cached.partition,
-                                  cached.name, cached.state, cached.gpus_by_node, cached.found)
+            merged = SlurmJobInfo(
+                job_id,
+                cached.account,
+                cached.user or user or "",
+                cached.partition,
+                cached.name,
+                cached.state,
+                cached.gpus_by_node,
+                cached.found,
+            )
             return self._meta(merged, resolved=True)
         if self.enabled and _JOB_ID.fullmatch(job_id) and self._lookup_due(job_id):
             self._queue_lookup(job_id)
@@ -353,7 +374,8 @@ class SlurmSource:
         assert self._scontrol is not None
         try:
             proc = await asyncio.create_subprocess_exec(
-                self._scontrol, *args,
+                self._scontrol,
+                *args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -361,13 +383,15 @@ class SlurmSource:
         except OSError as err:
             raise ScontrolError(reasons.UNAVAILABLE, f"{self._scontrol}: {err}") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout_s)
+            out, errout = await asyncio.wait_for(proc.communicate(), self._timeout_s)
         except TimeoutError:
             proc.kill()
             await proc.communicate()  # reap it and close its pipes
-            raise ScontrolError(reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s") from None
+            raise ScontrolError(
+                reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s"
+            ) from None
         decode = lambda raw: raw[:_OUTPUT_LIMIT].decode("utf-8", "replace")  # noqa: E731
-        return proc.returncode or 0, decode(out), decode(err)
+        return proc.returncode or 0, decode(out), decode(errout)
 
     def _meta(self, info: SlurmJobInfo, *, resolved: bool) -> SlurmJobMeta:
         return SlurmJobMeta(
@@ -423,12 +447,22 @@ def local_job_ids(cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[str, ...]
     return tuple(sorted(ids, key=int))
 
 
+def minors_of(readings: Mapping[str, GpuReading]) -> dict[int, str]:
+    """Device minor number (/dev/nvidiaN) -> GPU UUID, from the latest readings."""
+    return {r.minor_number: uuid for uuid, r in readings.items() if r.minor_number is not None}
+
+
 class SlurmAllocations:
     """GPU holders on a Slurm node: each local job holds the GPUs whose minor
     number is among its GPU indices for this node (an AllocationSource)."""
 
-    def __init__(self, slurm: SlurmSource, node: str, gpus_by_minor: Callable[[], Mapping[int, str]],
-                 job_ids: Callable[[], Iterable[str]] = local_job_ids) -> None:
+    def __init__(
+        self,
+        slurm: SlurmSource,
+        node: str,
+        gpus_by_minor: Callable[[], Mapping[int, str]],
+        job_ids: Callable[[], Iterable[str]] = local_job_ids,
+    ) -> None:
         self._slurm = slurm
         self._node = node
         self._gpus_by_minor = gpus_by_minor
