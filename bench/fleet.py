@@ -1,7 +1,8 @@
 """Size a fleet: simulated nodes backfilled into a real Prometheus, the
 recording rules evaluated over them, every dashboard query timed.
 
-    python bench/fleet.py --nodes 2,6,18 --days 1 --scrape 60 [--templates 4] [--workdir DIR]
+    python bench/fleet.py --nodes 3,9,27 --days 1 --scrape 60 [--templates 4] [--workdir DIR]
+                          [--dashboards DIR]   # e.g. an older revision's, to compare
 
 For each fleet size: write N simulated nodes' exposition over the period
 (bench/simfleet.py: the daemon's own pipeline over seeded scenarios), backfill
@@ -13,7 +14,7 @@ All, then one team) over ranges of 6 h, 1 day and the whole period, the way
 Grafana would (instant queries at the range's end, range queries with
 Grafana's step), with stats=all. Prints series per node, samples, TSDB bytes
 per node-day, and per dashboard the latency p50/p95/max and the most samples
-any one query read per node-day. A JSON copy goes to <workdir>/fleet-<N>.json.
+any one query read per node-day. A JSON copy goes to <workdir>/fleet-<N>-<checkout>.json.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def time_queries(
     if team is not None:
         values["team"] = team
     rows = []
-    for query in panel_queries(load_dashboards(), values):
+    for query in panel_queries(load_dashboards(dashboards), values):
         if query.instant:
             path, params = "/api/v1/query", {"query": query.expr, "time": end, "stats": "all"}
         else:
@@ -312,7 +313,7 @@ def bench_size(nodes: int, tmpl: list, args, workdir: Path) -> dict:
             for team in (None, simfleet.TEAMS[0]):
                 # Normalise by the node-days the range covers (data exists only for the period).
                 covered = nodes * min(range_s, period) / simfleet.DAY
-                rows = time_queries(prom, end, range_s, args.scrape, team, covered)
+                rows = time_queries(prom, end, range_s, args.scrape, team, covered, args.dashboards)
                 timings[f"{range_s / 3600:g}h/{'all' if team is None else 'team'}"] = rows
         rss = prom.rss_mib()
     finally:
@@ -333,7 +334,7 @@ def bench_size(nodes: int, tmpl: list, args, workdir: Path) -> dict:
         "dashboards": {key: summarize(rows) for key, rows in timings.items()},
         "queries": timings,
     }
-    (workdir / f"fleet-{nodes}.json").write_text(json.dumps(result, indent=1))
+    (workdir / f"fleet-{nodes}-{args.dashboards.parent.parent.name}.json").write_text(json.dumps(result, indent=1))
     if not args.keep:
         shutil.rmtree(work)
     return result
@@ -370,12 +371,14 @@ def report(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", default="2,6,18", help="fleet sizes, comma-separated")
+    parser.add_argument("--nodes", default="3,9,27", help="fleet sizes, comma-separated")
     parser.add_argument("--days", type=float, default=1.0)
     parser.add_argument("--scrape", type=float, default=60.0, help="scrape interval, seconds")
     parser.add_argument("--templates", type=int, default=4, help="simulated nodes run through the pipeline")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument("--dashboards", type=Path, default=ROOT / "grafana" / "dashboards",
+                        help="dashboards to time (e.g. an older revision's, to compare)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpucarbon-fleet-"))
     workdir.mkdir(parents=True, exist_ok=True)
