@@ -208,7 +208,13 @@ def _duration(seconds: float) -> str:
 
 
 def time_queries(
-    prom: Prometheus, end: float, range_s: float, scrape_s: float, team: str | None, node_days: float
+    prom: Prometheus,
+    end: float,
+    range_s: float,
+    scrape_s: float,
+    team: str | None,
+    node_days: float,
+    dashboards: Path,
 ) -> list[dict]:
     step = _nice_step(range_s, scrape_s)
     values = dict(DEFAULT_SUBSTITUTIONS)
@@ -292,17 +298,22 @@ def series_per_node(tmpl: list, end: float) -> dict:
 
 def bench_size(nodes: int, tmpl: list, args, workdir: Path) -> dict:
     work = workdir / f"fleet-{nodes}"
-    shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
-    data.mkdir(parents=True)
     period = args.days * simfleet.DAY
     start, end = START_WALL, START_WALL + period
-    t0 = time.perf_counter()
-    samples = backfill(nodes, tmpl, data, work)
-    raw_bytes = du(data)
-    t1 = time.perf_counter()
-    rules_s = evaluate_rules(data, work, start, end)
-    rule_bytes = du(data) - raw_bytes
+    meta = work / "backfill.json"
+    if args.reuse and meta.exists():  # a --keep run's data: time queries only
+        samples, raw_bytes, rule_bytes, backfill_s, rules_s = json.loads(meta.read_text())
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        data.mkdir(parents=True)
+        t0 = time.perf_counter()
+        samples = backfill(nodes, tmpl, data, work)
+        raw_bytes = du(data)
+        backfill_s = time.perf_counter() - t0
+        rules_s = evaluate_rules(data, work, start, end)
+        rule_bytes = du(data) - raw_bytes
+        meta.write_text(json.dumps([samples, raw_bytes, rule_bytes, backfill_s, rules_s]))
     prom = Prometheus(data, work)
     try:
         node_days = nodes * args.days
@@ -328,7 +339,7 @@ def bench_size(nodes: int, tmpl: list, args, workdir: Path) -> dict:
         "raw_bytes_per_node_day": raw_bytes / node_days,
         "rule_bytes_per_day": rule_bytes / args.days,
         "bytes_per_raw_sample": raw_bytes / samples,
-        "backfill_s": t1 - t0,
+        "backfill_s": backfill_s,
         "rules_backfill_s": rules_s,
         "prometheus_peak_rss_mib": rss,
         "dashboards": {key: summarize(rows) for key, rows in timings.items()},
@@ -377,8 +388,13 @@ def main() -> None:
     parser.add_argument("--templates", type=int, default=4, help="simulated nodes run through the pipeline")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
-    parser.add_argument("--dashboards", type=Path, default=ROOT / "grafana" / "dashboards",
-                        help="dashboards to time (e.g. an older revision's, to compare)")
+    parser.add_argument("--reuse", action="store_true", help="query a kept data directory instead of backfilling")
+    parser.add_argument(
+        "--dashboards",
+        type=Path,
+        default=ROOT / "grafana" / "dashboards",
+        help="dashboards to time (e.g. an older revision's, to compare)",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpucarbon-fleet-"))
     workdir.mkdir(parents=True, exist_ok=True)
