@@ -278,6 +278,15 @@ def test_rendered_config_is_accepted_by_the_daemon(rendered: dict, name: str) ->
     assert "--config.file=/etc/gpu-carbon-exporter/config/config.yaml" in _container(rendered[name])["args"]
 
 
+def test_default_carbon_settings_are_the_daemons(rendered: dict) -> None:
+    """The chart used to default to static 475 g/kWh while the daemon defaults to the
+    bundled table with zone detection; a chart user now gets the daemon's behaviour."""
+    chart = parse_config(_daemon_config(rendered["default"])).carbon
+    daemon = parse_config("{}").carbon
+    assert (chart.intensity.source, chart.intensity.zone, chart.intensity.grams_per_kwh) == ("table", "auto", None)
+    assert chart.intensity == daemon.intensity and chart.pue == daemon.pue
+
+
 def test_carbon_tokens_come_from_the_existing_secret(rendered: dict) -> None:
     env = {e["name"]: e for e in _container(rendered["carbon-tokens"])["env"]}
     assert env["ELECTRICITYMAPS_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "carbon-api", "key": "token"}}
