@@ -183,6 +183,17 @@ class Config:
 
 
 INTENSITY_SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
+# The carbon.intensity keys each source reads besides `source` and `zone`; any other
+# key is refused, since a key the chosen source ignores silently does nothing
+# (`grams_per_kwh: 400` without `source: static` used to give the table's figure).
+_LIVE_KEYS = frozenset({"refresh", "stale_after", "timeout", "base_url", "region"})
+INTENSITY_KEYS_BY_SOURCE: Mapping[str, frozenset[str]] = {
+    "static": frozenset({"grams_per_kwh"}),
+    "table": frozenset(),
+    "electricitymaps": _LIVE_KEYS | {"token_env", "token_file"},
+    "watttime": _LIVE_KEYS | {"username_env", "password_env", "token_file", "signal_type"},
+    "uk-carbon-intensity": _LIVE_KEYS,
+}
 
 
 # --- loading --------------------------------------------------------------
@@ -369,8 +380,10 @@ class _Reader:
             raise self.fail(f"{path}.token", _MISSING,
                             "tokens are never read from the config file; use token_env or token_file")
         d = IntensityConfig()
+        source = self.string(sec, "source", path, d.source, INTENSITY_SOURCES)
+        self.only_keys_of_source(sec, path, source)
         return IntensityConfig(
-            source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
+            source=source,
             zone=self.string(sec, "zone", path, d.zone),
             grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
                                       maximum=5000.0),
@@ -385,6 +398,13 @@ class _Reader:
             password_env=self.string(sec, "password_env", path, None),
             region=self.string(sec, "region", path, None),
         )
+
+    def only_keys_of_source(self, sec: Mapping[str, Any], path: str, source: str) -> None:
+        read = INTENSITY_KEYS_BY_SOURCE[source] | {"source", "zone"}
+        for key in sorted(sec.keys() - read):
+            readers = [name for name, keys in INTENSITY_KEYS_BY_SOURCE.items() if key in keys]
+            raise self.fail(f"{path}.{key}", sec[key],
+                            f"source {source!r} does not read it (read by: {', '.join(readers)})")
 
     def teams(self, raw: Any) -> TeamRules:
         path = "teams"
