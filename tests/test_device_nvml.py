@@ -507,3 +507,30 @@ def test_mig_disabled_board_lists_no_mig_devices():
     backend = NvmlBackend(nvml=FakeNvml([FakeGpu(uuid=UUID_A)]))
     backend.open()
     assert backend.read_gpu(UUID_A).mig_devices == ()
+
+
+def test_minor_number_is_read_once_and_may_differ_from_the_index():
+    # /dev/nvidiaN follows the driver's probe order, not NVML's PCI-bus index order
+    # (Slurm gres.shtml: "may vary between boots"); GKE's device IDs name N.
+    nvml = two_gpus()
+    nvml.gpu(UUID_A).minor_number = 1
+    nvml.gpu(UUID_B).minor_number = 0
+    backend = opened(nvml)
+    a, b = backend.read_gpu(UUID_A), backend.read_gpu(UUID_B)
+    assert (a.index, a.minor_number, b.index, b.minor_number) == (0, 1, 1, 0)
+    backend.read_gpu(UUID_A)
+    assert len(nvml.calls_to("nvmlDeviceGetMinorNumber", UUID_A)) == 1
+
+
+def test_minor_number_not_supported_is_none_and_a_failure_is_retried():
+    from fakes.fake_pynvml import NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNKNOWN
+
+    nvml = two_gpus()
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetMinorNumber"] = NVML_ERROR_UNKNOWN
+    backend = opened(nvml)
+    first = backend.read_gpu(UUID_A)
+    assert first.minor_number is None and ("nvmlDeviceGetMinorNumber", "Unknown") in first.errors
+    del nvml.gpu(UUID_A).errors["nvmlDeviceGetMinorNumber"]
+    assert backend.read_gpu(UUID_A).minor_number == 0
+    nvml.gpu(UUID_B).errors["nvmlDeviceGetMinorNumber"] = NVML_ERROR_NOT_SUPPORTED
+    assert backend.read_gpu(UUID_B).minor_number is None

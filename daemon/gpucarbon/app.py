@@ -30,6 +30,7 @@ from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_addres
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
+from gpucarbon.identity.teams import TeamRules
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
@@ -78,7 +79,7 @@ class Daemon:
 def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
                  base_clock: Clock | None = None) -> Daemon:
     base_clock = base_clock or SystemClock()
-    clock, simulation = _simulation(options, base_clock)
+    clock, simulation = _simulation(options, base_clock, config.teams)
     if backend is None:
         backend = simulation if simulation is not None else _nvml_backend(clock)
     kube = _kubernetes_client(config)
@@ -109,14 +110,15 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer)
 
 
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedBackend | None]:
+def _simulation(options: RunOptions, base_clock: Clock,
+                teams: TeamRules) -> tuple[Clock, SimulatedBackend | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedBackend(options.scenario, clock)
+    return clock, SimulatedBackend(options.scenario, clock, teams)
 
 
 @dataclass(frozen=True)

@@ -293,11 +293,13 @@ class Poller:
         return consumers, running
 
     def inventory(self) -> GpuInventory:
-        """The GPUs seen so far (UUID -> index, MIG device -> board), for
-        normalising the kubelet's device IDs."""
+        """The GPUs seen so far (UUID -> index, MIG device -> board, UUID -> device
+        minor number), for normalising the kubelet's device IDs."""
         gpus = {uuid: r.index for uuid, r in self._latest.items()}
         migs = {mig: uuid for uuid, r in self._latest.items() for mig in r.mig_devices}
-        return GpuInventory(gpus, migs)
+        minors = {uuid: r.minor_number for uuid, r in self._latest.items() if r.minor_number is not None}
+        counts = Counter(minors.values())  # a minor claimed twice names no GPU rather than a wrong one
+        return GpuInventory(gpus, migs, {uuid: m for uuid, m in minors.items() if counts[m] == 1})
 
     def seconds_since_poll(self) -> float | None:
         """Real seconds since the last poll finished (None before the first)."""

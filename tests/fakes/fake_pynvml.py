@@ -172,6 +172,9 @@ class FakeGpu:
     hang: threading.Event | None = None
     mig_devices: list[str] = field(default_factory=list)  # MIG device UUIDs, in slot order
     max_mig_devices: int = 7
+    # /dev/nvidia<minor>; None: the GPU's index. Minors follow the driver's probe
+    # order, which need not be NVML's PCI-bus index order (Slurm gres.shtml).
+    minor_number: int | None = None
 
     def advance(self, energy_mj: int) -> None:
         self.energy_mj += energy_mj
@@ -283,6 +286,10 @@ class FakeNvml:
     def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
         gpu = self._enter(self._gpu(handle), "nvmlDeviceGetIndex")
         return self.gpus.index(gpu)
+
+    def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:
+        gpu = self._enter(self._gpu(handle), "nvmlDeviceGetMinorNumber")
+        return gpu.minor_number if gpu.minor_number is not None else self.gpus.index(gpu)
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._enter(self._gpu(handle), "nvmlDeviceGetName").name

@@ -49,6 +49,9 @@ class GpuReading:
     processes: tuple[GpuProcess, ...] = ()
     samples: tuple[ProcessSample, ...] = ()
     mig_devices: tuple[str, ...] = ()  # UUIDs of the MIG devices on this board
+    # The N of /dev/nvidiaN (NVML nvmlDeviceGetMinorNumber): how GKE's device plugin
+    # and Slurm name GPUs. None when unknown.
+    minor_number: int | None = None
     # (call, error) pairs for fields that failed for a reason other than "not
     # supported"; the reading is still usable, the poller counts them.
     errors: tuple[tuple[str, str], ...] = field(default=())

@@ -85,6 +85,9 @@ class _Device:
     # Cleared once the instant-power field answers NotSupported, so older GPUs
     # do not pay a failing call on every read.
     instant_power_supported: bool = True
+    # /dev/nvidia<minor>: fixed while the driver is loaded, so read once.
+    minor_number: int | None = None
+    minor_read: bool = False
 
 
 class NvmlBackend:
@@ -204,8 +207,16 @@ class NvmlBackend:
             processes=self._processes(handle, call),
             samples=self._samples(uuid, handle, call),
             mig_devices=self._mig_devices(handle, call) if mig_mode else (),
+            minor_number=self._minor_number(device, call),
             errors=tuple(errors),
         )
+
+    def _minor_number(self, device: _Device, call: _FieldCaller) -> int | None:
+        if not device.minor_read:
+            minor = call("nvmlDeviceGetMinorNumber", device.handle)
+            device.minor_number = int(minor) if minor is not None else None
+            device.minor_read = minor is not None  # a transient failure is retried next read
+        return device.minor_number
 
     def _mig_devices(self, handle: Any, call: _FieldCaller) -> tuple[str, ...]:
         """UUIDs of the MIG devices on a board, so the kubelet's `MIG-<uuid>`

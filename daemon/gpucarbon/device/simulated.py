@@ -30,6 +30,7 @@ from gpucarbon.device.scenario import Scenario, SimWorkload
 from gpucarbon.identity.cgroup import parse_cgroup
 from gpucarbon.identity.model import Consumer
 from gpucarbon.identity.procfs import ProcessInfo
+from gpucarbon.identity.teams import TeamRules
 
 JITTER_BUCKET_S = 5.0  # simulated seconds over which the jitter is constant
 JITTER = 0.05  # +-5% of a workload's utilization
@@ -46,7 +47,7 @@ class _GpuState:
 
 
 class SimulatedBackend:
-    def __init__(self, scenario: Scenario, clock: Clock) -> None:
+    def __init__(self, scenario: Scenario, clock: Clock, teams: TeamRules | None = None) -> None:
         self._scenario = scenario
         self._clock = clock
         self._t0 = clock.monotonic()
@@ -56,7 +57,7 @@ class SimulatedBackend:
                         for g in range(len(scenario.gpus))]
         self._states = [_GpuState(last_t=0.0) for _ in scenario.gpus]
         self._lock = threading.Lock()
-        self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
+        self._consumers = {i: _consumer(i, w, teams) for i, w in enumerate(scenario.workloads)}
         self._cgroup_by_pid = {w.pid: w for w in scenario.workloads if w.pid is not None and w.cgroup}
 
     # --- GpuBackend ---------------------------------------------------------
@@ -228,6 +229,7 @@ class SimulatedBackend:
             temperature_c=round(30.0 + 50.0 * power / gpu.max_watts, 1),
             processes=processes,
             samples=samples,
+            minor_number=gpu.minor_number if gpu.minor_number is not None else g,
         )
 
     def _pid(self, i: int, g: int) -> int:
@@ -239,6 +241,12 @@ def _gpu_uuid(seed: int, index: int) -> str:
     return "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"gpucarbon-sim/{seed}/{index}"))
 
 
-def _consumer(i: int, w: SimWorkload) -> Consumer:
+def _consumer(i: int, w: SimWorkload, teams: TeamRules | None) -> Consumer:
+    """A workload without `team` gets what the configured team rules decide from its
+    namespace and workload (namespace map, workload patterns, default), so rules can
+    be tried with --simulate before they meet a cluster."""
+    team = w.team
+    if not team and teams is not None:
+        team = teams.decide(namespace=w.namespace, workload=w.workload).team
     return Consumer(key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container,
-                    workload=w.workload, team=w.team)
+                    workload=w.workload, team=team)
