@@ -20,6 +20,12 @@ finish a pod carries the provisional workload from `owners.provisional`.
 
 Deleted pods stay resolvable for `deleted_retention_s`, so the energy of their
 last interval still lands on their names.
+
+Static pods: the kubelet runs them under a cgroup named by the manifest's config
+hash (32 hex digits), while the API server only has their mirror pod, with its own
+`metadata.uid` and the hash in annotation `kubernetes.io/config.mirror`. `pod(uid)`
+answers a config hash with the mirror pod, so a static pod's processes and its
+allocation meet on the mirror's UID: one series with its real names.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Awaitable, Callable, Iterable, Mapping
@@ -65,6 +72,9 @@ ALL_NAMESPACES = "*"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
 _OWNED_KINDS = {"ReplicaSet": ReplicaSet, "Job": Job}
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
+_CONFIG_HASH = re.compile(r"[0-9a-f]{32}")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -278,6 +288,7 @@ class _PodFacts:
     uid: str
     ownership: PodOwnership
     containers: Mapping[str, str]
+    config_hash: str | None = None  # set on a static pod's mirror: the UID its cgroup carries
 
 
 def pod_facts(pod: Any) -> _PodFacts | None:
@@ -290,7 +301,20 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     )
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
-    return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)))
+    return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)),
+                     mirror_config_hash(meta.annotations))
+
+
+def mirror_config_hash(annotations: Mapping[str, str] | None) -> str | None:
+    """The config hash a mirror pod stands for (the UID of the static pod's cgroup),
+    None for any other pod. The mirror annotation holds the hash; where it holds
+    something else the config.hash annotation does."""
+    if not annotations or MIRROR_ANNOTATION not in annotations:
+        return None
+    for value in (annotations.get(MIRROR_ANNOTATION), annotations.get(CONFIG_HASH_ANNOTATION)):
+        if value and _CONFIG_HASH.fullmatch(value):
+            return value
+    return None
 
 
 def container_names(status: Any) -> dict[str, str]:
@@ -355,6 +379,7 @@ class KubernetesSource:
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
         self._by_name: dict[tuple[str, str], str] = {}
+        self._by_config_hash: dict[str, str] = {}  # static pod config hash -> mirror pod UID
         self._deleted_at: dict[str, float] = {}  # uid -> monotonic seconds
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._owner_queue: asyncio.Queue[str] = asyncio.Queue()
@@ -364,7 +389,11 @@ class KubernetesSource:
     # ---- reads: never I/O ---------------------------------------------------
 
     def pod(self, uid: str) -> PodMeta | None:
-        return self._pods.get(uid)
+        """By UID, or by a static pod's config hash (its cgroup's UID): the mirror pod."""
+        meta = self._pods.get(uid)
+        if meta is None and (mirror := self._by_config_hash.get(uid)) is not None:
+            meta = self._pods.get(mirror)
+        return meta
 
     def pods_by_name(self, namespace: str, name: str) -> PodMeta | None:
         """The live pod of that name (a deleted one until a live one reuses the name)."""
@@ -427,6 +456,10 @@ class KubernetesSource:
         current = self._by_name.get(key)
         if current is None or current == facts.uid or current in self._deleted_at:
             self._by_name[key] = facts.uid
+        if facts.config_hash is not None:
+            mirror = self._by_config_hash.get(facts.config_hash)
+            if mirror is None or mirror == facts.uid or mirror in self._deleted_at:
+                self._by_config_hash[facts.config_hash] = facts.uid
         self._pods[facts.uid] = self._meta(facts, self._resolver.provisional(facts.ownership))
         if self._resolver.needs_lookup(facts.ownership):
             self._queue_owner(facts.uid)
@@ -450,6 +483,8 @@ class KubernetesSource:
             key = (facts.ownership.namespace, facts.ownership.name)
             if self._by_name.get(key) == uid:
                 del self._by_name[key]
+            if facts.config_hash is not None and self._by_config_hash.get(facts.config_hash) == uid:
+                del self._by_config_hash[facts.config_hash]
 
     # ---- namespaces ----------------------------------------------------------
 
