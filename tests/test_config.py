@@ -148,3 +148,19 @@ def test_the_issue_case_grams_without_static_is_refused():
     with pytest.raises(ConfigError, match=r"carbon.intensity.grams_per_kwh: 400: source 'table' does not "
                                           r"read it \(read by: static\)"):
         parse_config("carbon: {intensity: {grams_per_kwh: 400}}", "c.yaml")
+
+
+def test_owner_following_is_configurable_and_checked():
+    config = parse_config("kubernetes: {owners: {follow: [ReplicaSet, Job, RayCluster, StatefulSet], max_depth: 3}}")
+    assert config.kubernetes.owners_follow == ("ReplicaSet", "Job", "RayCluster", "StatefulSet")
+    assert config.kubernetes.owners_max_depth == 3
+    for text, message in [
+        ("kubernetes: {owners: {follow: RayCluster}}", "c.yaml: kubernetes.owners.follow: 'RayCluster': must be a list"),
+        ("kubernetes: {owners: {follow: [raycluster]}}", "c.yaml: kubernetes.owners.follow[0]: 'raycluster'"),
+        ("kubernetes: {owners: {follow: [Node]}}", "c.yaml: kubernetes.owners.follow[0]: 'Node'"),
+        ("kubernetes: {owners: {max_depth: 0}}", "c.yaml: kubernetes.owners.max_depth: 0: must be at least 1"),
+        ("kubernetes: {owners: {depth: 2}}", "c.yaml: kubernetes.owners.depth: unknown key"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "c.yaml")
+        assert str(err.value).startswith(message), str(err.value)

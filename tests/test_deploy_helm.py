@@ -65,6 +65,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-node-critical",
     },
     "podresources-root": {"podResources": {"enabled": True}, "securityContext": {"runAsRoot": True}},
+    "follow-owners": {"config": {"kubernetes": {"owners": {"follow": ["ReplicaSet", "Job", "RayCluster", "StatefulSet"]}}}},
     "podresources-off-no-state": {"podResources": {"enabled": False}, "state": {"enabled": False}},
     "carbon-tokens": {
         "carbonTokens": {"existingSecret": "carbon-api", "env": {"ELECTRICITYMAPS_TOKEN": "token"}},
@@ -318,6 +319,13 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     }
     binding = _one(rendered["default"], "ClusterRoleBinding")
     account = _one(rendered["default"], "ServiceAccount")
+    # Following RayCluster / StatefulSet owners adds exactly their `get`, and only when configured.
+    wider = _one(rendered["follow-owners"], "ClusterRole")
+    wider_grants = {(g, r, v) for rule in wider["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                    for v in rule["verbs"]}
+    assert wider_grants - grants == {("ray.io", "rayclusters", "get"), ("apps", "statefulsets", "get")}
+    assert parse_config(_daemon_config(rendered["follow-owners"])).kubernetes.owners_follow == \
+        ("ReplicaSet", "Job", "RayCluster", "StatefulSet")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}]
     assert _pod(rendered["default"])["serviceAccountName"] == account["metadata"]["name"]

@@ -247,7 +247,9 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
 
     client, node = kube
     return KubernetesSource(client, node_name=node, teams=config.teams, clock=clock,
-                            deleted_retention_s=config.retention.finished)
+                            deleted_retention_s=config.retention.finished,
+                            owner_follow=config.kubernetes.owners_follow,
+                            owner_max_depth=config.kubernetes.owners_max_depth)
 
 
 class _merged:

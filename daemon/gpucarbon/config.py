@@ -156,6 +156,13 @@ class KubernetesConfig:
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     podresources_enabled: bool = False
     podresources_interval: float = 10.0
+    # Owner kinds whose own controller is read (a GET each, cached), and how many
+    # reads up one chain at most. StatefulSet and RayCluster widen the RBAC needed.
+    owners_follow: tuple[str, ...] = ("ReplicaSet", "Job")
+    owners_max_depth: int = 4
+
+
+_KIND = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -452,8 +459,9 @@ class _Reader:
 
     def kubernetes(self, raw: Any) -> KubernetesConfig:
         path = "kubernetes"
-        sec = self.section(raw, path, {"enabled", "node_name", "kubeconfig", "podresources"})
+        sec = self.section(raw, path, {"enabled", "node_name", "kubeconfig", "podresources", "owners"})
         pr = self.section(sec.get("podresources"), f"{path}.podresources", {"enabled", "socket", "interval"})
+        owners = self.section(sec.get("owners"), f"{path}.owners", {"follow", "max_depth"})
         d = KubernetesConfig()
         return KubernetesConfig(
             enabled=self.boolean(sec, "enabled", path, d.enabled),
@@ -463,7 +471,20 @@ class _Reader:
             podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
             podresources_interval=self.duration(pr, "interval", f"{path}.podresources",
                                                 d.podresources_interval, 0.1),
+            owners_follow=self.kinds(owners, "follow", f"{path}.owners", d.owners_follow),
+            owners_max_depth=self.integer(owners, "max_depth", f"{path}.owners", d.owners_max_depth, 1),
         )
+
+    def kinds(self, sec: Mapping[str, Any], key: str, path: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = sec.get(key)
+        if raw is None:
+            return default
+        if not isinstance(raw, list):
+            raise self.fail(f"{path}.{key}", raw, "must be a list of kinds, e.g. [ReplicaSet, Job, RayCluster]")
+        for i, kind in enumerate(raw):
+            if not isinstance(kind, str) or not _KIND.fullmatch(kind) or kind in ("Node", "Pod"):
+                raise self.fail(f"{path}.{key}[{i}]", kind, "must be the Kind of an owner object, e.g. RayCluster")
+        return tuple(dict.fromkeys(raw))
 
     def slurm(self, raw: Any) -> SlurmConfig:
         sec = self.section(raw, "slurm", {"enabled", "scontrol"})

@@ -43,7 +43,8 @@ import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.models import Cluster, User
 from lightkube.core.exceptions import ApiError, ConfigError
-from lightkube.resources.apps_v1 import ReplicaSet
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import ReplicaSet, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
@@ -52,6 +53,8 @@ from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import PodMeta
 from gpucarbon.identity.owners import (
+    DEFAULT_MAX_DEPTH,
+    FOLLOWED_KINDS,
     LookupFailed,
     OwnerRef,
     OwnerResolver,
@@ -71,7 +74,11 @@ SOURCE = "kubernetes"
 ALL_NAMESPACES = "*"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
-_OWNED_KINDS = {"ReplicaSet": ReplicaSet, "Job": Job}
+_OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job, "StatefulSet": StatefulSet}
+# Custom resources that may be followed: kind -> (apiVersion when no ownerReference
+# named one yet, plural). Other kinds use the apiVersion their ownerReference gives
+# and the plural `<kind lowercased>s`.
+_CUSTOM_KINDS = {"RayCluster": ("ray.io/v1", "rayclusters")}
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
 _CONFIG_HASH = re.compile(r"[0-9a-f]{32}")
@@ -297,7 +304,8 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     if meta is None or not meta.uid or not meta.name or not meta.namespace:
         return None
     owners = tuple(
-        OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ())
+        OwnerRef(ref.kind, ref.name, bool(ref.controller), ref.apiVersion or "")
+        for ref in (meta.ownerReferences or ())
     )
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
@@ -349,6 +357,8 @@ class KubernetesSource:
         deleted_retention_s: float = 600.0,
         owner_cache_size: int = 4096,
         owner_retry_s: float = 60.0,
+        owner_follow: Iterable[str] = FOLLOWED_KINDS,
+        owner_max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         if not node_name:
             raise ValueError("kubernetes.node_name: empty: set it or $NODE_NAME (the pod's spec.nodeName)")
@@ -361,6 +371,7 @@ class KubernetesSource:
         self._resolver = OwnerResolver(
             self._controller_of, clock=clock, cache_size=owner_cache_size,
             retry_after_s=owner_retry_s, on_failure=self._owner_failed,
+            followed=owner_follow, max_depth=owner_max_depth,
         )
         stall = stall_timeout_s if stall_timeout_s is not None else watch_timeout_s + 30.0
         common = dict(sleep=sleep, watch_timeout_s=watch_timeout_s, stall_timeout_s=stall, on_state=self._loop_state)
@@ -380,6 +391,8 @@ class KubernetesSource:
         self._facts: dict[str, _PodFacts] = {}
         self._by_name: dict[tuple[str, str], str] = {}
         self._by_config_hash: dict[str, str] = {}  # static pod config hash -> mirror pod UID
+        self._api_versions: dict[str, str] = {}  # owner kind -> apiVersion seen in ownerReferences
+        self._custom_resources: dict[tuple[str, str, str], Any] = {}
         self._deleted_at: dict[str, float] = {}  # uid -> monotonic seconds
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._owner_queue: asyncio.Queue[str] = asyncio.Queue()
@@ -450,6 +463,7 @@ class KubernetesSource:
         self._prune(self._clock.monotonic())
 
     def _upsert(self, facts: _PodFacts) -> None:
+        self._remember_api_versions(facts.ownership.owners)
         self._deleted_at.pop(facts.uid, None)
         self._facts[facts.uid] = facts
         key = (facts.ownership.namespace, facts.ownership.name)
@@ -545,16 +559,40 @@ class KubernetesSource:
                 self._queue_owner(uid)
 
     async def _controller_of(self, kind: str, namespace: str, name: str) -> OwnerRef | None:
+        resource = self._resource_for(kind)
         try:
-            obj = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
+            obj = await self._client.get(resource, name, namespace=namespace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a reason, never fatal
             if status_code(exc) == 404:
                 return None  # gone: the pod's direct owner is the workload
             raise LookupFailed(classify(exc), f"{kind} {namespace}/{name}: {exc}") from None
-        refs = obj.metadata.ownerReferences if obj.metadata else None
-        return controller_of(OwnerRef(r.kind, r.name, bool(r.controller)) for r in refs or ())
+        metadata = obj.metadata if obj.metadata is not None else None
+        refs = metadata.ownerReferences if metadata is not None else None
+        parents = [OwnerRef(r.kind, r.name, bool(r.controller), r.apiVersion or "") for r in refs or ()]
+        self._remember_api_versions(parents)
+        return controller_of(parents)
+
+    def _resource_for(self, kind: str) -> Any:
+        """The lightkube resource class to GET `kind` with; custom resources are
+        built from the apiVersion their ownerReferences named."""
+        if kind in _OWNED_KINDS:
+            return _OWNED_KINDS[kind]
+        default_version, plural = _CUSTOM_KINDS.get(kind, ("", kind.lower() + "s"))
+        api_version = self._api_versions.get(kind, default_version)
+        if "/" not in api_version:
+            raise LookupFailed(reasons.API_ERROR, f"{kind}: no apiVersion known to read it with")
+        group, version = api_version.split("/", 1)
+        key = (group, version, kind)
+        if key not in self._custom_resources:
+            self._custom_resources[key] = create_namespaced_resource(group, version, kind, plural)
+        return self._custom_resources[key]
+
+    def _remember_api_versions(self, refs: Iterable[OwnerRef]) -> None:
+        for ref in refs:
+            if ref.api_version and "/" in ref.api_version:
+                self._api_versions[ref.kind] = ref.api_version
 
     def _owner_failed(self, failure: LookupFailed) -> None:
         log.warning("kubernetes owner lookup: %s", failure)
