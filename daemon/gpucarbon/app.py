@@ -149,6 +149,7 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
         user_teams=config.teams.users,
     )
     podresources = None
+    kubelet = None
     allocations: AllocationSource | None = simulation
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
@@ -167,7 +168,9 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
         views = [SourceView("procfs", True, resolver.failures())]
         for source in sources:
             h = source.health.snapshot()
-            views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
+            unmapped = tuple(kubelet.unmapped().items()) \
+                if kubelet is not None and source is podresources else None
+            views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items())), unmapped))
         return tuple(views)
 
     return _Identity(resolver, allocations, sources, health)

@@ -70,6 +70,8 @@ class SourceView:
     source: str
     up: bool
     errors: tuple[tuple[str, int], ...]  # (reason, count)
+    # podresources only: allocated device IDs no GPU of this node explains, by resource name
+    unmapped_devices: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
