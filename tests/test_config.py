@@ -2,7 +2,15 @@
 
 import pytest
 
-from gpucarbon.config import Config, ConfigError, load_config, parse_config, parse_duration
+from gpucarbon.config import (
+    INTENSITY_KEYS_BY_SOURCE,
+    INTENSITY_SOURCES,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 
 EXAMPLE = """
 attribution:
@@ -109,7 +117,6 @@ def test_hostile_key_names_keep_the_error_on_one_line():
 
 # ---- a carbon.intensity key the chosen source does not read is an error ----------
 
-from gpucarbon.config import INTENSITY_KEYS_BY_SOURCE, INTENSITY_SOURCES  # noqa: E402
 
 SAMPLE_VALUES = {"grams_per_kwh": 400, "refresh": "10m", "stale_after": "2h", "timeout": "5s",
                  "base_url": "https://example.invalid", "region": "CAISO_NORTH", "token_env": "EM_TOKEN",

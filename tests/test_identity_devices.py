@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,9 +149,6 @@ def test_any_text_gives_a_known_gpu_none_or_value_error(device_id: str):
 
 
 # ---- GKE's device plugin: nvidia<minor>[/gi<g>][/vgpu<k>] ---------------------------
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 GKE_FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "kubelet" / "gke-device-ids.json").read_text())
 # Minor numbers deliberately differ from NVML indices: /dev/nvidiaN follows the

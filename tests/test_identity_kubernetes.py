@@ -510,7 +510,7 @@ async def test_kuberay_pods_are_named_by_their_rayjob_or_rayservice(api, harness
     for i, chain in enumerate(chains):
         uid = f"22222222-aaaa-bbbb-cccc-00000000000{i}"
         expected = chain["workload"] if follow_raycluster else chain["without_follow"]
-        await eventually(lambda: source.pod(uid).workload == expected)
+        await eventually(lambda uid=uid, expected=expected: source.pod(uid).workload == expected)
     reads = [path for verb, path, _ in api.requests if verb == "get"]
     assert ("/apis/ray.io/v1/namespaces/ml/rayclusters/rayjob-sample-raycluster-9c546" in reads) == follow_raycluster
 

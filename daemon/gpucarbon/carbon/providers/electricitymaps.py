@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from yarl import URL
 
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
@@ -25,7 +24,7 @@ from gpucarbon.config import is_number
 # The base URL Electricity Maps documents today; the older domain redirects to it,
 # so a configured old base_url keeps working (redirects are followed between the two).
 DEFAULT_BASE_URL = "https://api.electricitymaps.com"
-LEGACY_HOSTS = ("api.electricitymap.org",)
+API_HOSTS = ("api.electricitymaps.com", "api.electricitymap.org")  # current, older
 DEFAULT_INTERVAL_S = 600.0
 
 
@@ -48,7 +47,7 @@ class ElectricityMapsFetcher:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
         body = await get_json(session, self._url, what=self.source, timeout=timeout,
                               params={"zone": self._zone}, headers={"auth-token": token},
-                              trusted_hosts=(URL(DEFAULT_BASE_URL).host, *LEGACY_HOSTS))
+                              trusted_hosts=API_HOSTS)
         return parse_latest(body, self._zone)
 
 
