@@ -8,6 +8,7 @@ def builder(built):
     def build(zone):
         built.append(zone)
         return build_provider("table", zone)
+
     return build
 
 
@@ -49,8 +50,13 @@ async def test_fallbacks_count_episodes_not_calls():
     from gpucarbon.carbon.refresh import RefreshingProvider, RefreshPolicy
 
     now = [1000.0]
-    provider = RefreshingProvider(_OneValue(), RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
-                                  IntensityReading(56.0, "FR", "table"), clock=lambda: now[0], session=object())
+    provider = RefreshingProvider(
+        _OneValue(),
+        RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
+        IntensityReading(56.0, "FR", "table"),
+        clock=lambda: now[0],
+        session=object(),
+    )
     for _ in range(5):  # starting: the table serves, but no live value was expected yet
         assert provider.current().fallback
     assert provider.health().fallbacks == 0
@@ -80,8 +86,13 @@ async def test_a_healthy_start_is_no_fallback_but_a_failed_first_fetch_is():
     from gpucarbon.carbon.model import IntensityReading
     from gpucarbon.carbon.refresh import RefreshingProvider, RefreshPolicy
 
-    provider = RefreshingProvider(_Failing(), RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
-                                  IntensityReading(56.0, "FR", "table"), clock=lambda: 1000.0, session=object())
+    provider = RefreshingProvider(
+        _Failing(),
+        RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
+        IntensityReading(56.0, "FR", "table"),
+        clock=lambda: 1000.0,
+        session=object(),
+    )
     provider.current()
     assert provider.health().fallbacks == 0
     await provider.refresh_once()  # the first cycle ended without a value: now one was expected

@@ -24,9 +24,11 @@ from gpucarbon.carbon.table import (
 
 EGRID_SUBREGIONS = (
     "AKGD AKMS AZNM CAMX ERCT FRCC HIMS HIOA MROE MROW NEWE NWPP NYCW NYLI NYUP PRMS "
-    "RFCE RFCM RFCW RMPA SPNO SPSO SRMV SRMW SRSO SRTV SRVC").split()
-REQUIRED_COUNTRIES = ("US FR DE GB IN CN JP SE NO PL AU CA BR IT ES NL KR ZA SG IE CH FI BE "
-                      "DK AT MX ID TW IL AE").split()
+    "RFCE RFCM RFCW RMPA SPNO SPSO SRMV SRMW SRSO SRTV SRVC"
+).split()
+REQUIRED_COUNTRIES = (
+    "US FR DE GB IN CN JP SE NO PL AU CA BR IT ES NL KR ZA SG IE CH FI BE DK AT MX ID TW IL AE"
+).split()
 HEADER = "zone,grams_per_kwh,year,source,licence,name\n"
 
 
@@ -80,22 +82,25 @@ def test_cloud_regions_of_each_provider_map_to_table_zones(table):
     assert regions["azure:westeurope"] == "NL"
 
 
-@pytest.mark.parametrize("zone, expected_zone, matched_by", [
-    ("FR", "FR", "exact"),
-    ("US-EGRID-CAMX", "US-EGRID-CAMX", "exact"),
-    ("fr", "FR", "case-insensitive"),
-    ("world", "WORLD", "case-insensitive"),
-    ("us-egrid-nwpp", "US-EGRID-NWPP", "case-insensitive"),
-    ("aws:us-west-2", "US-EGRID-NWPP", "cloud-region"),
-    ("AWS:EU-WEST-3", "FR", "cloud-region"),
-    ("gcp:us-central1", "US-EGRID-MROW", "cloud-region"),
-    ("azure:swedencentral", "SE", "cloud-region"),
-    ("gcp:northamerica-northeast1", "CA-QC", "cloud-region"),
-    ("oci:iad", "US-EGRID-SRVC", "cloud-region"),
-    ("ca-qc", "CA-QC", "case-insensitive"),
-    ("atlantis", "WORLD", "world-fallback"),
-    ("aws:mars-north-1", "WORLD", "world-fallback"),
-])
+@pytest.mark.parametrize(
+    "zone, expected_zone, matched_by",
+    [
+        ("FR", "FR", "exact"),
+        ("US-EGRID-CAMX", "US-EGRID-CAMX", "exact"),
+        ("fr", "FR", "case-insensitive"),
+        ("world", "WORLD", "case-insensitive"),
+        ("us-egrid-nwpp", "US-EGRID-NWPP", "case-insensitive"),
+        ("aws:us-west-2", "US-EGRID-NWPP", "cloud-region"),
+        ("AWS:EU-WEST-3", "FR", "cloud-region"),
+        ("gcp:us-central1", "US-EGRID-MROW", "cloud-region"),
+        ("azure:swedencentral", "SE", "cloud-region"),
+        ("gcp:northamerica-northeast1", "CA-QC", "cloud-region"),
+        ("oci:iad", "US-EGRID-SRVC", "cloud-region"),
+        ("ca-qc", "CA-QC", "case-insensitive"),
+        ("atlantis", "WORLD", "world-fallback"),
+        ("aws:mars-north-1", "WORLD", "world-fallback"),
+    ],
+)
 def test_lookup_order(table, zone, expected_zone, matched_by):
     lookup = table.lookup(zone)
     assert (lookup.entry.zone, lookup.matched_by) == (expected_zone, matched_by)
@@ -105,21 +110,29 @@ def test_lookup_order(table, zone, expected_zone, matched_by):
 def test_table_provider_reports_the_resolved_zone_and_average_signal(table, caplog):
     provider = TableProvider.for_zone(table, "azure:francecentral")
     reading = provider.current()
-    assert (reading.zone, reading.grams_per_kwh, reading.source, reading.signal, reading.fallback) == \
-        ("FR", 44.18, "table", "average", False)
+    assert (reading.zone, reading.grams_per_kwh, reading.source, reading.signal, reading.fallback) == (
+        "FR",
+        44.18,
+        "table",
+        "average",
+        False,
+    )
     TableProvider.for_zone(table, "nowhere")
     assert "'nowhere' is not in the bundled table" in caplog.text
 
 
-@pytest.mark.parametrize("row, message", [
-    ("FR,abc,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 'abc' is not a number"),
-    ("FR,1600,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 1600.0 is outside 0..1500"),
-    ("FR,-1,2023,Ember,CC BY 4.0,France", "outside 0..1500"),
-    ("FR,56,,Ember,CC BY 4.0,France", "t.csv:2: year is empty"),
-    ("FR,56,2023,,CC BY 4.0,France", "t.csv:2: source is empty"),
-    ("FR,56,2023,Ember,,France", "t.csv:2: licence is empty"),
-    ("FR,56,20x3,Ember,CC BY 4.0,France", "year '20x3' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("FR,abc,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 'abc' is not a number"),
+        ("FR,1600,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 1600.0 is outside 0..1500"),
+        ("FR,-1,2023,Ember,CC BY 4.0,France", "outside 0..1500"),
+        ("FR,56,,Ember,CC BY 4.0,France", "t.csv:2: year is empty"),
+        ("FR,56,2023,,CC BY 4.0,France", "t.csv:2: source is empty"),
+        ("FR,56,2023,Ember,,France", "t.csv:2: licence is empty"),
+        ("FR,56,20x3,Ember,CC BY 4.0,France", "year '20x3' is not an integer"),
+    ],
+)
 def test_bad_rows_are_rejected_with_file_line_and_field(row, message):
     with pytest.raises(TableError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_table_csv(HEADER + row + "\n", "t.csv")
@@ -175,24 +188,31 @@ def test_every_listed_region_of_a_provider_maps_to_a_zone(table, provider):
 
 
 def test_the_region_map_holds_only_listed_regions(table):
-    listed = {f"{p}:{name}".casefold() for p in PROVIDERS for row in provider_regions(p)
-              for name in (row["region"], row.get("short") or row["region"])}
+    listed = {
+        f"{p}:{name}".casefold()
+        for p in PROVIDERS
+        for row in provider_regions(p)
+        for name in (row["region"], row.get("short") or row["region"])
+    }
     assert set(table.cloud_regions()) - listed == set()
 
 
-@pytest.mark.parametrize("region, zone", [
-    ("gcp:northamerica-northeast1", "CA-QC"),  # Montreal
-    ("gcp:northamerica-northeast2", "CA-ON"),  # Toronto
-    ("aws:ca-central-1", "CA-QC"),
-    ("aws:ca-west-1", "CA-AB"),  # Calgary
-    ("azure:canadaeast", "CA-QC"),
-    ("azure:canadacentral", "CA-ON"),
-    ("oci:ca-toronto-1", "CA-ON"),
-    ("aws:ap-southeast-2", "AU-NSW"),  # Sydney
-    ("gcp:australia-southeast2", "AU-VIC"),  # Melbourne
-    ("azure:japanwest", "JP-KN"),  # Osaka
-    ("gcp:asia-south2", "IN-NO"),  # Delhi
-])
+@pytest.mark.parametrize(
+    "region, zone",
+    [
+        ("gcp:northamerica-northeast1", "CA-QC"),  # Montreal
+        ("gcp:northamerica-northeast2", "CA-ON"),  # Toronto
+        ("aws:ca-central-1", "CA-QC"),
+        ("aws:ca-west-1", "CA-AB"),  # Calgary
+        ("azure:canadaeast", "CA-QC"),
+        ("azure:canadacentral", "CA-ON"),
+        ("oci:ca-toronto-1", "CA-ON"),
+        ("aws:ap-southeast-2", "AU-NSW"),  # Sydney
+        ("gcp:australia-southeast2", "AU-VIC"),  # Melbourne
+        ("azure:japanwest", "JP-KN"),  # Osaka
+        ("gcp:asia-south2", "IN-NO"),  # Delhi
+    ],
+)
 def test_regions_in_countries_with_split_grids_use_the_sub_national_zone(table, region, zone):
     assert table.lookup(region).entry.zone == zone
 
@@ -221,19 +241,42 @@ def run_refresh(tmp_path: Path, zones: str, *extra: str) -> subprocess.Completed
     table.write_text(HEADER, "utf-8")
     (tmp_path / "docs.md").write_text("# t\n<!-- carbon-table:begin -->\nold\n<!-- carbon-table:end -->\n", "utf-8")
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--ember", str(FIXTURES / "co2js-average-intensities.excerpt.json"),
-         "--electricitymaps", str(FIXTURES / "co2js-electricitymaps-yearly_2025.excerpt.json"),
-         "--zones", str(tmp_path / "zones.csv"), "--table", str(table), "--docs", str(tmp_path / "docs.md"),
-         *extra], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--ember",
+            str(FIXTURES / "co2js-average-intensities.excerpt.json"),
+            "--electricitymaps",
+            str(FIXTURES / "co2js-electricitymaps-yearly_2025.excerpt.json"),
+            "--zones",
+            str(tmp_path / "zones.csv"),
+            "--table",
+            str(table),
+            "--docs",
+            str(tmp_path / "docs.md"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_refresh_reproduces_the_bundled_rows_from_the_upstream_files(tmp_path):
-    zones = ("CA,ember,CAN,Canada\nFR,ember,FRA,France\nUS,ember,USA,United States\n"
-             "ID,ember,IDN,Indonesia\nWORLD,ember,World,World average\n"
-             "CA-QC,electricitymaps,CA-QC,Québec\nAU-NSW,electricitymaps,AU-NSW,New South Wales\n"
-             "US-EGRID-CAMX,egrid,CAMX,WECC California\n")
-    done = run_refresh(tmp_path, zones, "--egrid", str(FIXTURES / "egrid2023-srl.excerpt.csv"),
-                       "--egrid-release", "eGRID2023 (January 2025)")
+    zones = (
+        "CA,ember,CAN,Canada\nFR,ember,FRA,France\nUS,ember,USA,United States\n"
+        "ID,ember,IDN,Indonesia\nWORLD,ember,World,World average\n"
+        "CA-QC,electricitymaps,CA-QC,Québec\nAU-NSW,electricitymaps,AU-NSW,New South Wales\n"
+        "US-EGRID-CAMX,egrid,CAMX,WECC California\n"
+    )
+    done = run_refresh(
+        tmp_path,
+        zones,
+        "--egrid",
+        str(FIXTURES / "egrid2023-srl.excerpt.csv"),
+        "--egrid-release",
+        "eGRID2023 (January 2025)",
+    )
     assert done.returncode == 0, done.stderr
     made = {row["zone"]: row for row in csv.DictReader((tmp_path / "table.csv").read_text("utf-8").splitlines())}
     bundled = {row["zone"]: row for row in bundled_rows()}

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    return subprocess.run([sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_once_with_simulation_prints_metrics_and_exits_zero():
@@ -75,5 +76,7 @@ def test_a_carbon_key_the_source_ignores_is_one_line_exit_two(tmp_path):
     path.write_text("carbon:\n  intensity:\n    grams_per_kwh: 400\n")
     result = run(f"--config.file={path}", "--simulate", "--once")
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"gpu-carbon-exporter: {path}: carbon.intensity.grams_per_kwh: 400: "
-                                     "source 'table' does not read it (read by: static)")
+    assert result.stderr.strip() == (
+        f"gpu-carbon-exporter: {path}: carbon.intensity.grams_per_kwh: 400: "
+        "source 'table' does not read it (read by: static)"
+    )

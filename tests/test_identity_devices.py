@@ -167,8 +167,10 @@ def test_gke_ids_of_minors_this_node_lacks_are_unmapped(device_id):
     assert normalise_device_id(device_id, GKE_INVENTORY) is None
 
 
-@pytest.mark.parametrize("device_id", ["nvidia", "nvidia0/", "nvidia0/gpu1", "nvidia0/vgpu", "nvidia-0",
-                                       "nvidia0/vgpu1/gi0", "nvidiactl", "nvidia-uvm"])
+@pytest.mark.parametrize(
+    "device_id",
+    ["nvidia", "nvidia0/", "nvidia0/gpu1", "nvidia0/vgpu", "nvidia-0", "nvidia0/vgpu1/gi0", "nvidiactl", "nvidia-uvm"],
+)
 def test_near_gke_ids_are_not_guessed(device_id):
     assert normalise_device_id(device_id, GKE_INVENTORY) is None
 

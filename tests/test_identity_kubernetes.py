@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from fakes.apiserver import FakeApiServer, Fault, make_namespace, make_pod, owner
 
-from fakes.apiserver import Fault, FakeApiServer, make_namespace, make_pod, owner
+from gpucarbon.backoff import Backoff
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.kubernetes import (
-    Backoff,
     KubernetesSetupError,
     KubernetesSource,
     make_client,
 )
 from gpucarbon.identity.model import MetadataSource
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 CID = "containerd://" + "a" * 64
 CID2 = "cri-o://" + "b" * 64
@@ -94,8 +94,13 @@ async def harness(api):
 
 
 def trainer_pod(**overrides):
-    spec = dict(uid=UID1, namespace="ml", labels={"app": "trainer", "pod-template-hash": "7d9f"},
-                owners=[owner("ReplicaSet", "trainer-7d9f")], containers={"main": CID, "sidecar": CID2})
+    spec = dict(
+        uid=UID1,
+        namespace="ml",
+        labels={"app": "trainer", "pod-template-hash": "7d9f"},
+        owners=[owner("ReplicaSet", "trainer-7d9f")],
+        containers={"main": CID, "sidecar": CID2},
+    )
     spec.update(overrides)
     return make_pod(overrides.pop("name", "trainer-7d9f-x1"), **spec)
 
@@ -135,13 +140,13 @@ async def test_pod_lookup_never_waits_for_an_owner_read(api, harness):
 async def test_watch_events_add_modify_and_delete(api, harness):
     h = harness(deleted_retention_s=60)
     source = await h.start()
-    await api.add_pod(make_pod("job-pod", uid=UID2, namespace="web", owners=[owner("PyTorchJob", "llm",
-                                                                                    "kubeflow.org/v1")]))
+    await api.add_pod(
+        make_pod("job-pod", uid=UID2, namespace="web", owners=[owner("PyTorchJob", "llm", "kubeflow.org/v1")])
+    )
     await eventually(lambda: source.pod(UID2) is not None)
     assert (source.pod(UID2).workload, source.pod(UID2).team) == ("PyTorchJob/llm", "frontend")
 
-    relabelled = make_pod("job-pod", uid=UID2, namespace="web", labels={"team": "payments"},
-                          containers={"main": CID})
+    relabelled = make_pod("job-pod", uid=UID2, namespace="web", labels={"team": "payments"}, containers={"main": CID})
     await api.apply("pods", "MODIFIED", relabelled)
     await eventually(lambda: source.pod(UID2).team == "payments")
     assert dict(source.pod(UID2).containers) == {"a" * 64: "main"}
@@ -281,8 +286,11 @@ async def test_job_owned_by_cronjob_and_forbidden_reads(api, harness):
     await eventually(lambda: source.pod(UID1).workload == "CronJob/nightly")
 
     api.fail("get", Fault("status", status=403))
-    await api.add_pod(make_pod("r", uid=UID2, namespace="ml", labels={"pod-template-hash": "5c"},
-                               owners=[owner("ReplicaSet", "api-5c")]))
+    await api.add_pod(
+        make_pod(
+            "r", uid=UID2, namespace="ml", labels={"pod-template-hash": "5c"}, owners=[owner("ReplicaSet", "api-5c")]
+        )
+    )
     await eventually(lambda: source.health.errors_total("owner_lookup") == 1)
     assert source.pod(UID2).workload == "Deployment/api"  # pod-template-hash fallback
     assert source.health.up  # an owner read failing does not take the source down
@@ -302,7 +310,9 @@ async def test_bearer_token_is_sent_on_every_request(api, harness):
 
 def test_kubeconfig_file_outside_the_cluster(tmp_path):
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "dev",
         "clusters": [{"name": "dev", "cluster": {"server": "http://127.0.0.1:1"}}],
         "users": [{"name": "me", "user": {"token": "abc"}}],
         "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me", "namespace": "ml"}}],
@@ -322,8 +332,10 @@ def test_missing_kubeconfig_names_the_file(tmp_path):
     ("text", "problem"),
     [
         ('users:\n- name: me\n  user: {token: "s3cret-token\n', "not valid YAML: found unexpected end of stream"),
-        ("users:\n- name: me\n  user:\n    token: s3cret-token: x\n", "not valid YAML: mapping values are "
-                                                                        "not allowed here at line 4, column 24"),
+        (
+            "users:\n- name: me\n  user:\n    token: s3cret-token: x\n",
+            "not valid YAML: mapping values are not allowed here at line 4, column 24",
+        ),
         ("- token: s3cret-token\n", "not a kubeconfig"),
     ],
 )
@@ -347,11 +359,18 @@ def self_signed_ca_pem() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -385,8 +404,7 @@ def test_in_cluster_without_service_account_is_a_clear_error(tmp_path, monkeypat
 
 def test_empty_node_name_is_rejected():
     with pytest.raises(ValueError, match="node_name"):
-        KubernetesSource(make_client(server="http://127.0.0.1:1"), node_name="", teams=TeamRules(),
-                         clock=ManualClock())
+        KubernetesSource(make_client(server="http://127.0.0.1:1"), node_name="", teams=TeamRules(), clock=ManualClock())
 
 
 def test_backoff_doubles_to_its_cap_with_jitter():
@@ -412,13 +430,15 @@ def test_documented_rbac_is_valid_and_read_only():
     role = next(o for o in objects if o["kind"] == "ClusterRole")
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs <= {"get", "list", "watch"}
-    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"]}
+    granted = {
+        (group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+    }
     assert granted == {("", "pods"), ("", "namespaces"), ("", "nodes"), ("apps", "replicasets"), ("batch", "jobs")}
     assert not any("*" in str(rule) for rule in role["rules"])
 
 
 # ---- static pods: the cgroup carries the config hash, the API server the mirror pod --------
+
 
 async def test_a_static_pod_and_its_mirror_pod_are_one_consumer(api, harness):
     from dataclasses import dataclass
@@ -433,8 +453,9 @@ async def test_a_static_pod_and_its_mirror_pod_are_one_consumer(api, harness):
     from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
     from gpucarbon.identity.resolver import Resolver
 
-    fixture = yaml.safe_load((Path(__file__).parent / "fixtures" / "kubernetes"
-                              / "static-pod-etcd-minikube.yaml").read_text())
+    fixture = yaml.safe_load(
+        (Path(__file__).parent / "fixtures" / "kubernetes" / "static-pod-etcd-minikube.yaml").read_text()
+    )
     mirror = fixture["mirror_pod"]
     mirror["spec"]["nodeName"] = "node-a"  # the harness watches node-a
     config_hash = mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"]
@@ -445,8 +466,12 @@ async def test_a_static_pod_and_its_mirror_pod_are_one_consumer(api, harness):
     cgroup = parse_cgroup(fixture["process_cgroup"])
     assert cgroup.pod_uid == config_hash != mirror_uid
     meta = source.pod(config_hash)
-    assert (meta.uid, meta.namespace, meta.name, meta.workload) == \
-        (mirror_uid, "kube-system", "etcd-minikube", "Pod/etcd-minikube")
+    assert (meta.uid, meta.namespace, meta.name, meta.workload) == (
+        mirror_uid,
+        "kube-system",
+        "etcd-minikube",
+        "Pod/etcd-minikube",
+    )
 
     @dataclass
     class Facts:
@@ -464,8 +489,11 @@ async def test_a_static_pod_and_its_mirror_pod_are_one_consumer(api, harness):
     [by_allocation] = allocations.allocations()["GPU-0"]
 
     assert by_process.key == by_allocation.key == f"pod/{mirror_uid}/etcd"
-    assert by_process.labels() == by_allocation.labels() == \
-        ("kube-system", "etcd-minikube", "etcd", "Pod/etcd-minikube", "unassigned")
+    assert (
+        by_process.labels()
+        == by_allocation.labels()
+        == ("kube-system", "etcd-minikube", "etcd", "Pod/etcd-minikube", "unassigned")
+    )
     # Booked under the hash before the mirror pod was known: that series folds into this one.
     assert f"pod/{config_hash}/{cgroup.container_id[:12]}" in by_process.aliases
 
@@ -475,14 +503,22 @@ def test_only_a_mirror_pod_has_a_config_hash():
 
     digest = "9d80efa9dfda66b126ec4f9b5f7a004f"
     assert mirror_config_hash({"kubernetes.io/config.mirror": digest}) == digest
-    assert mirror_config_hash({"kubernetes.io/config.mirror": "mirror",  # older test value
-                               "kubernetes.io/config.hash": digest}) == digest
+    assert (
+        mirror_config_hash(
+            {
+                "kubernetes.io/config.mirror": "mirror",  # older test value
+                "kubernetes.io/config.hash": digest,
+            }
+        )
+        == digest
+    )
     assert mirror_config_hash({"kubernetes.io/config.hash": digest}) is None  # the static pod itself
     assert mirror_config_hash({"kubernetes.io/config.mirror": "../../etc"}) is None
     assert mirror_config_hash(None) is None
 
 
 # ---- owners deeper than one hop: KubeRay's RayJob / RayService chains ---------------------
+
 
 def _kuberay_chains():
     from pathlib import Path
@@ -499,12 +535,22 @@ async def test_kuberay_pods_are_named_by_their_rayjob_or_rayservice(api, harness
     for i, chain in enumerate(chains):
         for parent in chain["parents"]:
             ctl = parent["controller"]
-            api.set_owned(parent["kind"], "ml", parent["name"],
-                          owner(ctl["kind"], ctl["name"], api_version=ctl["apiVersion"]) if ctl else None)
+            api.set_owned(
+                parent["kind"],
+                "ml",
+                parent["name"],
+                owner(ctl["kind"], ctl["name"], api_version=ctl["apiVersion"]) if ctl else None,
+            )
         ref = chain["owner"]
-        await api.add_pod(make_pod(chain["pod"], uid=f"22222222-aaaa-bbbb-cccc-00000000000{i}", namespace="ml",
-                                   labels=chain["labels"],
-                                   owners=[owner(ref["kind"], ref["name"], api_version=ref["apiVersion"])]))
+        await api.add_pod(
+            make_pod(
+                chain["pod"],
+                uid=f"22222222-aaaa-bbbb-cccc-00000000000{i}",
+                namespace="ml",
+                labels=chain["labels"],
+                owners=[owner(ref["kind"], ref["name"], api_version=ref["apiVersion"])],
+            )
+        )
     follow = ("ReplicaSet", "Job", "RayCluster") if follow_raycluster else ("ReplicaSet", "Job")
     source = await harness(owner_follow=follow).start()
     for i, chain in enumerate(chains):
@@ -519,8 +565,7 @@ async def test_the_chain_stops_at_max_depth(api, harness):
     # A Job owned by a RayCluster owned by a RayJob: two reads; max_depth 1 stops at the first.
     api.set_owned("Job", "ml", "sub", owner("RayCluster", "rc", api_version="ray.io/v1"))
     api.set_owned("RayCluster", "ml", "rc", owner("RayJob", "rj", api_version="ray.io/v1"))
-    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml",
-                               owners=[owner("Job", "sub", api_version="batch/v1")]))
+    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml", owners=[owner("Job", "sub", api_version="batch/v1")]))
     deep = await harness(owner_follow=("Job", "RayCluster"), owner_max_depth=2).start()
     await eventually(lambda: deep.pod(UID1).workload == "RayJob/rj")
 
@@ -528,16 +573,22 @@ async def test_the_chain_stops_at_max_depth(api, harness):
 async def test_the_chain_stops_at_max_depth_one(api, harness):
     api.set_owned("Job", "ml", "sub", owner("RayCluster", "rc", api_version="ray.io/v1"))
     api.set_owned("RayCluster", "ml", "rc", owner("RayJob", "rj", api_version="ray.io/v1"))
-    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml",
-                               owners=[owner("Job", "sub", api_version="batch/v1")]))
+    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml", owners=[owner("Job", "sub", api_version="batch/v1")]))
     shallow = await harness(owner_follow=("Job", "RayCluster"), owner_max_depth=1).start()
     await eventually(lambda: shallow.pod(UID1).workload == "RayCluster/rc")
     assert api.count("get", "/apis/ray.io") == 0
 
 
 async def test_a_forbidden_custom_resource_read_keeps_the_best_known_owner(api, harness):
-    await api.add_pod(make_pod("w-0", uid=UID1, namespace="ml", labels={"ray.io/cluster": "rc"},
-                               owners=[owner("RayCluster", "rc", api_version="ray.io/v1")]))
+    await api.add_pod(
+        make_pod(
+            "w-0",
+            uid=UID1,
+            namespace="ml",
+            labels={"ray.io/cluster": "rc"},
+            owners=[owner("RayCluster", "rc", api_version="ray.io/v1")],
+        )
+    )
     api.fail("get", Fault("status", status=403))
     source = await harness(owner_follow=("RayCluster",)).start()
     await eventually(lambda: source.health.errors_total("owner_lookup") >= 1)

@@ -37,18 +37,30 @@ def ctl(kind: str, name: str) -> OwnerRef:
         ("raycluster from ownerReference", pod([ctl("RayCluster", "rc")]), "RayCluster/rc"),
         ("jobset from ownerReference", pod([ctl("JobSet", "js")]), "JobSet/js"),
         ("leaderworkerset from ownerReference", pod([ctl("LeaderWorkerSet", "lws")]), "LeaderWorkerSet/lws"),
-        ("LWS statefulset by label", pod([ctl("StatefulSet", "lws-0")],
-                                         {"leaderworkerset.sigs.k8s.io/name": "vllm"}), "LeaderWorkerSet/vllm"),
+        (
+            "LWS statefulset by label",
+            pod([ctl("StatefulSet", "lws-0")], {"leaderworkerset.sigs.k8s.io/name": "vllm"}),
+            "LeaderWorkerSet/vllm",
+        ),
         ("label: job-name", pod(labels={"job-name": "j"}), "Job/j"),
-        ("label: kubeflow pytorch", pod(labels={"training.kubeflow.org/job-name": "k",
-                                                "training.kubeflow.org/operator-name": "pytorchjob-controller"}),
-         "PyTorchJob/k"),
+        (
+            "label: kubeflow pytorch",
+            pod(
+                labels={
+                    "training.kubeflow.org/job-name": "k",
+                    "training.kubeflow.org/operator-name": "pytorchjob-controller",
+                }
+            ),
+            "PyTorchJob/k",
+        ),
         ("label: kubeflow unknown operator", pod(labels={"training.kubeflow.org/job-name": "k"}), "KubeflowJob/k"),
         ("label: ray", pod(labels={"ray.io/cluster": "rc"}), "RayCluster/rc"),
-        ("label: jobset beats job-name", pod(labels={"job-name": "js-w-0", "jobset.sigs.k8s.io/jobset-name": "js"}),
-         "JobSet/js"),
-        ("controller beats labels", pod([ctl("RayCluster", "real")], {"ray.io/cluster": "label"}),
-         "RayCluster/real"),
+        (
+            "label: jobset beats job-name",
+            pod(labels={"job-name": "js-w-0", "jobset.sigs.k8s.io/jobset-name": "js"}),
+            "JobSet/js",
+        ),
+        ("controller beats labels", pod([ctl("RayCluster", "real")], {"ray.io/cluster": "label"}), "RayCluster/real"),
     ],
 )
 def test_direct_workload_without_api_reads(case, subject, workload):
@@ -130,8 +142,7 @@ async def test_failed_lookup_falls_back_and_retries_after_a_while():
     lookup.fail_with = "forbidden"
     failures: list[str] = []
     clock = ManualClock()
-    resolver = OwnerResolver(lookup, clock=clock, retry_after_s=60,
-                             on_failure=lambda f: failures.append(f.reason))
+    resolver = OwnerResolver(lookup, clock=clock, retry_after_s=60, on_failure=lambda f: failures.append(f.reason))
     subject = pod([ctl("ReplicaSet", "web-7d9f")], {"pod-template-hash": "7d9f"})
     assert await resolver.resolve(subject) == "Deployment/web"  # the pod-template-hash rule
     assert failures == ["forbidden"]
@@ -187,11 +198,14 @@ CHAIN = {
 RAY_FOLLOW = frozenset({"ReplicaSet", "Job", "RayCluster", "StatefulSet"})
 
 
-@pytest.mark.parametrize(("owner", "workload", "reads"), [
-    (ctl("RayCluster", "rj-raycluster-9c546"), "RayJob/rj", 1),
-    (ctl("StatefulSet", "nb"), "Notebook/nb", 1),  # a Kubeflow notebook's StatefulSet
-    (ctl("Job", "sub"), "RayJob/deep", 2),
-])
+@pytest.mark.parametrize(
+    ("owner", "workload", "reads"),
+    [
+        (ctl("RayCluster", "rj-raycluster-9c546"), "RayJob/rj", 1),
+        (ctl("StatefulSet", "nb"), "Notebook/nb", 1),  # a Kubeflow notebook's StatefulSet
+        (ctl("Job", "sub"), "RayJob/deep", 2),
+    ],
+)
 async def test_followed_kinds_are_read_up_the_chain(owner, workload, reads):
     lookup = FakeLookup(CHAIN)
     resolver = OwnerResolver(lookup, clock=ManualClock(), followed=RAY_FOLLOW)
@@ -232,8 +246,11 @@ def test_unfollowed_kinds_are_not_read_and_lws_label_wins():
 
 
 def test_kuberay_origin_labels_name_the_root_resource():
-    labels = {"ray.io/cluster": "rj-raycluster-9c546", "ray.io/originated-from-crd": "RayJob",
-              "ray.io/originated-from-cr-name": "rj"}
+    labels = {
+        "ray.io/cluster": "rj-raycluster-9c546",
+        "ray.io/originated-from-crd": "RayJob",
+        "ray.io/originated-from-cr-name": "rj",
+    }
     assert workload_from_labels(labels) == "RayJob/rj"
     assert workload_from_labels({**labels, "ray.io/originated-from-crd": "Other"}) == "RayCluster/rj-raycluster-9c546"
 

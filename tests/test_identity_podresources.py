@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from fakes.kubelet import FakeKubelet, pod
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.podresources import (
@@ -57,8 +57,7 @@ async def kubelet(socket_dir):
 
 
 def make_source(path: Path, clock: ManualClock | None = None, **kwargs) -> PodResourcesSource:
-    return PodResourcesSource(str(path), clock=clock or ManualClock(), timeout_s=kwargs.pop("timeout_s", 2.0),
-                              **kwargs)
+    return PodResourcesSource(str(path), clock=clock or ManualClock(), timeout_s=kwargs.pop("timeout_s", 2.0), **kwargs)
 
 
 async def test_list_keeps_only_nvidia_devices_per_container(kubelet):
@@ -67,7 +66,9 @@ async def test_list_keeps_only_nvidia_devices_per_container(kubelet):
     devices = source.devices()
     assert devices[ContainerKey("ml", "trainer-0", "main")] == {AllocatedDevice("nvidia.com/gpu", GPU0)}
     assert devices[ContainerKey("share", "replica-a", "main")] == {
-        AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::0"), AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::3")}
+        AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::0"),
+        AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::3"),
+    }
     assert ContainerKey("ml", "trainer-0", "sidecar") not in devices  # holds nothing
     assert ContainerKey("other", "nic-only", "main") not in devices  # not an NVIDIA resource
     assert source.health.up
@@ -80,13 +81,18 @@ async def test_every_device_id_form_lands_on_its_board(kubelet):
     allocations = source.holders_by_gpu(NORMALISE)
     assert allocations.holders == {
         GPU0: (ContainerKey("ml", "trainer-0", "main"),),
-        GPU1: (ContainerKey("ml", "indexed", "main"),  # index form "1"
-               ContainerKey("share", "replica-a", "main"),  # two replicas, one holder
-               ContainerKey("share", "replica-b", "main")),
+        GPU1: (
+            ContainerKey("ml", "indexed", "main"),  # index form "1"
+            ContainerKey("share", "replica-a", "main"),  # two replicas, one holder
+            ContainerKey("share", "replica-b", "main"),
+        ),
         GPU2: (ContainerKey("ml", "mig-by-index", "main"), ContainerKey("ml", "mig-user", "main")),
     }
-    assert allocations.unmapped == (UnmappedDevice("nvidia.com/gpu", "GPU-99999999-9999-9999-9999-999999999999",
-                                                   ContainerKey("other", "stranger", "main")),)
+    assert allocations.unmapped == (
+        UnmappedDevice(
+            "nvidia.com/gpu", "GPU-99999999-9999-9999-9999-999999999999", ContainerKey("other", "stranger", "main")
+        ),
+    )
     await source.close()
 
 
@@ -184,6 +190,7 @@ class _Stop(Exception):
 
 # ---- GKE device IDs through the real gRPC path, and unmapped allocations ---------------
 
+
 async def test_gke_ids_join_by_minor_and_unmapped_ids_are_counted_and_logged_once(socket_dir, caplog):
     from gpucarbon.identity.allocations import KubeletAllocations
 
@@ -207,7 +214,10 @@ async def test_gke_ids_join_by_minor_and_unmapped_ids_are_counted_and_logged_onc
             held = kubelet.allocations()
             kubelet.allocations()
         assert {uuid: [c.pod for c in consumers] for uuid, consumers in held.items()} == {
-            GPU1: ["whole"], GPU0: ["shared"], GPU2: ["mig"]}
+            GPU1: ["whole"],
+            GPU0: ["shared"],
+            GPU2: ["mig"],
+        }
         assert kubelet.unmapped() == {"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 1}
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 2, lines  # once per ID, not once per poll

@@ -12,7 +12,7 @@ such as ``FR`` or ``US-EGRID-RFCE``).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from gpucarbon.carbon.table import WORLD_ZONE
 
@@ -20,8 +20,13 @@ REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernete
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 
 # OKE sets spec.providerID to the instance OCID (`ocid1.instance.oc1.<region>.<id>`).
-_PROVIDER_ID_PREFIXES = (("aws://", "aws"), ("gce://", "gcp"), ("azure://", "azure"),
-                         ("ocid1.", "oci"), ("oci://", "oci"))
+_PROVIDER_ID_PREFIXES = (
+    ("aws://", "aws"),
+    ("gce://", "gcp"),
+    ("azure://", "azure"),
+    ("ocid1.", "oci"),
+    ("oci://", "oci"),
+)
 # Label namespaces that only a given cloud's node pools set.
 _LABEL_PREFIXES = (
     ("eks.amazonaws.com/", "aws"),
@@ -41,7 +46,7 @@ _ZONE_SUFFIX = {
 
 
 def detect_cloud_provider(labels: Mapping[str, str], provider_id: str | None) -> str | None:
-    """"aws", "gcp", "azure", "oci" or None, from spec.providerID first, then labels."""
+    """ "aws", "gcp", "azure", "oci" or None, from spec.providerID first, then labels."""
     if provider_id:
         for prefix, provider in _PROVIDER_ID_PREFIXES:
             if provider_id.startswith(prefix):
@@ -85,8 +90,7 @@ def _region_from_zone_label(provider: str, zone: str | None) -> str | None:
 AUTO = "auto"
 
 
-def resolve_zone(configured: str | None, labels: Mapping[str, str],
-                 provider_id: str | None = None) -> str:
+def resolve_zone(configured: str | None, labels: Mapping[str, str], provider_id: str | None = None) -> str:
     """The configured zone, or for "auto"/empty the node's detected zone, else WORLD."""
     if configured and configured.strip().lower() != AUTO:
         return configured.strip()

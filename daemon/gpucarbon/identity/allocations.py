@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
+from gpucarbon.identity.health import HealthSnapshot, SourceHealth
 from gpucarbon.identity.model import Consumer, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations, UnmappedDevice
 from gpucarbon.identity.resolver import pod_consumer, pod_name_key
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
-
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 log = logging.getLogger(__name__)
 # Remembered IDs, so a log line is written once per ID and pod; bounded because
@@ -42,8 +44,9 @@ class PodsByName(Protocol):
 
 
 class KubeletAllocations:
-    def __init__(self, podresources: DeviceHolders, pods: PodsByName | None,
-                 inventory: Callable[[], GpuInventory]) -> None:
+    def __init__(
+        self, podresources: DeviceHolders, pods: PodsByName | None, inventory: Callable[[], GpuInventory]
+    ) -> None:
         self._podresources = podresources
         self._pods = pods
         self._inventory = inventory
@@ -61,6 +64,10 @@ class KubeletAllocations:
         as of the last `allocations()`."""
         return dict(sorted(Counter(device.resource for device in self._unmapped).items()))
 
+    def health_with_unmapped(self, health: SourceHealth) -> _HealthWithUnmapped:
+        """The kubelet source's health, its snapshots carrying `unmapped()`."""
+        return _HealthWithUnmapped(health, self)
+
     def _note_unmapped(self, unmapped: tuple[UnmappedDevice, ...]) -> None:
         self._unmapped = unmapped
         for device in unmapped:
@@ -68,15 +75,33 @@ class KubeletAllocations:
                 continue
             self._logged.add(device)
             holder = device.holder
-            log.warning("podresources: %s device %r of pod %s/%s (container %s) matches no GPU of "
-                        "this node; its energy cannot be attributed to it", device.resource,
-                        device.device_id, holder.namespace, holder.pod, holder.container)
+            log.warning(
+                "podresources: %s device %r of pod %s/%s (container %s) matches no GPU of "
+                "this node; its energy cannot be attributed to it",
+                device.resource,
+                device.device_id,
+                holder.namespace,
+                holder.pod,
+                holder.container,
+            )
 
     def _consumer(self, key: ContainerKey) -> Consumer:
         meta = self._pods.pods_by_name(key.namespace, key.pod) if self._pods is not None else None
         if meta is not None:
             return pod_consumer(meta, key.container)
-        return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
-                        namespace=sanitise_label_value(key.namespace), pod=sanitise_label_value(key.pod),
-                        container=sanitise_label_value(key.container),
-                        workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN))
+        return Consumer(
+            key=pod_name_key(key.namespace, key.pod, key.container),
+            namespace=sanitise_label_value(key.namespace),
+            pod=sanitise_label_value(key.pod),
+            container=sanitise_label_value(key.container),
+            workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN),
+        )
+
+
+class _HealthWithUnmapped:
+    def __init__(self, health: SourceHealth, allocations: KubeletAllocations) -> None:
+        self._health = health
+        self._allocations = allocations
+
+    def snapshot(self) -> HealthSnapshot:
+        return replace(self._health.snapshot(), unmapped_devices=tuple(self._allocations.unmapped().items()))

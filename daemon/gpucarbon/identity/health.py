@@ -12,9 +12,9 @@ set stays bounded.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # Reasons shared by the sources; a source may add its own short constant.
 UNAVAILABLE = "unavailable"  # socket missing, connection refused, command not found
@@ -33,6 +33,8 @@ class HealthSnapshot:
     source: str
     up: bool
     errors_total: Mapping[str, int]
+    # kubelet PodResources only: allocated device IDs no GPU explains, by resource name
+    unmapped_devices: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass

@@ -35,9 +35,10 @@ import contextlib
 import logging
 import random
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 from lightkube import AsyncClient, KubeConfig
@@ -48,7 +49,9 @@ from lightkube.resources.apps_v1 import ReplicaSet, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
-from gpucarbon.clock import Clock
+from gpucarbon.backoff import Backoff
+from gpucarbon.clock import Clock, Sleep
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import PodMeta
@@ -61,7 +64,7 @@ from gpucarbon.identity.owners import (
     PodOwnership,
     controller_of,
 )
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 try:  # lightkube >= 1.0 ships its HTTP client as httpx2, earlier releases use httpx
     import httpx2 as httpx
@@ -83,10 +86,8 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
 _CONFIG_HASH = re.compile(r"[0-9a-f]{32}")
 
-Sleep = Callable[[float], Awaitable[None]]
 
-
-class KubernetesSetupError(Exception):
+class KubernetesSetupError(GpuCarbonError):
     """The client cannot be built (no kubeconfig, not in a cluster); one line."""
 
 
@@ -110,8 +111,16 @@ def make_client(
         else:
             config = KubeConfig.from_service_account(service_account_dir)
         return AsyncClient(config, timeout=httpx.Timeout(timeout_s), trust_env=False)
-    except (ConfigError, OSError, KeyError, ValueError, TypeError, AttributeError, AssertionError,
-            yaml.YAMLError) as err:
+    except (
+        ConfigError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        yaml.YAMLError,
+    ) as err:
         if kubeconfig:
             where = f"kubeconfig {kubeconfig}"
         elif server:
@@ -162,25 +171,6 @@ def classify(exc: BaseException) -> str:
     return reasons.DECODE
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": half the step fixed, half random,
-    so many daemons restarting together spread out but never retry at once."""
-
-    initial_s: float = 1.0
-    max_s: float = 60.0
-    rng: Callable[[], float] = random.random
-    _attempt: int = 0
-
-    def next_delay(self) -> float:
-        step = min(self.max_s, self.initial_s * (2 ** self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return step / 2 + self.rng() * step / 2
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 class _WatchStalled(Exception):
     pass
 
@@ -211,7 +201,7 @@ class ListWatch:
         self._on_event = on_event
         self._on_state = on_state  # (loop name, ok, error reason or None)
         self._namespace = namespace
-        self._fields = dict(fields) if fields else None
+        self._fields: dict[str, Any] | None = dict(fields) if fields else None
         self._sleep = sleep
         self._backoff = backoff
         self._watch_timeout_s = watch_timeout_s
@@ -248,7 +238,7 @@ class ListWatch:
         await self._sleep(self._backoff.next_delay())
 
     async def _relist(self) -> None:
-        listing = self._client.list(
+        listing: Any = self._client.list(
             self._resource, namespace=self._namespace, chunk_size=LIST_CHUNK, fields=self._fields
         )
         items = [item async for item in listing]
@@ -260,7 +250,7 @@ class ListWatch:
         self._on_state(self.name, True, None)
 
     async def _watch(self) -> None:
-        stream = self._client.watch(
+        stream: Any = self._client.watch(
             self._resource,
             namespace=self._namespace,
             fields=self._fields,
@@ -304,13 +294,13 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     if meta is None or not meta.uid or not meta.name or not meta.namespace:
         return None
     owners = tuple(
-        OwnerRef(ref.kind, ref.name, bool(ref.controller), ref.apiVersion or "")
-        for ref in (meta.ownerReferences or ())
+        OwnerRef(ref.kind, ref.name, bool(ref.controller), ref.apiVersion or "") for ref in (meta.ownerReferences or ())
     )
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
-    return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)),
-                     mirror_config_hash(meta.annotations))
+    return _PodFacts(
+        meta.uid, ownership, MappingProxyType(container_names(pod.status)), mirror_config_hash(meta.annotations)
+    )
 
 
 def mirror_config_hash(annotations: Mapping[str, str] | None) -> str | None:
@@ -369,23 +359,41 @@ class KubernetesSource:
         self._deleted_retention_s = deleted_retention_s
         self._owner_retry_s = owner_retry_s
         self._resolver = OwnerResolver(
-            self._controller_of, clock=clock, cache_size=owner_cache_size,
-            retry_after_s=owner_retry_s, on_failure=self._owner_failed,
-            followed=owner_follow, max_depth=owner_max_depth,
+            self._controller_of,
+            clock=clock,
+            cache_size=owner_cache_size,
+            retry_after_s=owner_retry_s,
+            on_failure=self._owner_failed,
+            followed=owner_follow,
+            max_depth=owner_max_depth,
         )
         stall = stall_timeout_s if stall_timeout_s is not None else watch_timeout_s + 30.0
         common = dict(sleep=sleep, watch_timeout_s=watch_timeout_s, stall_timeout_s=stall, on_state=self._loop_state)
-        self._loops = [ListWatch(
-            "pods", client, Pod, namespace=ALL_NAMESPACES, fields={"spec.nodeName": node_name},
-            on_list=self._pods_listed, on_event=self._pod_event,
-            backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-        )]
+        self._loops = [
+            ListWatch(
+                "pods",
+                client,
+                Pod,
+                namespace=ALL_NAMESPACES,
+                fields={"spec.nodeName": node_name},
+                on_list=self._pods_listed,
+                on_event=self._pod_event,
+                backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                **common,  # type: ignore[arg-type]
+            )
+        ]
         if watch_namespaces:
-            self._loops.append(ListWatch(
-                "namespaces", client, Namespace, on_list=self._namespaces_listed,
-                on_event=self._namespace_event,
-                backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-            ))
+            self._loops.append(
+                ListWatch(
+                    "namespaces",
+                    client,
+                    Namespace,
+                    on_list=self._namespaces_listed,
+                    on_event=self._namespace_event,
+                    backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                    **common,  # type: ignore[arg-type]
+                )
+            )
         self._loop_ok = {loop.name: False for loop in self._loops}
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
@@ -503,10 +511,16 @@ class KubernetesSource:
     # ---- namespaces ----------------------------------------------------------
 
     def _namespaces_listed(self, namespaces: list[Any]) -> None:
-        fresh = {ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
-                 for ns in namespaces if ns.metadata and ns.metadata.name}
-        changed = {name for name in fresh.keys() | self._namespace_labels.keys()
-                   if fresh.get(name) != self._namespace_labels.get(name)}
+        fresh: dict[str, Mapping[str, str]] = {
+            ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
+            for ns in namespaces
+            if ns.metadata and ns.metadata.name
+        }
+        changed = {
+            name
+            for name in fresh.keys() | self._namespace_labels.keys()
+            if fresh.get(name) != self._namespace_labels.get(name)
+        }
         self._namespace_labels = fresh
         self._recompute_teams(changed)
 
@@ -561,7 +575,7 @@ class KubernetesSource:
     async def _controller_of(self, kind: str, namespace: str, name: str) -> OwnerRef | None:
         resource = self._resource_for(kind)
         try:
-            obj = await self._client.get(resource, name, namespace=namespace)
+            obj: Any = await self._client.get(resource, name, namespace=namespace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a reason, never fatal
