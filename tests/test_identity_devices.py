@@ -184,3 +184,16 @@ def test_minor_numbers_must_be_unique_and_of_known_gpus():
         GpuInventory({GPU0: 0, GPU1: 1}, minor_numbers={GPU0: 0, GPU1: 0})
     with pytest.raises(ValueError, match="not among the GPUs"):
         GpuInventory({GPU0: 0}, minor_numbers={GPU1: 0})
+
+
+def test_inventory_of_readings_carries_minor_numbers_and_drops_a_claimed_twice_minor():
+    from gpucarbon.device.model import GpuReading
+    from gpucarbon.identity.devices import inventory_of
+
+    def reading(uuid: str, index: int, minor: int | None) -> GpuReading:
+        return GpuReading(uuid=uuid, index=index, name="G", timestamp_s=0.0, minor_number=minor)
+
+    good = inventory_of({GPU0: reading(GPU0, 0, 1), GPU1: reading(GPU1, 1, 0), GPU3: reading(GPU3, 3, None)})
+    assert [normalise_device_id(f"nvidia{m}", good) for m in (0, 1, 3)] == [GPU1, GPU0, None]
+    clash = inventory_of({GPU0: reading(GPU0, 0, 4), GPU1: reading(GPU1, 1, 4)})
+    assert normalise_device_id("nvidia4", clash) is None  # never a wrong GPU
