@@ -106,6 +106,7 @@ LEVEL_LABEL = {
     "namespace": "namespace",
     "namespace_workload": "workload",
     "node_namespace_workload": "workload",
+    "node_team": "team",
 }
 
 

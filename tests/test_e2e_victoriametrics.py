@@ -3,11 +3,12 @@ the recording rules and remote-writes everything to VictoriaMetrics (Debian's
 `victoria-metrics`); every dashboard query must give the same answer from
 VictoriaMetrics' Prometheus-compatible API as from Prometheus itself.
 
-Both are asked at the same instant, a few seconds in the past so that remote
-write has delivered it. Answers are compared series by series (labels without
-`__name__`, whose keeping differs between engines) and value by value within
-rounding. The hourly rules' `interval: 1h` is shortened to 2s in the test copy,
-as in tests/test_e2e_dashboards.py, so that they have samples.
+Both are asked at the same instant, one the fixture has checked remote write
+has delivered (VictoriaMetrics holds raw and rule samples past it). Answers
+are compared series by series (labels without `__name__`, whose keeping
+differs between engines) and value by value within rounding. The hourly
+rules' `interval: 1h` is shortened to 2s in the test copy, as in
+tests/test_e2e_dashboards.py, so that they have samples.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _close(a: float, b: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]]:
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api, float]]:
     tmp = tmp_path_factory.mktemp("vm")
     daemon_port, prometheus_port, vm_port = _free_port(), _free_port(), _free_port()
     rules = []
@@ -138,8 +139,20 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]
             DATA_TIMEOUT_S,
             processes,
         )
-        time.sleep(3)
-        yield prom, victoria
+        # One instant for every comparison, far enough back that remote write has
+        # delivered the samples around it, checked rather than assumed: the
+        # latest raw sample and rule output in VictoriaMetrics are past it.
+        at = time.time() - 1
+        for series in ("up", "team:gpucarbon_team_energy_joules:rate5m", probe):
+            _wait_for(
+                f"VictoriaMetrics to hold {series} past the comparison instant",
+                lambda series=series: (
+                    max(victoria.query(f"timestamp({series})", time.time()).values(), default=0) > at + 3
+                ),
+                DATA_TIMEOUT_S,
+                processes,
+            )
+        yield prom, victoria, at
     finally:
         for process in (server, daemon, vm):
             _stop(process)
@@ -150,8 +163,7 @@ QUERIES = panel_queries()
 
 @pytest.mark.parametrize("query", QUERIES, ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
 def test_victoriametrics_answers_every_dashboard_query_as_prometheus_does(stores, query) -> None:
-    prom, victoria = stores
-    at = time.time() - 5  # remote write has delivered this instant (batches every 500 ms)
+    prom, victoria, at = stores
     expected, got = prom.query(query.expr, at), victoria.query(query.expr, at)
     assert set(got) == set(expected), (
         f"{query.dashboard}/{query.panel}: series differ\nonly Prometheus: {sorted(set(expected) - set(got))}\n"
