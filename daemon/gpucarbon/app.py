@@ -27,6 +27,7 @@ from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
+from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
@@ -307,16 +308,19 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
 
 
 async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
-                auth_failures: AuthFailures | None = None) -> int:
+                auth_failures: AuthFailures | None = None, security_headers: dict | None = None,
+                extra_collectors: tuple = ()) -> int:
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
+    connections = ConnectionCounts()
     app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures,
+                    extra_collectors=(connections, *extra_collectors))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
-                       shutdown_timeout=2.0)
+    site = GuardedSite(runner, address.host, address.port, ssl_context=ssl_context, counts=connections,
+                       security_headers=security_headers)
     await site.start()
     log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
     stop = asyncio.Event()

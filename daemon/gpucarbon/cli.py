@@ -19,6 +19,10 @@ from gpucarbon.device.scenario import DEMO, ScenarioError, load_scenario
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 
 PROG = "gpu-carbon-exporter"
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
+RESERVED_PATHS = {"/healthz": "the liveness probe path (served without basic auth)",
+                  "/readyz": "the readiness probe path (served without basic auth)",
+                  "/": "the landing page"}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -47,6 +51,12 @@ def _address(text: str) -> str:
 def _telemetry_path(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r}: must start with /")
+    if any(ch in text for ch in "?#") or any(ord(ch) < 0x21 for ch in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a plain path (no query, fragment, spaces or "
+                                         "control characters)")
+    if text in RESERVED_PATHS:
+        # Probe paths are served without basic auth: metrics there would be open.
+        raise argparse.ArgumentTypeError(f"{text!r}: collides with {RESERVED_PATHS[text]}; choose another path")
     return text
 
 
@@ -119,7 +129,6 @@ class _WebConfigProblem(Exception):
     """--web.config.file is invalid (one line naming file and key)."""
 
 
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
 
 
 def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:

@@ -21,6 +21,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
 from gpucarbon.exporter.collector import SnapshotCollector
+from gpucarbon.exporter.listener import request_guard_middleware
 from gpucarbon.snapshot import Snapshot
 
 # generate_latest() writes the classic text format; say so explicitly, since
@@ -101,8 +102,9 @@ def build_app(
     telemetry_path: str = "/metrics",
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
+    extra_collectors: tuple[object, ...] = (),
 ) -> web.Application:
-    registry = build_registry(latest, *([auth_failures] if auth_failures else []))
+    registry = build_registry(latest, *([auth_failures] if auth_failures else []), *extra_collectors)
     cache = _RenderCache(registry, latest)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -130,7 +132,9 @@ def build_app(
                 f"<a href=\"/readyz\">Readiness</a></p></body></html>")
         return web.Response(text=page, content_type="text/html")
 
-    app = web.Application(middlewares=list(middlewares))
+    # The guard comes first: it times requests and names the server on every
+    # response, including the refusals the auth middleware makes.
+    app = web.Application(middlewares=[request_guard_middleware, *middlewares])
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

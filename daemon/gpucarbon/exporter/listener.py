@@ -1,0 +1,249 @@
+"""The listening socket and what it lets in, before any handler or credential
+check runs.
+
+The daemon listens on every GPU node, so any pod that can reach the node can
+connect without credentials. Everything a connection can make the daemon hold
+is bounded here, because basic auth only runs once a request's headers are
+complete:
+
+- connections: at most `max_connections` at once, and `max_per_address` from
+  one client address; more are closed at accept;
+- request heads: at most `max_head_bytes` received per request (a Prometheus
+  scrape's head is ~300 bytes), at most `max_headers` header lines of at most
+  `max_field_bytes` each; larger heads close the connection;
+- time: a request's head must be complete within `request_timeout_s` of the
+  connection opening or the previous response; an idle keep-alive connection
+  is closed after the same time. A TLS handshake gets the same bound.
+
+aiohttp's own error responses (400 for a malformed request) get the configured
+security headers and a fixed body: the offending header value is not echoed.
+Every response says `Server: gpu-carbon-exporter`, without versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from prometheus_client.core import CounterMetricFamily
+
+log = logging.getLogger("gpucarbon.exporter.listener")
+
+SERVER_HEADER = "gpu-carbon-exporter"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one listener lets a client hold. Defaults fit a Prometheus scrape
+    (one connection, a few hundred bytes of headers, every 15-60 s) with room
+    for kubelet probes, a second Prometheus replica and a person with curl."""
+
+    max_connections: int = 64
+    max_per_address: int = 16
+    max_head_bytes: int = 16 * 1024
+    max_headers: int = 32
+    max_field_bytes: int = 4096  # one header line, and the request line
+    request_timeout_s: float = 10.0
+
+
+class ConnectionCounts:
+    """Open connections, in total and by client address, and the ones the
+    listener closed, by why (rendered as gpucarbon_web_connections_closed_total)."""
+
+    def __init__(self, limits: ConnectionLimits = ConnectionLimits()) -> None:
+        self.limits = limits
+        self.total = 0
+        self.by_address: Counter[str] = Counter()
+        self.refused = 0
+        self.timed_out = 0
+        self.oversized = 0
+
+    def admit(self, address: str) -> bool:
+        if self.total >= self.limits.max_connections or self.by_address[address] >= self.limits.max_per_address:
+            self.refused += 1
+            return False
+        self.total += 1
+        self.by_address[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
+
+    def collect(self):
+        family = CounterMetricFamily("gpucarbon_web_connections_closed",
+                                     "Connections the listener closed before a response: refused (connection cap), "
+                                     "timed_out (no complete request in time), oversized (request head too large).",
+                                     labels=["reason"])
+        for reason, count in (("refused", self.refused), ("timed_out", self.timed_out),
+                              ("oversized", self.oversized)):
+            family.add_metric([reason], count)
+        yield family
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's per-connection protocol with the limits above. The busy/idle
+    state is set by `request_guard_middleware` (a request is complete when a
+    handler runs), the rest here."""
+
+    security_headers: Mapping[str, str] = {}
+
+    def __init__(self, manager: web.Server, *, counts: ConnectionCounts, limits: ConnectionLimits,
+                 **kwargs: object) -> None:
+        super().__init__(manager, **kwargs)  # type: ignore[arg-type]
+        self._counts = counts
+        self._limits = limits
+        self._address = ""
+        self._admitted = False
+        self._head_bytes = 0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self._counts.admit(self._address):
+            transport.abort() if hasattr(transport, "abort") else transport.close()  # type: ignore[attr-defined]
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return  # refused at accept: aiohttp never saw it
+        self._admitted = False
+        self._counts.release(self._address)
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._head_bytes += len(data)
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._counts.oversized += 1
+            self.force_close()
+            return
+        super().data_received(data)
+
+    # Called by request_guard_middleware.
+    def request_started(self) -> None:
+        self._disarm()
+        self._head_bytes = 0
+
+    def request_finished(self) -> None:
+        self._head_bytes = 0
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = asyncio.get_running_loop().call_later(self._limits.request_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self._counts.timed_out += 1
+        self.force_close()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's error responses, without the echo of what the client sent
+        and with the configured headers. A 400 is the client's fault and is
+        logged at debug only: a flood of them must not flood the log."""
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+        else:
+            log.debug("refused a malformed request (%d)", status)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error response")
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        response = web.Response(status=status, text=f"{status} {phrase}\n",
+                                headers={**self.security_headers, "Server": SERVER_HEADER})
+        response.force_close()
+        return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost middleware: stops the head timer while a complete request is
+    handled and restarts it afterwards; names the server without versions."""
+    protocol = request.protocol
+    guarded = protocol if isinstance(protocol, _GuardedHandler) else None
+    if guarded is not None:
+        guarded.request_started()
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers["Server"] = SERVER_HEADER
+            raise
+        if not response.prepared:
+            response.headers["Server"] = SERVER_HEADER
+        return response
+    finally:
+        if guarded is not None:
+            guarded.request_finished()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP listener whose connections are `_GuardedHandler`s."""
+
+    __slots__ = ("_host", "_port", "_counts", "_headers")
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None, counts: ConnectionCounts | None = None,
+                 security_headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host = host
+        self._port = port
+        self._counts = counts or ConnectionCounts()
+        self._headers = dict(security_headers or {})
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host or '0.0.0.0'}:{self._port}"
+
+    @property
+    def open_connections(self) -> int:
+        return self._counts.total
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        handler_class = type("GuardedHandler", (_GuardedHandler,), {"security_headers": dict(self._headers)})
+        counts, loop = self._counts, asyncio.get_running_loop()
+        limits = counts.limits
+
+        def protocol() -> _GuardedHandler:
+            return handler_class(
+                server, loop=loop, counts=counts, limits=limits, access_log=None,
+                keepalive_timeout=limits.request_timeout_s, max_headers=limits.max_headers,
+                max_field_size=limits.max_field_bytes, max_line_size=limits.max_field_bytes,
+            )
+
+        self._server = await loop.create_server(
+            protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=True, ssl_handshake_timeout=limits.request_timeout_s if self._ssl_context else None,
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None and self._server.sockets
+        return self._server.sockets[0].getsockname()[1]
