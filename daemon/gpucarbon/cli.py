@@ -131,10 +131,11 @@ class _WebConfigProblem(Exception):
 
 
 
-def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
-    """Middlewares and TLS context from --web.config.file (_WebConfigProblem if bad)."""
+def _web_security(path: str | None, auth_failures) -> tuple[tuple, object, dict]:
+    """Middlewares, TLS context and security headers from --web.config.file
+    (_WebConfigProblem if bad)."""
     if path is None:
-        return (), None
+        return (), None, {}
     from gpucarbon.app import require_extra
 
     require_extra("bcrypt", "--web.config.file", "auth")
@@ -147,7 +148,7 @@ def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
     for note in web_config.notes:
         logging.getLogger("gpucarbon").info("web config: %s", note)
     middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
-    return (middleware,), web_config.ssl_context()
+    return (middleware,), web_config.ssl_context(), dict(web_config.headers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          speed=args.speed, state_dir=args.state_dir)
     try:
         auth_failures = AuthFailures()
-        middlewares, ssl_context = _web_security(args.web_config, auth_failures)
+        middlewares, ssl_context, security_headers = _web_security(args.web_config, auth_failures)
         daemon = build_daemon(config, options)
     except (_WebConfigProblem, SetupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures))
+        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures, security_headers))
     except KeyboardInterrupt:
         return 0
     except OSError as err:  # e.g. the listen port is taken

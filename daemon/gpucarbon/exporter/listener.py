@@ -6,8 +6,9 @@ connect without credentials. Everything a connection can make the daemon hold
 is bounded here, because basic auth only runs once a request's headers are
 complete:
 
-- connections: at most `max_connections` at once, and `max_per_address` from
-  one client address; more are closed at accept;
+- connections: at most `max_per_address` from one client address (more are
+  closed at accept) and `max_connections` in all (at the cap, the oldest
+  connection still waiting for a request is closed to make room);
 - request heads: at most `max_head_bytes` received per request (a Prometheus
   scrape's head is ~300 bytes), at most `max_headers` header lines of at most
   `max_field_bytes` each; larger heads close the connection;
@@ -45,7 +46,7 @@ class ConnectionLimits:
     (one connection, a few hundred bytes of headers, every 15-60 s) with room
     for kubelet probes, a second Prometheus replica and a person with curl."""
 
-    max_connections: int = 64
+    max_connections: int = 128
     max_per_address: int = 16
     max_head_bytes: int = 16 * 1024
     max_headers: int = 32
@@ -54,38 +55,65 @@ class ConnectionLimits:
 
 
 class ConnectionCounts:
-    """Open connections, in total and by client address, and the ones the
-    listener closed, by why (rendered as gpucarbon_web_connections_closed_total)."""
+    """Open connections by client address, and the ones the listener closed, by
+    why (rendered as gpucarbon_web_connections_closed_total).
+
+    At the global cap a new connection is not refused outright: the oldest
+    connection that is waiting for a request (idle, or still sending its head)
+    on the address holding the most connections is closed to make room, so a
+    slowloris spread over a few addresses cannot lock a scraper out. Only when
+    every open connection is busy with a request is the new one refused."""
 
     def __init__(self, limits: ConnectionLimits = ConnectionLimits()) -> None:
         self.limits = limits
+        self._open: dict[str, dict[_GuardedHandler, None]] = {}  # address -> handlers, oldest first
         self.total = 0
-        self.by_address: Counter[str] = Counter()
         self.refused = 0
+        self.evicted = 0
         self.timed_out = 0
         self.oversized = 0
 
-    def admit(self, address: str) -> bool:
-        if self.total >= self.limits.max_connections or self.by_address[address] >= self.limits.max_per_address:
+    def admit(self, handler: _GuardedHandler, address: str) -> bool:
+        mine = self._open.get(address, {})
+        if len(mine) >= self.limits.max_per_address:
             self.refused += 1
             return False
+        if self.total >= self.limits.max_connections:
+            victim = self._idle_victim()
+            if victim is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            self.release(victim)
+            victim.force_close()
+        self._open.setdefault(address, {})[handler] = None
         self.total += 1
-        self.by_address[address] += 1
         return True
 
-    def release(self, address: str) -> None:
+    def _idle_victim(self) -> _GuardedHandler | None:
+        for address in sorted(self._open, key=lambda a: len(self._open[a]), reverse=True):
+            for handler in self._open[address]:
+                if not handler.busy:
+                    return handler
+        return None
+
+    def release(self, handler: _GuardedHandler) -> None:
+        """Forget a connection (idempotent: an evicted one is released twice)."""
+        mine = self._open.get(handler.address)
+        if mine is None or handler not in mine:
+            return
+        del mine[handler]
         self.total -= 1
-        self.by_address[address] -= 1
-        if self.by_address[address] <= 0:
-            del self.by_address[address]
+        if not mine:
+            del self._open[handler.address]
 
     def collect(self):
         family = CounterMetricFamily("gpucarbon_web_connections_closed",
                                      "Connections the listener closed before a response: refused (connection cap), "
-                                     "timed_out (no complete request in time), oversized (request head too large).",
+                                     "evicted (waiting connection closed for a new one at the cap), timed_out (no complete request in time), oversized (request head too large).",
                                      labels=["reason"])
-        for reason, count in (("refused", self.refused), ("timed_out", self.timed_out),
-                              ("oversized", self.oversized)):
+        for reason, count in (("refused", self.refused), ("evicted", self.evicted),
+                              ("timed_out", self.timed_out), ("oversized", self.oversized)):
             family.add_metric([reason], count)
         yield family
 
@@ -102,15 +130,16 @@ class _GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._counts = counts
         self._limits = limits
-        self._address = ""
+        self.address = ""
+        self.busy = False  # a complete request is being handled
         self._admitted = False
         self._head_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if not self._counts.admit(self._address):
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self._counts.admit(self, self.address):
             transport.abort() if hasattr(transport, "abort") else transport.close()  # type: ignore[attr-defined]
             return
         self._admitted = True
@@ -121,7 +150,7 @@ class _GuardedHandler(RequestHandler):
         if not self._admitted:
             return  # refused at accept: aiohttp never saw it
         self._admitted = False
-        self._counts.release(self._address)
+        self._counts.release(self)
         self._disarm()
         super().connection_lost(exc)
 
@@ -135,10 +164,12 @@ class _GuardedHandler(RequestHandler):
 
     # Called by request_guard_middleware.
     def request_started(self) -> None:
+        self.busy = True
         self._disarm()
         self._head_bytes = 0
 
     def request_finished(self) -> None:
+        self.busy = False
         self._head_bytes = 0
         self._arm()
 
