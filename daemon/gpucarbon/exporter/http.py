@@ -11,17 +11,18 @@ import gzip
 import html
 from collections import Counter
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
 from gpucarbon.exporter.collector import SnapshotCollector
 from gpucarbon.exporter.listener import request_guard_middleware
+from gpucarbon.labels import ANY_LABEL_MAX_LEN, is_clean_label_value, sanitise_label_value
 from gpucarbon.snapshot import Snapshot
 
 # generate_latest() writes the classic text format; say so explicitly, since
@@ -65,12 +66,37 @@ class AuthFailures:
         yield family
 
 
+class _SanitisedLabels:
+    """Every label value of a collector's samples through the one sanitiser,
+    as the last line of defence: sources sanitise what they store, but a value
+    that slipped through (a lone surrogate would make every scrape a 500) is
+    cleaned here rather than served or failed. Clean values cost one C-speed
+    check; only a dirty one is rebuilt."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._inner.collect():
+            if not all(_clean(value) for sample in metric.samples for value in sample.labels.values()):
+                metric.samples = [
+                    sample._replace(labels={k: sanitise_label_value(v, ANY_LABEL_MAX_LEN)
+                                            for k, v in sample.labels.items()})
+                    for sample in metric.samples
+                ]
+            yield metric
+
+
+def _clean(value: str) -> bool:
+    return is_clean_label_value(value, ANY_LABEL_MAX_LEN)
+
+
 def build_registry(latest: Callable[[], Snapshot], *extra: object) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(latest))
+    registry.register(_SanitisedLabels(SnapshotCollector(latest)))
     registry.register(ProcessCollector(registry=None))
     for collector in extra:
-        registry.register(collector)
+        registry.register(_SanitisedLabels(collector))
     return registry
 
 
