@@ -64,6 +64,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "runtimeClassName": "nvidia",
         "priorityClassName": "system-node-critical",
     },
+    "network-policy": {"networkPolicy": {"enabled": True, "prometheusNamespace": "observability",
+                                         "prometheusPodLabels": {"app.kubernetes.io/name": "prometheus"}}},
     "podresources-root": {"podResources": {"enabled": True}, "securityContext": {"runAsRoot": True}},
     "podresources-off-no-state": {"podResources": {"enabled": False}, "state": {"enabled": False}},
     "carbon-tokens": {
@@ -301,8 +303,8 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     role = _one(rendered["default"], "ClusterRole")
     grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert grants == {
-        ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-        ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        ("", "pods", "list"), ("", "pods", "watch"),  # no get: nothing reads a pod by name
+        ("", "namespaces", "list"), ("", "namespaces", "watch"),
         ("", "nodes", "get"),
         ("apps", "replicasets", "get"),
         ("batch", "jobs", "get"),
@@ -312,6 +314,21 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}]
     assert _pod(rendered["default"])["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_network_policy_is_off_by_default_and_admits_only_prometheus_to_the_metrics_port(rendered: dict) -> None:
+    assert not [o for o in rendered["default"] if o["kind"] == "NetworkPolicy"]
+    objects = rendered["network-policy"]
+    policy, daemonset = _one(objects, "NetworkPolicy"), _one(objects, "DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    [port] = rule["ports"]
+    assert port == {"port": "metrics", "protocol": "TCP"}
+    assert any(p["name"] == "metrics" for p in _container(objects)["ports"])
 
 
 # --- monitoring objects ------------------------------------------------------
