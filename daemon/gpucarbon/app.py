@@ -28,6 +28,7 @@ from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
 from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
+from gpucarbon.fileperms import warn_if_world_readable, warn_if_writable_by_others
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.slurm import SlurmSource
@@ -102,6 +103,7 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     )
     state_dir = options.state_dir or config.state.dir
     if state_dir:
+        warn_if_writable_by_others(state_dir, "state directory")
         store = CheckpointStore(Path(state_dir), clock=base_clock)
         checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
                                     read_boot_id(options.procfs))
@@ -285,6 +287,8 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
             stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
         )
 
+    if c.token_file:
+        warn_if_world_readable(c.token_file, "carbon.intensity.token_file", "an API token")
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured

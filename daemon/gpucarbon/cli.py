@@ -131,11 +131,11 @@ class _WebConfigProblem(Exception):
 
 
 
-def _web_security(path: str | None, auth_failures) -> tuple[tuple, object, dict]:
-    """Middlewares, TLS context and security headers from --web.config.file
-    (_WebConfigProblem if bad)."""
+def _web_security(path: str | None, auth_failures) -> tuple[tuple, object, dict, tuple]:
+    """Middlewares, TLS context, security headers and extra collectors (the
+    certificate's expiry) from --web.config.file (_WebConfigProblem if bad)."""
     if path is None:
-        return (), None, {}
+        return (), None, {}, ()
     from gpucarbon.app import require_extra
 
     require_extra("bcrypt", "--web.config.file", "auth")
@@ -148,7 +148,25 @@ def _web_security(path: str | None, auth_failures) -> tuple[tuple, object, dict]
     for note in web_config.notes:
         logging.getLogger("gpucarbon").info("web config: %s", note)
     middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
-    return (middleware,), web_config.ssl_context(), dict(web_config.headers)
+    return (middleware,), web_config.ssl_context(), dict(web_config.headers), _web_warnings(web_config)
+
+
+def _web_warnings(web_config) -> tuple:
+    """Once at start: a web config with password hashes that every user can
+    read, and a certificate that has expired or expires within 14 days (also
+    exported as a gauge, the returned collector)."""
+    from gpucarbon.exporter.certificate import CertificateError, CertificateExpiry
+    from gpucarbon.fileperms import warn_if_world_readable
+
+    if web_config.auth_enabled and web_config.path is not None:
+        warn_if_world_readable(web_config.path, "--web.config.file", "basic auth password hashes")
+    if web_config.tls is None:
+        return ()
+    try:
+        return (CertificateExpiry(web_config.tls.cert_file),)
+    except (CertificateError, OSError, ValueError) as err:
+        logging.getLogger("gpucarbon").warning("cannot read the expiry of %s: %s", web_config.tls.cert_file, err)
+        return ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          speed=args.speed, state_dir=args.state_dir)
     try:
         auth_failures = AuthFailures()
-        middlewares, ssl_context, security_headers = _web_security(args.web_config, auth_failures)
+        middlewares, ssl_context, security_headers, web_collectors = _web_security(args.web_config, auth_failures)
         daemon = build_daemon(config, options)
     except (_WebConfigProblem, SetupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -185,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures, security_headers))
+        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures, security_headers,
+                                 web_collectors))
     except KeyboardInterrupt:
         return 0
     except OSError as err:  # e.g. the listen port is taken
