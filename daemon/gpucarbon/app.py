@@ -331,6 +331,7 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
     await _start_services(daemon)
     after_poll = daemon.checkpointer.maybe_save if daemon.checkpointer else None
     tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, after_poll))]
@@ -341,6 +342,14 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     except asyncio.TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
+
+
+def _on_sighup() -> None:
+    """SIGHUP is ignored (docs/security.md): the configuration, web config and
+    certificates are read once at start, and a restart loses no counters. A
+    terminal hang-up or a reflexive `kill -HUP` must not end the daemon without
+    its final checkpoint, which is what the default action did."""
+    log.info("SIGHUP ignored: configuration is read at start; restart the daemon to apply changes")
 
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:

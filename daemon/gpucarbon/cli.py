@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from typing import NoReturn, Sequence
 
@@ -170,6 +171,9 @@ def _web_warnings(web_config) -> tuple:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until serve() installs its handler, a SIGHUP (its default action ends the
+    # process) must not kill a daemon that is still restoring its checkpoint.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
