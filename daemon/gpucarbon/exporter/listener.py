@@ -108,7 +108,7 @@ class ConnectionCounts:
             del self._open[handler.address]
 
     def collect(self):
-        family = CounterMetricFamily("gpucarbon_web_connections_closed",
+        family = CounterMetricFamily("gpucarbon_web_connections_closed_total",
                                      "Connections the listener closed before a response: refused (connection cap), "
                                      "evicted (waiting connection closed for a new one at the cap), timed_out (no complete request in time), oversized (request head too large).",
                                      labels=["reason"])
