@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, LimitsConfig, StateConfig

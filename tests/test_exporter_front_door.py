@@ -23,7 +23,6 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import pytest
-
 from procs import Daemon, http_get
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +40,7 @@ def rss_bytes(pid: int) -> int:
 async def _open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     try:
         return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
 
 
@@ -52,7 +51,7 @@ async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> flo
             chunk = await asyncio.wait_for(reader.read(65536), timeout)
             if not chunk:
                 return time.monotonic()
-    except asyncio.TimeoutError:  # first: in 3.11 it is builtins.TimeoutError, an OSError
+    except TimeoutError:  # first: in 3.11 it is builtins.TimeoutError, an OSError
         return None
     except (ConnectionError, OSError):
         return time.monotonic()
@@ -76,7 +75,7 @@ async def _hold_headers(port: int, source: str, megabytes: float, peak: list[int
             await asyncio.wait_for(writer.drain(), 5)
             sent += len(line)
             peak[0] = max(peak[0], rss_bytes(pid))
-    except (ConnectionError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError, OSError):
         pass
     await asyncio.sleep(2)  # hold what was sent while the others send theirs
     peak[0] = max(peak[0], rss_bytes(pid))
@@ -220,7 +219,7 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
                         async with s.get(d.url + "/metrics", headers={"Authorization": good},
                                          timeout=aiohttp.ClientTimeout(total=10)) as r:
                             tries.append((t0 - start, r.status))
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         tries.append((t0 - start, 0))
                     await asyncio.sleep(0.25)
             stop.set()

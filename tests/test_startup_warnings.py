@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import _web_warnings
 from gpucarbon.config import CarbonConfig, Config, IntensityConfig, StateConfig
@@ -79,7 +78,7 @@ def test_world_readable_token_file_is_warned(tmp_path, caplog):
 def _certificate(tmp_path, not_after_days: float) -> tuple:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=400))

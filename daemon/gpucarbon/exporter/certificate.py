@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 log = logging.getLogger("gpucarbon.exporter.certificate")
 
 WARN_BEFORE_S = 14 * 86400  # warn when the certificate expires within 14 days
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
 
 
 class CertificateError(ValueError):

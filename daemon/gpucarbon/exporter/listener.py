@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -233,7 +232,7 @@ async def request_guard_middleware(request: web.Request, handler: Handler) -> we
 class GuardedSite(web.BaseSite):
     """A TCP listener whose connections are `_GuardedHandler`s."""
 
-    __slots__ = ("_host", "_port", "_counts", "_headers")
+    __slots__ = ("_counts", "_headers", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
                  ssl_context: ssl.SSLContext | None = None, counts: ConnectionCounts | None = None,
@@ -272,9 +271,3 @@ class GuardedSite(web.BaseSite):
             protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=True, ssl_handshake_timeout=limits.request_timeout_s if self._ssl_context else None,
         )
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        assert self._server is not None and self._server.sockets
-        return self._server.sockets[0].getsockname()[1]
