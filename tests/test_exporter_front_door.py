@@ -208,7 +208,7 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
                             await asyncio.sleep(0.01)
 
             flood = [asyncio.create_task(flooder(f"127.0.0.{2 + i % 4}")) for i in range(64)]
-            await asyncio.sleep(3)  # the flood is at full strength before the scraper's first try
+            await asyncio.sleep(6)  # the flood is at full strength before the scraper's first try
             tries: list[tuple[float, int]] = []
             start = time.monotonic()
             connector = aiohttp.TCPConnector(local_addr=("127.0.0.99", 0), force_close=True)
@@ -218,9 +218,9 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
                     try:
                         async with s.get(d.url + "/metrics", headers={"Authorization": good},
                                          timeout=aiohttp.ClientTimeout(total=10)) as r:
-                            tries.append((t0 - start, r.status))
+                            tries.append((time.monotonic() - t0, r.status))
                     except (TimeoutError, aiohttp.ClientError):
-                        tries.append((t0 - start, 0))
+                        tries.append((time.monotonic() - t0, 0))
                     await asyncio.sleep(0.25)
             stop.set()
             await asyncio.gather(*flood, return_exceptions=True)
@@ -228,10 +228,13 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
 
         tries, flood_statuses = asyncio.run(run())
         ok = [t for t, status in tries if status == 200]
-        print(f"bcrypt flood: valid scraper {len(ok)}/{len(tries)} ok, first success at {ok[0] if ok else None}s "
-              f"after its first try; flood responses {flood_statuses}")
+        print(f"bcrypt flood: valid scraper {len(ok)}/{len(tries)} ok, first (uncached) try answered "
+              f"{tries[0][1]} in {tries[0][0]:.2f}s; flood responses {flood_statuses}")
         assert len(ok) >= 19, tries
         assert tries[0][1] == 200, f"first try refused: {tries[:3]}"
+        # A few bcrypt checks at most (cost 10: ~0.1-0.4 s each on a busy 2-core box),
+        # not the whole queue of guesses.
+        assert tries[0][0] < 3.0, f"first try took {tries[0][0]:.1f}s"
         assert sum(flood_statuses.get(code, 0) for code in (401, 429, 503)) > 100, "the flood did not run"
     finally:
         d.stop()

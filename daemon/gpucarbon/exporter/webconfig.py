@@ -30,7 +30,9 @@ import base64
 import binascii
 import enum
 import hashlib
+import heapq
 import hmac
+import itertools
 import os
 import re
 import secrets
@@ -625,11 +627,52 @@ class _FailureBudget:
     def allows(self, address: str) -> bool:
         return self._level(address) >= 1.0
 
+    def recent(self, address: str) -> float:
+        """How many failures the bucket still remembers (0 for a clean address)."""
+        return self._burst - self._level(address)
+
     def spend(self, address: str) -> None:
         self._tokens[address] = (max(0.0, self._level(address) - 1.0), self._clock())
         self._tokens.move_to_end(address)
         while len(self._tokens) > self._capacity:
             self._tokens.popitem(last=False)
+
+
+class _FairSlot:
+    """One bcrypt at a time, handed to the waiter with the lowest priority value
+    (ties: first come). With priority = recent failures of the client address,
+    a scraper that has not been failing goes before every guesser in the queue,
+    however long the queue."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sequence = itertools.count()
+
+    async def run(self, priority: float, work: Callable[[], Awaitable[bool]]) -> bool:
+        if self._busy:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._sequence), turn))
+            try:
+                await turn  # resolved by _hand_over: the slot is ours now
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_over()  # handed to us as we were cancelled: pass it on
+                raise
+        else:
+            self._busy = True
+        try:
+            return await work()
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)  # stays busy: ownership passes to that waiter
+                return
+        self._busy = False
 
 
 class _BasicAuthenticator:
@@ -639,7 +682,9 @@ class _BasicAuthenticator:
     1. a credential bcrypt accepted before is answered from the cache, no bcrypt;
     2. an address whose failure budget is spent is refused (429) without bcrypt;
     3. one address may have at most `max_pending_per_address` checks waiting;
-    4. all addresses together at most `max_pending` (more get 503);
+    4. all addresses together at most `max_pending` (more get 503); the queue
+       is ordered by the address's recent failures, so a clean address goes
+       first (`_FairSlot`);
     5. addresses that have authenticated before use a reserved bcrypt slot
        (with its own small queue) instead of 3 and 4, so a guesser elsewhere
        cannot queue ahead of a scraper that has succeeded before (after a
@@ -656,8 +701,8 @@ class _BasicAuthenticator:
         self._cache = _VerifiedCache(cache_size)
         # One bcrypt at a time per lane (each is ~70 ms of CPU at cost 10): a
         # password guesser can then use at most one core, never the poll loop's.
-        self._bcrypt_slot = asyncio.Semaphore(1)
-        self._trusted_slot = asyncio.Semaphore(1)  # the reserved lane
+        self._bcrypt_slot = _FairSlot()
+        self._trusted_slot = _FairSlot()  # the reserved lane
         self._trusted_pending = 0
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}  # digest -> its running check
         self._pending = 0
@@ -694,7 +739,10 @@ class _BasicAuthenticator:
         if not trusted and (self._pending >= self._max_pending
                             or self._pending_by_address[address] >= self._max_pending_per_address):
             return FAILURE_OVERLOADED
-        check = asyncio.ensure_future(self._bcrypt(password, hashed, digest, known_hash is not None, address, trusted))
+        self._reserve(address, trusted)
+        check = asyncio.ensure_future(self._bcrypt(password, hashed, digest, known_hash is not None, trusted,
+                                                   address))
+        check.add_done_callback(lambda _: self._release(address, trusted))  # runs even if never started
         self._inflight[digest] = check
         try:
             matches = await asyncio.shield(check)
@@ -708,27 +756,33 @@ class _BasicAuthenticator:
         self._failures.spend(address)
         return FAILURE_REJECTED
 
-    async def _bcrypt(self, password: bytes, hashed: bytes, digest: bytes, known: bool, address: str,
-                      trusted: bool) -> bool:
+    async def _bcrypt(self, password: bytes, hashed: bytes, digest: bytes, known: bool, trusted: bool,
+                      address: str) -> bool:
+        async def work() -> bool:
+            if known and digest in self._cache:  # verified while we queued
+                return True
+            return await asyncio.to_thread(_bcrypt_matches, password, hashed)
+
         slot = self._trusted_slot if trusted else self._bcrypt_slot
+        return await slot.run(self._failures.recent(address), work)
+
+    def _reserve(self, address: str, trusted: bool) -> None:
+        # Counted now, not when the check's task first runs: every request that
+        # arrives in the same loop iteration must see the ones before it.
         if trusted:
             self._trusted_pending += 1
         else:
             self._pending += 1
             self._pending_by_address[address] += 1
-        try:
-            async with slot:
-                if known and digest in self._cache:  # verified while we queued
-                    return True
-                return await asyncio.to_thread(_bcrypt_matches, password, hashed)
-        finally:
-            if trusted:
-                self._trusted_pending -= 1
-            else:
-                self._pending -= 1
-                self._pending_by_address[address] -= 1
-                if self._pending_by_address[address] <= 0:
-                    del self._pending_by_address[address]
+
+    def _release(self, address: str, trusted: bool) -> None:
+        if trusted:
+            self._trusted_pending -= 1
+            return
+        self._pending -= 1
+        self._pending_by_address[address] -= 1
+        if self._pending_by_address[address] <= 0:
+            del self._pending_by_address[address]
 
     def _trust(self, address: str) -> None:
         if not address:
