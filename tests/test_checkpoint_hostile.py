@@ -12,30 +12,51 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import Daemon
+from test_durability import counter_backend, procfs_with_boot_id, run_polls
+
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, LimitsConfig, StateConfig
 from gpucarbon.exporter.http import render_text
 from gpucarbon.state import CheckpointStore, LoadStatus
-from procs import Daemon
-from test_durability import CounterBackend, procfs_with_boot_id, run_polls
 
 SECRET_FIELD = "do-not-echo-this-value-3f9a"
 
 
 def checkpoint(ledger: dict, **extra) -> dict:
-    return {"format": "gpucarbon-state", "version": 1, "saved_at": 1.0,
-            "payload": {"ledger": ledger, "counters": {}, "idle_learned": {}, "boot_id": None, **extra}}
+    return {
+        "format": "gpucarbon-state",
+        "version": 1,
+        "saved_at": 1.0,
+        "payload": {"ledger": ledger, "counters": {}, "idle_learned": {}, "boot_id": None, **extra},
+    }
 
 
 def workload(uuid: str, key: str, labels: list[str], mj: int) -> dict:
-    return {"uuid": uuid, "key": key, "labels": labels, "energy_mj": mj, "grams": mj / 1e6, "held_s": 1.0,
-            "busy_s": 0.5, "embodied_grams": 0.0, "cost": 0.0}
+    return {
+        "uuid": uuid,
+        "key": key,
+        "labels": labels,
+        "energy_mj": mj,
+        "grams": mj / 1e6,
+        "held_s": 1.0,
+        "busy_s": 0.5,
+        "embodied_grams": 0.0,
+        "cost": 0.0,
+    }
 
 
 def gpu_totals(mj: int, retired: int = 0) -> dict:
-    return {"energy_mj": mj, "unattributed_mj": 0, "retired_mj": retired, "grams": 0.0,
-            "unattributed_grams": 0.0, "retired_grams": 0.0, "resets": 0}
+    return {
+        "energy_mj": mj,
+        "unattributed_mj": 0,
+        "retired_mj": retired,
+        "grams": 0.0,
+        "unattributed_grams": 0.0,
+        "retired_grams": 0.0,
+        "resets": 0,
+    }
 
 
 def team_totals(mj: int) -> dict:
@@ -48,18 +69,22 @@ def start(tmp_path: Path, document: dict | bytes, max_series: int = 100):
     data = document if isinstance(document, bytes) else json.dumps(document).encode()
     (state / "state.json").write_bytes(data)
     clock = ManualClock()
-    backend = CounterBackend(clock)
-    config = Config(state=StateConfig(dir=str(state), interval=30.0),
-                    limits=LimitsConfig(max_workload_series=max_series))
+    backend = counter_backend(clock)
+    config = Config(
+        state=StateConfig(dir=str(state), interval=30.0), limits=LimitsConfig(max_workload_series=max_series)
+    )
     d = build_daemon(config, RunOptions(procfs=procfs_with_boot_id(tmp_path)), backend=backend, base_clock=clock)
     return d, backend, clock, state
 
 
 async def test_a_team_with_a_lone_surrogate_is_sanitised_rendered_and_saved_back_clean(tmp_path):
     # Issue 11: "evil\ud800team" broke /metrics and was saved back, surviving restarts.
-    ledger = {"gpus": {"GPU-dur": gpu_totals(5000)},
-              "workloads": [workload("GPU-dur", "k1", ["ns", "pod\ud800", "c", "Job/x\u200b", "evil\ud800team"], 5000)],
-              "teams": {"evil\ud800team": team_totals(5000)}, "dropped_series": 0}
+    ledger = {
+        "gpus": {"GPU-dur": gpu_totals(5000)},
+        "workloads": [workload("GPU-dur", "k1", ["ns", "pod\ud800", "c", "Job/x\u200b", "evil\ud800team"], 5000)],
+        "teams": {"evil\ud800team": team_totals(5000)},
+        "dropped_series": 0,
+    }
     d, backend, clock, state = start(tmp_path, checkpoint(ledger))
     await run_polls(d, backend, clock, 2)
     text = render_text(lambda: d.poller.snapshot)
@@ -74,9 +99,12 @@ async def test_a_team_with_a_lone_surrogate_is_sanitised_rendered_and_saved_back
 async def test_label_sets_that_become_equal_are_merged_into_one_series(tmp_path):
     labels_a = ["ns", "p", "c", "Job/x", "nlp"]
     labels_b = ["ns", "p", "c", "Job/x", "nlp\u200b"]  # same after sanitising
-    ledger = {"gpus": {"GPU-dur": gpu_totals(3000)},
-              "workloads": [workload("GPU-dur", "k1", labels_a, 1000), workload("GPU-dur", "k2", labels_b, 2000)],
-              "teams": {"nlp": team_totals(1000), "nlp\x00": team_totals(2000)}, "dropped_series": 0}
+    ledger = {
+        "gpus": {"GPU-dur": gpu_totals(3000)},
+        "workloads": [workload("GPU-dur", "k1", labels_a, 1000), workload("GPU-dur", "k2", labels_b, 2000)],
+        "teams": {"nlp": team_totals(1000), "nlp\x00": team_totals(2000)},
+        "dropped_series": 0,
+    }
     d, backend, clock, _ = start(tmp_path, checkpoint(ledger))
     await d.poller.poll()
     text = render_text(lambda: d.poller.snapshot)
@@ -88,23 +116,30 @@ async def test_label_sets_that_become_equal_are_merged_into_one_series(tmp_path)
 
 async def test_restored_series_are_capped_and_the_rest_is_retired_not_lost(tmp_path):
     n = 50
-    ledger = {"gpus": {"GPU-dur": gpu_totals(n * 100)},
-              "workloads": [workload("GPU-dur", f"k{i}", ["ns", f"p{i}", "c", f"Job/{i}", "t"], 100) for i in range(n)],
-              "teams": {"t": team_totals(n * 100)}, "dropped_series": 0}
+    ledger = {
+        "gpus": {"GPU-dur": gpu_totals(n * 100)},
+        "workloads": [workload("GPU-dur", f"k{i}", ["ns", f"p{i}", "c", f"Job/{i}", "t"], 100) for i in range(n)],
+        "teams": {"t": team_totals(n * 100)},
+        "dropped_series": 0,
+    }
     d, _, _, _ = start(tmp_path, checkpoint(ledger), max_series=10)
-    ledger_now = d.poller.ledger
+    ledger_now = d.ledger
     assert len(ledger_now.workloads) == 10
     gpu = ledger_now.gpus["GPU-dur"]
     booked = sum(e.energy_mj for e in ledger_now.workloads.values())
     assert booked + gpu.retired_mj + gpu.unattributed_mj == gpu.energy_mj == n * 100
 
 
-@pytest.mark.parametrize("ledger", [
-    {"gpus": {}, "workloads": [{"uuid": "GPU-dur", "labels": ["only", "two"]}], "teams": {}},
-    {"gpus": {}, "workloads": "not a list", "teams": {}},
-    {"gpus": {f"GPU-{i}": gpu_totals(1) for i in range(2000)}, "workloads": [], "teams": {}},
-    {"gpus": {}, "workloads": [], "teams": {"t": {"energy_mj": SECRET_FIELD}}},
-], ids=["short-labels", "workloads-not-a-list", "too-many-gpus", "string-energy"])
+@pytest.mark.parametrize(
+    "ledger",
+    [
+        {"gpus": {}, "workloads": [{"uuid": "GPU-dur", "labels": ["only", "two"]}], "teams": {}},
+        {"gpus": {}, "workloads": "not a list", "teams": {}},
+        {"gpus": {f"GPU-{i}": gpu_totals(1) for i in range(2000)}, "workloads": [], "teams": {}},
+        {"gpus": {}, "workloads": [], "teams": {"t": {"energy_mj": SECRET_FIELD}}},
+    ],
+    ids=["short-labels", "workloads-not-a-list", "too-many-gpus", "string-energy"],
+)
 def test_a_payload_that_fails_validation_is_set_aside_and_not_echoed(tmp_path, ledger, caplog):
     d, _, _, state = start(tmp_path, checkpoint(ledger))
     assert d.checkpointer.restore_failures == 1
@@ -167,6 +202,6 @@ def test_the_daemon_starts_with_a_fifo_at_state_json(tmp_path):
     try:
         d.wait_ready(timeout=30)
         assert "not a regular file" in d.log.read_text()
-        assert 'gpucarbon_state_restore_failures_total 1.0' in d.metrics()
+        assert "gpucarbon_state_restore_failures_total 1.0" in d.metrics()
     finally:
         d.stop()

@@ -103,8 +103,10 @@ def test_header_hold_attack_keeps_rss_under_the_chart_limit(tmp_path):
         after = rss_bytes(d.proc.pid)
         assert d.proc.poll() is None
         assert http_get(d.url + "/metrics")[0] == 200, "still serving after the attack"
-        print(f"header hold: rss before {before >> 20} MiB, peak {peak[0] >> 20} MiB, after {after >> 20} MiB; "
-              f"max bytes one connection got in: {max(accepted)}")
+        print(
+            f"header hold: rss before {before >> 20} MiB, peak {peak[0] >> 20} MiB, after {after >> 20} MiB; "
+            f"max bytes one connection got in: {max(accepted)}"
+        )
         assert peak[0] < CHART_MEMORY_LIMIT, f"peak RSS {peak[0] >> 20} MiB"
         assert peak[0] - before < 48 * 1024 * 1024, f"RSS grew {(peak[0] - before) >> 20} MiB"
         assert after - before < 48 * 1024 * 1024
@@ -129,8 +131,11 @@ def test_slowloris_idle_and_half_sent_connections_are_closed(tmp_path):
         d.wait_ready()
 
         async def attack() -> tuple[int, int, float, int]:
-            conns = [c for c in await asyncio.gather(*(_open(d.port, f"127.0.0.{2 + i // 20}") for i in range(200)))
-                     if c is not None]
+            conns = [
+                c
+                for c in await asyncio.gather(*(_open(d.port, f"127.0.0.{2 + i // 20}") for i in range(200)))
+                if c is not None
+            ]
             for i, (_, writer) in enumerate(conns):
                 if i % 2:  # half of them send a partial request, the rest nothing at all
                     writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\nX-Slow: ")
@@ -159,8 +164,10 @@ def test_slowloris_idle_and_half_sent_connections_are_closed(tmp_path):
             return len(conns), len(closed), max(closed, default=0.0), scraper_status
 
         opened, closed, slowest, scraper_status = asyncio.run(attack())
-        print(f"slowloris: {opened} connections accepted by the kernel, {closed} closed by the server, "
-              f"the last after {slowest:.1f}s; scraper from another address got {scraper_status}")
+        print(
+            f"slowloris: {opened} connections accepted by the kernel, {closed} closed by the server, "
+            f"the last after {slowest:.1f}s; scraper from another address got {scraper_status}"
+        )
         assert closed == opened, f"{opened - closed} connections still open after 30 s"
         assert slowest < 15.0, "closed later than the 10 s request timeout (+5 s slack)"
         assert scraper_status == 200
@@ -210,14 +217,14 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
             flood = [asyncio.create_task(flooder(f"127.0.0.{2 + i % 4}")) for i in range(64)]
             await asyncio.sleep(6)  # the flood is at full strength before the scraper's first try
             tries: list[tuple[float, int]] = []
-            start = time.monotonic()
             connector = aiohttp.TCPConnector(local_addr=("127.0.0.99", 0), force_close=True)
             async with aiohttp.ClientSession(connector=connector) as s:
                 for _ in range(20):
                     t0 = time.monotonic()
                     try:
-                        async with s.get(d.url + "/metrics", headers={"Authorization": good},
-                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
+                        async with s.get(
+                            d.url + "/metrics", headers={"Authorization": good}, timeout=aiohttp.ClientTimeout(total=10)
+                        ) as r:
                             tries.append((time.monotonic() - t0, r.status))
                     except (TimeoutError, aiohttp.ClientError):
                         tries.append((time.monotonic() - t0, 0))
@@ -228,8 +235,10 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
 
         tries, flood_statuses = asyncio.run(run())
         ok = [t for t, status in tries if status == 200]
-        print(f"bcrypt flood: valid scraper {len(ok)}/{len(tries)} ok, first (uncached) try answered "
-              f"{tries[0][1]} in {tries[0][0]:.2f}s; flood responses {flood_statuses}")
+        print(
+            f"bcrypt flood: valid scraper {len(ok)}/{len(tries)} ok, first (uncached) try answered "
+            f"{tries[0][1]} in {tries[0][0]:.2f}s; flood responses {flood_statuses}"
+        )
         assert len(ok) >= 19, tries
         assert tries[0][1] == 200, f"first try refused: {tries[:3]}"
         # A few bcrypt checks at most (cost 10: ~0.1-0.4 s each on a busy 2-core box),
@@ -254,8 +263,7 @@ def _raw(port: int, request: bytes) -> bytes:
 
 def test_server_header_has_no_version_and_400s_get_headers_without_echo(tmp_path):
     web = tmp_path / "web.yml"
-    web.write_text("http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
-                   "    X-Frame-Options: deny\n")
+    web.write_text("http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n    X-Frame-Options: deny\n")
     d = Daemon(tmp_path, "--simulate", "--poll.interval=500ms", f"--web.config.file={web}")
     try:
         d.wait_ready()
@@ -281,9 +289,13 @@ def test_server_header_has_no_version_and_400s_get_headers_without_echo(tmp_path
 def test_telemetry_paths_colliding_with_probes_are_refused(path, tmp_path):
     """The issue: /readyz with basic auth served metrics without credentials,
     /healthz crashed with a traceback. Now both, and /, are one line, exit 2."""
-    result = subprocess.run([sys.executable, "-m", "gpucarbon", "--simulate", f"--web.telemetry-path={path}"],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "daemon")})
+    result = subprocess.run(
+        [sys.executable, "-m", "gpucarbon", "--simulate", f"--web.telemetry-path={path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "daemon")},
+    )
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "--web.telemetry-path" in result.stderr and repr(path) in result.stderr

@@ -15,14 +15,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from test_exporter import fixed_snapshot
+
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import _web_warnings
 from gpucarbon.config import CarbonConfig, Config, IntensityConfig, StateConfig
-from gpucarbon.device.scenario import DEMO, load_scenario
 from gpucarbon.exporter.certificate import not_after
 from gpucarbon.exporter.http import build_app
 from gpucarbon.exporter.webconfig import load_web_config
-from test_exporter import fixed_snapshot
+from gpucarbon.simulation.scenario import DEMO, load_scenario
 
 DAY = 86400.0
 
@@ -68,8 +69,9 @@ def test_world_readable_token_file_is_warned(tmp_path, caplog):
     token = tmp_path / "token"
     token.write_text("t0ken-value\n")
     os.chmod(token, 0o644)
-    config = Config(carbon=CarbonConfig(intensity=IntensityConfig(source="electricitymaps", zone="FR",
-                                                                   token_file=str(token))))
+    config = Config(
+        carbon=CarbonConfig(intensity=IntensityConfig(source="electricitymaps", zone="FR", token_file=str(token)))
+    )
     build_daemon(config, RunOptions(scenario=load_scenario(DEMO), procfs=str(tmp_path)))
     lines = [w for w in warnings(caplog) if str(token) in w]
     assert len(lines) == 1 and "t0ken-value" not in caplog.text
@@ -79,16 +81,22 @@ def _certificate(tmp_path, not_after_days: float) -> tuple:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=400))
-            .not_valid_after(now + datetime.timedelta(days=not_after_days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=400))
+        .not_valid_after(now + datetime.timedelta(days=not_after_days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path, cert.not_valid_after_utc.timestamp()
 
 
@@ -97,12 +105,13 @@ async def test_certificate_expiry_is_warned_within_14_days_and_exported(tmp_path
     cert, key, expires = _certificate(tmp_path, days)
     assert not_after(cert.read_bytes()) == expires  # the DER walk agrees with cryptography
     web, _ = _web_config(tmp_path, 0o600, tls=(cert, key))  # OpenSSL loads an expired one too
-    collectors = _web_warnings(web)
+    expiry = _web_warnings(web)
     lines = [w for w in warnings(caplog) if "TLS certificate" in w]
     assert (lines == []) if expect is None else (len(lines) == 1 and expect in lines[0])
-    app = build_app(latest=fixed_snapshot, healthy=lambda: True, extra_collectors=collectors)
+    app = build_app(latest=fixed_snapshot, healthy=lambda: True, certificate_expiry=expiry)
     async with TestClient(TestServer(app)) as client:
         text = await (await client.get("/metrics")).text()
-    line = next(line for line in text.splitlines()
-                if line.startswith("gpucarbon_web_tls_certificate_expiry_timestamp_seconds "))
+    line = next(
+        line for line in text.splitlines() if line.startswith("gpucarbon_web_tls_certificate_expiry_timestamp_seconds ")
+    )
     assert float(line.split()[1]) == expires

@@ -14,21 +14,32 @@ import asyncio
 import logging
 from pathlib import Path
 
+from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.clock import Clock
 from gpucarbon.labels import WORKLOAD_MAX_LEN, sanitise_label_value
-from gpucarbon.ledger import ledger_to_dict, restore_ledger
-from gpucarbon.poller import Poller
+from gpucarbon.ledger import Ledger
+from gpucarbon.snapshot import StateCounters
 from gpucarbon.state import CheckpointError, CheckpointStore, LoadStatus
 
-log = logging.getLogger("gpucarbon.checkpoint")
+log = logging.getLogger(__name__)
+BOOT_ID_PATH = "sys/kernel/random/boot_id"  # under the procfs root
 
 
 class Checkpointer:
-    def __init__(self, store: CheckpointStore, poller: Poller, idle: IdleModel, clock: Clock,
-                 interval_s: float, boot_id: str | None) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        ledger: Ledger,
+        meters: EnergyMeters,
+        idle: IdleModel,
+        clock: Clock,
+        interval_s: float,
+        boot_id: str | None,
+    ) -> None:
         self._store = store
-        self._poller = poller
+        self._ledger = ledger
+        self._meters = meters
         self._idle = idle
         self._clock = clock
         self._interval_s = interval_s
@@ -45,10 +56,10 @@ class Checkpointer:
         if result.status is LoadStatus.SET_ASIDE:
             self._set_aside(result.reason or "unusable")
             return
-        ledger = self._poller.ledger
+        ledger = self._ledger
         try:
             payload = validated_payload(result.payload or {}, ledger.max_workload_series, ledger.default_team)
-            restore_ledger(ledger, payload["ledger"], self._clock.monotonic())
+            ledger.restore(payload["ledger"], self._clock.monotonic())
             counters = {str(k): int(v) for k, v in payload.get("counters", {}).items()}
             learned = {str(k): float(v) for k, v in payload.get("idle_learned", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -61,11 +72,16 @@ class Checkpointer:
         self._idle.restore(learned)
         same_boot = self._boot_id is not None and payload.get("boot_id") == self._boot_id
         if same_boot:
-            self._poller.seed_counters(counters)
+            self._meters.seed(counters)
         else:
-            self._poller.count_resets(counters.keys())
-        log.info("restored counters from %s (%d GPU(s), %s boot)", self._store.path, len(counters),
-                 "same" if same_boot else "new")
+            for uuid in counters:
+                self._ledger.count_reset(uuid)
+        log.info(
+            "restored counters from %s (%d GPU(s), %s boot)",
+            self._store.path,
+            len(counters),
+            "same" if same_boot else "new",
+        )
 
     def _set_aside(self, reason: str, move: bool = False) -> None:
         self.restore_failures += 1
@@ -80,8 +96,8 @@ class Checkpointer:
 
     async def save(self) -> None:
         payload = {
-            "ledger": ledger_to_dict(self._poller.ledger),
-            "counters": self._poller.last_counters(),
+            "ledger": self._ledger.to_dict(),
+            "counters": self._meters.counters(),
             "idle_learned": dict(self._idle.learned()),
             "boot_id": self._boot_id,
         }
@@ -92,9 +108,8 @@ class Checkpointer:
             self.save_failures += 1
             log.warning("checkpoint not saved: %s", err)
 
-    def counters(self) -> tuple[tuple[str, int], ...]:
-        return (("gpucarbon_state_save_failures_total", self.save_failures),
-                ("gpucarbon_state_restore_failures_total", self.restore_failures))
+    def counters(self) -> StateCounters:
+        return StateCounters(save_failures=self.save_failures, restore_failures=self.restore_failures)
 
 
 # --- validating what a checkpoint restores ------------------------------------
@@ -104,6 +119,7 @@ class Checkpointer:
 # restores goes through the one sanitiser, label sets that become equal are
 # merged (never two series with one label set), and how much it may restore is
 # capped by the same limits that bound live series.
+
 
 class InvalidCheckpoint(ValueError):
     """The payload fails validation; the message names the key, never a value."""
@@ -120,14 +136,17 @@ def validated_payload(payload: dict, max_series: int, default_team: str) -> dict
         raise InvalidCheckpoint("no ledger object")
     ledger = payload["ledger"]
     gpus = _gpu_map(ledger.get("gpus", {}), "ledger.gpus")
-    for uuid, totals in gpus.items():
+    for totals in gpus.values():
         _check_numbers(totals, "ledger.gpus[]")
     workloads = _workloads(ledger.get("workloads", []), gpus, max_series)
     teams = _teams(ledger.get("teams", {}), max_series, default_team)
     clean_ledger = {**ledger, "gpus": gpus, "workloads": workloads, "teams": teams}
-    return {**payload, "ledger": clean_ledger,
-            "counters": _gpu_map(payload.get("counters", {}), "counters"),
-            "idle_learned": _gpu_map(payload.get("idle_learned", {}), "idle_learned")}
+    return {
+        **payload,
+        "ledger": clean_ledger,
+        "counters": _gpu_map(payload.get("counters", {}), "counters"),
+        "idle_learned": _gpu_map(payload.get("idle_learned", {}), "idle_learned"),
+    }
 
 
 def _gpu_map(raw: object, where: str) -> dict:
@@ -156,8 +175,13 @@ def _workloads(raw: object, gpus: dict, max_series: int) -> list:
             raise InvalidCheckpoint("ledger.workloads has an entry without 5 labels")
         _check_numbers({name: item.get(name) for name in _NUMBERS}, "ledger.workloads[]")
         namespace, pod, container, workload, team = item["labels"]
-        labels = [sanitise_label_value(namespace), sanitise_label_value(pod), sanitise_label_value(container),
-                  sanitise_label_value(workload, WORKLOAD_MAX_LEN), sanitise_label_value(team)]
+        labels = [
+            sanitise_label_value(namespace),
+            sanitise_label_value(pod),
+            sanitise_label_value(container),
+            sanitise_label_value(workload, WORKLOAD_MAX_LEN),
+            sanitise_label_value(team),
+        ]
         uuid = sanitise_label_value(item["uuid"], WORKLOAD_MAX_LEN)
         identity = (uuid, tuple(labels))
         if identity in merged:
@@ -170,8 +194,12 @@ def _workloads(raw: object, gpus: dict, max_series: int) -> list:
             gpu["retired_mj"] = gpu.get("retired_mj", 0) + int(item["energy_mj"])
             gpu["retired_grams"] = gpu.get("retired_grams", 0.0) + float(item["grams"])
             continue
-        merged[identity] = {**item, "uuid": uuid, "labels": labels,
-                            "key": sanitise_label_value(item["key"], WORKLOAD_MAX_LEN)}
+        merged[identity] = {
+            **item,
+            "uuid": uuid,
+            "labels": labels,
+            "key": sanitise_label_value(item["key"], WORKLOAD_MAX_LEN),
+        }
     keys = [(entry["uuid"], entry["key"]) for entry in merged.values()]
     if len(keys) != len(set(keys)):
         raise InvalidCheckpoint("ledger.workloads has two entries with one key and different labels")
@@ -191,8 +219,9 @@ def _teams(raw: object, max_series: int, default_team: str) -> dict:
         if team not in teams and len(teams) >= max_series:
             team = default_team
         if team in teams:
-            teams[team] = {k: teams[team].get(k, 0) + v for k, v in totals.items()} | \
-                {k: v for k, v in teams[team].items() if k not in totals}
+            teams[team] = {k: teams[team].get(k, 0) + v for k, v in totals.items()} | {
+                k: v for k, v in teams[team].items() if k not in totals
+            }
         else:
             teams[team] = dict(totals)
     return teams
@@ -213,6 +242,6 @@ def _check_numbers(raw: object, where: str) -> dict:
 
 def read_boot_id(procfs: str) -> str | None:
     try:
-        return (Path(procfs) / "sys/kernel/random/boot_id").read_text().strip() or None
+        return (Path(procfs) / BOOT_ID_PATH).read_text().strip() or None
     except OSError:
         return None

@@ -12,18 +12,29 @@ import json
 import logging
 import signal
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 from gpucarbon import __version__
-from gpucarbon.config import ConfigError, load_config, parse_duration
-from gpucarbon.device.scenario import DEMO, ScenarioError, load_scenario
+from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
+from gpucarbon.config import load_config, parse_duration
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
+from gpucarbon.simulation.scenario import DEMO, load_scenario
+
+if TYPE_CHECKING:
+    from gpucarbon.exporter.webconfig import WebConfig
 
 PROG = "gpu-carbon-exporter"
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
-RESERVED_PATHS = {"/healthz": "the liveness probe path (served without basic auth)",
-                  "/readyz": "the readiness probe path (served without basic auth)",
-                  "/": "the landing page"}
+RESERVED_PATHS = {
+    "/healthz": "the liveness probe path (served without basic auth)",
+    "/readyz": "the readiness probe path (served without basic auth)",
+    "/": "the landing page",
+}
+
+log = logging.getLogger(__name__)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -53,8 +64,9 @@ def _telemetry_path(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r}: must start with /")
     if any(ch in text for ch in "?#") or any(ord(ch) < 0x21 for ch in text):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a plain path (no query, fragment, spaces or "
-                                         "control characters)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be a plain path (no query, fragment, spaces or control characters)"
+        )
     if text in RESERVED_PATHS:
         # Probe paths are served without basic auth: metrics there would be open.
         raise argparse.ArgumentTypeError(f"{text!r}: collides with {RESERVED_PATHS[text]}; choose another path")
@@ -72,28 +84,55 @@ def _speed(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=PROG, description="Export GPU energy, attributed to workloads and teams, "
-                       "and its carbon emissions as Prometheus metrics.")
-    p.add_argument("--web.listen-address", dest="listen_address", default=":9789", type=_address,
-                   help="address to serve metrics on (default :9789)")
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", type=_telemetry_path,
-                   help="path of the metrics endpoint (default /metrics)")
-    p.add_argument("--web.config.file", dest="web_config", default=None,
-                   help="exporter-toolkit web config (TLS, basic auth)")
+    p = _OneLineParser(
+        prog=PROG,
+        description="Export GPU energy, attributed to workloads and teams, "
+        "and its carbon emissions as Prometheus metrics.",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9789",
+        type=_address,
+        help="address to serve metrics on (default :9789)",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        type=_telemetry_path,
+        help="path of the metrics endpoint (default /metrics)",
+    )
+    p.add_argument(
+        "--web.config.file", dest="web_config", default=None, help="exporter-toolkit web config (TLS, basic auth)"
+    )
     p.add_argument("--config.file", dest="config_file", default=None, help="YAML configuration file")
-    p.add_argument("--simulate", nargs="?", const=DEMO, default=None, metavar="SCENARIO",
-                   help="use the simulated GPU backend; without a file, the built-in demo scenario")
-    p.add_argument("--simulate.speed", dest="speed", type=_speed, default=None,
-                   help="simulated seconds per real second (overrides the scenario)")
-    p.add_argument("--once", action="store_true",
-                   help="poll, wait one interval, poll again, print the metrics and exit")
+    p.add_argument(
+        "--simulate",
+        nargs="?",
+        const=DEMO,
+        default=None,
+        metavar="SCENARIO",
+        help="use the simulated GPU backend; without a file, the built-in demo scenario",
+    )
+    p.add_argument(
+        "--simulate.speed",
+        dest="speed",
+        type=_speed,
+        default=None,
+        help="simulated seconds per real second (overrides the scenario)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="poll, wait one interval, poll again, print the metrics and exit"
+    )
     p.add_argument("--path.procfs", dest="procfs", default="/proc", help="procfs mount point (default /proc)")
-    p.add_argument("--poll.interval", dest="poll_interval", default=1.0, type=_duration,
-                   help="time between polls (default 1s)")
-    p.add_argument("--state.dir", dest="state_dir", default=None,
-                   help="directory for counter checkpoints (default: off)")
-    p.add_argument("--log.level", dest="log_level", default="info",
-                   choices=["debug", "info", "warn", "error"])
+    p.add_argument(
+        "--poll.interval", dest="poll_interval", default=1.0, type=_duration, help="time between polls (default 1s)"
+    )
+    p.add_argument(
+        "--state.dir", dest="state_dir", default=None, help="directory for counter checkpoints (default: off)"
+    )
+    p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
@@ -102,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace('"', '\\"').replace("\n", " ")
-        line = f'ts={self.formatTime(record, "%Y-%m-%dT%H:%M:%S")} level={record.levelname.lower()} ' \
-               f'logger={record.name} msg="{msg}"'
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
+            f'logger={record.name} msg="{msg}"'
+        )
         if record.exc_info:
             line += ' exc="' + self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'") + '"'
         return line
@@ -111,8 +152,12 @@ class _LogfmtFormatter(logging.Formatter):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                 "logger": record.name, "msg": record.getMessage()}
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -126,48 +171,45 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
-class _WebConfigProblem(Exception):
-    """--web.config.file is invalid (one line naming file and key)."""
+@dataclass(frozen=True)
+class _WebSecurity:
+    """What --web.config.file turns into for the listener."""
+
+    middlewares: tuple = ()
+    ssl_context: object = None
+    headers: dict[str, str] = field(default_factory=dict)  # also on aiohttp's own 400s
+    certificate_expiry: float | None = None  # Unix s, exported as a gauge
 
 
-
-
-def _web_security(path: str | None, auth_failures) -> tuple[tuple, object, dict, tuple]:
-    """Middlewares, TLS context, security headers and extra collectors (the
-    certificate's expiry) from --web.config.file (_WebConfigProblem if bad)."""
+def _web_security(path: str | None, auth_failures: AuthFailures) -> _WebSecurity:
+    """Middlewares, TLS context and headers from --web.config.file (WebConfigError if bad)."""
     if path is None:
-        return (), None, {}, ()
-    from gpucarbon.app import require_extra
+        return _WebSecurity()
+    from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
 
-    require_extra("bcrypt", "--web.config.file", "auth")
-    from gpucarbon.exporter.webconfig import WebConfigError, auth_middleware, load_web_config
-
-    try:
-        web_config = load_web_config(path)
-    except WebConfigError as err:
-        raise _WebConfigProblem(str(err)) from None
+    web_config = load_web_config(path)
     for note in web_config.notes:
-        logging.getLogger("gpucarbon").info("web config: %s", note)
+        log.info("web config: %s", note)
     middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
-    return (middleware,), web_config.ssl_context(), dict(web_config.headers), _web_warnings(web_config)
+    return _WebSecurity((middleware,), web_config.ssl_context(), dict(web_config.headers), _web_warnings(web_config))
 
 
-def _web_warnings(web_config) -> tuple:
+def _web_warnings(web_config: WebConfig) -> float | None:
     """Once at start: a web config with password hashes that every user can
-    read, and a certificate that has expired or expires within 14 days (also
-    exported as a gauge, the returned collector)."""
+    read, and a certificate that has expired or expires within 14 days.
+    Returns the certificate's expiry (exported as a gauge), if there is one."""
     from gpucarbon.exporter.certificate import CertificateError, CertificateExpiry
     from gpucarbon.fileperms import warn_if_world_readable
 
     if web_config.auth_enabled and web_config.path is not None:
         warn_if_world_readable(web_config.path, "--web.config.file", "basic auth password hashes")
     if web_config.tls is None:
-        return ()
+        return None
     try:
-        return (CertificateExpiry(web_config.tls.cert_file),)
+        return CertificateExpiry(web_config.tls.cert_file).expires_at
     except (CertificateError, OSError, ValueError) as err:
-        logging.getLogger("gpucarbon").warning("cannot read the expiry of %s: %s", web_config.tls.cert_file, err)
-        return ()
+        log.warning("cannot read the expiry of %s: %s", web_config.tls.cert_file, err)
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,26 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        config = load_config(args.config_file)
-        scenario = load_scenario(args.simulate) if args.simulate is not None else None
-    except (ConfigError, ScenarioError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
-    from gpucarbon.app import RunOptions, SetupError, build_daemon, run_once, serve
-    from gpucarbon.carbon.providers import ProviderConfigError
-
-    options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
-                         poll_interval_s=args.poll_interval, procfs=args.procfs, scenario=scenario,
-                         speed=args.speed, state_dir=args.state_dir)
-    try:
-        auth_failures = AuthFailures()
-        middlewares, ssl_context, security_headers, web_collectors = _web_security(args.web_config, auth_failures)
-        daemon = build_daemon(config, options)
-    except (_WebConfigProblem, SetupError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
-    except ProviderConfigError as err:
-        where = f"{args.config_file}: " if args.config_file else ""
+        daemon, web, auth_failures = _build(args)
+    except GpuCarbonError as err:
+        where = f"{args.config_file}: " if err.in_config_file and args.config_file else ""
         print(f"{PROG}: {where}{err}", file=sys.stderr)
         return 2
     try:
@@ -207,10 +232,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures, security_headers,
-                                 web_collectors))
+        return asyncio.run(
+            serve(daemon, web.middlewares, web.ssl_context, auth_failures, web.headers, web.certificate_expiry)
+        )
     except KeyboardInterrupt:
         return 0
     except OSError as err:  # e.g. the listen port is taken
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
+
+
+def _build(args: argparse.Namespace) -> tuple[Daemon, _WebSecurity, AuthFailures]:
+    """Everything the command line asks for, built; raises GpuCarbonError."""
+    config = load_config(args.config_file)
+    scenario = load_scenario(args.simulate) if args.simulate is not None else None
+    options = RunOptions(
+        listen_address=args.listen_address,
+        telemetry_path=args.telemetry_path,
+        poll_interval_s=args.poll_interval,
+        procfs=args.procfs,
+        scenario=scenario,
+        speed=args.speed,
+        state_dir=args.state_dir,
+    )
+    auth_failures = AuthFailures()
+    web = _web_security(args.web_config, auth_failures)
+    return build_daemon(config, options), web, auth_failures

@@ -27,9 +27,13 @@ def warn_if_writable_by_others(directory: str | os.PathLike[str], what: str) -> 
     mode = _mode(directory)
     if mode is None or not mode & (stat.S_IWGRP | stat.S_IWOTH):
         return False
-    log.warning("%s %s is writable by %s (mode %04o): another user can replace the checkpoint; "
-                "chmod 0700 it", what, directory, "everyone" if mode & stat.S_IWOTH else "its group",
-                stat.S_IMODE(mode))
+    log.warning(
+        "%s %s is writable by %s (mode %04o): another user can replace the checkpoint; chmod 0700 it",
+        what,
+        directory,
+        "everyone" if mode & stat.S_IWOTH else "its group",
+        stat.S_IMODE(mode),
+    )
     return True
 
 
@@ -39,6 +43,11 @@ def warn_if_world_readable(path: str | os.PathLike[str], what: str, holds: str) 
     mode = _mode(path)
     if mode is None or not mode & stat.S_IROTH:
         return False
-    log.warning("%s %s is readable by every user (mode %04o) and holds %s; chmod 0600 or 0640 it",
-                what, path, stat.S_IMODE(mode), holds)
+    log.warning(
+        "%s %s is readable by every user (mode %04o) and holds %s; chmod 0600 or 0640 it",
+        what,
+        path,
+        stat.S_IMODE(mode),
+        holds,
+    )
     return True

@@ -16,8 +16,6 @@ import re
 import time
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily
-
 log = logging.getLogger("gpucarbon.exporter.certificate")
 
 WARN_BEFORE_S = 14 * 86400  # warn when the certificate expires within 14 days
@@ -38,7 +36,7 @@ def _tlv(data: bytes, at: int) -> tuple[int, int, int]:
         count = length & 0x7F
         if count == 0 or count > 4 or at + count > len(data):
             raise CertificateError("bad DER length")
-        length = int.from_bytes(data[at:at + count], "big")
+        length = int.from_bytes(data[at : at + count], "big")
         at += count
     if at + length > len(data):
         raise CertificateError("truncated DER")
@@ -89,7 +87,8 @@ def not_after(pem: bytes) -> float:
 
 
 class CertificateExpiry:
-    """gpucarbon_web_tls_certificate_expiry_timestamp_seconds, read once at start."""
+    """The serving certificate's expiry, read once at start (the collector
+    exports it as gpucarbon_web_tls_certificate_expiry_timestamp_seconds)."""
 
     def __init__(self, cert_file: Path, clock=time.time) -> None:
         self.path = cert_file
@@ -99,11 +98,9 @@ class CertificateExpiry:
         if remaining <= 0:
             log.warning("TLS certificate %s expired at %s: clients that verify it refuse to connect", cert_file, when)
         elif remaining < WARN_BEFORE_S:
-            log.warning("TLS certificate %s expires at %s, in %.1f days: renew it and restart",
-                        cert_file, when, remaining / 86400)
-
-    def collect(self):
-        gauge = GaugeMetricFamily("gpucarbon_web_tls_certificate_expiry_timestamp_seconds",
-                                  "Unix time the serving TLS certificate expires (notAfter), read at start.")
-        gauge.add_metric([], self.expires_at)
-        yield gauge
+            log.warning(
+                "TLS certificate %s expires at %s, in %.1f days: renew it and restart",
+                cert_file,
+                when,
+                remaining / 86400,
+            )

@@ -10,17 +10,17 @@ from __future__ import annotations
 import gzip
 import html
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
-from gpucarbon.exporter.collector import SnapshotCollector
+from gpucarbon.exporter.collector import ReasonCounts, SnapshotCollector
 from gpucarbon.exporter.listener import request_guard_middleware
 from gpucarbon.labels import ANY_LABEL_MAX_LEN, is_clean_label_value, sanitise_label_value
 from gpucarbon.snapshot import Snapshot
@@ -58,12 +58,8 @@ class AuthFailures:
     def record(self, reason: str) -> None:
         self._counts[reason] += 1
 
-    def collect(self):
-        family = CounterMetricFamily("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.",
-                                     labels=["reason"])
-        for reason, count in sorted(self._counts.items()):
-            family.add_metric([reason], count)
-        yield family
+    def counts(self) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted(self._counts.items()))
 
 
 class _SanitisedLabels:
@@ -71,17 +67,21 @@ class _SanitisedLabels:
     as the last line of defence: sources sanitise what they store, but a value
     that slipped through (a lone surrogate would make every scrape a 500) is
     cleaned here rather than served or failed. Clean values cost one C-speed
-    check; only a dirty one is rebuilt."""
+    check; only a dirty family is rebuilt."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner: SnapshotCollector) -> None:
         self._inner = inner
+
+    def describe(self) -> list[Metric]:
+        return []
 
     def collect(self) -> Iterator[Metric]:
         for metric in self._inner.collect():
             if not all(_clean(value) for sample in metric.samples for value in sample.labels.values()):
                 metric.samples = [
-                    sample._replace(labels={k: sanitise_label_value(v, ANY_LABEL_MAX_LEN)
-                                            for k, v in sample.labels.items()})
+                    sample._replace(
+                        labels={k: sanitise_label_value(v, ANY_LABEL_MAX_LEN) for k, v in sample.labels.items()}
+                    )
                     for sample in metric.samples
                 ]
             yield metric
@@ -91,12 +91,15 @@ def _clean(value: str) -> bool:
     return is_clean_label_value(value, ANY_LABEL_MAX_LEN)
 
 
-def build_registry(latest: Callable[[], Snapshot], *extra: object) -> CollectorRegistry:
+def build_registry(
+    latest: Callable[[], Snapshot],
+    auth_failures: AuthFailures | None = None,
+    connections: ReasonCounts | None = None,
+    certificate_expiry: float | None = None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SanitisedLabels(SnapshotCollector(latest)))
+    registry.register(_SanitisedLabels(SnapshotCollector(latest, auth_failures, connections, certificate_expiry)))
     registry.register(ProcessCollector(registry=None))
-    for collector in extra:
-        registry.register(_SanitisedLabels(collector))
     return registry
 
 
@@ -128,9 +131,10 @@ def build_app(
     telemetry_path: str = "/metrics",
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
-    extra_collectors: tuple[object, ...] = (),
+    connections: ReasonCounts | None = None,
+    certificate_expiry: float | None = None,
 ) -> web.Application:
-    registry = build_registry(latest, *([auth_failures] if auth_failures else []), *extra_collectors)
+    registry = build_registry(latest, auth_failures, connections, certificate_expiry)
     cache = _RenderCache(registry, latest)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -152,10 +156,12 @@ def build_app(
 
     async def landing(_: web.Request) -> web.Response:
         path = html.escape(telemetry_path)
-        page = (f"<html><head><title>gpu-carbon-exporter</title></head><body>"
-                f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
-                f"<p><a href=\"{path}\">Metrics</a> · <a href=\"/healthz\">Health</a> · "
-                f"<a href=\"/readyz\">Readiness</a></p></body></html>")
+        page = (
+            f"<html><head><title>gpu-carbon-exporter</title></head><body>"
+            f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
+            f'<p><a href="{path}">Metrics</a> · <a href="/healthz">Health</a> · '
+            f'<a href="/readyz">Readiness</a></p></body></html>'
+        )
         return web.Response(text=page, content_type="text/html")
 
     # The guard comes first: it times requests and names the server on every

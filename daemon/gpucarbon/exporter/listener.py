@@ -32,7 +32,6 @@ from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-from prometheus_client.core import CounterMetricFamily
 
 log = logging.getLogger("gpucarbon.exporter.listener")
 
@@ -106,15 +105,14 @@ class ConnectionCounts:
         if not mine:
             del self._open[handler.address]
 
-    def collect(self):
-        family = CounterMetricFamily("gpucarbon_web_connections_closed_total",
-                                     "Connections the listener closed before a response: refused (connection cap), "
-                                     "evicted (waiting connection closed for a new one at the cap), timed_out (no complete request in time), oversized (request head too large).",
-                                     labels=["reason"])
-        for reason, count in (("refused", self.refused), ("evicted", self.evicted),
-                              ("timed_out", self.timed_out), ("oversized", self.oversized)):
-            family.add_metric([reason], count)
-        yield family
+    def counts(self) -> tuple[tuple[str, int], ...]:
+        """Connections closed before a response, by reason (rendered by the collector)."""
+        return (
+            ("refused", self.refused),
+            ("evicted", self.evicted),
+            ("timed_out", self.timed_out),
+            ("oversized", self.oversized),
+        )
 
 
 class _GuardedHandler(RequestHandler):
@@ -124,8 +122,9 @@ class _GuardedHandler(RequestHandler):
 
     security_headers: Mapping[str, str] = {}
 
-    def __init__(self, manager: web.Server, *, counts: ConnectionCounts, limits: ConnectionLimits,
-                 **kwargs: object) -> None:
+    def __init__(
+        self, manager: web.Server, *, counts: ConnectionCounts, limits: ConnectionLimits, **kwargs: object
+    ) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._counts = counts
         self._limits = limits
@@ -139,7 +138,10 @@ class _GuardedHandler(RequestHandler):
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if not self._counts.admit(self, self.address):
-            transport.abort() if hasattr(transport, "abort") else transport.close()  # type: ignore[attr-defined]
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # no lingering: the refused client gets a reset
+            else:
+                transport.close()
             return
         self._admitted = True
         super().connection_made(transport)
@@ -186,8 +188,9 @@ class _GuardedHandler(RequestHandler):
         self._counts.timed_out += 1
         self.force_close()
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         """aiohttp's error responses, without the echo of what the client sent
         and with the configured headers. A 400 is the client's fault and is
         logged at debug only: a flood of them must not flood the log."""
@@ -198,8 +201,9 @@ class _GuardedHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error response")
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-        response = web.Response(status=status, text=f"{status} {phrase}\n",
-                                headers={**self.security_headers, "Server": SERVER_HEADER})
+        response = web.Response(
+            status=status, text=f"{status} {phrase}\n", headers={**self.security_headers, "Server": SERVER_HEADER}
+        )
         response.force_close()
         return response
 
@@ -234,9 +238,16 @@ class GuardedSite(web.BaseSite):
 
     __slots__ = ("_counts", "_headers", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
-                 ssl_context: ssl.SSLContext | None = None, counts: ConnectionCounts | None = None,
-                 security_headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        counts: ConnectionCounts | None = None,
+        security_headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
@@ -262,12 +273,23 @@ class GuardedSite(web.BaseSite):
 
         def protocol() -> _GuardedHandler:
             return handler_class(
-                server, loop=loop, counts=counts, limits=limits, access_log=None,
-                keepalive_timeout=limits.request_timeout_s, max_headers=limits.max_headers,
-                max_field_size=limits.max_field_bytes, max_line_size=limits.max_field_bytes,
+                server,
+                loop=loop,
+                counts=counts,
+                limits=limits,
+                access_log=None,
+                keepalive_timeout=limits.request_timeout_s,
+                max_headers=limits.max_headers,
+                max_field_size=limits.max_field_bytes,
+                max_line_size=limits.max_field_bytes,
             )
 
         self._server = await loop.create_server(
-            protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=True, ssl_handshake_timeout=limits.request_timeout_s if self._ssl_context else None,
+            protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl_handshake_timeout=limits.request_timeout_s if self._ssl_context else None,
         )

@@ -21,13 +21,13 @@ exporter or blow up a scrape. A rule whose value sanitises to "" does not match.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # The sanitiser lives in gpucarbon.labels (shared by every source); re-exported
-# here because the identity modules have always imported it from teams.
-from gpucarbon.labels import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, sanitise_label_value  # noqa: E402,F401
+# here because the identity modules import it from teams.
+from gpucarbon.labels import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, sanitise_label_value  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)
