@@ -7,7 +7,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,13 +36,14 @@ from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.identity.slurm import SlurmSource
+from gpucarbon.identity.slurm import SlurmAllocations, SlurmSource, minors_of
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Poller
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
 from gpucarbon.state import CheckpointStore
+from gpucarbon.teams import TeamRules
 
 __all__ = ["Daemon", "RunOptions", "SetupError", "build_daemon", "require_extra", "run_once", "serve"]
 
@@ -93,13 +95,21 @@ def build_daemon(
     """Every stage, each made after what it needs: device, carbon, identity,
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
-    clock, node = _simulation(options, base_clock)
+    clock, node = _simulation(options, base_clock, config.teams)
     if backend is None:
         backend = node.gpus if node is not None else _nvml_backend(clock)
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
     kube = _kubernetes_client(config)
     intensity = _intensity(config, base_clock, kube)
-    identity = _identity(config, options, clock, kube, node, inventory=lambda: inventory_of(reader.latest()))
+    identity = _identity(
+        config,
+        options,
+        clock,
+        kube,
+        node,
+        inventory=lambda: inventory_of(reader.latest()),
+        gpus_by_minor=lambda: minors_of(reader.latest()),
+    )
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
     ledger = Ledger(config.limits.max_workload_series, config.teams.default)
     meters = EnergyMeters()
@@ -122,7 +132,7 @@ def build_daemon(
         rates=rates,
         carbon=intensity,
         resolver=identity.resolver,
-        sources=tuple(source.health for source in identity.sources),
+        sources=identity.health,
         checkpointer=checkpointer,
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
     )
@@ -130,14 +140,14 @@ def build_daemon(
     return Daemon(poller=poller, ledger=ledger, options=options, services=services, checkpointer=checkpointer)
 
 
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedNode | None]:
+def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tuple[Clock, SimulatedNode | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedNode.build(options.scenario, clock)
+    return clock, SimulatedNode.build(options.scenario, clock, teams)
 
 
 def _checkpointer(
@@ -165,6 +175,7 @@ class _Identity:
     resolver: Resolver
     allocations: AllocationSource | None
     sources: tuple[Any, ...]  # background sources with run()/close() and .health
+    health: tuple[Any, ...]  # what the poller reads each source's health from (.snapshot())
 
 
 def _identity(
@@ -174,6 +185,7 @@ def _identity(
     kube: tuple | None,
     node: SimulatedNode | None,
     inventory: Callable[[], GpuInventory],
+    gpus_by_minor: Callable[[], Mapping[int, str]],
 ) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
@@ -195,6 +207,7 @@ def _identity(
         process_cache=processes,
     )
     podresources = None
+    kubelet = None
     allocations: AllocationSource | None = node.scheduler if node is not None else None
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
@@ -207,8 +220,16 @@ def _identity(
         )
         kubelet = KubeletAllocations(podresources, metadata, inventory)
         allocations = _merged(node.scheduler, kubelet) if node is not None else kubelet
-    sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
-    return _Identity(resolver, allocations, sources)
+    if slurm is not None and node is None:
+        # Jobs holding GPUs on this node, running a process or not, pay their idle draw.
+        slurm_node = config.slurm.node or socket.gethostname().split(".", 1)[0]
+        held = SlurmAllocations(slurm, slurm_node, gpus_by_minor)
+        allocations = _merged(allocations, held) if allocations is not None else held
+    sources: tuple[Any, ...] = tuple(s for s in (metadata, podresources, slurm) if s is not None)
+    # The kubelet source's health also carries its unmapped device IDs (a gauge).
+    kubelet_health = kubelet.health_with_unmapped(podresources.health) if kubelet and podresources else None
+    health = tuple(kubelet_health if s is podresources and kubelet_health else s.health for s in sources)
+    return _Identity(resolver, allocations, sources, health)
 
 
 def _rates(config: Config, intensity: CarbonProvider) -> Rates:
@@ -273,7 +294,13 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
 
     client, node = kube
     return KubernetesSource(
-        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+        client,
+        node_name=node,
+        teams=config.teams,
+        clock=clock,
+        deleted_retention_s=config.retention.finished,
+        owner_follow=config.kubernetes.owners_follow,
+        owner_max_depth=config.kubernetes.owners_max_depth,
     )
 
 
@@ -295,7 +322,7 @@ class _merged:
 def _nvml_backend(clock: Clock) -> GpuBackend:
     from gpucarbon.device.nvml import NvmlBackend
 
-    return NvmlBackend(clock=clock.monotonic)
+    return NvmlBackend(clock=clock.monotonic, wall=clock.wall)
 
 
 def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvider:
