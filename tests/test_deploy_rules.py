@@ -54,6 +54,7 @@ def test_issue_alerts_are_all_defined() -> None:
         "GPUCarbonExporterDown",
         "GPUCarbonNVMLDown",
         "GPUCarbonIntensityStale",
+        "InferenceEnergyPerTokenRegressed",
     }
 
 
@@ -94,7 +95,10 @@ def test_recording_rule_name_follows_level_metric_operations(rule: dict) -> None
     assert not metric.endswith("_total"), f"{name}: drop _total from a counter's name after rate()"
 
 
-LEVEL_LABEL = {"cluster": "cluster", "node": "node", "team": "team", "namespace": "namespace", "namespace_workload": "workload"}
+LEVEL_LABEL = {
+    "cluster": "cluster", "node": "node", "team": "team", "namespace": "namespace",
+    "namespace_workload": "workload", "namespace_pod": "pod",
+}
 
 
 @pytest.mark.parametrize(
