@@ -336,7 +336,9 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["interval"] == "15s" and endpoint["scheme"] == "http"
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node", "action": "replace"} in endpoint["relabelings"]
-    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig", "basicAuth", "relabelings", "metricRelabelings"}
+    assert endpoint["honorLabels"] is True, "the workload's namespace/pod must not become exported_namespace/exported_pod"
+    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig", "basicAuth", "relabelings",
+                             "metricRelabelings", "honorLabels"}
 
 
 def test_prometheus_rule_passes_promtool_and_carries_the_value_overrides(rendered: dict, tmp_path: Path) -> None:
