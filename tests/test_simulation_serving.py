@@ -209,3 +209,35 @@ def test_large_counts_render_as_numbers_prometheus_reads() -> None:
     value = next(s.value for f in text_string_to_metric_families(text) for s in f.samples
                  if s.name == "vllm:generation_tokens_total")
     assert math.isclose(value, 1e6 * 86400 * 30)
+
+
+# --- the listener -------------------------------------------------------------------------
+
+
+async def test_listener_serves_the_engines_on_metrics_at_the_simulation_time() -> None:
+    import aiohttp
+
+    from procs import free_port
+    from gpucarbon.simulation.serving import ServingListener
+
+    now = {"t": 10.0}
+    port = free_port()
+    listener = ServingListener((pod(VLLM, "vllm-0"), pod(TRITON, "triton-0")), lambda: now["t"], "127.0.0.1", port)
+    await listener.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                first = await response.text()
+            now["t"] = 20.0
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                second = await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 404
+    finally:
+        await listener.close()
+    key = ("vllm:generation_tokens_total", (("engine", "0"), ("model_name", "meta-llama/Llama-3.1-8B-Instruct"),
+                                            ("namespace", "serve"), ("pod", "vllm-0")))
+    assert samples(first)[key] == 1000 and samples(second)[key] == 2000
+    assert "nv_inference_request_success{" in second

@@ -28,10 +28,16 @@ requests, so a test can compute the true totals from the scenario alone.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("vllm", "sglang", "tgi", "triton")
 KEYS = {"engine", "model", "generated_tokens_per_second", "prompt_tokens_per_second", "requests_per_second"}
@@ -293,3 +299,44 @@ def _labels(labels: Labels) -> str:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# --- the listener -----------------------------------------------------------------------
+
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ServingListener:
+    """The engines' /metrics on their own address (a Service: start, close).
+    `sim_time` is the simulation's clock in simulated seconds, the one the GPUs'
+    energy is integrated on, so tokens and joules advance together."""
+
+    def __init__(self, pods: tuple[ServingPod, ...], sim_time: Callable[[], float], host: str | None,
+                 port: int, created: float | None = None) -> None:
+        self._pods = pods
+        self._sim_time = sim_time
+        self._host, self._port = host, port
+        self._created = time.time() if created is None else created
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        async def metrics(_: web.Request) -> web.Response:
+            text = render(self._pods, self._sim_time(), self._created)
+            return web.Response(body=text.encode(), headers={"Content-Type": TEXT_FORMAT})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host=self._host, port=self._port)
+        await site.start()
+        log.info("simulated serving engines listening on %s:%d/metrics (%d pods)", self._host or "",
+                 self._port, len(self._pods))
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
