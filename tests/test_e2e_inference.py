@@ -10,6 +10,12 @@ The scenario below puts each case on its own GPUs:
   GPU 3   Deployment/summarize (TGI)
   GPU 4   Deployment/vision (Triton): requests, no tokens
 
+The rules' 5-minute windows are wall-clock windows to Prometheus; with the
+simulation 20x faster than real time, the rules are loaded with `[5m]` written
+as `[15s]`, which is 5 simulated minutes, so that the windows fill in a test's
+time. (A window only partly covered by data would bias rate(): it divides by
+the whole window.)
+
 "True" figures come from outside the rules: the GPUs' measured energy counters
 on the daemon's /metrics (the simulated NVML counter, integrated exactly) and the
 engines' counters on the serving listener, each read twice, a few simulated
@@ -31,7 +37,8 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 RULES = [REPO / "prometheus" / "rules" / "gpucarbon-recording.yaml", REPO / "prometheus" / "rules" / "gpucarbon-inference.yaml"]
 SPEED = 20  # simulated seconds per wall second
-TRUTH_WINDOW_S = 12.0  # wall seconds between the two readings: 4 simulated minutes
+WINDOW = "15s"  # 5 simulated minutes of wall time, in place of the rules' [5m]
+TRUTH_WINDOW_S = 15.0  # wall seconds between the two readings: 5 simulated minutes
 
 SCENARIO = """
 speed: 20
@@ -92,13 +99,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     scenario = tmp / "scenario.yaml"
     scenario.write_text(SCENARIO)
     serving_port = free_port()
+    rules = []
+    for path in RULES:
+        copy = tmp / path.name
+        copy.write_text(path.read_text().replace("[5m]", f"[{WINDOW}]"))
+        rules.append(str(copy))
     daemon = Daemon(tmp, f"--simulate={scenario}", f"--simulate.serving-address=127.0.0.1:{serving_port}",
-                    "--poll.interval=2s")
+                    "--poll.interval=100ms")
     prom = None
     try:
         daemon.wait_ready()
         prom = Prometheus(tmp, [f"127.0.0.1:{daemon.port}", f"127.0.0.1:{serving_port}"],
-                          rule_files=[str(path) for path in RULES])
+                          rule_files=rules)
         yield Stack(daemon, f"http://127.0.0.1:{serving_port}/metrics", prom)
     finally:
         if prom is not None:
@@ -116,10 +128,11 @@ def test_the_daemon_never_serves_the_engines_series(stack: Stack) -> None:
 def test_per_token_rule_equals_true_energy_over_true_tokens(stack: Stack) -> None:
     wait_until(lambda: stack.rule("namespace_workload:gpucarbon_energy_per_token_joules:rate5m").keys()
                >= {"Deployment/chat", "Deployment/summarize"}, 60, "the per-token rule")
+    time.sleep(16)  # the rate windows fill
     daemon0, engines0 = stack.read()
     time.sleep(TRUTH_WINDOW_S)
     daemon1, engines1 = stack.read()
-    time.sleep(3)  # a scrape and an evaluation after the second reading
+    time.sleep(1.5)  # a scrape and an evaluation after the second reading
 
     def delta(name: str, before: str, after: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
@@ -154,7 +167,7 @@ def test_the_idle_replica_is_paid_by_its_workload(stack: Stack) -> None:
     assert float(idle[0]["value"][1]) == 0 and idle[0]["metric"]["team"] == "nlp"
     # the workload's energy includes chat-1's GPU: more than chat-0's GPU alone
     energy = stack.rule('namespace_workload:gpucarbon_workload_energy_joules:rate5m{workload="Deployment/chat"}')
-    gpu0 = stack.prom.query('rate(gpucarbon_gpu_energy_joules_total{gpu="0"}[5m])')
+    gpu0 = stack.prom.query(f'rate(gpucarbon_gpu_energy_joules_total{{gpu="0"}}[{WINDOW}])')
     assert energy["Deployment/chat"] > float(gpu0[0]["value"][1]) + 60, "the idle replica's ~118 W are included"
 
 
@@ -168,7 +181,7 @@ def test_two_teams_time_slicing_one_gpu_get_their_own_figures(stack: Stack) -> N
     shared = stack.prom.query(
         'sum(namespace_workload:gpucarbon_energy_per_token_joules:rate5m{namespace="shared"}'
         ' * on (cluster, namespace, workload, team) namespace_workload:gpucarbon_generated_tokens:rate5m)')
-    gpu = stack.prom.query('rate(gpucarbon_gpu_energy_joules_total{gpu="2"}[5m])')
+    gpu = stack.prom.query(f'rate(gpucarbon_gpu_energy_joules_total{{gpu="2"}}[{WINDOW}])')
     assert abs(float(shared[0]["value"][1]) - float(gpu[0]["value"][1])) / float(gpu[0]["value"][1]) < 0.02
 
 
