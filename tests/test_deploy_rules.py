@@ -97,7 +97,7 @@ def test_recording_rule_name_follows_level_metric_operations(rule: dict) -> None
 
 LEVEL_LABEL = {
     "cluster": "cluster", "node": "node", "team": "team", "namespace": "namespace",
-    "namespace_workload": "workload", "namespace_pod": "pod",
+    "namespace_workload": "workload", "namespace_pod": "pod", "model": "model",
 }
 
 
