@@ -372,7 +372,8 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "targetLabel": "node",
         "action": "replace",
     } in endpoint["relabelings"]
-    assert endpoint["honorLabels"] is True, "the workload's namespace/pod must not become exported_namespace/exported_pod"
+    # the workload's namespace/pod must not become exported_namespace/exported_pod
+    assert endpoint["honorLabels"] is True
     assert set(endpoint) <= {
         "port",
         "path",

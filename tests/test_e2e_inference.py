@@ -29,13 +29,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from procs import Daemon, Prometheus, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-RULES = [REPO / "prometheus" / "rules" / "gpucarbon-recording.yaml", REPO / "prometheus" / "rules" / "gpucarbon-inference.yaml"]
+RULES = [
+    REPO / "prometheus" / "rules" / "gpucarbon-recording.yaml",
+    REPO / "prometheus" / "rules" / "gpucarbon-inference.yaml",
+]
 SPEED = 20  # simulated seconds per wall second
 WINDOW = "15s"  # 5 simulated minutes of wall time, in place of the rules' [5m]
 TRUTH_WINDOW_S = 15.0  # wall seconds between the two readings: 5 simulated minutes
@@ -54,8 +56,8 @@ workloads:
                requests_per_second: 0}}
   - {namespace: shared, pod: llama-0, container: vllm, workload: Deployment/llama, team: nlp, gpus: [2], sm_util: 0.3,
      serving: {engine: vllm, model: llama, generated_tokens_per_second: 400, requests_per_second: 2}}
-  - {namespace: shared, pod: qwen-0, container: sglang, workload: Deployment/qwen, team: search, gpus: [2], sm_util: 0.2,
-     serving: {engine: sglang, model: qwen, generated_tokens_per_second: 300, requests_per_second: 3}}
+  - {namespace: shared, pod: qwen-0, container: sglang, workload: Deployment/qwen, team: search, gpus: [2],
+     sm_util: 0.2, serving: {engine: sglang, model: qwen, generated_tokens_per_second: 300, requests_per_second: 3}}
   - {namespace: docs, pod: summarize-0, container: tgi, workload: Deployment/summarize, team: search, gpus: [3],
      sm_util: 0.5, serving: {engine: tgi, generated_tokens_per_second: 500, prompt_tokens_per_second: 4000,
                              requests_per_second: 2.5}}
@@ -104,13 +106,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         copy = tmp / path.name
         copy.write_text(path.read_text().replace("[5m]", f"[{WINDOW}]"))
         rules.append(str(copy))
-    daemon = Daemon(tmp, f"--simulate={scenario}", f"--simulate.serving-address=127.0.0.1:{serving_port}",
-                    "--poll.interval=100ms")
+    daemon = Daemon(
+        tmp, f"--simulate={scenario}", f"--simulate.serving-address=127.0.0.1:{serving_port}", "--poll.interval=100ms"
+    )
     prom = None
     try:
         daemon.wait_ready()
-        prom = Prometheus(tmp, [f"127.0.0.1:{daemon.port}", f"127.0.0.1:{serving_port}"],
-                          rule_files=rules)
+        prom = Prometheus(tmp, [f"127.0.0.1:{daemon.port}", f"127.0.0.1:{serving_port}"], rule_files=rules)
         yield Stack(daemon, f"http://127.0.0.1:{serving_port}/metrics", prom)
     finally:
         if prom is not None:
@@ -126,8 +128,14 @@ def test_the_daemon_never_serves_the_engines_series(stack: Stack) -> None:
 
 
 def test_per_token_rule_equals_true_energy_over_true_tokens(stack: Stack) -> None:
-    wait_until(lambda: stack.rule("namespace_workload:gpucarbon_energy_per_token_joules:rate5m").keys()
-               >= {"Deployment/chat", "Deployment/summarize"}, 60, "the per-token rule")
+    wait_until(
+        lambda: (
+            stack.rule("namespace_workload:gpucarbon_energy_per_token_joules:rate5m").keys()
+            >= {"Deployment/chat", "Deployment/summarize"}
+        ),
+        60,
+        "the per-token rule",
+    )
     time.sleep(16)  # the rate windows fill
     daemon0, engines0 = stack.read()
     time.sleep(TRUTH_WINDOW_S)
@@ -138,8 +146,9 @@ def test_per_token_rule_equals_true_energy_over_true_tokens(stack: Stack) -> Non
         return _value(after, name, **labels) - _value(before, name, **labels)
 
     chat_joules = sum(delta("gpucarbon_gpu_energy_joules_total", daemon0, daemon1, gpu=g) for g in ("0", "1"))
-    chat_tokens = delta("vllm:generation_tokens_total", engines0, engines1, pod="chat-0") \
-        + delta("vllm:generation_tokens_total", engines0, engines1, pod="chat-1")
+    chat_tokens = delta("vllm:generation_tokens_total", engines0, engines1, pod="chat-0") + delta(
+        "vllm:generation_tokens_total", engines0, engines1, pod="chat-1"
+    )
     tgi_joules = delta("gpucarbon_gpu_energy_joules_total", daemon0, daemon1, gpu="3")
     tgi_tokens = delta("tgi_request_generated_tokens_sum", engines0, engines1, pod="summarize-0")
     triton_joules = delta("gpucarbon_gpu_energy_joules_total", daemon0, daemon1, gpu="4")
@@ -155,14 +164,20 @@ def test_per_token_rule_equals_true_energy_over_true_tokens(stack: Stack) -> Non
         assert error < 0.02, (workload, per_token[workload], expected)
     expected = triton_joules / triton_requests
     error = abs(per_request["Deployment/vision"] - expected) / expected
-    print(f"Deployment/vision: rule {per_request['Deployment/vision']:.4f} J/request, truth {expected:.4f}, error {error:.3%}")
+    print(
+        f"Deployment/vision: rule {per_request['Deployment/vision']:.4f} J/request, "
+        f"truth {expected:.4f}, error {error:.3%}"
+    )
     assert error < 0.02
     assert "Deployment/vision" not in per_token, "Triton counts no tokens: no per-token figure"
 
 
 def test_the_idle_replica_is_paid_by_its_workload(stack: Stack) -> None:
-    wait_until(lambda: stack.prom.query('namespace_pod:gpucarbon_generated_tokens:rate5m{pod="chat-1"}'), 60,
-               "the idle replica's token rate")
+    wait_until(
+        lambda: stack.prom.query('namespace_pod:gpucarbon_generated_tokens:rate5m{pod="chat-1"}'),
+        60,
+        "the idle replica's token rate",
+    )
     idle = stack.prom.query('namespace_pod:gpucarbon_generated_tokens:rate5m{pod="chat-1"}')
     assert float(idle[0]["value"][1]) == 0 and idle[0]["metric"]["team"] == "nlp"
     # the workload's energy includes chat-1's GPU: more than chat-0's GPU alone
@@ -172,25 +187,39 @@ def test_the_idle_replica_is_paid_by_its_workload(stack: Stack) -> None:
 
 
 def test_two_teams_time_slicing_one_gpu_get_their_own_figures(stack: Stack) -> None:
-    wait_until(lambda: stack.rule('namespace_workload:gpucarbon_energy_per_token_joules:rate5m{namespace="shared"}')
-               .keys() == {"Deployment/llama", "Deployment/qwen"}, 60, "both teams' per-token figures")
+    wait_until(
+        lambda: (
+            stack.rule('namespace_workload:gpucarbon_energy_per_token_joules:rate5m{namespace="shared"}').keys()
+            == {"Deployment/llama", "Deployment/qwen"}
+        ),
+        60,
+        "both teams' per-token figures",
+    )
     rows = stack.prom.query('namespace_workload:gpucarbon_energy_per_token_joules:rate5m{namespace="shared"}')
-    assert {r["metric"]["workload"]: r["metric"]["team"] for r in rows} == \
-        {"Deployment/llama": "nlp", "Deployment/qwen": "search"}
+    assert {r["metric"]["workload"]: r["metric"]["team"] for r in rows} == {
+        "Deployment/llama": "nlp",
+        "Deployment/qwen": "search",
+    }
     # per-token x tokens, over both teams, is the shared GPU's measured energy rate (within scrape skew)
     shared = stack.prom.query(
         'sum(namespace_workload:gpucarbon_energy_per_token_joules:rate5m{namespace="shared"}'
-        ' * on (cluster, namespace, workload, team) namespace_workload:gpucarbon_generated_tokens:rate5m)')
+        " * on (cluster, namespace, workload, team) namespace_workload:gpucarbon_generated_tokens:rate5m)"
+    )
     gpu = stack.prom.query(f'rate(gpucarbon_gpu_energy_joules_total{{gpu="2"}}[{WINDOW}])')
     assert abs(float(shared[0]["value"][1]) - float(gpu[0]["value"][1])) / float(gpu[0]["value"][1]) < 0.02
 
 
 def test_engine_and_model_are_recorded(stack: Stack) -> None:
     wait_until(lambda: len(stack.prom.query("namespace_pod:gpucarbon_serving_info:group")) == 6, 60, "serving info")
-    info = {r["metric"]["pod"]: (r["metric"]["engine"], r["metric"].get("model", ""))
-            for r in stack.prom.query("namespace_pod:gpucarbon_serving_info:group")}
+    info = {
+        r["metric"]["pod"]: (r["metric"]["engine"], r["metric"].get("model", ""))
+        for r in stack.prom.query("namespace_pod:gpucarbon_serving_info:group")
+    }
     assert info == {
-        "chat-0": ("vllm", "meta-llama/Llama-3.1-8B-Instruct"), "chat-1": ("vllm", "meta-llama/Llama-3.1-8B-Instruct"),
-        "llama-0": ("vllm", "llama"), "qwen-0": ("sglang", "qwen"), "summarize-0": ("tgi", ""),
+        "chat-0": ("vllm", "meta-llama/Llama-3.1-8B-Instruct"),
+        "chat-1": ("vllm", "meta-llama/Llama-3.1-8B-Instruct"),
+        "llama-0": ("vllm", "llama"),
+        "qwen-0": ("sglang", "qwen"),
+        "summarize-0": ("tgi", ""),
         "resnet-0": ("triton", "resnet50"),
     }

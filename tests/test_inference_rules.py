@@ -28,16 +28,23 @@ REQUIRED_RECORDS = {
 # Each engine's counters as it exposes them (docs/inference.md lists the versions checked).
 ENGINE_NAMES = {
     "namespace_pod:gpucarbon_generated_tokens:rate5m": {
-        "vllm:generation_tokens_total", "sglang:generation_tokens_total", "sglang_generation_tokens_total",
+        "vllm:generation_tokens_total",
+        "sglang:generation_tokens_total",
+        "sglang_generation_tokens_total",
         "tgi_request_generated_tokens_sum",
     },
     "namespace_pod:gpucarbon_prompt_tokens:rate5m": {
-        "vllm:prompt_tokens_total", "sglang:prompt_tokens_total", "sglang_prompt_tokens_total",
+        "vllm:prompt_tokens_total",
+        "sglang:prompt_tokens_total",
+        "sglang_prompt_tokens_total",
         "tgi_request_input_length_sum",
     },
     "namespace_pod:gpucarbon_requests:rate5m": {
-        "vllm:request_success_total", "sglang:num_requests_total", "sglang_num_requests_total",
-        "tgi_request_success", "nv_inference_request_success",
+        "vllm:request_success_total",
+        "sglang:num_requests_total",
+        "sglang_num_requests_total",
+        "tgi_request_success",
+        "nv_inference_request_success",
     },
 }
 
@@ -70,8 +77,12 @@ def test_token_and_request_rules_read_every_engine(record: str) -> None:
     assert read == ENGINE_NAMES[record], f"{record} reads {sorted(read)}"
 
 
-KEPT = {"namespace_pod": {"team", "workload", "pod"}, "namespace_workload": {"team", "workload"}, "team": {"team"},
-        "model": {"model"}}
+KEPT = {
+    "namespace_pod": {"team", "workload", "pod"},
+    "namespace_workload": {"team", "workload"},
+    "team": {"team"},
+    "model": {"model"},
+}
 
 
 @pytest.mark.parametrize("record", sorted(_records()))
@@ -86,7 +97,9 @@ def test_every_rule_keeps_the_labels_of_its_level(record: str) -> None:
     assert KEPT[level] <= kept, f"{record} drops {sorted(KEPT[level] - kept)}"
 
 
-@pytest.mark.parametrize("name", sorted(set(_records()) | {r["alert"] for g in _groups() for r in g["rules"] if "alert" in r}))
+@pytest.mark.parametrize(
+    "name", sorted(set(_records()) | {r["alert"] for g in _groups() for r in g["rules"] if "alert" in r})
+)
 def test_every_rule_has_a_promtool_unit_test(name: str) -> None:
     assert name in _tested_expressions(), f"no promtool test in {[p.name for p in TESTS]} exercises {name}"
 

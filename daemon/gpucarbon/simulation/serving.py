@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -66,8 +66,8 @@ class Rate:
         if end <= start:
             return 0.0
         total = 0.0
-        edges = [t for t, _ in self.steps] + [math.inf]
-        for (since, rate), until in zip(self.steps, edges[1:]):
+        ends = [t for t, _ in self.steps[1:]] + [math.inf]  # each step holds until the next
+        for (since, rate), until in zip(self.steps, ends, strict=True):
             lo, hi = max(since, start), min(until, end)
             if hi > lo:
                 total += rate * (hi - lo)
@@ -95,6 +95,26 @@ class ServingPod:
 
     def running_at(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
+
+
+class _ServingWorkload(Protocol):
+    """What serving_pods reads of a scenario workload."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def pod(self) -> str: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float | None: ...
+    @property
+    def serving(self) -> ServingSpec | None: ...
+
+
+def serving_pods(workloads: Iterable[_ServingWorkload]) -> tuple[ServingPod, ...]:
+    """The scenario's workloads that have a `serving:` block, as pods of an engine."""
+    return tuple(ServingPod(w.namespace, w.pod, w.start, w.end, w.serving) for w in workloads if w.serving)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +242,9 @@ def render(pods: Iterable[ServingPod], t: float, created: float = 0.0) -> str:
     return exposition.text()
 
 
-def _client_python_counter(out: _Exposition, name: str, help_text: str, labels: Labels, value: int,
-                           created: float) -> None:
+def _client_python_counter(
+    out: _Exposition, name: str, help_text: str, labels: Labels, value: int, created: float
+) -> None:
     """A prometheus_client Counter in the 0.0.4 text format: NAME_total and NAME_created."""
     out.sample(f"{name}_total", "counter", help_text, f"{name}_total", labels, f"{float(value)!r}")
     out.sample(f"{name}_created", "gauge", help_text, f"{name}_created", labels, repr(float(created)))
@@ -231,43 +252,66 @@ def _client_python_counter(out: _Exposition, name: str, help_text: str, labels: 
 
 def _vllm(out: _Exposition, pod: ServingPod, n: Counts, created: float) -> None:
     base = {"engine": "0", "model_name": pod.spec.model, "namespace": pod.namespace, "pod": pod.pod}
-    _client_python_counter(out, "vllm:prompt_tokens", "Number of prefill tokens processed.", base,
-                           n.prompt_tokens, created)
-    _client_python_counter(out, "vllm:generation_tokens", "Number of generation tokens processed.", base,
-                           n.generated_tokens, created)
+    _client_python_counter(
+        out, "vllm:prompt_tokens", "Number of prefill tokens processed.", base, n.prompt_tokens, created
+    )
+    _client_python_counter(
+        out, "vllm:generation_tokens", "Number of generation tokens processed.", base, n.generated_tokens, created
+    )
     # prometheus_client pre-creates one child per FinishReason; all simulated requests stop normally.
     for reason in ("stop", "length", "abort", "error", "repetition"):
-        _client_python_counter(out, "vllm:request_success", "Count of successfully processed requests.",
-                               {**base, "finished_reason": reason}, n.requests if reason == "stop" else 0, created)
+        _client_python_counter(
+            out,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            {**base, "finished_reason": reason},
+            n.requests if reason == "stop" else 0,
+            created,
+        )
 
 
 def _sglang(out: _Exposition, pod: ServingPod, n: Counts, created: float) -> None:
-    labels = {"engine_type": "unified", "is_streaming": "false", "model_name": pod.spec.model,
-              "namespace": pod.namespace, "pod": pod.pod}
-    _client_python_counter(out, "sglang:prompt_tokens", "Number of prefill tokens processed.", labels,
-                           n.prompt_tokens, created)
-    _client_python_counter(out, "sglang:generation_tokens", "Number of generation tokens processed.", labels,
-                           n.generated_tokens, created)
-    _client_python_counter(out, "sglang:num_requests", "Number of requests processed.", labels, n.requests,
-                           created)
+    labels = {
+        "engine_type": "unified",
+        "is_streaming": "false",
+        "model_name": pod.spec.model,
+        "namespace": pod.namespace,
+        "pod": pod.pod,
+    }
+    _client_python_counter(
+        out, "sglang:prompt_tokens", "Number of prefill tokens processed.", labels, n.prompt_tokens, created
+    )
+    _client_python_counter(
+        out, "sglang:generation_tokens", "Number of generation tokens processed.", labels, n.generated_tokens, created
+    )
+    _client_python_counter(out, "sglang:num_requests", "Number of requests processed.", labels, n.requests, created)
 
 
 def _tgi(out: _Exposition, pod: ServingPod, n: Counts, created: float) -> None:
     labels = {"namespace": pod.namespace, "pod": pod.pod}
-    out.sample("tgi_request_success", "counter", "Number of successful requests", "tgi_request_success",
-               labels, str(n.requests))
-    _tgi_histogram(out, "tgi_request_input_length", "Input token length per request", labels,
-                   n.prompt_tokens, n.requests)
-    _tgi_histogram(out, "tgi_request_generated_tokens", "Generated tokens per request", labels,
-                   n.generated_tokens, n.requests)
+    out.sample(
+        "tgi_request_success",
+        "counter",
+        "Number of successful requests",
+        "tgi_request_success",
+        labels,
+        str(n.requests),
+    )
+    _tgi_histogram(
+        out, "tgi_request_input_length", "Input token length per request", labels, n.prompt_tokens, n.requests
+    )
+    _tgi_histogram(
+        out, "tgi_request_generated_tokens", "Generated tokens per request", labels, n.generated_tokens, n.requests
+    )
 
 
 def _tgi_histogram(out: _Exposition, name: str, help_text: str, labels: Labels, total: int, count: int) -> None:
     """Every simulated request has the mean length, so all fall in one bucket."""
     mean = total / count if count else 0.0
     for le in TGI_BUCKETS:
-        out.sample(name, "histogram", help_text, f"{name}_bucket", {**labels, "le": repr(le)},
-                   str(count if mean <= le else 0))
+        out.sample(
+            name, "histogram", help_text, f"{name}_bucket", {**labels, "le": repr(le)}, str(count if mean <= le else 0)
+        )
     out.sample(name, "histogram", help_text, f"{name}_bucket", {**labels, "le": "+Inf"}, str(count))
     out.sample(name, "histogram", help_text, f"{name}_sum", labels, repr(float(total)))
     out.sample(name, "histogram", help_text, f"{name}_count", labels, str(count))
@@ -275,19 +319,38 @@ def _tgi_histogram(out: _Exposition, name: str, help_text: str, labels: Labels, 
 
 def _triton(out: _Exposition, pod: ServingPod, n: Counts, created: float) -> None:
     labels = {"model": pod.spec.model, "namespace": pod.namespace, "pod": pod.pod, "version": "1"}
-    out.sample("nv_inference_request_success", "counter",
-               "Number of successful inference requests, all batch sizes", "nv_inference_request_success",
-               labels, str(n.requests))
-    out.sample("nv_inference_request_failure", "counter",
-               "Number of failed inference requests, all batch sizes", "nv_inference_request_failure",
-               {**labels, "reason": "OTHER"}, "0")
+    out.sample(
+        "nv_inference_request_success",
+        "counter",
+        "Number of successful inference requests, all batch sizes",
+        "nv_inference_request_success",
+        labels,
+        str(n.requests),
+    )
+    out.sample(
+        "nv_inference_request_failure",
+        "counter",
+        "Number of failed inference requests, all batch sizes",
+        "nv_inference_request_failure",
+        {**labels, "reason": "OTHER"},
+        "0",
+    )
     # One inference per request: the simulation does not model client-side batches.
-    out.sample("nv_inference_count", "counter", "Number of inferences performed (does not include cached requests)",
-               "nv_inference_count", labels, str(n.requests))
+    out.sample(
+        "nv_inference_count",
+        "counter",
+        "Number of inferences performed (does not include cached requests)",
+        "nv_inference_count",
+        labels,
+        str(n.requests),
+    )
 
 
 RENDERERS: dict[str, Callable[[_Exposition, ServingPod, Counts, float], None]] = {
-    "vllm": _vllm, "sglang": _sglang, "tgi": _tgi, "triton": _triton,
+    "vllm": _vllm,
+    "sglang": _sglang,
+    "tgi": _tgi,
+    "triton": _triton,
 }
 
 
@@ -311,8 +374,14 @@ class ServingListener:
     `sim_time` is the simulation's clock in simulated seconds, the one the GPUs'
     energy is integrated on, so tokens and joules advance together."""
 
-    def __init__(self, pods: tuple[ServingPod, ...], sim_time: Callable[[], float], host: str | None,
-                 port: int, created: float | None = None) -> None:
+    def __init__(
+        self,
+        pods: tuple[ServingPod, ...],
+        sim_time: Callable[[], float],
+        host: str | None,
+        port: int,
+        created: float | None = None,
+    ) -> None:
         self._pods = pods
         self._sim_time = sim_time
         self._host, self._port = host, port
@@ -333,8 +402,12 @@ class ServingListener:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host=self._host, port=self._port)
         await site.start()
-        log.info("simulated serving engines listening on %s:%d/metrics (%d pods)", self._host or "",
-                 self._port, len(self._pods))
+        log.info(
+            "simulated serving engines listening on %s:%d/metrics (%d pods)",
+            self._host or "",
+            self._port,
+            len(self._pods),
+        )
 
     async def close(self) -> None:
         if self._runner is not None:
