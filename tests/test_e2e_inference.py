@@ -24,12 +24,15 @@ minutes apart.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
-from procs import Daemon, Prometheus, free_port, http_get, wait_until
+from procs import Daemon, Prometheus, free_port, http_get, prometheus_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -223,3 +226,54 @@ def test_engine_and_model_are_recorded(stack: Stack) -> None:
         "summarize-0": ("tgi", ""),
         "resnet-0": ("triton", "resnet50"),
     }
+
+
+def test_the_charts_scrape_settings_keep_the_workloads_namespace_and_pod(tmp_path: Path) -> None:
+    """What the chart's ServiceMonitor asks of Prometheus, on a real Prometheus: the
+    Operator attaches the exporter pod's namespace, pod and container as target
+    labels; the ServiceMonitor drops them and honours the exporter's labels, so a
+    workload series keeps its own namespace and pod (the join key) instead of
+    becoming exported_namespace, and a GPU series gets none."""
+    daemon = Daemon(tmp_path, "--simulate", "--poll.interval=200ms")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "gpu-carbon-exporter",
+                "honor_labels": True,
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{daemon.port}"],
+                        "labels": {"namespace": "gpu-carbon", "pod": "gce-x7k2p", "container": "exporter"},
+                    }
+                ],
+                "relabel_configs": [{"action": "labeldrop", "regex": "(namespace|pod|container)"}],
+            }
+        ],
+    }
+    (tmp_path / "prom.yml").write_text(json.dumps(config))
+    server = subprocess.Popen(
+        [prometheus_binary(), f"--config.file={tmp_path / 'prom.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        daemon.wait_ready()
+
+        def query(promql: str) -> list:
+            status, body = http_get(
+                f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+            )
+            return json.loads(body)["data"]["result"] if status == 200 else []
+
+        wait_until(lambda: query("gpucarbon_workload_energy_joules_total"), 30, "workload series")
+        held = query('gpucarbon_workload_energy_joules_total{namespace="vision", pod="notebook-alice-0"}')
+        assert held and held[0]["metric"]["container"] == "jupyter"
+        assert query('{__name__=~"gpucarbon_.*", exported_namespace!=""}') == []
+        assert query('gpucarbon_gpu_energy_joules_total{namespace!=""}') == []
+        assert query("gpucarbon_gpu_energy_joules_total")
+    finally:
+        server.terminate()
+        server.wait(10)
+        daemon.stop()
