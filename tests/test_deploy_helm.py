@@ -424,6 +424,10 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "targetLabel": "node",
         "action": "replace",
     } in endpoint["relabelings"]
+    # the workload's namespace/pod must not become exported_namespace/exported_pod, and a series
+    # without a workload must not take the exporter pod's
+    assert endpoint["honorLabels"] is True
+    assert {"action": "labeldrop", "regex": "(namespace|pod|container)"} in endpoint["relabelings"]
     assert set(endpoint) <= {
         "port",
         "path",
@@ -434,6 +438,7 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "basicAuth",
         "relabelings",
         "metricRelabelings",
+        "honorLabels",
     }
 
 

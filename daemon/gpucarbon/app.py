@@ -42,6 +42,7 @@ from gpucarbon.poller import Poller
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
+from gpucarbon.simulation.serving import ServingListener, serving_pods
 from gpucarbon.state import CheckpointStore
 from gpucarbon.teams import TeamRules
 
@@ -73,6 +74,7 @@ class RunOptions:
     scenario: Scenario | None = None  # set: simulate instead of NVML
     speed: float | None = None  # overrides the scenario's speed
     state_dir: str | None = None  # overrides state.dir from the config
+    serving_address: str | None = None  # set: serve the simulated serving engines' counters there
 
 
 @dataclass
@@ -96,6 +98,7 @@ def build_daemon(
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
     clock, node = _simulation(options, base_clock, config.teams)
+    serving = _serving(options, node)
     if backend is None:
         backend = node.gpus if node is not None else _nvml_backend(clock)
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
@@ -136,7 +139,7 @@ def build_daemon(
         checkpointer=checkpointer,
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
     )
-    services = (intensity,) + tuple(TaskService(s) for s in identity.sources)
+    services = (intensity,) + tuple(TaskService(s) for s in identity.sources) + serving
     return Daemon(poller=poller, ledger=ledger, options=options, services=services, checkpointer=checkpointer)
 
 
@@ -148,6 +151,19 @@ def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tup
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
     return clock, SimulatedNode.build(options.scenario, clock, teams)
+
+
+def _serving(options: RunOptions, node: SimulatedNode | None) -> tuple[ServingListener, ...]:
+    """The simulated serving engines' listener, when --simulate.serving-address asks for it."""
+    if options.serving_address is None:
+        return ()
+    if node is None:
+        raise SetupError("--simulate.serving-address: needs --simulate")
+    pods = serving_pods(node.scenario.workloads)
+    if not pods:
+        raise SetupError(f"--simulate.serving-address: {node.scenario.source} has no workload with serving:")
+    address = parse_listen_address(options.serving_address)
+    return (ServingListener(pods, node.time.now, address.host, address.port),)
 
 
 def _checkpointer(

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (overrides the scenario)",
     )
     p.add_argument(
+        "--simulate.serving-address",
+        dest="serving_address",
+        type=_address,
+        default=None,
+        help="also serve the simulated serving engines' counters (vLLM, SGLang, TGI, Triton) on this address, "
+        "e.g. :9790 (default: off)",
+    )
+    p.add_argument(
         "--once", action="store_true", help="poll, wait one interval, poll again, print the metrics and exit"
     )
     p.add_argument("--path.procfs", dest="procfs", default="/proc", help="procfs mount point (default /proc)")
@@ -254,6 +262,7 @@ def _build(args: argparse.Namespace) -> tuple[Daemon, _WebSecurity, AuthFailures
         scenario=scenario,
         speed=args.speed,
         state_dir=args.state_dir,
+        serving_address=args.serving_address,
     )
     auth_failures = AuthFailures()
     web = _web_security(args.web_config, auth_failures)
