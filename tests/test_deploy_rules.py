@@ -56,6 +56,7 @@ def test_issue_alerts_are_all_defined() -> None:
         "GPUCarbonExporterDown",
         "GPUCarbonNVMLDown",
         "GPUCarbonIntensityStale",
+        "InferenceEnergyPerTokenRegressed",
     }
 
 
@@ -107,6 +108,8 @@ LEVEL_LABEL = {
     "namespace_workload": "workload",
     "node_namespace_workload": "workload",
     "node_team": "team",
+    "namespace_pod": "pod",
+    "model": "model",
 }
 
 

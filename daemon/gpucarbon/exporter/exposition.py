@@ -15,7 +15,7 @@ lives, so a scrape of an unchanged label set only formats numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.metrics_core import Metric
 
@@ -80,9 +80,13 @@ def _escape_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _prefix(sample_name: str, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+def _prefix(
+    sample_name: str, names: tuple[str, ...], values: tuple[str, ...], sanitise: Callable[[str], str] | None
+) -> str:
     if not names:
         return sample_name + " "
+    if sanitise is not None:
+        values = tuple(sanitise(v) for v in values)
     pairs = sorted(zip(names, values, strict=True))
     return sample_name + "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "} "
 
@@ -99,7 +103,10 @@ class TextWriter:
     forgotten one rendering later, so the cache is bounded by the live series.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sanitise: Callable[[str], str] | None = None) -> None:
+        # sanitise: label value -> the value to serve, applied once per series
+        # (when its prefix is built), not at every rendering.
+        self._sanitise = sanitise
         self._prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
         self._headers: dict[tuple[str, str, str], str] = {}
 
@@ -115,7 +122,7 @@ class TextWriter:
             append(header)
             for sample_name, names, values, value in family.rows:
                 key = (sample_name, values)
-                prefix = previous.get(key) or _prefix(sample_name, names, values)
+                prefix = previous.get(key) or _prefix(sample_name, names, values, self._sanitise)
                 current[key] = prefix
                 number = float(value)
                 # Python's repr is Go's format below 1e6; above it (and for
