@@ -146,3 +146,22 @@ def test_prefix_cache_forgets_series_that_left() -> None:
     writer.render(_awkward(AWKWARD))
     writer.render(_awkward([1.0]))
     assert len(writer._prefixes) == 1 + 2 + 5  # one gauge, two counters, three buckets + count + sum
+
+
+def test_dirty_label_values_are_sanitised_as_the_registry_path_does() -> None:
+    """/metrics (Exposition: TextWriter + the one sanitiser) serves the bytes
+    client_python serves through the sanitising registry, lone surrogates and
+    over-long values included."""
+    from gpucarbon.exporter.http import Exposition, build_registry
+
+    base = fixed_snapshot()
+    dirty = replace(base.workloads[0], pod="bad\ud800pod", container="x" * 5000)
+    snapshot = replace(base, workloads=(dirty,))
+
+    def without_process(text: bytes) -> bytes:
+        return b"".join(line + b"\n" for line in text.splitlines() if b"process_" not in line)
+
+    ours = Exposition(lambda: snapshot).render()
+    reference = generate_latest(build_registry(lambda: snapshot))
+    assert without_process(ours) == without_process(reference)
+    assert "\ud800".encode("utf-8", "surrogatepass") not in ours
