@@ -1,5 +1,7 @@
 """Command line, in the Prometheus exporter conventions.
 
+`gpu-carbon-exporter report ...` hands over to gpucarbon.report.cli.
+
 Exit codes: 0 ok; 1 --once found no working GPU backend; 2 bad flags or config.
 Every error is one line on stderr, never a traceback.
 """
@@ -142,6 +144,11 @@ def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:  # the report subcommand has its own flags (gpucarbon/report/cli.py)
+        from gpucarbon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
