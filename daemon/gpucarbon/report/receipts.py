@@ -114,17 +114,23 @@ def _default(kind: str) -> Any:
 def _check(name: str, kind: str, value: Any) -> Any:
     if kind in ("str", "opt_str"):
         if not isinstance(value, str):
-            raise Malformed(f"{name}: {str(value)[:40]!r} is not a string")
+            raise Malformed(f"{name}: {_show(value)} is not a string")
         return value if value or kind == "str" else None
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise Malformed(f"{name}: {str(value)[:40]!r} is not a number")
+            raise Malformed(f"{name}: {_show(value)} is not a number")
         return float(value)
     if kind == "list":
         if not isinstance(value, list):
             raise Malformed(f"{name}: not a list")
         return len(value)
     return _time(name, value)
+
+
+def _show(value: Any) -> str:
+    """A value as it was written in the file, cut short."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _time(name: str, value: Any) -> float:
@@ -135,7 +141,7 @@ def _time(name: str, value: Any) -> float:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             pass
-    raise Malformed(f"{name}: {str(value)[:40]!r} is not RFC 3339 or Unix seconds")
+    raise Malformed(f"{name}: {_show(value)} is not RFC 3339 or Unix seconds")
 
 
 def read_receipts(files: Iterable[Path]) -> tuple[list[Receipt], int, int, list[str]]:
