@@ -25,14 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import load_config
 from gpucarbon.device.scenario import Scenario, parse_scenario
 from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.collector import SnapshotCollector
-
 from procs import ROOT, free_port, http_get, prometheus_binary, wait_until
 
 DAY = 86400

@@ -19,8 +19,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-
-from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, write_openmetrics, run
+from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, run, write_openmetrics
 from procs import ROOT, free_port, http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]

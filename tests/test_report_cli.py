@@ -10,7 +10,6 @@ import json
 import re
 
 import pytest
-
 from fakes.prometheus_api import FakePrometheus, success, vector
 from gpucarbon import cli
 from gpucarbon.report import queries as q

@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from gpucarbon.report.errors import UsageError
 from gpucarbon.report.receipts import (
-    RECEIPT_FIELDS, Malformed, join_runs, parse_receipt, read_receipts, receipt_files, summarize, waste_by_group,
+    RECEIPT_FIELDS,
+    Malformed,
+    join_runs,
+    parse_receipt,
+    read_receipts,
+    receipt_files,
+    summarize,
+    waste_by_group,
 )
 from procs import ROOT
 
@@ -101,9 +107,9 @@ def test_optional_fields_may_be_absent_and_unknown_fields_are_ignored():
 
 def test_binary_garbage_is_malformed_not_a_crash(tmp_path):
     path = tmp_path / "receipts.jsonl"
-    path.write_bytes(b"\xff\xfe\x00garbage\n" + b"{" * 5000 + b"\n")
+    path.write_bytes(b"\xff\xfe\x00garbage\n" + b"{" * 5000 + b"\n" + b"[" * 200_000 + b"\n")
     receipts, lines, malformed, _ = read_receipts([path])
-    assert (receipts, lines, malformed) == ([], 2, 2)
+    assert (receipts, lines, malformed) == ([], 3, 3)
 
 
 def test_a_missing_path_is_bad_usage():

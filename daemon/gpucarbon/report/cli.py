@@ -42,16 +42,20 @@ def timestamp(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not RFC 3339 or Unix seconds") from None
-        if parsed.tzinfo is None:
-            raise argparse.ArgumentTypeError(f"{text!r}: RFC 3339 needs a time zone (Z or +hh:mm)")
-        return parsed.timestamp()
+        return _rfc3339(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: not a Unix time")
     return value
+
+
+def _rfc3339(text: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not RFC 3339 or Unix seconds") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: RFC 3339 needs a time zone (Z or +hh:mm)")
+    return parsed.timestamp()
 
 
 def _price(text: str) -> float:

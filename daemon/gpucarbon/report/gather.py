@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 from gpucarbon.report import queries as q
 from gpucarbon.report.client import PromClient
 from gpucarbon.report.errors import MetricsAbsent, NoData, RulesMissing
 from gpucarbon.report.model import (
-    J_PER_KWH, Day, Figures, Group, IntensitySource, ReceiptSummary, Report, WorkloadUse, iso,
+    J_PER_KWH,
+    Day,
+    Figures,
+    Group,
+    IntensitySource,
+    ReceiptSummary,
+    Report,
+    WorkloadUse,
+    iso,
 )
 from gpucarbon.report.receipts import waste_by_group
 
@@ -162,13 +170,13 @@ class Gatherer:
             out[key[:-1]] = out.get(key[:-1], 0.0) + value
         return out
 
-    def _waste(self, labels: tuple[str, ...]) -> tuple[dict, dict]:
+    def _waste(self, labels: tuple[str, ...]) -> tuple[dict[Any, float], dict[Any, float]]:
         """Failed and repeated energy (kWh) per group key or name: the receipts
         when given (cluster-wide), else the daemon's waste counters (per team)."""
         if self._req.receipts is not None:
-            failed, repeated = waste_by_group(self._req.receipts, self._req.by)
+            by_name = waste_by_group(self._req.receipts, self._req.by)
             self._notes.append("failed and repeated energy come from the receipts (repeats found cluster-wide)")
-            return failed, repeated
+            return dict(by_name[0]), dict(by_name[1])
         if self._req.by != "team":
             self._notes.append("failed and repeated energy per namespace or workload need --receipts")
             return {}, {}
@@ -237,7 +245,7 @@ class Gatherer:
         labels = ("namespace", "workload", "team")
         values = self._vector(q.top_workloads(self._req.window), labels)
         ranked = sorted(values.items(), key=lambda kv: -kv[1])[:10]
-        return tuple(WorkloadUse(*key, energy_kwh=v / J_PER_KWH) for key, v in ranked)
+        return tuple(WorkloadUse(namespace=k[0], workload=k[1], team=k[2], energy_kwh=v / J_PER_KWH) for k, v in ranked)
 
     def _top_idle(self) -> tuple[WorkloadUse, ...]:
         self._progress("allocated-but-idle holders")
@@ -245,8 +253,8 @@ class Gatherer:
         idle_w = self._scalar(q.mean_gauge(q.IDLE_POWER, self._req.window))
         values = self._vector(q.top_idle_holders(self._req.window), labels)
         ranked = [(k, v) for k, v in sorted(values.items(), key=lambda kv: -kv[1]) if v > 0][:10]
-        return tuple(WorkloadUse(*key, gpu_hours_idle=v / 3600.0,
-                                 idle_energy_kwh=_idle_kwh(v / 3600.0, 0.0, idle_w)) for key, v in ranked)
+        return tuple(WorkloadUse(namespace=k[0], workload=k[1], team=k[2], gpu_hours_idle=v / 3600.0,
+                                 idle_energy_kwh=_idle_kwh(v / 3600.0, 0.0, idle_w)) for k, v in ranked)
 
     def _pue(self) -> float | None:
         pue = self._scalar(q.mean_gauge(q.PUE, self._req.window))
@@ -258,7 +266,8 @@ class Gatherer:
         self._progress("grid intensity sources")
         labels = ("zone", "source", "signal")
         values = self._vector(q.mean_gauge(q.INTENSITY, self._req.window, labels), labels)
-        return tuple(IntensitySource(*key, mean_grams_per_kwh=v) for key, v in sorted(values.items()))
+        return tuple(IntensitySource(zone=k[0], source=k[1], signal=k[2], mean_grams_per_kwh=v)
+                     for k, v in sorted(values.items()))
 
     def _currency(self) -> str | None:
         return ", ".join(self._currencies) or None

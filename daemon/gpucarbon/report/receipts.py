@@ -87,8 +87,10 @@ def receipt_files(paths: Iterable[str]) -> list[Path]:
 def parse_receipt(line: str) -> Receipt:
     try:
         raw = json.loads(line)
-    except ValueError as err:
+    except json.JSONDecodeError as err:
         raise Malformed(f"not JSON ({err.msg})") from None
+    except (ValueError, RecursionError):  # e.g. nesting deeper than the parser's stack
+        raise Malformed("not JSON") from None
     if not isinstance(raw, dict):
         raise Malformed("not a JSON object")
     values: dict[str, Any] = {}
