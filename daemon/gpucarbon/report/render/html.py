@@ -17,7 +17,7 @@ color:#1f2933;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{padding:.3rem .6rem;border-bottom:1px solid #d9dee3;text-align:right}
-th:first-child,td:first-child{text-align:left}
+th.t,td.t{text-align:left}
 tr.total td{font-weight:600;border-top:2px solid #1f2933}
 .charts{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
 .chart{min-height:380px;border:1px solid #e4e7eb;border-radius:6px}
@@ -52,18 +52,22 @@ def render(report: Report) -> str:
 
 def _figure_html(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+                       config={"displayModeBar": False, "responsive": True})
 
 
 def _figures(report: Report) -> list:
     import plotly.graph_objects as go
 
     names = report.group_names()
+    palette = _palette()
+    color = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per group in every chart
     days = [iso(d.start)[:10] for d in report.daily]
     layout = dict(margin=dict(l=50, r=20, t=50, b=40), height=380, legend=dict(orientation="h", y=-0.15))
-    daily = go.Figure([go.Bar(name=n, x=days, y=[d.energy_kwh.get(n, 0.0) for d in report.daily]) for n in names],
+    daily = go.Figure([go.Bar(name=n, x=days, y=[d.energy_kwh.get(n, 0.0) for d in report.daily],
+                              marker_color=color[n]) for n in names],
                       layout=dict(title="GPU energy per day (kWh)", barmode="stack", **layout))
-    emissions = go.Figure([go.Bar(x=names, y=[g.emissions_kg for g in report.groups], marker_color="#3e7cb1")],
+    emissions = go.Figure([go.Bar(x=names, y=[g.emissions_kg for g in report.groups],
+                                  marker_color=[color[n] for n in names])],
                           layout=dict(title="Emissions per " + report.by + " (kg CO2e)", **layout))
     busy_idle = go.Figure([
         go.Bar(name="busy", x=names, y=[_share(g.busy_share) for g in report.groups], marker_color="#2a9d8f"),
@@ -78,16 +82,26 @@ def _figures(report: Report) -> list:
     return [daily, emissions, busy_idle, waste]
 
 
+def _palette() -> list[str]:
+    import plotly.colors
+
+    return list(plotly.colors.qualitative.Plotly)
+
+
 def _share(value: float | None) -> float:
     return 0.0 if value is None else 100.0 * value
 
 
-def _table(head: list[str], body: list[list[str]], total_rows: int = 0) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+def _table(head: list[str], body: list[list[str]], total_rows: int = 0, text_columns: int = 1) -> str:
+    """Numbers right-aligned; the first `text_columns` columns are names, left-aligned."""
+    def cell(tag: str, i: int, text: str) -> str:
+        cls = ' class="t"' if i < text_columns else ""
+        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+    cells = "".join(cell("th", i, h) for i, h in enumerate(head))
     lines = []
-    for i, row in enumerate(body):
-        cls = ' class="total"' if total_rows and i == len(body) - 1 else ""
-        lines.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    for r, row in enumerate(body):
+        cls = ' class="total"' if total_rows and r == len(body) - 1 else ""
+        lines.append(f"<tr{cls}>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>")
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
 
 
@@ -104,12 +118,13 @@ def _top_lists(report: Report) -> list[str]:
     if report.top_workloads:
         out.append("<h2>Top workloads by energy</h2>")
         out.append(_table(["Namespace", "Workload", "Team", "kWh"],
-                          [[w.namespace, w.workload, w.team, number(w.energy_kwh)] for w in report.top_workloads]))
+                          [[w.namespace, w.workload, w.team, number(w.energy_kwh)] for w in report.top_workloads],
+                          text_columns=3))
     if report.top_idle:
         out.append("<h2>Top allocated-but-idle holders</h2>")
         out.append(_table(["Namespace", "Workload", "Team", "Idle GPU-h", "Idle kWh"],
                           [[w.namespace, w.workload, w.team, number(w.gpu_hours_idle), number(w.idle_energy_kwh)]
-                           for w in report.top_idle]))
+                           for w in report.top_idle], text_columns=3))
     return out
 
 
@@ -120,10 +135,11 @@ def _receipts(report: Report) -> list[str]:
     out = ["<h2>Runs</h2>", f"<p>{rec.lines} receipt lines in {rec.files} files, {rec.malformed} malformed, "
                             f"{len(rec.runs)} runs.</p>"]
     out.append(_table(["Run", "Team", "Outcome", "Nodes", "kWh"],
-                      [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]]))
+                      [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
+                      text_columns=3))
     if rec.repeats:
         out.append("<h2>Repeated runs</h2>")
         out.append(_table(["Fingerprint", "Team", "Runs", "Repeated kWh"],
                           [[g.fingerprint, g.team, str(len(g.runs)), number(g.repeated_energy_kwh, 2)]
-                           for g in rec.repeats[:10]]))
+                           for g in rec.repeats[:10]], text_columns=2))
     return out
