@@ -118,8 +118,12 @@ def test_namespaces_and_workloads_add_up_to_the_attributed_energy(month):
     assert "research/PyTorchJob/llama-ft" in names
     top = by_team["top_workloads"]
     assert len(top) == 10 and top[0]["energy_kwh"] >= top[-1]["energy_kwh"]
-    idle = by_team["top_idle"]
-    assert idle[0]["workload"] in ("RayCluster/research-ray", "StatefulSet/notebook-alice"), idle[0]
+    idle = {i["workload"]: i for i in by_team["top_idle"]}
+    # Allocated and never busy: every held hour is idle (10 and 8 days on one GPU).
+    close(idle["RayCluster/research-ray"]["gpu_hours_idle"], 240.0, "research-ray idle GPU-hours")
+    close(idle["StatefulSet/notebook-alice"]["gpu_hours_idle"], 192.0, "notebook idle GPU-hours")
+    ranked = [i["gpu_hours_idle"] for i in by_team["top_idle"]]
+    assert ranked == sorted(ranked, reverse=True)
 
 
 def test_table_csv_and_markdown_show_the_same_teams(month):
