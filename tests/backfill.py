@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import multiprocessing
 import shutil
 import subprocess
@@ -25,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from procs import ROOT, free_port, http_get, prometheus_binary, wait_until
+
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import load_config
-from gpucarbon.device.scenario import Scenario, parse_scenario
-from gpucarbon.device.simulated import SimulatedBackend
 from gpucarbon.exporter.collector import SnapshotCollector
-from procs import ROOT, free_port, http_get, prometheus_binary, wait_until
+from gpucarbon.simulation import SimTime, SimulatedGpus
+from gpucarbon.simulation.gpu import gpu_uuids
+from gpucarbon.simulation.scenario import Scenario, parse_scenario
 
 DAY = 86400
 SCRAPE_S = 120  # scrape (= poll) interval; the rules' [5m] windows see 2-3 samples
@@ -40,25 +43,47 @@ CLUSTER = "sim-eu"
 # What the report reads; the other families (temperatures, memory...) would
 # only make the file bigger.
 FAMILIES = {
-    "gpucarbon_build_info", "gpucarbon_pue_ratio", "gpucarbon_grid_carbon_intensity_grams_per_kwh",
-    "gpucarbon_gpu_idle_power_watts", "gpucarbon_gpu_energy_joules", "gpucarbon_gpu_unattributed_energy_joules",
-    "gpucarbon_gpu_emissions_grams", "gpucarbon_workload_energy_joules", "gpucarbon_workload_emissions_grams",
-    "gpucarbon_workload_held_seconds", "gpucarbon_workload_busy_seconds", "gpucarbon_workload_energy_cost",
-    "gpucarbon_team_energy_joules", "gpucarbon_team_emissions_grams", "gpucarbon_team_energy_cost",
+    "gpucarbon_build_info",
+    "gpucarbon_pue_ratio",
+    "gpucarbon_grid_carbon_intensity_grams_per_kwh",
+    "gpucarbon_gpu_idle_power_watts",
+    "gpucarbon_gpu_energy_joules",
+    "gpucarbon_gpu_unattributed_energy_joules",
+    "gpucarbon_gpu_emissions_grams",
+    "gpucarbon_workload_energy_joules",
+    "gpucarbon_workload_emissions_grams",
+    "gpucarbon_workload_held_seconds",
+    "gpucarbon_workload_busy_seconds",
+    "gpucarbon_workload_energy_cost",
+    "gpucarbon_team_energy_joules",
+    "gpucarbon_team_emissions_grams",
+    "gpucarbon_team_energy_cost",
 }
 CONFIG = {"carbon": {"pue": 1.2, "cost": {"price_per_kwh": 0.25, "currency": "EUR"}}}
 
 
 def _w(ns, name, team, gpus, start_d, end_d, util, **extra):
-    return {"namespace": ns, "pod": name.split("/")[-1].lower() + "-0", "container": "main", "workload": name,
-            "team": team, "gpus": gpus, "start": int(start_d * DAY), "end": None if end_d is None else int(end_d * DAY),
-            "sm_util": util, **extra}
+    return {
+        "namespace": ns,
+        "pod": name.split("/")[-1].lower() + "-0",
+        "container": "main",
+        "workload": name,
+        "team": team,
+        "gpus": gpus,
+        "start": int(start_d * DAY),
+        "end": None if end_d is None else int(end_d * DAY),
+        "sm_util": util,
+        **extra,
+    }
 
 
 def _diurnal(days: int, busy: float, quiet: float) -> list[list[float]]:
     """Busy from 08:00 to 20:00, quiet otherwise, every day."""
-    return [step for d in range(days)
-            for step in ([d * DAY, quiet], [d * DAY + 8 * 3600, busy], [d * DAY + 20 * 3600, quiet])]
+    return [
+        step
+        for d in range(days)
+        for step in ([d * DAY, quiet], [d * DAY + 8 * 3600, busy], [d * DAY + 20 * 3600, quiet])
+    ]
 
 
 def fleet(days: int = 30) -> dict[str, Scenario]:
@@ -67,31 +92,47 @@ def fleet(days: int = 30) -> dict[str, Scenario]:
     h100 = {"model": "NVIDIA H100 80GB HBM3", "idle_watts": 70, "context_watts": 118, "max_watts": 700}
     a100 = {"model": "NVIDIA A100-SXM4-80GB", "idle_watts": 55, "context_watts": 90, "max_watts": 400}
     l4 = {"model": "NVIDIA L4", "idle_watts": 16, "context_watts": 28, "max_watts": 72}
-    sweeps = [_w("vision", f"Job/resnet-sweep-{i}", "vision", [0], 2 * i + 0.25, 2 * i + 1.25, 0.8)
-              for i in range(days // 2)]
+    sweeps = [
+        _w("vision", f"Job/resnet-sweep-{i}", "vision", [0], 2 * i + 0.25, 2 * i + 1.25, 0.8) for i in range(days // 2)
+    ]
     nodes = {
-        "gpu-node-a": {"gpus": [{**h100, "count": 2}], "workloads": [
-            _w("research", "Job/llm-pretrain-1", "nlp", [0], 0, 9, [[0, 0.92], [3 * DAY, 0.85]]),
-            _w("research", "Job/llm-pretrain-2", "nlp", [0], 9.25, 20, 0.9),
-            _w("research", "PyTorchJob/llama-ft", "nlp", [0], 21, max(days, 22), 0.95),
-            _w("serving", "Deployment/llm-api", "platform", [1], 0, None, _diurnal(days, 0.6, 0.15)),
-        ]},
-        "gpu-node-b": {"gpus": [{**a100, "count": 2}], "workloads": sweeps + [
-            _w("research", "RayCluster/research-ray", "nlp", [1], 0, 10, 0.0, allocated_only=True),
-            _w("vision", "StatefulSet/notebook-alice", "vision", [1], 10, 18, 0.0),
-            _w("research", "PyTorchJob/llama-ft", "nlp", [1], 21, max(days, 22), 0.95),
-        ]},
-        "gpu-node-c": {"gpus": [{**l4, "count": 2}], "workloads": [
-            _w("batch", f"Job/embeddings-nightly-{d}", "platform", [0], d + 1 / 24, d + 3 / 24, 0.85)
-            for d in range(days)] + [
-            _w("serving", "Deployment/reranker", "platform", [1], 5, 25, 0.4),
-        ]},
+        "gpu-node-a": {
+            "gpus": [{**h100, "count": 2}],
+            "workloads": [
+                _w("research", "Job/llm-pretrain-1", "nlp", [0], 0, 9, [[0, 0.92], [3 * DAY, 0.85]]),
+                _w("research", "Job/llm-pretrain-2", "nlp", [0], 9.25, 20, 0.9),
+                _w("research", "PyTorchJob/llama-ft", "nlp", [0], 21, max(days, 22), 0.95),
+                _w("serving", "Deployment/llm-api", "platform", [1], 0, None, _diurnal(days, 0.6, 0.15)),
+            ],
+        },
+        "gpu-node-b": {
+            "gpus": [{**a100, "count": 2}],
+            "workloads": sweeps
+            + [
+                _w("research", "RayCluster/research-ray", "nlp", [1], 0, 10, 0.0, allocated_only=True),
+                _w("vision", "StatefulSet/notebook-alice", "vision", [1], 10, 18, 0.0),
+                _w("research", "PyTorchJob/llama-ft", "nlp", [1], 21, max(days, 22), 0.95),
+            ],
+        },
+        "gpu-node-c": {
+            "gpus": [{**l4, "count": 2}],
+            "workloads": [
+                _w("batch", f"Job/embeddings-nightly-{d}", "platform", [0], d + 1 / 24, d + 3 / 24, 0.85)
+                for d in range(days)
+            ]
+            + [
+                _w("serving", "Deployment/reranker", "platform", [1], 5, 25, 0.4),
+            ],
+        },
     }
     for spec in nodes.values():  # a shorter fleet (quick runs) keeps what starts in time
-        spec["workloads"] = [w for w in spec["workloads"] if w["start"] < days * DAY
-                             and (w["end"] is None or w["end"] > w["start"])]
-    return {name: parse_scenario(yaml.safe_dump({"seed": i + 1, **spec}), name)
-            for i, (name, spec) in enumerate(nodes.items())}
+        spec["workloads"] = [
+            w for w in spec["workloads"] if w["start"] < days * DAY and (w["end"] is None or w["end"] > w["start"])
+        ]
+    return {
+        name: parse_scenario(yaml.safe_dump({"seed": i + 1, **spec}), name)
+        for i, (name, spec) in enumerate(nodes.items())
+    }
 
 
 @dataclass
@@ -110,14 +151,13 @@ class GroundTruth:
 def exact_energy(scenario: Scenario, end_s: float, truth: GroundTruth) -> None:
     """Read a fresh simulated node at every allocation boundary: the counter
     difference between two boundaries belongs to the one holder in between."""
-    uuids = SimulatedBackend(scenario, ManualClock()).list_gpus()
-    for g, uuid in enumerate(uuids):
+    for g, uuid in enumerate(gpu_uuids(scenario)):
         holders = [w for w in scenario.workloads if g in w.gpus]
         edges = sorted({0.0, end_s} | {t for w in holders for t in (w.start, w.end) if t is not None and t < end_s})
         clock = ManualClock(start=0.0)
-        fresh = SimulatedBackend(scenario, clock)
+        fresh = SimulatedGpus(scenario, SimTime(clock, clock.monotonic()))
         last = fresh.read_gpu(uuid).energy_mj
-        for a, b in zip(edges, edges[1:]):
+        for a, b in itertools.pairwise(edges):
             clock.advance(b - a)
             now = fresh.read_gpu(uuid).energy_mj
             owner = next((w for w in holders if w.running_at((a + b) / 2)), None)
@@ -132,7 +172,7 @@ def exact_energy(scenario: Scenario, end_s: float, truth: GroundTruth) -> None:
 
 
 def _labels(names, values, extra: dict[str, str]) -> str:
-    pairs = list(zip(names, values)) + list(extra.items())
+    pairs = list(zip(names, values, strict=True)) + list(extra.items())
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
 
 
@@ -154,8 +194,16 @@ class InlineExecutor(concurrent.futures.ThreadPoolExecutor):
         return future
 
 
-async def _scrape_node(name: str, scenario: Scenario, config, start_wall: float, end_s: float,
-                       sinks: dict[str, list[str]], types: dict[str, str], truth: GroundTruth) -> None:
+async def _scrape_node(
+    name: str,
+    scenario: Scenario,
+    config,
+    start_wall: float,
+    end_s: float,
+    sinks: dict[str, list[str]],
+    types: dict[str, str],
+    truth: GroundTruth,
+) -> None:
     asyncio.get_running_loop().set_default_executor(InlineExecutor(max_workers=1))
     clock = ManualClock(start=1000.0, wall_start=start_wall)
     daemon = build_daemon(config, RunOptions(scenario=scenario, poll_interval_s=SCRAPE_S), base_clock=clock)
@@ -212,8 +260,16 @@ def write_openmetrics(path: Path, start_wall: float, days: int, config_path: Pat
     parts = path.parent / "nodes"
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(len(names), mp_context=context) as pool:
-        results = list(pool.map(_node, names, [days] * len(names), [start_wall] * len(names),
-                                [str(config_path)] * len(names), [parts / n for n in names]))
+        results = list(
+            pool.map(
+                _node,
+                names,
+                [days] * len(names),
+                [start_wall] * len(names),
+                [str(config_path)] * len(names),
+                [parts / n for n in names],
+            )
+        )
     truth = GroundTruth()
     types: dict[str, str] = {}
     for node_types, node_truth in results:
@@ -277,10 +333,17 @@ class BackfilledPrometheus:
         config.write_text("global: {evaluation_interval: 1m}\n")
         self.log = workdir / f"prometheus-{self.port}.log"
         self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={data}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=10y",
-             "--query.max-samples=200000000"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+            [
+                prometheus_binary(),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=10y",
+                "--query.max-samples=200000000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "wb"),
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: self._ready(), 120, "prometheus ready")
 
@@ -304,19 +367,41 @@ def backfill(workdir: Path, start_wall: float, days: int) -> tuple[Path, GroundT
     data.mkdir(parents=True)
     metrics = workdir / "fleet.om"
     truth = write_openmetrics(metrics, start_wall, days, workdir / "gpucarbon.yaml")
-    run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", "--max-block-duration=720h", str(metrics),
-         str(data)])
+    run(
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "-q",
+            "--max-block-duration=720h",
+            str(metrics),
+            str(data),
+        ]
+    )
     metrics.unlink()  # hundreds of MB, not needed once in blocks
     end_wall = start_wall + days * DAY
     for i, rules in enumerate(split_rules(RULES, workdir)):
         prom = BackfilledPrometheus(data, workdir)
         out = workdir / f"rules-out-{i}"
         try:
-            run(["promtool", "tsdb", "create-blocks-from", "rules", "-q", f"--url={prom.url}",
-                 f"--start={int(start_wall)}", f"--end={int(end_wall)}", "--eval-interval=60s",
-                 # a block per rule and week instead of per rule and 2 hours (thousands): 20x faster;
-                 "--max-block-duration=168h",  # 7 days at 60s: under the API's 11,000 points per series
-                 f"--output-dir={out}", str(rules)])
+            run(
+                [
+                    "promtool",
+                    "tsdb",
+                    "create-blocks-from",
+                    "rules",
+                    "-q",
+                    f"--url={prom.url}",
+                    f"--start={int(start_wall)}",
+                    f"--end={int(end_wall)}",
+                    "--eval-interval=60s",
+                    # a block per rule and week instead of per rule and 2 hours (thousands): 20x faster;
+                    "--max-block-duration=168h",  # 7 days at 60s: under the API's 11,000 points per series
+                    f"--output-dir={out}",
+                    str(rules),
+                ]
+            )
         finally:
             prom.stop()
         move_blocks(out, data)

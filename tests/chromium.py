@@ -17,9 +17,18 @@ from pathlib import Path
 
 import aiohttp
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--window-size=1400,1000")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--window-size=1400,1000",
+)
 LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:")
 
 
@@ -40,8 +49,11 @@ def chromium_binary() -> str:
 
 def open_page(page: Path, screenshot: Path, chart_selector: str, timeout: float = 60.0) -> PageSeen:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        proc = subprocess.Popen([chromium_binary(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [chromium_binary(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             port = _devtools_port(Path(profile), proc, timeout)
             return asyncio.run(asyncio.wait_for(_visit(port, page, screenshot, chart_selector), timeout))
@@ -131,8 +143,9 @@ async def _visit(port: int, page: Path, screenshot: Path, selector: str) -> Page
                 charts = await _charts(session, selector)
                 metrics = await session.call("Page.getLayoutMetrics")
                 height = int(metrics["cssContentSize"]["height"])
-                await session.call("Emulation.setDeviceMetricsOverride", width=1400, height=height,
-                                   deviceScaleFactor=1, mobile=False)
+                await session.call(
+                    "Emulation.setDeviceMetricsOverride", width=1400, height=height, deviceScaleFactor=1, mobile=False
+                )
                 await asyncio.sleep(0.5)  # plotly's responsive layout reacts to the resize
                 shot = await session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
@@ -145,8 +158,9 @@ async def _charts(session: _Session, selector: str) -> list[dict]:
     """The charts once drawn (plotly draws after load), or as they are after 10 s."""
     charts: list[dict] = []
     for _ in range(50):
-        result = await session.call("Runtime.evaluate", expression=_CHARTS_JS % json.dumps(selector),
-                                    returnByValue=True)
+        result = await session.call(
+            "Runtime.evaluate", expression=_CHARTS_JS % json.dumps(selector), returnByValue=True
+        )
         charts = result["result"].get("value", [])
         if charts and all(c["svgs"] > 0 for c in charts):
             break
@@ -159,8 +173,11 @@ def _errors(events: list[dict]) -> list[str]:
     for e in events:
         p = e.get("params", {})
         if e["method"] == "Runtime.exceptionThrown":
-            errors.append(p["exceptionDetails"].get("text", "exception") + " " +
-                          str(p["exceptionDetails"].get("exception", {}).get("description", "")))
+            errors.append(
+                p["exceptionDetails"].get("text", "exception")
+                + " "
+                + str(p["exceptionDetails"].get("exception", {}).get("description", ""))
+            )
         elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
         elif e["method"] == "Log.entryAdded" and p["entry"].get("level") == "error":
@@ -169,5 +186,8 @@ def _errors(events: list[dict]) -> list[str]:
 
 
 def _requests(events: list[dict]) -> list[str]:
-    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"
-            and not e["params"]["request"]["url"].startswith(LOCAL_SCHEMES)]
+    return [
+        e["params"]["request"]["url"]
+        for e in events
+        if e["method"] == "Network.requestWillBeSent" and not e["params"]["request"]["url"].startswith(LOCAL_SCHEMES)
+    ]

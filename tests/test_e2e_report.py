@@ -48,8 +48,13 @@ def month(tmp_path_factory):
 
 def report(url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    return subprocess.run([sys.executable, "-m", "gpucarbon", "report", f"--prometheus.url={url}", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", "report", f"--prometheus.url={url}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def report_json(month, *args: str) -> dict:
@@ -63,8 +68,9 @@ def report_json(month, *args: str) -> dict:
 
 def close(actual: float, expected: float, what: str, tolerance: float = TOLERANCE) -> None:
     assert expected > 0, what
-    assert abs(actual - expected) <= tolerance * expected, \
+    assert abs(actual - expected) <= tolerance * expected, (
         f"{what}: report {actual:.4f}, simulation {expected:.4f} ({100 * (actual / expected - 1):+.3f}%)"
+    )
 
 
 def test_team_figures_match_the_simulation_within_half_a_percent(month):
@@ -90,8 +96,13 @@ def test_the_teams_dashboard_query_agrees_with_the_report(month):
     report's integral of the recording rule agree over the same period."""
     prom, _, _, end = month
     doc = report_json(month)
-    status, body = http_get(prom.url + "/api/v1/query?" + urllib.parse.urlencode(
-        {"query": "sum by (team) (increase(gpucarbon_team_energy_joules_total[30d]))", "time": int(end)}))
+    status, body = http_get(
+        prom.url
+        + "/api/v1/query?"
+        + urllib.parse.urlencode(
+            {"query": "sum by (team) (increase(gpucarbon_team_energy_joules_total[30d]))", "time": int(end)}
+        )
+    )
     assert status == 200, body
     board = {r["metric"]["team"]: float(r["value"][1]) / 3.6e6 for r in json.loads(body)["data"]["result"]}
     for g in doc["groups"]:
@@ -122,6 +133,9 @@ def test_namespaces_and_workloads_add_up_to_the_attributed_energy(month):
     # Allocated and never busy: every held hour is idle (10 and 8 days on one GPU).
     close(idle["RayCluster/research-ray"]["gpu_hours_idle"], 240.0, "research-ray idle GPU-hours")
     close(idle["StatefulSet/notebook-alice"]["gpu_hours_idle"], 192.0, "notebook idle GPU-hours")
+    # ... so its whole measured energy is idle draw (an A100 at 55 W that never ran a kernel).
+    ray = next(w for w in top if w["workload"] == "RayCluster/research-ray")
+    close(idle["RayCluster/research-ray"]["idle_energy_kwh"], ray["energy_kwh"], "research-ray idle kWh", 0.01)
     ranked = [i["gpu_hours_idle"] for i in by_team["top_idle"]]
     assert ranked == sorted(ranked, reverse=True)
 
@@ -143,8 +157,9 @@ def test_html_opens_in_chromium_with_every_chart_drawn(month, tmp_path):
 
     prom, _, _, end = month
     page = tmp_path / "report.html"
-    result = report(prom.url, f"--end={int(end)}", "--range=30d", "--format=html", f"--output={page}",
-                    "--offset-price=80")
+    result = report(
+        prom.url, f"--end={int(end)}", "--range=30d", "--format=html", f"--output={page}", "--offset-price=80"
+    )
     assert result.returncode == 0, result.stderr
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -173,8 +188,18 @@ def test_missing_recording_rules_are_named_with_how_to_install_them(tmp_path):
     start = _start_wall()
     data = tmp_path / "data"
     write_openmetrics(tmp_path / "raw.om", start, 1, tmp_path / "gpucarbon.yaml")
-    run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", "--max-block-duration=720h",
-         str(tmp_path / "raw.om"), str(data)])
+    run(
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "-q",
+            "--max-block-duration=720h",
+            str(tmp_path / "raw.om"),
+            str(data),
+        ]
+    )
     prom = BackfilledPrometheus(data, tmp_path)
     try:
         result = report(prom.url, f"--end={int(start + DAY)}", "--range=1d")

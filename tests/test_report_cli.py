@@ -11,12 +11,13 @@ import re
 
 import pytest
 from fakes.prometheus_api import FakePrometheus, success, vector
+from procs import ROOT
+
 from gpucarbon import cli
 from gpucarbon.report import queries as q
 from gpucarbon.report.model import Day, Figures, Group, IntensitySource, Report, WorkloadUse, to_json
 from gpucarbon.report.receipts import summarize
 from gpucarbon.report.render import FORMATS, renderer
-from procs import ROOT
 
 
 def run_report(capsys, *args: str) -> tuple[int, str, str]:
@@ -28,34 +29,40 @@ def run_report(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("args, named", [
-    ([], "--prometheus.url"),
-    (["--prometheus.url=ftp://x"], "'ftp://x'"),
-    (["--prometheus.url=http://x", "--range=30x"], "'30x'"),
-    (["--prometheus.url=http://x", "--range=0s"], "'0s'"),
-    (["--prometheus.url=http://x", "--end=yesterday"], "'yesterday'"),
-    (["--prometheus.url=http://x", "--end=2026-11-01T00:00:00"], "time zone"),
-    (["--prometheus.url=http://x", "--by=cluster"], "--by"),
-    (["--prometheus.url=http://x", "--format=pdf"], "--format"),
-    (["--prometheus.url=http://x", "--offset-price=-3"], "'-3'"),
-    (["--prometheus.url=http://x", "--receipts", "/no/such/receipts"], "/no/such/receipts"),
-    (["--prometheus.url=http://x", "--basic-auth.password-file=/etc/hostname"], "--basic-auth.username"),
-    (["--prometheus.url=http://x", "--tls.ca-file=/no/ca.pem"], "--tls.ca-file /no/ca.pem"),
-    (["--prometheus.url=http://x", "--bearer-token-file=/no/token"], "/no/token"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        ([], "--prometheus.url"),
+        (["--prometheus.url=ftp://x"], "'ftp://x'"),
+        (["--prometheus.url=http://x", "--range=30x"], "'30x'"),
+        (["--prometheus.url=http://x", "--range=0s"], "'0s'"),
+        (["--prometheus.url=http://x", "--end=yesterday"], "'yesterday'"),
+        (["--prometheus.url=http://x", "--end=2026-11-01T00:00:00"], "time zone"),
+        (["--prometheus.url=http://x", "--by=cluster"], "--by"),
+        (["--prometheus.url=http://x", "--format=pdf"], "--format"),
+        (["--prometheus.url=http://x", "--offset-price=-3"], "'-3'"),
+        (["--prometheus.url=http://x", "--receipts", "/no/such/receipts"], "/no/such/receipts"),
+        (["--prometheus.url=http://x", "--basic-auth.password-file=/etc/hostname"], "--basic-auth.username"),
+        (["--prometheus.url=http://x", "--tls.ca-file=/no/ca.pem"], "--tls.ca-file /no/ca.pem"),
+        (["--prometheus.url=http://x", "--bearer-token-file=/no/token"], "/no/token"),
+    ],
+)
 def test_bad_usage_is_one_line_and_exit_2(capsys, args, named):
     code, out, err = run_report(capsys, *args)
     assert code == 2, err
     assert out == "" and err.count("\n") == 1 and named in err, err
 
 
-@pytest.mark.parametrize("content, named", [
-    ("basic_auth: {username: u, pasword: p}\n", "basic_auth.pasword: unknown key"),
-    ("tls_config: {insecure_skip_verify: maybe}\n", "tls_config.insecure_skip_verify: 'maybe'"),
-    ("bearer_token: t\nbasic_auth: {username: u}\n", "mutually exclusive"),
-    ("proxy: {url: x}\n", "proxy: unknown key"),
-    ("[not, a, mapping]\n", "(top level): must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        ("basic_auth: {username: u, pasword: p}\n", "basic_auth.pasword: unknown key"),
+        ("tls_config: {insecure_skip_verify: maybe}\n", "tls_config.insecure_skip_verify: 'maybe'"),
+        ("bearer_token: t\nbasic_auth: {username: u}\n", "mutually exclusive"),
+        ("proxy: {url: x}\n", "proxy: unknown key"),
+        ("[not, a, mapping]\n", "(top level): must be a mapping"),
+    ],
+)
 def test_a_bad_http_config_file_names_file_and_key(capsys, tmp_path, content, named):
     path = tmp_path / "http.yml"
     path.write_text(content)
@@ -83,17 +90,21 @@ def test_a_bearer_token_file_is_sent_and_a_refusal_names_the_url(capsys, tmp_pat
 
     def gateway(endpoint, form):
         return (401, {"status": "error", "errorType": "unauthorized", "error": "no"})
+
     with FakePrometheus(gateway) as store:
         code, _, err = run_report(capsys, f"--prometheus.url={store.url}", f"--bearer-token-file={tmp_path / 'token'}")
     assert store.seen[0].headers["Authorization"] == "Bearer tok-123"
     assert code == 1 and store.url in err and "HTTP 401" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("status, body, expected", [
-    (503, {"status": "error", "errorType": "unavailable", "error": "querier overloaded"}, "querier overloaded"),
-    (200, b"<html>login</html>", "not JSON"),
-    (422, {"status": "error", "errorType": "execution", "error": "query timed out"}, "HTTP 422"),
-])
+@pytest.mark.parametrize(
+    "status, body, expected",
+    [
+        (503, {"status": "error", "errorType": "unavailable", "error": "querier overloaded"}, "querier overloaded"),
+        (200, b"<html>login</html>", "not JSON"),
+        (422, {"status": "error", "errorType": "execution", "error": "query timed out"}, "HTTP 422"),
+    ],
+)
 def test_store_errors_are_one_line_and_exit_1(capsys, status, body, expected):
     with FakePrometheus(lambda endpoint, form: (status, body)) as store:
         code, out, err = run_report(capsys, f"--prometheus.url={store.url}")
@@ -109,6 +120,7 @@ def _store_with(rules: set[str], energy: bool):
         if endpoint == "query_range":
             return success({"resultType": "matrix", "result": []})
         return success(vector(({}, 0.0)) if energy else vector())
+
     return answer
 
 
@@ -140,35 +152,70 @@ def test_queries_go_by_post_with_the_end_time(capsys):
 
 # --- the model and the renderers ----------------------------------------------
 
+
 def _figures(kwh: float, **over) -> dict:
-    base = dict(energy_kwh=kwh, facility_energy_kwh=kwh * 1.2, emissions_kg=kwh * 0.4, cost=kwh * 0.25,
-                offset_cost=kwh * 0.4 / 1000 * 80, gpu_hours_held=kwh * 2, gpu_hours_busy=kwh,
-                busy_share=0.5, idle_energy_kwh=kwh * 0.07, failed_energy_kwh=None, repeated_energy_kwh=0.0)
+    base = dict(
+        energy_kwh=kwh,
+        facility_energy_kwh=kwh * 1.2,
+        emissions_kg=kwh * 0.4,
+        cost=kwh * 0.25,
+        offset_cost=kwh * 0.4 / 1000 * 80,
+        gpu_hours_held=kwh * 2,
+        gpu_hours_busy=kwh,
+        busy_share=0.5,
+        idle_energy_kwh=kwh * 0.07,
+        failed_energy_kwh=None,
+        repeated_energy_kwh=0.0,
+    )
     return {**base, **over}
 
 
 def hand_report(receipts=None) -> Report:
-    groups = (Group(name="nlp", labels={"team": "nlp"}, **_figures(120.0)),
-              Group(name="vision", labels={"team": "vision"}, **_figures(30.5, cost=None, busy_share=None)))
+    groups = (
+        Group(name="nlp", labels={"team": "nlp"}, **_figures(120.0)),
+        Group(name="vision", labels={"team": "vision"}, **_figures(30.5, cost=None, busy_share=None)),
+    )
     day = 86400.0
     return Report(
-        start=1_790_000_000.0, end=1_790_000_000.0 + 2 * day, by="team", source_url="http://prom:9090",
-        groups=groups, totals=Figures(**_figures(160.0)), unattributed_energy_kwh=9.5,
-        daily=(Day(1_790_000_000.0, 1_790_000_000.0 + day, {"nlp": 60.0, "vision": 10.0}, {"nlp": 24.0}),
-               Day(1_790_000_000.0 + day, 1_790_000_000.0 + 2 * day, {"nlp": 60.0, "vision": 20.5}, {})),
+        start=1_790_000_000.0,
+        end=1_790_000_000.0 + 2 * day,
+        by="team",
+        source_url="http://prom:9090",
+        groups=groups,
+        totals=Figures(**_figures(160.0)),
+        unattributed_energy_kwh=9.5,
+        daily=(
+            Day(1_790_000_000.0, 1_790_000_000.0 + day, {"nlp": 60.0, "vision": 10.0}, {"nlp": 24.0}),
+            Day(1_790_000_000.0 + day, 1_790_000_000.0 + 2 * day, {"nlp": 60.0, "vision": 20.5}, {}),
+        ),
         top_workloads=(WorkloadUse("research", "Job/bert", "nlp", energy_kwh=100.0),),
         top_idle=(WorkloadUse("vision", "StatefulSet/nb", "vision", gpu_hours_idle=40.0, idle_energy_kwh=2.8),),
         intensity_sources=(IntensitySource("FR", "table", "average", 56.0),),
-        pue=1.2, currency="EUR", offset_price_per_tonne=80.0, receipts=receipts, notes=("a note",))
+        pue=1.2,
+        currency="EUR",
+        offset_price_per_tonne=80.0,
+        receipts=receipts,
+        notes=("a note",),
+    )
 
 
 def test_the_json_has_the_documented_shape():
     doc = to_json(hand_report(summarize([str(ROOT / "tests" / "fixtures" / "receipts")])))
     assert {"range", "groups", "unattributed_energy_kwh", "totals", "daily", "top_workloads", "runs"} <= set(doc)
     assert set(doc["range"]) >= {"start", "end"} and doc["range"]["start"].endswith("Z")
-    issue_fields = {"name", "energy_kwh", "facility_energy_kwh", "emissions_kg", "cost", "offset_cost",
-                    "gpu_hours_held", "gpu_hours_busy", "idle_energy_kwh", "failed_energy_kwh",
-                    "repeated_energy_kwh"}
+    issue_fields = {
+        "name",
+        "energy_kwh",
+        "facility_energy_kwh",
+        "emissions_kg",
+        "cost",
+        "offset_cost",
+        "gpu_hours_held",
+        "gpu_hours_busy",
+        "idle_energy_kwh",
+        "failed_energy_kwh",
+        "repeated_energy_kwh",
+    }
     assert issue_fields <= set(doc["groups"][0])
     assert doc["groups"][1]["cost"] is None, "unknown stays null, not 0"
     assert doc["unattributed_share"] == pytest.approx(9.5 / 160.0)
@@ -180,8 +227,15 @@ def test_the_json_has_the_documented_shape():
 def test_the_json_fields_are_documented():
     docs = (ROOT / "docs" / "report.md").read_text()
     doc = to_json(hand_report(summarize([str(ROOT / "tests" / "fixtures" / "receipts")])))
-    names = set(doc) | set(doc["groups"][0]) | set(doc["daily"][0]) | set(doc["top_workloads"][0]) \
-        | set(doc["runs"][0]) | set(doc["receipts"]) | set(doc["intensity_sources"][0])
+    names = (
+        set(doc)
+        | set(doc["groups"][0])
+        | set(doc["daily"][0])
+        | set(doc["top_workloads"][0])
+        | set(doc["runs"][0])
+        | set(doc["receipts"])
+        | set(doc["intensity_sources"][0])
+    )
     undocumented = sorted(n for n in names if f"`{n}`" not in docs)
     assert not undocumented, f"docs/report.md does not document {undocumented}"
 

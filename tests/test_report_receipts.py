@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from procs import ROOT
+
 from gpucarbon.report.errors import UsageError
 from gpucarbon.report.receipts import (
     RECEIPT_FIELDS,
@@ -17,7 +19,6 @@ from gpucarbon.report.receipts import (
     summarize,
     waste_by_group,
 )
-from procs import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "receipts"
 
@@ -80,27 +81,40 @@ def test_failed_and_preempted_runs_are_waste(summary):
 
 
 def test_the_range_keeps_runs_that_finished_in_it():
-    start = parse_receipt(json.dumps({"id": "x", "node": "n", "started_at": "2026-11-12T00:00:00Z",
-                                      "finished_at": "2026-11-12T00:00:00Z", "energy_joules": 0})).started_at
+    start = parse_receipt(
+        json.dumps(
+            {
+                "id": "x",
+                "node": "n",
+                "started_at": "2026-11-12T00:00:00Z",
+                "finished_at": "2026-11-12T00:00:00Z",
+                "energy_joules": 0,
+            }
+        )
+    ).started_at
     summary = summarize([str(FIXTURES)], start, start + 86400 * 1.5)
     assert {r.id for r in summary.runs} == {"resnet-sweep-2", "resnet-sweep-3"}
 
 
-@pytest.mark.parametrize("line, problem", [
-    ('{"id": 5, "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 1}', "id: 5 is not a string"),
-    ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": NaN}', "energy_joules"),
-    ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": true}', "is not a number"),
-    ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 1, "gpus": "0"}', "gpus"),
-    ('{"id": "x", "started_at": 1, "finished_at": 2, "energy_joules": 1}', "node: missing"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"id": 5, "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 1}', "id: 5 is not a string"),
+        ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": NaN}', "energy_joules"),
+        ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": true}', "is not a number"),
+        ('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 1, "gpus": "0"}', "gpus"),
+        ('{"id": "x", "started_at": 1, "finished_at": 2, "energy_joules": 1}', "node: missing"),
+    ],
+)
 def test_each_field_is_checked(line, problem):
     with pytest.raises(Malformed, match=problem):
         parse_receipt(line)
 
 
 def test_optional_fields_may_be_absent_and_unknown_fields_are_ignored():
-    receipt = parse_receipt('{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 3.5,'
-                            ' "future": {"nested": 1}}')
+    receipt = parse_receipt(
+        '{"id": "x", "node": "n", "started_at": 1, "finished_at": 2, "energy_joules": 3.5, "future": {"nested": 1}}'
+    )
     assert receipt.team == "" and receipt.fingerprint is None and receipt.gpus == 0
     assert set(RECEIPT_FIELDS) >= {"id", "node", "energy_joules", "fingerprint", "repeat_of", "gpus"}
 
@@ -118,7 +132,9 @@ def test_a_missing_path_is_bad_usage():
 
 
 def test_join_keeps_the_fingerprint_from_any_node():
-    lines = ['{"id": "r", "node": "a", "started_at": 1, "finished_at": 5, "energy_joules": 1}',
-             '{"id": "r", "node": "b", "started_at": 2, "finished_at": 9, "energy_joules": 2, "fingerprint": "f"}']
+    lines = [
+        '{"id": "r", "node": "a", "started_at": 1, "finished_at": 5, "energy_joules": 1}',
+        '{"id": "r", "node": "b", "started_at": 2, "finished_at": 9, "energy_joules": 2, "fingerprint": "f"}',
+    ]
     [run] = join_runs(parse_receipt(line) for line in lines)
     assert (run.fingerprint, run.started_at, run.finished_at, run.nodes) == ("f", 1.0, 9.0, ("a", "b"))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ def vector(*samples: tuple[dict[str, str], float]) -> dict[str, Any]:
 
 
 def matrix(*series: tuple[dict[str, str], list[tuple[float, float]]]) -> dict[str, Any]:
-    return {"resultType": "matrix",
-            "result": [{"metric": m, "values": [[t, str(v)] for t, v in values]} for m, values in series]}
+    return {
+        "resultType": "matrix",
+        "result": [{"metric": m, "values": [[t, str(v)] for t, v in values]} for m, values in series],
+    }
 
 
 class FakePrometheus:
@@ -67,7 +70,7 @@ class FakePrometheus:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakePrometheus":
+    def __enter__(self) -> FakePrometheus:
         self._thread.start()
         return self
 

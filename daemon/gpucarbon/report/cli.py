@@ -11,9 +11,10 @@ import math
 import re
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn, Sequence, TextIO
+from typing import NoReturn, TextIO
 
 from gpucarbon.report.client import HttpConfig, PromClient, load_http_config, read_secret_file
 from gpucarbon.report.errors import ReportError, UsageError
@@ -80,26 +81,62 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="A period's GPU energy, emissions, cost and waste per team, namespace or "
-                "workload, read from Prometheus (or Thanos, Mimir, VictoriaMetrics) and from receipts.")
-    p.add_argument("--prometheus.url", dest="url", required=True, type=_url,
-                   help="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
-    p.add_argument("--range", dest="range_s", type=prometheus_duration, default=30 * 86400.0,
-                   help="length of the period, a Prometheus duration (default 30d)")
-    p.add_argument("--end", type=timestamp, default=None, help="end of the period, RFC 3339 or Unix seconds "
-                   "(default now)")
+    p = _Parser(
+        prog=PROG,
+        description="A period's GPU energy, emissions, cost and waste per team, namespace or "
+        "workload, read from Prometheus (or Thanos, Mimir, VictoriaMetrics) and from receipts.",
+    )
+    p.add_argument(
+        "--prometheus.url",
+        dest="url",
+        required=True,
+        type=_url,
+        help="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090",
+    )
+    p.add_argument(
+        "--range",
+        dest="range_s",
+        type=prometheus_duration,
+        default=30 * 86400.0,
+        help="length of the period, a Prometheus duration (default 30d)",
+    )
+    p.add_argument(
+        "--end", type=timestamp, default=None, help="end of the period, RFC 3339 or Unix seconds (default now)"
+    )
     p.add_argument("--by", choices=("team", "namespace", "workload"), default="team", help="grouping (default team)")
-    p.add_argument("--receipts", nargs="+", action="extend", default=None, metavar="PATH",
-                   help="receipts.jsonl files or directories collected from the nodes")
+    p.add_argument(
+        "--receipts",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="PATH",
+        help="receipts.jsonl files or directories collected from the nodes",
+    )
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
-    p.add_argument("--offset-price", dest="offset_price", type=_price, default=None, metavar="PRICE",
-                   help="price of offsetting one tonne CO2e, in the cost currency (default: no offset cost)")
-    p.add_argument("--query.timeout", dest="timeout", type=prometheus_duration, default=120.0,
-                   help="timeout of each HTTP request (default 2m)")
+    p.add_argument(
+        "--offset-price",
+        dest="offset_price",
+        type=_price,
+        default=None,
+        metavar="PRICE",
+        help="price of offsetting one tonne CO2e, in the cost currency (default: no offset cost)",
+    )
+    p.add_argument(
+        "--query.timeout",
+        dest="timeout",
+        type=prometheus_duration,
+        default=120.0,
+        help="timeout of each HTTP request (default 2m)",
+    )
     auth = p.add_argument_group("authentication and TLS (as promtool and amtool)")
-    auth.add_argument("--http.config.file", dest="http_config", default=None, metavar="FILE",
-                      help="Prometheus HTTP client config: basic_auth, authorization, bearer_token_file, tls_config")
+    auth.add_argument(
+        "--http.config.file",
+        dest="http_config",
+        default=None,
+        metavar="FILE",
+        help="Prometheus HTTP client config: basic_auth, authorization, bearer_token_file, tls_config",
+    )
     auth.add_argument("--basic-auth.username", dest="username", default=None)
     auth.add_argument("--basic-auth.password-file", dest="password_file", default=None, metavar="FILE")
     auth.add_argument("--bearer-token-file", dest="token_file", default=None, metavar="FILE")
@@ -115,8 +152,9 @@ def http_config(args: argparse.Namespace) -> HttpConfig:
     values = load_http_config(args.http_config) if args.http_config else {}
     if args.username is not None:
         values["username"] = args.username
-        values["password"] = read_secret_file(args.password_file, "--basic-auth.password-file") \
-            if args.password_file else None
+        values["password"] = (
+            read_secret_file(args.password_file, "--basic-auth.password-file") if args.password_file else None
+        )
     elif args.password_file:
         raise UsageError("--basic-auth.password-file needs --basic-auth.username")
     if args.token_file:
@@ -177,8 +215,9 @@ def _run(args: argparse.Namespace) -> int:
         require_plotly()  # before minutes of queries, not after
     client = PromClient(args.url, http_config(args), timeout_s=args.timeout)
     receipts = summarize(args.receipts, start, end) if args.receipts else None
-    request = ReportRequest(start=start, end=end, by=args.by, offset_price_per_tonne=args.offset_price,
-                            receipts=receipts)
+    request = ReportRequest(
+        start=start, end=end, by=args.by, offset_price_per_tonne=args.offset_price, receipts=receipts
+    )
     progress = Progress(sys.stderr) if args.format == "table" and sys.stderr.isatty() else None
     try:
         report = Gatherer(client, request, progress or (lambda step: None)).report()

@@ -16,9 +16,10 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -55,8 +56,15 @@ class HttpConfig:
         return None
 
 
-_TOP_KEYS = {"basic_auth", "authorization", "bearer_token", "bearer_token_file", "tls_config",
-             "follow_redirects", "enable_http2"}
+_TOP_KEYS = {
+    "basic_auth",
+    "authorization",
+    "bearer_token",
+    "bearer_token_file",
+    "tls_config",
+    "follow_redirects",
+    "enable_http2",
+}
 _BASIC_KEYS = {"username", "username_file", "password", "password_file"}
 _AUTHZ_KEYS = {"type", "credentials", "credentials_file"}
 _TLS_KEYS = {"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify", "min_version"}
@@ -154,9 +162,12 @@ class PromClient:
     def _call(self, endpoint: str, form: Mapping[str, str]) -> Any:
         url = f"{self.url}/api/v1/{endpoint}"
         body = urllib.parse.urlencode(form).encode()
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/x-www-form-urlencoded",
-                                                  "Accept": "application/json"})
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        )
         authorization = self._http.authorization()
         if authorization:
             request.add_header("Authorization", authorization)
@@ -179,8 +190,10 @@ class PromClient:
 
     def _http_error(self, err: urllib.error.HTTPError) -> str:
         if err.code in (401, 403):
-            return (f"Prometheus at {self.url} refused the credentials (HTTP {err.code}); "
-                    "see --http.config.file and the auth flags")
+            return (
+                f"Prometheus at {self.url} refused the credentials (HTTP {err.code}); "
+                "see --http.config.file and the auth flags"
+            )
         try:
             detail = _error_text(json.loads(err.read()))
         except ValueError:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from gpucarbon.errors import GpuCarbonError
 
-class ReportError(Exception):
+
+class ReportError(GpuCarbonError):
     """Base of every error the report command raises on purpose."""
 
     exit_code = 1

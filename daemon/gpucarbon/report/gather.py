@@ -7,8 +7,9 @@ Each store problem becomes one ReportError line (errors.py)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from gpucarbon.report import queries as q
 from gpucarbon.report.client import PromClient
@@ -27,8 +28,10 @@ from gpucarbon.report.model import (
 from gpucarbon.report.receipts import waste_by_group
 
 RULES_FILE = "prometheus/rules/gpucarbon-recording.yaml"
-HOW_TO_INSTALL_RULES = (f"install {RULES_FILE} (Prometheus rule_files:, or the Helm chart's "
-                        "prometheusRule.enabled=true; see docs/deploy.md) and let them cover the range")
+HOW_TO_INSTALL_RULES = (
+    f"install {RULES_FILE} (Prometheus rule_files:, or the Helm chart's "
+    "prometheusRule.enabled=true; see docs/deploy.md) and let them cover the range"
+)
 NO_TEAM = "(none)"  # shown for an empty label value
 
 
@@ -64,8 +67,9 @@ class Gatherer:
         groups = self._groups()
         totals, unattributed = self._totals(groups)
         if totals.energy_kwh <= 0 and not groups:
-            raise NoData(f"no GPU energy recorded in {self._client.url} between {iso(self._req.start)} and "
-                         f"{iso(self._req.end)}")
+            raise NoData(
+                f"no GPU energy recorded in {self._client.url} between {iso(self._req.start)} and {iso(self._req.end)}"
+            )
         daily = self._daily()
         top, idle = self._top_workloads(), self._top_idle()
         pue, sources, currency = self._pue(), self._intensity_sources(), self._currency()
@@ -73,11 +77,24 @@ class Gatherer:
         totals = self._with_facility(totals, pue)
         if self._req.receipts is None:
             self._notes.append("no --receipts given: runs, cluster-wide repeats and failed runs are not listed")
-        return Report(start=self._req.start, end=self._req.end, by=self._req.by, source_url=self._client.url,
-                      groups=groups, totals=totals, unattributed_energy_kwh=unattributed, daily=daily,
-                      top_workloads=top, top_idle=idle, intensity_sources=sources, pue=pue, currency=currency,
-                      offset_price_per_tonne=self._req.offset_price_per_tonne, receipts=self._req.receipts,
-                      notes=tuple(self._notes))
+        return Report(
+            start=self._req.start,
+            end=self._req.end,
+            by=self._req.by,
+            source_url=self._client.url,
+            groups=groups,
+            totals=totals,
+            unattributed_energy_kwh=unattributed,
+            daily=daily,
+            top_workloads=top,
+            top_idle=idle,
+            intensity_sources=sources,
+            pue=pue,
+            currency=currency,
+            offset_price_per_tonne=self._req.offset_price_per_tonne,
+            receipts=self._req.receipts,
+            notes=tuple(self._notes),
+        )
 
     # --- preflight ------------------------------------------------------------
 
@@ -85,16 +102,23 @@ class Gatherer:
         self._progress("checking the daemon's metrics")
         start, end = self._req.start, self._req.end
         if not self._client.series(q.BUILD_INFO, start, end):
-            raise MetricsAbsent(f"no gpu-carbon-exporter metrics ({q.BUILD_INFO}) in {self._client.url} between "
-                                f"{iso(start)} and {iso(end)}: is the daemon scraped by this store?")
+            raise MetricsAbsent(
+                f"no gpu-carbon-exporter metrics ({q.BUILD_INFO}) in {self._client.url} between "
+                f"{iso(start)} and {iso(end)}: is the daemon scraped by this store?"
+            )
         self._progress("checking the recording rules")
         wanted = q.required_rules(self._grouping)
-        found = {s.get("__name__") for s in self._client.series(
-            '{__name__=~"' + "|".join(name.replace(":", ":") for name in wanted) + '"}', start, end)}
+        found = {
+            s.get("__name__")
+            for s in self._client.series(
+                '{__name__=~"' + "|".join(name.replace(":", ":") for name in wanted) + '"}', start, end
+            )
+        }
         missing = [name for name in wanted if name not in found]
         if missing:
-            raise RulesMissing(f"recording rules missing in {self._client.url}: {', '.join(missing)}; "
-                               + HOW_TO_INSTALL_RULES)
+            raise RulesMissing(
+                f"recording rules missing in {self._client.url}: {', '.join(missing)}; " + HOW_TO_INSTALL_RULES
+            )
 
     # --- queries --------------------------------------------------------------
 
@@ -126,12 +150,7 @@ class Gatherer:
         self._progress(f"GPU time per {g.name}")
         held = self._vector(q.integral(g.held, labels, w), labels)
         busy = self._vector(q.integral(g.busy, labels, w), labels)
-        idle_w = self._scalar(q.mean_gauge(q.IDLE_POWER, w))
-        if idle_w is None:
-            self._notes.append(f"{q.IDLE_POWER} absent: idle energy on allocated GPUs is not estimated")
-        else:
-            self._notes.append(f"idle energy on allocated GPUs is estimated: held-but-idle GPU-hours x "
-                               f"{idle_w:.1f} W, the fleet's mean idle power")
+        idle = self._idle_energy(labels)
         self._progress(f"cost and waste per {g.name}")
         cost = self._cost(labels)
         failed, repeated = self._waste(labels)
@@ -140,24 +159,42 @@ class Gatherer:
             held_h = held.get(key, 0.0) / 3600.0
             busy_h = busy.get(key, 0.0) / 3600.0
             name = self._name(key)
-            groups.append(Group(
-                name=name, labels=dict(zip(labels, key)),
-                energy_kwh=energy.get(key, 0.0) / J_PER_KWH,
-                facility_energy_kwh=None,
-                emissions_kg=grams.get(key, 0.0) / 1000.0,
-                cost=cost.get(key) if cost is not None else None,
-                offset_cost=self._offset(grams.get(key, 0.0) / 1000.0),
-                gpu_hours_held=held_h, gpu_hours_busy=busy_h,
-                busy_share=busy_h / held_h if held_h > 0 else None,
-                idle_energy_kwh=_idle_kwh(held_h, busy_h, idle_w),
-                failed_energy_kwh=_pick(failed, key, name),
-                repeated_energy_kwh=_pick(repeated, key, name),
-            ))
+            groups.append(
+                Group(
+                    name=name,
+                    labels=dict(zip(labels, key, strict=True)),
+                    energy_kwh=energy.get(key, 0.0) / J_PER_KWH,
+                    facility_energy_kwh=None,
+                    emissions_kg=grams.get(key, 0.0) / 1000.0,
+                    cost=cost.get(key) if cost is not None else None,
+                    offset_cost=self._offset(grams.get(key, 0.0) / 1000.0),
+                    gpu_hours_held=held_h,
+                    gpu_hours_busy=busy_h,
+                    busy_share=busy_h / held_h if held_h > 0 else None,
+                    idle_energy_kwh=None if idle is None else idle.get(key, 0.0) / J_PER_KWH,
+                    failed_energy_kwh=_pick(failed, key, name),
+                    repeated_energy_kwh=_pick(repeated, key, name),
+                )
+            )
         return tuple(groups)
 
+    def _idle_energy(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
+        """Estimated J drawn by held-but-idle GPUs, per group (None: no idle-power series)."""
+        values = self._vector(q.integral(q.IDLE_DRAW, labels, self._req.window), labels)
+        if not values:
+            self._notes.append(f"{q.IDLE_POWER} absent: idle energy on allocated GPUs is not estimated")
+            return None
+        if not any("idle energy" in n for n in self._notes):
+            self._notes.append(
+                "idle energy on allocated GPUs is estimated: held-but-idle time x each GPU's idle power "
+                f"({q.IDLE_POWER})"
+            )
+        return values
+
     def _cost(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
-        values = self._vector(q.increase(self._grouping.cost_metric, labels + ("currency",), self._req.window),
-                              labels + ("currency",))
+        values = self._vector(
+            q.increase(self._grouping.cost_metric, labels + ("currency",), self._req.window), labels + ("currency",)
+        )
         if not values:
             self._notes.append("no energy cost series (carbon.cost.price_per_kwh not configured): cost is absent")
             return None
@@ -183,8 +220,10 @@ class Gatherer:
         failed = self._vector(q.failed_energy(self._req.window), labels)
         repeated = self._vector(q.repeated_energy(self._req.window), labels)
         if not failed and not repeated:
-            self._notes.append("no waste counters (gpucarbon_team_finished/repeated_energy_joules_total) in the "
-                               "store: failed and repeated energy are absent")
+            self._notes.append(
+                "no waste counters (gpucarbon_team_finished/repeated_energy_joules_total) in the "
+                "store: failed and repeated energy are absent"
+            )
             return {}, {}
         return ({k: v / J_PER_KWH for k, v in failed.items()}, {k: v / J_PER_KWH for k, v in repeated.items()})
 
@@ -201,9 +240,14 @@ class Gatherer:
         held = sum(g.gpu_hours_held for g in groups)
         busy = sum(g.gpu_hours_busy for g in groups)
         totals = Figures(
-            energy_kwh=energy / J_PER_KWH, facility_energy_kwh=None, emissions_kg=grams / 1000.0,
-            cost=_sum_known(g.cost for g in groups), offset_cost=self._offset(grams / 1000.0),
-            gpu_hours_held=held, gpu_hours_busy=busy, busy_share=busy / held if held > 0 else None,
+            energy_kwh=energy / J_PER_KWH,
+            facility_energy_kwh=None,
+            emissions_kg=grams / 1000.0,
+            cost=_sum_known(g.cost for g in groups),
+            offset_cost=self._offset(grams / 1000.0),
+            gpu_hours_held=held,
+            gpu_hours_busy=busy,
+            busy_share=busy / held if held > 0 else None,
             idle_energy_kwh=_sum_known(g.idle_energy_kwh for g in groups),
             failed_energy_kwh=_sum_known(g.failed_energy_kwh for g in groups),
             repeated_energy_kwh=_sum_known(g.repeated_energy_kwh for g in groups),
@@ -224,9 +268,14 @@ class Gatherer:
         days = []
         for i in range(buckets):
             end = first_end + i * step
-            days.append(Day(start=end - step, end=end,
-                            energy_kwh={n: v.get(end, 0.0) / J_PER_KWH for n, v in energy.items()},
-                            emissions_kg={n: v.get(end, 0.0) / 1000.0 for n, v in grams.items()}))
+            days.append(
+                Day(
+                    start=end - step,
+                    end=end,
+                    energy_kwh={n: v.get(end, 0.0) / J_PER_KWH for n, v in energy.items()},
+                    emissions_kg={n: v.get(end, 0.0) / 1000.0 for n, v in grams.items()},
+                )
+            )
         return tuple(days)
 
     def _matrix(self, promql: str, first_end: float, step: float) -> dict[str, dict[float, float]]:
@@ -250,11 +299,19 @@ class Gatherer:
     def _top_idle(self) -> tuple[WorkloadUse, ...]:
         self._progress("allocated-but-idle holders")
         labels = ("namespace", "workload", "team")
-        idle_w = self._scalar(q.mean_gauge(q.IDLE_POWER, self._req.window))
         values = self._vector(q.top_idle_holders(self._req.window), labels)
         ranked = [(k, v) for k, v in sorted(values.items(), key=lambda kv: -kv[1]) if v > 0][:10]
-        return tuple(WorkloadUse(namespace=k[0], workload=k[1], team=k[2], gpu_hours_idle=v / 3600.0,
-                                 idle_energy_kwh=_idle_kwh(v / 3600.0, 0.0, idle_w)) for k, v in ranked)
+        idle = self._idle_energy(labels) if ranked else None
+        return tuple(
+            WorkloadUse(
+                namespace=k[0],
+                workload=k[1],
+                team=k[2],
+                gpu_hours_idle=v / 3600.0,
+                idle_energy_kwh=None if idle is None else idle.get(k, 0.0) / J_PER_KWH,
+            )
+            for k, v in ranked
+        )
 
     def _pue(self) -> float | None:
         pue = self._scalar(q.mean_gauge(q.PUE, self._req.window))
@@ -266,8 +323,10 @@ class Gatherer:
         self._progress("grid intensity sources")
         labels = ("zone", "source", "signal")
         values = self._vector(q.mean_gauge(q.INTENSITY, self._req.window, labels), labels)
-        return tuple(IntensitySource(zone=k[0], source=k[1], signal=k[2], mean_grams_per_kwh=v)
-                     for k, v in sorted(values.items()))
+        return tuple(
+            IntensitySource(zone=k[0], source=k[1], signal=k[2], mean_grams_per_kwh=v)
+            for k, v in sorted(values.items())
+        )
 
     def _currency(self) -> str | None:
         return ", ".join(self._currencies) or None
@@ -275,10 +334,6 @@ class Gatherer:
     @staticmethod
     def _with_facility(figures, pue: float | None):
         return replace(figures, facility_energy_kwh=None if pue is None else figures.energy_kwh * pue)
-
-
-def _idle_kwh(held_h: float, busy_h: float, idle_w: float | None) -> float | None:
-    return None if idle_w is None else max(0.0, held_h - busy_h) * idle_w / 1000.0
 
 
 def _pick(values: dict, key: tuple[str, ...], name: str) -> float | None:

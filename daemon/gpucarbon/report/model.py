@@ -9,7 +9,7 @@ None means "not known" (the store has no such series), never zero.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 J_PER_KWH = 3_600_000.0
@@ -133,7 +133,7 @@ class Report:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _figures(f: Figures) -> dict[str, Any]:
@@ -157,8 +157,10 @@ def to_json(report: Report) -> dict[str, Any]:
         "unattributed_energy_kwh": report.unattributed_energy_kwh,
         "unattributed_share": report.unattributed_share,
         "totals": _figures(report.totals),
-        "daily": [{"start": iso(d.start), "end": iso(d.end), "energy_kwh": d.energy_kwh,
-                   "emissions_kg": d.emissions_kg} for d in report.daily],
+        "daily": [
+            {"start": iso(d.start), "end": iso(d.end), "energy_kwh": d.energy_kwh, "emissions_kg": d.emissions_kg}
+            for d in report.daily
+        ],
         "top_workloads": [asdict(w) for w in report.top_workloads],
         "top_idle": [asdict(w) for w in report.top_idle],
         "intensity_sources": [asdict(s) for s in report.intensity_sources],
@@ -173,7 +175,9 @@ def to_json(report: Report) -> dict[str, Any]:
         rec = report.receipts
         out["runs"] = [_run(r) for r in rec.runs]
         out["receipts"] = {
-            "files": rec.files, "lines": rec.lines, "malformed": rec.malformed,
+            "files": rec.files,
+            "lines": rec.lines,
+            "malformed": rec.malformed,
             "malformed_examples": list(rec.malformed_examples),
             "repeats": [{**asdict(g), "runs": list(g.runs)} for g in rec.repeats],
             "failed": [r.id for r in rec.failed],

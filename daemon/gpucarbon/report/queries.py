@@ -41,23 +41,43 @@ class Grouping:
 
 _W = "gpucarbon_workload_"
 GROUPINGS = {
-    "team": Grouping("team", ("team",), "team:gpucarbon_team_energy_joules:rate5m",
-                     "team:gpucarbon_team_emissions_grams:rate5m",
-                     "team:gpucarbon_workload_held_seconds:rate5m",
-                     "team:gpucarbon_workload_busy_seconds:rate5m", "gpucarbon_team_energy_cost_total"),
-    "namespace": Grouping("namespace", ("namespace",), "namespace:gpucarbon_workload_energy_joules:rate5m",
-                          "namespace:gpucarbon_workload_emissions_grams:rate5m",
-                          "namespace:gpucarbon_workload_held_seconds:rate5m",
-                          "namespace:gpucarbon_workload_busy_seconds:rate5m", _W + "energy_cost_total"),
+    "team": Grouping(
+        "team",
+        ("team",),
+        "team:gpucarbon_team_energy_joules:rate5m",
+        "team:gpucarbon_team_emissions_grams:rate5m",
+        "team:gpucarbon_workload_held_seconds:rate5m",
+        "team:gpucarbon_workload_busy_seconds:rate5m",
+        "gpucarbon_team_energy_cost_total",
+    ),
+    "namespace": Grouping(
+        "namespace",
+        ("namespace",),
+        "namespace:gpucarbon_workload_energy_joules:rate5m",
+        "namespace:gpucarbon_workload_emissions_grams:rate5m",
+        "namespace:gpucarbon_workload_held_seconds:rate5m",
+        "namespace:gpucarbon_workload_busy_seconds:rate5m",
+        _W + "energy_cost_total",
+    ),
     # No rule keeps held/busy per workload: the raw counters, one series per
     # workload and GPU, rated the way the rules do it.
-    "workload": Grouping("workload", ("namespace", "workload", "team"),
-                         "namespace_workload:gpucarbon_workload_energy_joules:rate5m",
-                         "namespace_workload:gpucarbon_workload_emissions_grams:rate5m",
-                         f"sum by (cluster, namespace, workload, team) (rate({_W}held_seconds_total[5m]))",
-                         f"sum by (cluster, namespace, workload, team) (rate({_W}busy_seconds_total[5m]))",
-                         _W + "energy_cost_total"),
+    "workload": Grouping(
+        "workload",
+        ("namespace", "workload", "team"),
+        "namespace_workload:gpucarbon_workload_energy_joules:rate5m",
+        "namespace_workload:gpucarbon_workload_emissions_grams:rate5m",
+        f"sum by (cluster, namespace, workload, team) (rate({_W}held_seconds_total[5m]))",
+        f"sum by (cluster, namespace, workload, team) (rate({_W}busy_seconds_total[5m]))",
+        _W + "energy_cost_total",
+    ),
 }
+
+# Power drawn by held-but-idle GPUs, W: per workload and GPU, the idle share of
+# held time (held - busy GPU-seconds per second) times that GPU's idle power.
+IDLE_DRAW = (
+    f"(rate({_W}held_seconds_total[5m]) - rate({_W}busy_seconds_total[5m]))"
+    f" * on (uuid) group_left max by (uuid) ({IDLE_POWER})"
+)
 
 # Fleet totals (the measured whole the groups and the unattributed part add up to).
 TOTAL_ENERGY = "cluster:gpucarbon_gpu_energy_joules:rate5m"
@@ -75,8 +95,16 @@ def is_rule(expr: str) -> bool:
 
 
 def required_rules(grouping: Grouping) -> tuple[str, ...]:
-    names = (grouping.energy, grouping.emissions, grouping.held, grouping.busy, TOTAL_ENERGY,
-             TOTAL_UNATTRIBUTED, TOTAL_EMISSIONS, TOP_WORKLOADS)
+    names = (
+        grouping.energy,
+        grouping.emissions,
+        grouping.held,
+        grouping.busy,
+        TOTAL_ENERGY,
+        TOTAL_UNATTRIBUTED,
+        TOTAL_EMISSIONS,
+        TOP_WORKLOADS,
+    )
     return tuple(dict.fromkeys(n for n in names if is_rule(n)))
 
 
@@ -96,8 +124,10 @@ def increase(counter: str, labels: tuple[str, ...], window: str, matchers: str =
 
 def top_idle_holders(window: str, k: int = 10) -> str:
     """The k workloads with the most held-but-idle GPU-seconds (raw counters)."""
-    rate = (f"sum by (namespace, workload, team) (rate({_W}held_seconds_total[5m]))"
-            f" - sum by (namespace, workload, team) (rate({_W}busy_seconds_total[5m]))")
+    rate = (
+        f"sum by (namespace, workload, team) (rate({_W}held_seconds_total[5m]))"
+        f" - sum by (namespace, workload, team) (rate({_W}busy_seconds_total[5m]))"
+    )
     return f"topk({k}, sum_over_time(({rate})[{window}:{STEP}]) * {STEP_S})"
 
 
@@ -113,8 +143,7 @@ def mean_gauge(metric: str, window: str, labels: tuple[str, ...] = ()) -> str:
 
 def failed_energy(window: str, labels: tuple[str, ...] = ("team",)) -> str:
     outcomes = "|".join(FAILED_OUTCOMES)
-    return increase("gpucarbon_team_finished_energy_joules_total", labels, window,
-                    f'{{outcome=~"{outcomes}"}}')
+    return increase("gpucarbon_team_finished_energy_joules_total", labels, window, f'{{outcome=~"{outcomes}"}}')
 
 
 def repeated_energy(window: str, labels: tuple[str, ...] = ("team",)) -> str:

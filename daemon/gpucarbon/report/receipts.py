@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from gpucarbon.report.errors import UsageError
 from gpucarbon.report.model import J_PER_KWH, ReceiptSummary, RepeatGroup, Run
@@ -191,7 +192,11 @@ def _join(run_id: str, parts: list[Receipt]) -> Run:
     outcomes = [p.outcome for p in parts]
     outcome = next((o for o in WASTE_OUTCOMES if o in outcomes), first.outcome)
     return Run(
-        id=run_id, kind=first.kind, namespace=first.namespace, workload=first.workload, team=first.team,
+        id=run_id,
+        kind=first.kind,
+        namespace=first.namespace,
+        workload=first.workload,
+        team=first.team,
         outcome=outcome,
         started_at=min(p.started_at for p in parts),
         finished_at=max(p.finished_at for p in parts),
@@ -216,9 +221,14 @@ def find_repeats(runs: Iterable[Run]) -> list[RepeatGroup]:
         if len(members) < 2:
             continue
         members.sort(key=lambda r: (r.started_at, r.id))
-        groups.append(RepeatGroup(fingerprint=fingerprint, runs=tuple(r.id for r in members),
-                                  repeated_energy_kwh=sum(r.energy_kwh for r in members[1:]),
-                                  team=members[0].team))
+        groups.append(
+            RepeatGroup(
+                fingerprint=fingerprint,
+                runs=tuple(r.id for r in members),
+                repeated_energy_kwh=sum(r.energy_kwh for r in members[1:]),
+                team=members[0].team,
+            )
+        )
     return sorted(groups, key=lambda g: (-g.repeated_energy_kwh, g.fingerprint))
 
 
@@ -230,8 +240,12 @@ def summarize(paths: Iterable[str], start: float | None = None, end: float | Non
     if start is not None and end is not None:
         runs = [r for r in runs if start <= r.finished_at <= end]
     return ReceiptSummary(
-        files=len(files), lines=lines, malformed=malformed, malformed_examples=tuple(examples),
-        runs=tuple(runs), repeats=tuple(find_repeats(runs)),
+        files=len(files),
+        lines=lines,
+        malformed=malformed,
+        malformed_examples=tuple(examples),
+        runs=tuple(runs),
+        repeats=tuple(find_repeats(runs)),
         failed=tuple(r for r in runs if r.outcome in WASTE_OUTCOMES),
     )
 

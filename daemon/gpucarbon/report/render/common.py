@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from gpucarbon.report.model import Figures, Report, iso
 
 Column = tuple[str, Callable[[Figures], float | None], int]  # header, value, decimals
+
 
 def columns(report: Report) -> list[Column]:
     money = f" ({report.currency})" if report.currency else ""

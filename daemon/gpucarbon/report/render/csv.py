@@ -8,8 +8,19 @@ import io
 
 from gpucarbon.report.model import Figures, Report
 
-FIELDS = ("energy_kwh", "facility_energy_kwh", "emissions_kg", "cost", "offset_cost", "gpu_hours_held",
-          "gpu_hours_busy", "busy_share", "idle_energy_kwh", "failed_energy_kwh", "repeated_energy_kwh")
+FIELDS = (
+    "energy_kwh",
+    "facility_energy_kwh",
+    "emissions_kg",
+    "cost",
+    "offset_cost",
+    "gpu_hours_held",
+    "gpu_hours_busy",
+    "busy_share",
+    "idle_energy_kwh",
+    "failed_energy_kwh",
+    "repeated_energy_kwh",
+)
 
 
 def render(report: Report) -> str:

@@ -34,25 +34,32 @@ def render(report: Report) -> str:
     require_plotly()
     from plotly.offline import get_plotlyjs
 
-    charts = "".join(f'<div class="chart">{_figure_html(fig, div)}</div>'
-                     for div, fig in zip(CHART_IDS, _figures(report)))
-    body = [f"<h1>{html.escape(title(report))}</h1>",
-            f'<p class="note">Source: {html.escape(report.source_url)}. Energy in kWh, emissions in kg CO2e.</p>',
-            _table(headers(report), rows(report), total_rows=2),
-            _unattributed(report),
-            f'<div class="charts">{charts}</div>']
+    charts = "".join(
+        f'<div class="chart">{_figure_html(fig, div)}</div>'
+        for div, fig in zip(CHART_IDS, _figures(report), strict=True)
+    )
+    body = [
+        f"<h1>{html.escape(title(report))}</h1>",
+        f'<p class="note">Source: {html.escape(report.source_url)}. Energy in kWh, emissions in kg CO2e.</p>',
+        _table(headers(report), rows(report), total_rows=2),
+        _unattributed(report),
+        f'<div class="charts">{charts}</div>',
+    ]
     body += _top_lists(report)
     body += _receipts(report)
     if report.notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title(report))}</title><style>{_STYLE}</style>"
-            f"<script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title(report))}</title><style>{_STYLE}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def _figure_html(fig, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displayModeBar": False, "responsive": True})
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, config={"displayModeBar": False, "responsive": True}
+    )
 
 
 def _figures(report: Report) -> list:
@@ -63,22 +70,40 @@ def _figures(report: Report) -> list:
     color = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per group in every chart
     days = [iso(d.start)[:10] for d in report.daily]
     layout = dict(margin=dict(l=50, r=20, t=50, b=40), height=380, legend=dict(orientation="h", y=-0.15))
-    daily = go.Figure([go.Bar(name=n, x=days, y=[d.energy_kwh.get(n, 0.0) for d in report.daily],
-                              marker_color=color[n]) for n in names],
-                      layout=dict(title="GPU energy per day (kWh)", barmode="stack", **layout))
-    emissions = go.Figure([go.Bar(x=names, y=[g.emissions_kg for g in report.groups],
-                                  marker_color=[color[n] for n in names])],
-                          layout=dict(title="Emissions per " + report.by + " (kg CO2e)", **layout))
-    busy_idle = go.Figure([
-        go.Bar(name="busy", x=names, y=[_share(g.busy_share) for g in report.groups], marker_color="#2a9d8f"),
-        go.Bar(name="idle", x=names, y=[_share(None if g.busy_share is None else 1 - g.busy_share)
-                                        for g in report.groups], marker_color="#e9c46a"),
-    ], layout=dict(title="Busy versus idle share of held GPU time (%)", barmode="stack", **layout))
-    waste = go.Figure([
-        go.Bar(name=label, x=names, y=[getattr(g, field) or 0.0 for g in report.groups])
-        for label, field in (("idle on allocated GPUs", "idle_energy_kwh"), ("failed runs", "failed_energy_kwh"),
-                             ("repeated runs", "repeated_energy_kwh"))
-    ], layout=dict(title="Waste per " + report.by + " (kWh)", barmode="group", **layout))
+    daily = go.Figure(
+        [
+            go.Bar(name=n, x=days, y=[d.energy_kwh.get(n, 0.0) for d in report.daily], marker_color=color[n])
+            for n in names
+        ],
+        layout=dict(title="GPU energy per day (kWh)", barmode="stack", **layout),
+    )
+    emissions = go.Figure(
+        [go.Bar(x=names, y=[g.emissions_kg for g in report.groups], marker_color=[color[n] for n in names])],
+        layout=dict(title="Emissions per " + report.by + " (kg CO2e)", **layout),
+    )
+    busy_idle = go.Figure(
+        [
+            go.Bar(name="busy", x=names, y=[_share(g.busy_share) for g in report.groups], marker_color="#2a9d8f"),
+            go.Bar(
+                name="idle",
+                x=names,
+                y=[_share(None if g.busy_share is None else 1 - g.busy_share) for g in report.groups],
+                marker_color="#e9c46a",
+            ),
+        ],
+        layout=dict(title="Busy versus idle share of held GPU time (%)", barmode="stack", **layout),
+    )
+    waste = go.Figure(
+        [
+            go.Bar(name=label, x=names, y=[getattr(g, field) or 0.0 for g in report.groups])
+            for label, field in (
+                ("idle on allocated GPUs", "idle_energy_kwh"),
+                ("failed runs", "failed_energy_kwh"),
+                ("repeated runs", "repeated_energy_kwh"),
+            )
+        ],
+        layout=dict(title="Waste per " + report.by + " (kWh)", barmode="group", **layout),
+    )
     return [daily, emissions, busy_idle, waste]
 
 
@@ -94,9 +119,11 @@ def _share(value: float | None) -> float:
 
 def _table(head: list[str], body: list[list[str]], total_rows: int = 0, text_columns: int = 1) -> str:
     """Numbers right-aligned; the first `text_columns` columns are names, left-aligned."""
+
     def cell(tag: str, i: int, text: str) -> str:
         cls = ' class="t"' if i < text_columns else ""
         return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
     cells = "".join(cell("th", i, h) for i, h in enumerate(head))
     lines = []
     for r, row in enumerate(body):
@@ -117,14 +144,25 @@ def _top_lists(report: Report) -> list[str]:
     out = []
     if report.top_workloads:
         out.append("<h2>Top workloads by energy</h2>")
-        out.append(_table(["Namespace", "Workload", "Team", "kWh"],
-                          [[w.namespace, w.workload, w.team, number(w.energy_kwh)] for w in report.top_workloads],
-                          text_columns=3))
+        out.append(
+            _table(
+                ["Namespace", "Workload", "Team", "kWh"],
+                [[w.namespace, w.workload, w.team, number(w.energy_kwh)] for w in report.top_workloads],
+                text_columns=3,
+            )
+        )
     if report.top_idle:
         out.append("<h2>Top allocated-but-idle holders</h2>")
-        out.append(_table(["Namespace", "Workload", "Team", "Idle GPU-h", "Idle kWh"],
-                          [[w.namespace, w.workload, w.team, number(w.gpu_hours_idle), number(w.idle_energy_kwh)]
-                           for w in report.top_idle], text_columns=3))
+        out.append(
+            _table(
+                ["Namespace", "Workload", "Team", "Idle GPU-h", "Idle kWh"],
+                [
+                    [w.namespace, w.workload, w.team, number(w.gpu_hours_idle), number(w.idle_energy_kwh)]
+                    for w in report.top_idle
+                ],
+                text_columns=3,
+            )
+        )
     return out
 
 
@@ -132,14 +170,24 @@ def _receipts(report: Report) -> list[str]:
     rec = report.receipts
     if rec is None:
         return []
-    out = ["<h2>Runs</h2>", f"<p>{rec.lines} receipt lines in {rec.files} files, {rec.malformed} malformed, "
-                            f"{len(rec.runs)} runs.</p>"]
-    out.append(_table(["Run", "Team", "Outcome", "Nodes", "kWh"],
-                      [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
-                      text_columns=3))
+    out = [
+        "<h2>Runs</h2>",
+        f"<p>{rec.lines} receipt lines in {rec.files} files, {rec.malformed} malformed, {len(rec.runs)} runs.</p>",
+    ]
+    out.append(
+        _table(
+            ["Run", "Team", "Outcome", "Nodes", "kWh"],
+            [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
+            text_columns=3,
+        )
+    )
     if rec.repeats:
         out.append("<h2>Repeated runs</h2>")
-        out.append(_table(["Fingerprint", "Team", "Runs", "Repeated kWh"],
-                          [[g.fingerprint, g.team, str(len(g.runs)), number(g.repeated_energy_kwh, 2)]
-                           for g in rec.repeats[:10]], text_columns=2))
+        out.append(
+            _table(
+                ["Fingerprint", "Team", "Runs", "Repeated kWh"],
+                [[g.fingerprint, g.team, str(len(g.runs)), number(g.repeated_energy_kwh, 2)] for g in rec.repeats[:10]],
+                text_columns=2,
+            )
+        )
     return out
