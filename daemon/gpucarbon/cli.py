@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export GPU energy, attributed to workloads and teams, "
         "and its carbon emissions as Prometheus metrics.",
+        epilog="`gpu-carbon-exporter report --help`: a period's energy, emissions, cost and waste per team, "
+        "read from Prometheus.",
     )
     p.add_argument(
         "--web.listen-address",
