@@ -268,3 +268,13 @@ def test_progress_goes_to_a_terminal_only():
     progress("energy per team")
     progress.done()
     assert "[1] energy per team" in stream.getvalue() and stream.getvalue().endswith("\r\033[K")
+
+
+def test_every_flag_is_documented():
+    from gpucarbon.report.cli import build_parser
+
+    docs = (ROOT / "docs" / "report.md").read_text()
+    flags = [f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"]
+    assert "--prometheus.url" in flags
+    missing = [f for f in flags if f"`{f}`" not in docs and f"`{f} " not in docs]
+    assert not missing, f"flags missing from docs/report.md: {missing}"
