@@ -208,3 +208,71 @@ def test_missing_recording_rules_are_named_with_how_to_install_them(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "recording rules missing" in result.stderr and "team:gpucarbon_team_energy_joules:rate5m" in result.stderr
     assert "gpucarbon-recording.yaml" in result.stderr and result.stderr.count("\n") == 1
+
+
+def _receipt(run_id: str, node: str, workload: str, team: str, start: float, end: float, kwh: float, **extra):
+    return json.dumps(
+        {
+            "id": run_id,
+            "node": node,
+            "kind": "training",
+            "namespace": "vision" if team == "vision" else "research",
+            "pod": run_id + "-0",
+            "workload": workload,
+            "team": team,
+            "outcome": "succeeded",
+            "started_at": start,
+            "finished_at": end,
+            "energy_joules": kwh * 3.6e6,
+            "emissions_grams": kwh * 300,
+            "gpus": ["GPU-x"],
+            **extra,
+        }
+    )
+
+
+def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
+    """The month's sweeps are one computation run 15 times; llama-ft ran on two
+    nodes and failed on one of them."""
+    prom, _, start, end = month
+    for node in ("gpu-node-a", "gpu-node-b"):
+        (tmp_path / node).mkdir()
+    sweeps = [
+        _receipt(
+            f"sweep-{i}",
+            "gpu-node-b",
+            "Job/resnet-sweep",
+            "vision",
+            start + (2 * i + 0.25) * DAY,
+            start + (2 * i + 1.25) * DAY,
+            1.0 + i / 10,
+            fingerprint="sha256:sweep",
+        )
+        for i in range(DAYS // 2)
+    ]
+    llama = [
+        _receipt(
+            "llama-ft",
+            node,
+            "PyTorchJob/llama-ft",
+            "nlp",
+            start + 21 * DAY,
+            end - 60,
+            100.0,
+            outcome=outcome,
+            fingerprint="sha256:llama",
+        )
+        for node, outcome in (("gpu-node-a", "succeeded"), ("gpu-node-b", "failed"))
+    ]
+    (tmp_path / "gpu-node-b" / "receipts.jsonl").write_text("\n".join(sweeps + [llama[1], "{broken"]) + "\n")
+    (tmp_path / "gpu-node-a" / "receipts.jsonl").write_text(llama[0] + "\n")
+    doc = report_json(month, f"--receipts={tmp_path}")
+    groups = {g["name"]: g for g in doc["groups"]}
+    repeated = sum(1.0 + i / 10 for i in range(1, DAYS // 2))
+    assert groups["vision"]["repeated_energy_kwh"] == pytest.approx(repeated)
+    assert groups["nlp"]["failed_energy_kwh"] == pytest.approx(200.0), "the joined run failed: both nodes' energy"
+    assert groups["platform"]["failed_energy_kwh"] == 0.0
+    runs = {r["id"]: r for r in doc["runs"]}
+    assert len(runs) == DAYS // 2 + 1 and runs["llama-ft"]["nodes"] == ["gpu-node-a", "gpu-node-b"]
+    assert doc["receipts"]["malformed"] == 1 and doc["receipts"]["repeats"][0]["fingerprint"] == "sha256:sweep"
+    assert doc["receipts"]["failed"] == ["llama-ft"]
