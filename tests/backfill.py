@@ -59,6 +59,13 @@ FAMILIES = {
     "gpucarbon_team_emissions_grams",
     "gpucarbon_team_energy_cost",
 }
+# Inference servers expose their own token counter; vLLM's is documented at
+# https://docs.vllm.ai/en/latest/serving/metrics.html (vllm:generation_tokens_total).
+# The fake vLLM beside the simulated llm-api pod generates tokens in proportion
+# to the pod's SM utilization; Prometheus' Kubernetes discovery adds namespace and pod.
+TOKENS_FAMILY = "vllm:generation_tokens"
+TOKENS_PER_UTIL_SECOND = 2500.0  # tokens/s at 100% SM utilization
+INFERENCE_WORKLOADS = {"Deployment/llm-api"}
 CONFIG = {"carbon": {"pue": 1.2, "cost": {"price_per_kwh": 0.25, "currency": "EUR"}}}
 
 
@@ -146,6 +153,7 @@ class GroundTruth:
     unattributed_j: float = 0.0
     total_j: float = 0.0
     samples: int = 0
+    tokens: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # "namespace/pod" -> tokens
 
 
 def exact_energy(scenario: Scenario, end_s: float, truth: GroundTruth) -> None:
@@ -211,10 +219,13 @@ async def _scrape_node(
     collector = SnapshotCollector(lambda: poller.snapshot)
     target = {"cluster": CLUSTER, "instance": f"{name}:9789", "job": "gpu-carbon-exporter", "node": name}
     prefixes: dict[tuple, str] = {}  # (sample name, label values) -> 'name{labels} '
+    servers = [w for w in scenario.workloads if w.workload in INFERENCE_WORKLOADS]
     t = 0.0
     while True:
         await poller.poll()
         ts = f"{clock.wall():.3f}"
+        for w in servers:
+            _serve_tokens(w, t, name, ts, sinks, types, truth)
         for family in collector.collect():
             if family.name not in FAMILIES:
                 continue
@@ -233,6 +244,26 @@ async def _scrape_node(
         t += SCRAPE_S
     for team in poller.snapshot.teams:
         truth.grams[team.team] += team.grams
+
+
+def _serve_tokens(w, t: float, node: str, ts: str, sinks, types, truth: GroundTruth) -> None:
+    """The fake vLLM's counter at simulated second t (a step per scrape interval)."""
+    key = f"{w.namespace}/{w.pod}"
+    if t > 0 and w.running_at(t - SCRAPE_S / 2):
+        truth.tokens[key] += TOKENS_PER_UTIL_SECOND * w.util_at(t - SCRAPE_S / 2) * SCRAPE_S
+    labels = {
+        "model_name": "meta-llama/Llama-3.1-8B-Instruct",
+        "namespace": w.namespace,
+        "pod": w.pod,
+        "instance": f"{w.pod}:8000",
+        "job": "vllm",
+        "cluster": CLUSTER,
+        "node": node,
+    }
+    types[TOKENS_FAMILY] = "counter"
+    sinks[TOKENS_FAMILY].append(
+        f"{TOKENS_FAMILY}_total{_labels(labels.keys(), labels.values(), {})} {truth.tokens[key]!r} {ts}\n"
+    )
 
 
 def _node(name: str, days: int, start_wall: float, config_path: str, out: Path) -> tuple[dict, dict]:
@@ -274,7 +305,7 @@ def write_openmetrics(path: Path, start_wall: float, days: int, config_path: Pat
     types: dict[str, str] = {}
     for node_types, node_truth in results:
         types.update(node_types)
-        for key in ("energy_j", "held_s", "grams"):
+        for key in ("energy_j", "held_s", "grams", "tokens"):
             for team, value in node_truth[key].items():
                 getattr(truth, key)[team] += value
         truth.unattributed_j += node_truth["unattributed_j"]

@@ -86,6 +86,11 @@ def test_team_figures_match_the_simulation_within_half_a_percent(month):
         assert 0 < g["gpu_hours_busy"] < g["gpu_hours_held"]
         assert g["cost"] > 0 and g["idle_energy_kwh"] > 0
     close(doc["totals"]["energy_kwh"], truth.total_j / 3.6e6, "total kWh")
+    # Energy per token: only llm-api counts tokens (a fake vLLM beside it).
+    llm_api = next(w for w in doc["top_workloads"] if w["workload"] == "Deployment/llm-api")
+    expected = llm_api["energy_kwh"] * 3.6e6 / truth.tokens["serving/llm-api-0"]
+    close(groups["platform"]["energy_per_token_j"], expected, "platform J per token", 0.01)
+    assert groups["nlp"]["energy_per_token_j"] is None and groups["vision"]["energy_per_token_j"] is None
     close(doc["unattributed_energy_kwh"], truth.unattributed_j / 3.6e6, "unattributed kWh", 0.02)
     assert doc["range"]["seconds"] == DAYS * DAY
     assert doc["currency"] == "EUR"

@@ -69,6 +69,12 @@ def _price(text: str) -> float:
     return value
 
 
+def _metric_name(text: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a metric name")
+    return text
+
+
 def _url(text: str) -> str:
     if not re.match(r"^https?://[^/\s]+", text):
         raise argparse.ArgumentTypeError(f"{text!r}: must be an http:// or https:// URL")
@@ -121,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PRICE",
         help="price of offsetting one tonne CO2e, in the cost currency (default: no offset cost)",
+    )
+    p.add_argument(
+        "--tokens.metric",
+        dest="tokens_metric",
+        type=_metric_name,
+        default="vllm:generation_tokens_total",
+        help="counter of generated tokens, with namespace and pod labels, for energy per token "
+        "(default vllm:generation_tokens_total)",
     )
     p.add_argument(
         "--query.timeout",
@@ -216,7 +230,12 @@ def _run(args: argparse.Namespace) -> int:
     client = PromClient(args.url, http_config(args), timeout_s=args.timeout)
     receipts = summarize(args.receipts, start, end) if args.receipts else None
     request = ReportRequest(
-        start=start, end=end, by=args.by, offset_price_per_tonne=args.offset_price, receipts=receipts
+        start=start,
+        end=end,
+        by=args.by,
+        offset_price_per_tonne=args.offset_price,
+        receipts=receipts,
+        tokens_metric=args.tokens_metric,
     )
     progress = Progress(sys.stderr) if args.format == "table" and sys.stderr.isatty() else None
     try:

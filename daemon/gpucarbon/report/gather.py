@@ -42,6 +42,7 @@ class ReportRequest:
     by: str = "team"
     offset_price_per_tonne: float | None = None
     receipts: ReceiptSummary | None = None
+    tokens_metric: str = q.TOKENS
 
     @property
     def window(self) -> str:
@@ -154,6 +155,7 @@ class Gatherer:
         self._progress(f"cost and waste per {g.name}")
         cost = self._cost(labels)
         failed, repeated = self._waste(labels)
+        per_token = self._energy_per_token(labels)
         groups = []
         for key in sorted(set(energy) | set(held), key=lambda k: -energy.get(k, 0.0)):
             held_h = held.get(key, 0.0) / 3600.0
@@ -174,9 +176,20 @@ class Gatherer:
                     idle_energy_kwh=None if idle is None else idle.get(key, 0.0) / J_PER_KWH,
                     failed_energy_kwh=_pick(failed, key, name),
                     repeated_energy_kwh=_pick(repeated, key, name),
+                    energy_per_token_j=per_token.get(key),
                 )
             )
         return tuple(groups)
+
+    def _energy_per_token(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        """J per generated token, for groups with inference servers that count tokens."""
+        metric, w = self._req.tokens_metric, self._req.window
+        tokens = self._vector(q.tokens(labels, metric, w), labels)
+        if not any(v > 0 for v in tokens.values()):
+            self._notes.append(f"no token counter ({metric}) with namespace and pod labels: energy per token is absent")
+            return {}
+        energy = self._vector(q.token_energy(labels, metric, w), labels)
+        return {k: energy.get(k, 0.0) / v for k, v in tokens.items() if v > 0}
 
     def _idle_energy(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
         """Estimated J drawn by held-but-idle GPUs, per group (None: no idle-power series)."""

@@ -131,6 +131,31 @@ def top_idle_holders(window: str, k: int = 10) -> str:
     return f"topk({k}, sum_over_time(({rate})[{window}:{STEP}]) * {STEP_S})"
 
 
+TOKENS = "vllm:generation_tokens_total"  # default --tokens.metric (vLLM's generated-token counter)
+
+
+def _token_pods(tokens_metric: str, window: str) -> str:
+    """Tokens per pod; the inference server's series carry namespace and pod
+    (added by Prometheus' Kubernetes service discovery)."""
+    return f"sum by (namespace, pod) (increase({tokens_metric}[{window}]))"
+
+
+def tokens(labels: tuple[str, ...], tokens_metric: str, window: str) -> str:
+    """Tokens generated per group: each pod's tokens joined to the team and
+    workload the daemon saw holding GPUs for that pod."""
+    holders = f"group by (namespace, pod, team, workload) (last_over_time({_W}energy_joules_total[{window}:1h]))"
+    return (
+        f"sum by ({by(labels)}) ({_token_pods(tokens_metric, window)}"
+        f" * on (namespace, pod) group_left (team, workload) {holders})"
+    )
+
+
+def token_energy(labels: tuple[str, ...], tokens_metric: str, window: str) -> str:
+    """GPU energy (J) of the pods that generated tokens, per group."""
+    energy = f"sum by (namespace, pod, team, workload) (increase({_W}energy_joules_total[{window}]))"
+    return f"sum by ({by(labels)}) ({energy} and on (namespace, pod) ({_token_pods(tokens_metric, window)} > 0))"
+
+
 def top_workloads(window: str, k: int = 10) -> str:
     return f"topk({k}, {integral(TOP_WORKLOADS, ('namespace', 'workload', 'team'), window)})"
 
