@@ -23,6 +23,7 @@ def columns(report: Report) -> list[Column]:
         ("Idle kWh", lambda f: f.idle_energy_kwh, 1),
         ("Failed kWh", lambda f: f.failed_energy_kwh, 1),
         ("Repeated kWh", lambda f: f.repeated_energy_kwh, 1),
+        ("J/token", lambda f: f.energy_per_token_j, 2),
     ]
 
 

@@ -20,6 +20,7 @@ FIELDS = (
     "idle_energy_kwh",
     "failed_energy_kwh",
     "repeated_energy_kwh",
+    "energy_per_token_j",
 )
 
 
