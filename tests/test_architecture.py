@@ -56,6 +56,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "gpucarbon.snapshot",
     ),
     "gpucarbon.exporter": ("gpucarbon", "gpucarbon.snapshot"),
+    # The report subcommand reads the PromQL store, not the daemon: no stage at all.
+    "gpucarbon.report": (),
 }
 
 
