@@ -59,15 +59,13 @@ GROUPINGS = {
         "namespace:gpucarbon_workload_busy_seconds:rate5m",
         _W + "energy_cost_total",
     ),
-    # No rule keeps held/busy per workload: the raw counters, one series per
-    # workload and GPU, rated the way the rules do it.
     "workload": Grouping(
         "workload",
         ("namespace", "workload", "team"),
         "namespace_workload:gpucarbon_workload_energy_joules:rate5m",
         "namespace_workload:gpucarbon_workload_emissions_grams:rate5m",
-        f"sum by (cluster, namespace, workload, team) (rate({_W}held_seconds_total[5m]))",
-        f"sum by (cluster, namespace, workload, team) (rate({_W}busy_seconds_total[5m]))",
+        "namespace_workload:gpucarbon_workload_held_seconds:rate5m",
+        "namespace_workload:gpucarbon_workload_busy_seconds:rate5m",
         _W + "energy_cost_total",
     ),
 }
@@ -123,10 +121,10 @@ def increase(counter: str, labels: tuple[str, ...], window: str, matchers: str =
 
 
 def top_idle_holders(window: str, k: int = 10) -> str:
-    """The k workloads with the most held-but-idle GPU-seconds (raw counters)."""
+    """The k workloads with the most held-but-idle GPU-seconds (the per-workload rules)."""
     rate = (
-        f"sum by (namespace, workload, team) (rate({_W}held_seconds_total[5m]))"
-        f" - sum by (namespace, workload, team) (rate({_W}busy_seconds_total[5m]))"
+        "sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_held_seconds:rate5m)"
+        " - sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_busy_seconds:rate5m)"
     )
     return f"topk({k}, sum_over_time(({rate})[{window}:{STEP}]) * {STEP_S})"
 
