@@ -70,12 +70,10 @@ GROUPINGS = {
     ),
 }
 
-# Power drawn by held-but-idle GPUs, W: per workload and GPU, the idle share of
-# held time (held - busy GPU-seconds per second) times that GPU's idle power.
-IDLE_DRAW = (
-    f"(rate({_W}held_seconds_total[5m]) - rate({_W}busy_seconds_total[5m]))"
-    f" * on (uuid) group_left max by (uuid) ({IDLE_POWER})"
-)
+# Power drawn by held-but-idle GPUs, W: per workload, the idle share of held
+# time (held - busy GPU-seconds per second) on each GPU times that GPU's idle
+# power, recorded by prometheus/rules/gpucarbon-recording.yaml.
+IDLE_DRAW = "namespace_workload:gpucarbon_workload_idle_draw_watts:rate5m"
 
 # Fleet totals (the measured whole the groups and the unattributed part add up to).
 TOTAL_ENERGY = "cluster:gpucarbon_gpu_energy_joules:rate5m"
