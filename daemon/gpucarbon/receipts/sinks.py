@@ -57,6 +57,8 @@ class EventSink:
             return
         from lightkube.resources.events_v1 import Event
 
+        from gpucarbon.identity.kubernetes import status_code
+
         regarding = {"apiVersion": "v1", "kind": "Pod", "namespace": receipt["namespace"], "name": receipt["pod"]}
         if receipt.get("pod_uid"):
             regarding["uid"] = receipt["pod_uid"]
@@ -73,7 +75,7 @@ class EventSink:
             try:
                 await self._client.create(event, namespace=receipt["namespace"])
             except Exception as err:  # noqa: BLE001 - every API failure is this sink's failure
-                if _status(err) == 409:
+                if status_code(err) == 409:
                     continue  # already created (a resend after a restart): fine
                 raise SinkError(f"event for {target['kind']} {receipt['namespace']}/{target['name']}: "
                                 f"{type(err).__name__}: {err}") from None
@@ -98,12 +100,6 @@ class EventSink:
             "regarding": regarding,
             "note": note(receipt)[:NOTE_MAX],
         }
-
-
-def _status(err: Exception) -> int | None:
-    status = getattr(err, "status", None)
-    code = getattr(status, "code", None)
-    return int(code) if isinstance(code, int) else None
 
 
 class WebhookSink:

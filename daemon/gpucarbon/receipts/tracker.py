@@ -148,6 +148,7 @@ class RunTracker:
     def observe(self, rows: Iterable[Row], gpu_models: Mapping[str, str], ctx: ReceiptContext,
                 now: float) -> list[dict]:
         """New receipts for runs that ended by this snapshot (`now`: unix s)."""
+        self._prune_successes(now)
         groups: dict[str, list[Row]] = defaultdict(list)
         refs: dict[str, RunRef] = {}
         for row in rows:
@@ -167,7 +168,6 @@ class RunTracker:
             receipt = self._step(key, ref, members, gpu_models, ctx, now)
             if receipt is not None:
                 receipts.append(receipt)
-        self._prune_successes(now)
         return receipts
 
     def _step(self, key: str, ref: RunRef, rows: Sequence[Row], gpu_models: Mapping[str, str],
