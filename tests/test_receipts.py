@@ -230,9 +230,9 @@ async def test_webhook_down_then_up_gets_each_receipt_once_across_a_restart(tmp_
     hook = Recorder("webhook", fail=3)
     sleeps: list[float] = []
 
-    async def sleep(s: float) -> None:
+    async def sleep(s: float) -> None:  # records the backoff, waits a little (no hot loop)
         sleeps.append(s)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.005)
 
     first = ReceiptDispatcher(file=None, ring=ReceiptRing(10), outbox=Outbox(10, tmp_path), webhook=hook,
                               sleep=sleep, retry_delay=lambda n: 2.0 ** n)
@@ -262,3 +262,28 @@ def test_outbox_is_bounded():
     for n in range(3):
         box.put(receipt(n))
     assert len(box) == 2 and box.dropped == 1 and box.peek()["id"] == "id-1"
+
+
+# --- the endpoint -------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_endpoint_since_limit_and_bad_queries():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gpucarbon.receipts.api import PATH, receipts_handler
+
+    ring = ReceiptRing(10)
+    for n, t in enumerate(["10:00", "11:00", "12:00"]):
+        ring.add(receipt(n, f"2026-11-30T{t}:00Z"))
+    app = web.Application()
+    app.router.add_get(PATH, receipts_handler(ring))
+    async with TestClient(TestServer(app)) as client:
+        body = await (await client.get(PATH)).json()
+        assert [r["id"] for r in body["receipts"]] == ["id-0", "id-1", "id-2"]
+        body = await (await client.get(PATH, params={"since": "2026-11-30T11:00:00+00:00", "limit": "1"})).json()
+        assert [r["id"] for r in body["receipts"]] == ["id-1"]
+        for bad in ({"since": "yesterday"}, {"limit": "0"}, {"limit": "-1"}, {"since": "2026-11-30T11:00:00"}):
+            answer = await client.get(PATH, params=bad)
+            assert answer.status == 400 and "error" in await answer.json()

@@ -52,6 +52,7 @@ class ReceiptDispatcher:
         self._wake_webhook = asyncio.Event()
         self._counts: Counter[tuple[str, str]] = Counter()
         self._tasks: list[asyncio.Task] = []
+        self._closing = False
 
     # --- called from the poll loop: never waits -----------------------------
 
@@ -83,6 +84,7 @@ class ReceiptDispatcher:
 
     async def close(self) -> None:
         """Write what is queued to the file and the outbox, then stop."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -106,7 +108,7 @@ class ReceiptDispatcher:
     # --- the delivery task --------------------------------------------------
 
     async def _deliver_forever(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=self._file_retry_s) \
                     if self._pending_file else await self._queue.get()
@@ -155,7 +157,10 @@ class ReceiptDispatcher:
 
     async def _send(self, sink: Sink, receipt: dict) -> bool:
         try:
-            await asyncio.wait_for(sink.send(receipt), timeout=self._sink_timeout_s)
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancel that
+            # arrives as the send fails, and close() would wait forever.
+            async with asyncio.timeout(self._sink_timeout_s):
+                await sink.send(receipt)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - one sink's failure is counted, never fatal
@@ -168,7 +173,7 @@ class ReceiptDispatcher:
     async def _webhook_forever(self) -> None:
         assert self._outbox is not None and self._webhook is not None
         failures = 0
-        while True:
+        while not self._closing:
             receipt = self._outbox.peek()
             if receipt is None:
                 self._wake_webhook.clear()
