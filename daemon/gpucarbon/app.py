@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -33,7 +34,17 @@ from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.identity.resolver import Resolver
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Accounting, Poller
-from gpucarbon.snapshot import SourceView
+from gpucarbon.receipts.api import PATH as RECEIPTS_PATH
+from gpucarbon.receipts.api import receipts_handler
+from gpucarbon.receipts.dispatcher import ReceiptDispatcher
+from gpucarbon.receipts.kubernetes import KubernetesRunStatus
+from gpucarbon.receipts.outbox import Outbox
+from gpucarbon.receipts.service import ReceiptService
+from gpucarbon.receipts.sinks import EventSink, LogSink, WebhookSink
+from gpucarbon.receipts.slurm import SlurmRunStatus
+from gpucarbon.receipts.store import ReceiptFile, ReceiptRing
+from gpucarbon.receipts.tracker import FirstStatus, RunTracker
+from gpucarbon.snapshot import ReceiptsView, SourceView
 from gpucarbon.state import CheckpointStore
 
 log = logging.getLogger("gpucarbon")
@@ -68,6 +79,14 @@ class Daemon:
     options: RunOptions
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
     checkpointer: Checkpointer | None = None
+    receipts: ReceiptService | None = None
+
+    async def after_poll(self) -> None:
+        """After each poll: receipts for runs that ended, then the checkpoint."""
+        if self.receipts is not None:
+            self.receipts.after_poll(self.poller.snapshot)
+        if self.checkpointer is not None:
+            await self.checkpointer.maybe_save()
 
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
@@ -86,6 +105,8 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
     identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory())
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
     checkpointer: Checkpointer | None = None
+    state_dir = options.state_dir or config.state.dir
+    receipts = _receipts(config, clock, kube, simulation, identity, state_dir) if config.receipts.enabled else None
     poller = Poller(
         backend=backend,
         clock=clock,
@@ -98,15 +119,55 @@ def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
         sources=identity.health,
         extra_counters=lambda: checkpointer.counters() if checkpointer else (),
+        receipts=receipts.view if receipts is not None else ReceiptsView,
     )
-    state_dir = options.state_dir or config.state.dir
     if state_dir:
         store = CheckpointStore(Path(state_dir), clock=base_clock)
         checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
-                                    read_boot_id(options.procfs))
+                                    read_boot_id(options.procfs), receipts=receipts)
         checkpointer.restore()
-    services = (intensity,) + tuple(TaskService(s) for s in identity.sources)
-    return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer)
+    # Receipts close first: their last records go to the file before the API client closes.
+    services = ((receipts,) if receipts is not None else ()) + (intensity,) + \
+        tuple(TaskService(s) for s in identity.sources)
+    return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer,
+                  receipts=receipts)
+
+
+def _receipts(config: Config, clock: Clock, kube: tuple | None, simulation: SimulatedBackend | None,
+              identity: "_Identity", state_dir: str | None) -> ReceiptService:
+    """Receipts for finished runs: who says a run ended (simulation, Kubernetes,
+    Slurm), where receipts go (file, memory, log, Events, webhook)."""
+    settings = config.receipts
+    node = kube[1] if kube else socket.gethostname()
+    statuses: list = [s for s in (simulation,) if s is not None]
+    background: list = []
+    if identity.kubernetes is not None:
+        statuses.append(KubernetesRunStatus(identity.kubernetes))
+    if identity.slurm is not None:
+        slurm_status = SlurmRunStatus(identity.slurm.show_job, clock.monotonic)
+        statuses.append(slurm_status)
+        background.append(slurm_status)
+    ring = ReceiptRing(settings.memory)
+    file = ReceiptFile(Path(state_dir), max_bytes=settings.file_max_bytes, keep=settings.file_keep) \
+        if state_dir else None
+    sinks: list = [LogSink()]
+    if kube is not None and settings.events:
+        sinks.append(EventSink(kube[0], node, owner_of=_owner_of))
+    webhook = WebhookSink(settings.webhook) if settings.webhook is not None else None
+    outbox = Outbox(settings.webhook.outbox_size, Path(state_dir) if state_dir else None) \
+        if settings.webhook is not None else None
+    dispatcher = ReceiptDispatcher(file=file, ring=ring, sinks=tuple(sinks), outbox=outbox, webhook=webhook)
+    tracker = RunTracker(settings, FirstStatus(*statuses), node=node,
+                         unknown_after_s=config.retention.finished / 2, already_written=dispatcher.written)
+    return ReceiptService(settings, tracker, dispatcher, node=node, offset_currency=config.carbon.currency,
+                          wall=clock.wall, background=tuple(background))
+
+
+def _owner_of(receipt: dict):
+    """The Event regarding the top-level owner: from the workload label (Kind/name)."""
+    from gpucarbon.receipts.kubernetes import top_owner
+
+    return top_owner((), receipt.get("workload") or "")
 
 
 def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedBackend | None]:
@@ -125,6 +186,8 @@ class _Identity:
     allocations: AllocationSource | None
     sources: tuple  # background sources with run()/close() and .health
     health: Callable[[], tuple[SourceView, ...]]
+    kubernetes: object | None = None  # KubernetesSource: receipts read its pod objects
+    slurm: SlurmSource | None = None  # receipts ask it how a job ended
 
 
 def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
@@ -168,7 +231,7 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
             views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
         return tuple(views)
 
-    return _Identity(resolver, allocations, sources, health)
+    return _Identity(resolver, allocations, sources, health, metadata, slurm)
 
 
 def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
@@ -311,8 +374,10 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
+    routes = ((RECEIPTS_PATH, receipts_handler(daemon.receipts.dispatcher.ring)),) if daemon.receipts else ()
     app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures)
+                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures,
+                    routes=routes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
@@ -324,8 +389,7 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await _start_services(daemon)
-    after_poll = daemon.checkpointer.maybe_save if daemon.checkpointer else None
-    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, after_poll))]
+    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, daemon.after_poll))]
     await stop.wait()
     log.info("shutting down")
     try:
@@ -340,6 +404,8 @@ async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRu
     the checkpoint, then close services and the listener."""
     await asyncio.gather(*tasks, return_exceptions=True)
     await daemon.poller.poll()
+    if daemon.receipts is not None:
+        daemon.receipts.after_poll(daemon.poller.snapshot)
     if daemon.checkpointer is not None:
         await daemon.checkpointer.save()
     await _close_services(daemon)

@@ -25,13 +25,14 @@ log = logging.getLogger("gpucarbon.checkpoint")
 
 class Checkpointer:
     def __init__(self, store: CheckpointStore, poller: Poller, idle: IdleModel, clock: Clock,
-                 interval_s: float, boot_id: str | None) -> None:
+                 interval_s: float, boot_id: str | None, receipts=None) -> None:
         self._store = store
         self._poller = poller
         self._idle = idle
         self._clock = clock
         self._interval_s = interval_s
         self._boot_id = boot_id
+        self._receipts = receipts  # ReceiptService: run start times, receipted runs, waste, repeats
         self._last_save: float | None = None
         self.save_failures = 0
         self.restore_failures = 0
@@ -53,6 +54,7 @@ class Checkpointer:
             self._set_aside(f"payload: {err}")
             return
         self._idle.restore(learned)
+        self._restore_receipts(payload.get("receipts"))
         same_boot = self._boot_id is not None and payload.get("boot_id") == self._boot_id
         if same_boot:
             self._poller.seed_counters(counters)
@@ -60,6 +62,16 @@ class Checkpointer:
             self._poller.count_resets(counters.keys())
         log.info("restored counters from %s (%d GPU(s), %s boot)", self._store.path, len(counters),
                  "same" if same_boot else "new")
+
+    def _restore_receipts(self, data: object) -> None:
+        if self._receipts is None or data is None:
+            return
+        try:
+            self._receipts.restore(data)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            # The counters and ledger stay restored; only receipt state starts fresh.
+            self.restore_failures += 1
+            log.warning("checkpoint %s: receipt state unusable, starting it fresh: %s", self._store.path, err)
 
     def _set_aside(self, reason: str) -> None:
         self.restore_failures += 1
@@ -77,6 +89,8 @@ class Checkpointer:
             "idle_learned": dict(self._idle.learned()),
             "boot_id": self._boot_id,
         }
+        if self._receipts is not None:
+            payload["receipts"] = self._receipts.to_dict()
         self._last_save = self._clock.monotonic()
         try:
             await asyncio.to_thread(self._store.save, payload)

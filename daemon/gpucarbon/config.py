@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from gpucarbon.identity.teams import TeamRules
+from gpucarbon.receipts.model import ReceiptSettings, WebhookSettings
 
 
 class ConfigError(Exception):
@@ -180,6 +181,7 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
 
 
 INTENSITY_SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
@@ -312,7 +314,7 @@ class _Reader:
 
     def config(self, raw: Any) -> Config:
         top = self.section(raw, "", {"attribution", "carbon", "teams", "retention", "limits",
-                                     "kubernetes", "slurm", "state"})
+                                     "kubernetes", "slurm", "state", "receipts"})
         return Config(
             attribution=self.attribution(top.get("attribution")),
             carbon=self.carbon(top.get("carbon")),
@@ -322,6 +324,7 @@ class _Reader:
             kubernetes=self.kubernetes(top.get("kubernetes")),
             slurm=self.slurm(top.get("slurm")),
             state=self.state(top.get("state")),
+            receipts=self.receipts(top.get("receipts")),
         )
 
     def attribution(self, raw: Any) -> AttributionConfig:
@@ -456,3 +459,49 @@ class _Reader:
         d = StateConfig()
         return StateConfig(dir=self.string(sec, "dir", "state", None),
                            interval=self.duration(sec, "interval", "state", d.interval, 1.0))
+
+    def receipts(self, raw: Any) -> ReceiptSettings:
+        path = "receipts"
+        sec = self.section(raw, path, {"enabled", "processes", "offset_price_per_tonne", "repeat_window",
+                                       "memory", "events", "file", "webhook"})
+        files = self.section(sec.get("file"), f"{path}.file", {"max_bytes", "keep"})
+        d = ReceiptSettings()
+        enabled = self.boolean(sec, "enabled", path, d.enabled)
+        webhook = self.webhook(sec.get("webhook"))
+        if webhook is not None and not enabled:
+            raise self.fail(f"{path}.webhook.url", webhook.url, "does nothing while receipts.enabled is false")
+        return ReceiptSettings(
+            enabled=enabled,
+            processes=self.boolean(sec, "processes", path, d.processes),
+            offset_price_per_tonne=self.number(sec, "offset_price_per_tonne", path, d.offset_price_per_tonne,
+                                               minimum=0.0, maximum=1e6),
+            repeat_window_s=self.duration(sec, "repeat_window", path, d.repeat_window_s, minimum=1.0),
+            memory=self.integer(sec, "memory", path, d.memory, 1),
+            events=self.boolean(sec, "events", path, d.events),
+            file_max_bytes=self.integer(files, "max_bytes", f"{path}.file", d.file_max_bytes, 4096),
+            file_keep=self.integer(files, "keep", f"{path}.file", d.file_keep, 0),
+            webhook=webhook,
+        )
+
+    def webhook(self, raw: Any) -> WebhookSettings | None:
+        path = "receipts.webhook"
+        if isinstance(raw, Mapping) and "token" in raw:
+            raise self.fail(f"{path}.token", _MISSING,
+                            "tokens are never read from the config file; use token_env or token_file")
+        sec = self.section(raw, path, {"url", "token_env", "token_file", "timeout", "outbox_size"})
+        if not sec:
+            return None
+        url = self.string(sec, "url", path, None)
+        if url is None:
+            raise self.fail(f"{path}.url", _MISSING, "required when receipts.webhook is set")
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise self.fail(f"{path}.url", url, "must be an http:// or https:// URL")
+        token_env = self.string(sec, "token_env", path, None)
+        token_file = self.string(sec, "token_file", path, None)
+        if token_env and token_file:
+            raise self.fail(f"{path}.token_file", token_file, "set token_env or token_file, not both")
+        return WebhookSettings(
+            url=url, token_env=token_env, token_file=token_file,
+            timeout_s=self.duration(sec, "timeout", path, 10.0, minimum=0.1),
+            outbox_size=self.integer(sec, "outbox_size", path, 1000, 1),
+        )

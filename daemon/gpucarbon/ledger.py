@@ -34,6 +34,7 @@ class GpuTotals:
 class WorkloadTotals:
     consumer: Consumer
     energy_mj: int = 0
+    idle_mj: int = 0  # the part of energy_mj that was its share of the GPU's idle draw
     grams: float = 0.0
     held_s: float = 0.0
     busy_s: float = 0.0
@@ -89,6 +90,7 @@ class Ledger:
         for key, mj in charge.split.parts.items():
             consumer = charge.consumers[key]
             self._book_workload(charge, consumer, mj, embodied.get(key, 0.0), now)
+            self._entry(charge.uuid, consumer).idle_mj += charge.split.idle_parts.get(key, 0)
 
     def _book_workload(self, charge: IntervalCharge, consumer: Consumer, mj: int, embodied_g: float,
                        now: float) -> None:
@@ -145,6 +147,7 @@ class Ledger:
             if old is None:
                 continue
             entry.energy_mj += old.energy_mj
+            entry.idle_mj += old.idle_mj
             entry.grams += old.grams
             entry.held_s += old.held_s
             entry.busy_s += old.busy_s
@@ -204,7 +207,7 @@ def ledger_to_dict(ledger: Ledger) -> dict:
     }
 
 
-_WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")
+_WORKLOAD_NUMBERS = ("energy_mj", "idle_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")
 
 
 def restore_ledger(ledger: Ledger, data: dict, now: float) -> None:
@@ -216,8 +219,9 @@ def restore_ledger(ledger: Ledger, data: dict, now: float) -> None:
     for item in data["workloads"]:
         namespace, pod, container, workload, team = (str(v) for v in item["labels"])
         consumer = Consumer(str(item["key"]), namespace, pod, container, workload, team)
-        entry = WorkloadTotals(consumer, **{f: _number(item[f], f) for f in _WORKLOAD_NUMBERS})
-        entry.energy_mj = int(entry.energy_mj)
+        entry = WorkloadTotals(consumer, **{f: _number(item[f] if f in item or f != "idle_mj" else 0, f)
+                                        for f in _WORKLOAD_NUMBERS})  # idle_mj: absent in older checkpoints
+        entry.energy_mj, entry.idle_mj = int(entry.energy_mj), int(entry.idle_mj)
         entry.last_active = now
         workloads[(str(item["uuid"]), consumer.key)] = entry
     teams = {str(team): TeamTotals(**_numbers(t, TeamTotals)) for team, t in data["teams"].items()}

@@ -25,6 +25,7 @@ from gpucarbon.snapshot import (
     CarbonView,
     GpuView,
     PollStats,
+    ReceiptsView,
     Snapshot,
     SourceView,
     TeamView,
@@ -106,6 +107,7 @@ class Poller:
         wall: Callable[[], float] = time.time,
         sources: Callable[[], tuple[SourceView, ...]] = lambda: (),
         extra_counters: Callable[[], tuple[tuple[str, int], ...]] = lambda: (),
+        receipts: Callable[[], ReceiptsView] = ReceiptsView,
     ) -> None:
         self._backend = backend
         self._clock = clock
@@ -119,6 +121,7 @@ class Poller:
         self._wall = wall  # real unix time, for gpucarbon_last_poll_timestamp_seconds
         self._sources = sources
         self._extra_counters = extra_counters
+        self._receipts = receipts
         self._backend_open = False
         self._reason = "not polled yet"
         self._next_open_at = 0.0
@@ -339,6 +342,7 @@ class Poller:
             dropped_series=self.ledger.dropped_series,
             poll=self._histogram.freeze(self._wall() if self.last_poll_monotonic is not None else None),
             extra_counters=self._extra_counters(),
+            receipts=self._receipts(),
         )
 
     def _gpu_view(self, uuid: str) -> GpuView:
@@ -384,7 +388,7 @@ class Poller:
                 workload=c.workload, team=c.team or self.ledger.default_team,
                 energy_j=entry.energy_mj / 1000.0, grams=entry.grams, power_w=entry.power_w,
                 held_s=entry.held_s, busy_s=entry.busy_s, embodied_grams=entry.embodied_grams,
-                cost=entry.cost, holding=entry.holding,
+                cost=entry.cost, holding=entry.holding, key=c.key, idle_j=entry.idle_mj / 1000.0,
             ))
         return views
 

@@ -51,6 +51,8 @@ class WorkloadView:
     embodied_grams: float
     cost: float
     holding: bool
+    key: str = ""  # the consumer's stable key (pod/<uid>/<container>, slurm/<id>, ...): receipts group by it
+    idle_j: float = 0.0  # the part of energy_j that was its share of the GPU's idle draw
 
     def labels(self) -> tuple[str, ...]:
         return (self.gpu, self.uuid, self.namespace, self.pod, self.container, self.workload, self.team)
@@ -86,6 +88,16 @@ class CarbonView:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptsView:
+    """Counters from the receipts of finished runs (receipts/tracker.py, dispatcher.py)."""
+
+    finished: tuple = ()  # receipts.tracker.WasteRow: team, outcome, runs, energy_j, grams
+    repeated: tuple[tuple[str, float], ...] = ()  # (team, J)
+    sinks: tuple[tuple[str, str, int], ...] = ()  # (sink, result, count)
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PollStats:
     buckets: tuple[float, ...]  # upper bounds, seconds
     counts: tuple[int, ...]  # cumulative, one per bucket (+Inf last)
@@ -109,6 +121,7 @@ class Snapshot:
     dropped_series: int
     poll: PollStats
     extra_counters: tuple[tuple[str, int], ...] = ()  # e.g. state checkpoint failures
+    receipts: ReceiptsView = ReceiptsView()
 
 
 EMPTY_POLL = PollStats((), (), 0, 0.0, None)

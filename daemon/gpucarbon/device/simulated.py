@@ -30,10 +30,25 @@ from gpucarbon.device.scenario import Scenario, SimWorkload
 from gpucarbon.identity.cgroup import parse_cgroup
 from gpucarbon.identity.model import Consumer
 from gpucarbon.identity.procfs import ProcessInfo
+from gpucarbon.receipts.fingerprint import simulated_fingerprint
+from gpucarbon.receipts.kubernetes import top_owner
+from gpucarbon.receipts.model import RunFacts
+from gpucarbon.receipts.tracker import STILL_RUNNING
 
 JITTER_BUCKET_S = 5.0  # simulated seconds over which the jitter is constant
 JITTER = 0.05  # +-5% of a workload's utilization
 SYNTHETIC_PID_BASE = 200_000
+# What a simulated run's receipt says by outcome unless the scenario sets them:
+# (reason, exit code), as the pod status or Slurm would report them.
+SIM_ENDINGS = {
+    "succeeded": ("Completed", 0),
+    "failed": ("Error", 1),
+    "preempted": ("PreemptionByScheduler", 143),
+    "evicted": ("Evicted", 137),
+    "deleted": ("Deleted", 143),
+    "cancelled": ("CANCELLED", 0),
+    "timeout": ("DeadlineExceeded", 137),
+}
 
 
 @dataclass
@@ -100,6 +115,26 @@ class SimulatedBackend:
             if holders:
                 held[uuid] = holders
         return held
+
+    def facts(self, run):
+        """receipts.tracker.RunStatus for simulated workloads (`sim/<i>` runs):
+        still running until its `end`, then its scenario `outcome`."""
+        if not run.run_id.startswith("sim/"):
+            return None
+        index = int(run.run_id.split("/", 1)[1])
+        workload = self._scenario.workloads[index] if index < len(self._scenario.workloads) else None
+        if workload is None:
+            return None
+        if workload.end is None or self.sim_time() < workload.end:
+            return STILL_RUNNING
+        reason, exit_code = SIM_ENDINGS[workload.outcome]
+        return RunFacts(
+            outcome=workload.outcome,
+            reason=workload.reason or reason,
+            exit_code=workload.exit_code if workload.exit_code is not None else exit_code,
+            fingerprint=simulated_fingerprint(workload.image, workload.command),
+            owner=top_owner((), workload.workload),
+        )
 
     def process_facts(self, pid: int) -> ProcessInfo | None:
         """What /proc would say of a pid-backed workload that gives `cgroup:`:

@@ -101,6 +101,7 @@ def build_app(
     telemetry_path: str = "/metrics",
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
+    routes: tuple[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (),
 ) -> web.Application:
     registry = build_registry(latest, *([auth_failures] if auth_failures else []))
     cache = _RenderCache(registry, latest)
@@ -134,6 +135,8 @@ def build_app(
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    for path, handler in routes:  # e.g. /api/v1/receipts, behind the same middlewares
+        app.router.add_get(path, handler)
     if telemetry_path != "/":
         app.router.add_get("/", landing)
     return app

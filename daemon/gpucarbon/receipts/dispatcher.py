@@ -40,6 +40,7 @@ class ReceiptDispatcher:
                  file_retry_s: float = 30.0, sink_timeout_s: float = 15.0) -> None:
         self._file = file
         self._ring = ring
+        self.ring = ring  # read by the endpoint
         self._sinks = sinks
         self._outbox = outbox if webhook is not None else None
         self._webhook = webhook
