@@ -62,7 +62,11 @@ class ReceiptDispatcher:
             self._queue.put_nowait(receipt)
 
     def counts(self) -> tuple[tuple[str, str, int], ...]:
-        return tuple((sink, result, n) for (sink, result), n in sorted(self._counts.items()))
+        counts = Counter(self._counts)
+        if self._outbox is not None:
+            counts[("webhook", "dropped")] += self._outbox.dropped  # outbox full: oldest dropped
+            counts[("outbox", "error")] += self._outbox.save_failures  # outbox file not saved
+        return tuple((sink, result, n) for (sink, result), n in sorted(counts.items()))
 
     def written(self, receipt_id: str) -> bool:
         """Whether a receipt with this id is already in the ring (reloaded from the file)."""
