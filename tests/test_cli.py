@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    return subprocess.run([sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_once_with_simulation_prints_metrics_and_exits_zero():

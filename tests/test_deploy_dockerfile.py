@@ -163,7 +163,9 @@ def test_entrypoint_is_the_console_script_in_exec_form(instructions: list[Instru
 
 
 def test_exposes_the_default_metrics_port(instructions: list[Instruction]) -> None:
-    exposed = {port.split("/")[0] for i in _final_stage(instructions) if i.keyword == "EXPOSE" for port in i.args.split()}
+    exposed = {
+        port.split("/")[0] for i in _final_stage(instructions) if i.keyword == "EXPOSE" for port in i.args.split()
+    }
     assert exposed == {"9789"}
 
 

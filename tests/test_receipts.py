@@ -17,8 +17,17 @@ from gpucarbon.receipts.outbox import Outbox
 from gpucarbon.receipts.store import FILE_NAME, ReceiptFile, ReceiptRing
 from gpucarbon.receipts.tracker import STILL_RUNNING, RunTracker, run_of
 
-CTX = ReceiptContext(node="node-a", pue=1.2, zone="DE", source="electricitymaps", signal="average",
-                     embodied_enabled=False, currency="USD", offset_currency="USD", offset_price_per_tonne=10.0)
+CTX = ReceiptContext(
+    node="node-a",
+    pue=1.2,
+    zone="DE",
+    source="electricitymaps",
+    signal="average",
+    embodied_enabled=False,
+    currency="USD",
+    offset_currency="USD",
+    offset_price_per_tonne=10.0,
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,10 @@ def tracker(status=None, **settings):
 
 
 def rows(holding: bool, energy=(1000.123, 2000.456)):
-    return [Row("pod/uid-1/trainer", "GPU-a", energy[0], holding, grams=energy[0] / 3600, idle_j=100.0),
-            Row("pod/uid-1/trainer", "GPU-b", energy[1], holding, grams=energy[1] / 3600, idle_j=100.0)]
+    return [
+        Row("pod/uid-1/trainer", "GPU-a", energy[0], holding, grams=energy[0] / 3600, idle_j=100.0),
+        Row("pod/uid-1/trainer", "GPU-b", energy[1], holding, grams=energy[1] / 3600, idle_j=100.0),
+    ]
 
 
 def test_receipt_is_written_once_when_the_pod_ended_and_sums_the_series_exactly():
@@ -94,8 +105,11 @@ def test_repeat_of_an_earlier_success_within_the_window():
     first = [replace(r, key="pod/uid-1/trainer") for r in rows(False)]
     second = [replace(r, key="pod/uid-2/trainer", team="nlp") for r in rows(False)]
     third = [replace(r, key="pod/uid-3/trainer") for r in rows(False)]
-    status.answers = {"uid-1": RunFacts("succeeded", fingerprint=fp), "uid-2": RunFacts("failed", fingerprint=fp),
-                      "uid-3": RunFacts("succeeded", fingerprint=fp)}
+    status.answers = {
+        "uid-1": RunFacts("succeeded", fingerprint=fp),
+        "uid-2": RunFacts("failed", fingerprint=fp),
+        "uid-3": RunFacts("succeeded", fingerprint=fp),
+    }
     [a] = t.observe(first, {}, CTX, now=0.0)
     [b] = t.observe(second, {}, CTX, now=100.0)
     assert a["repeat_of"] is None and b["repeat_of"] == a["id"]
@@ -194,11 +208,16 @@ async def test_full_disk_is_counted_logged_and_retried_without_losing_the_record
         if failing["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         import os
+
         os.write(fd, data)
 
     log_sink = Recorder("log")
-    dispatcher = ReceiptDispatcher(file=ReceiptFile(tmp_path, max_bytes=1 << 20, keep=1, write=write),
-                                   ring=ReceiptRing(10), sinks=(log_sink,), file_retry_s=0.05)
+    dispatcher = ReceiptDispatcher(
+        file=ReceiptFile(tmp_path, max_bytes=1 << 20, keep=1, write=write),
+        ring=ReceiptRing(10),
+        sinks=(log_sink,),
+        file_retry_s=0.05,
+    )
     await dispatcher.start()
     dispatcher.submit([receipt(1)])
     await asyncio.sleep(0.1)
@@ -218,8 +237,9 @@ async def test_full_disk_is_counted_logged_and_retried_without_losing_the_record
 async def test_unwritable_directory_is_counted_not_fatal(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    dispatcher = ReceiptDispatcher(file=ReceiptFile(blocker / "state", max_bytes=1000, keep=1),
-                                   ring=ReceiptRing(10), file_retry_s=10.0)
+    dispatcher = ReceiptDispatcher(
+        file=ReceiptFile(blocker / "state", max_bytes=1000, keep=1), ring=ReceiptRing(10), file_retry_s=10.0
+    )
     await dispatcher.deliver([receipt(1)])
     assert ("file", "error", 1) in dispatcher.counts()
     assert dispatcher.written("id-1")  # the endpoint still has it
@@ -234,17 +254,22 @@ async def test_webhook_down_then_up_gets_each_receipt_once_across_a_restart(tmp_
         sleeps.append(s)
         await asyncio.sleep(0.005)
 
-    first = ReceiptDispatcher(file=None, ring=ReceiptRing(10), outbox=Outbox(10, tmp_path), webhook=hook,
-                              sleep=sleep, retry_delay=lambda n: 2.0 ** n)
-    hook.fail = 10 ** 6  # down for the whole first life
+    first = ReceiptDispatcher(
+        file=None,
+        ring=ReceiptRing(10),
+        outbox=Outbox(10, tmp_path),
+        webhook=hook,
+        sleep=sleep,
+        retry_delay=lambda n: 2.0**n,
+    )
+    hook.fail = 10**6  # down for the whole first life
     await first.start()
     first.submit([receipt(1), receipt(2)])
     await asyncio.sleep(0.05)
     await first.close()
     assert hook.got == [] and sleeps[:3] == [1.0, 2.0, 4.0]
     hook.fail = 2  # back after two more failures
-    second = ReceiptDispatcher(file=None, ring=ReceiptRing(10), outbox=Outbox(10, tmp_path), webhook=hook,
-                               sleep=sleep)
+    second = ReceiptDispatcher(file=None, ring=ReceiptRing(10), outbox=Outbox(10, tmp_path), webhook=hook, sleep=sleep)
     second.load()
     await second.start()
     second.submit([receipt(3)])

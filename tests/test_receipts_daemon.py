@@ -5,7 +5,6 @@ with the whole energy, bad receipt config is one line and exit 2."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from hypothesis import strategies as st
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import parse_config
-from gpucarbon.device.scenario import parse_scenario
-from gpucarbon.receipts.store import FILE_NAME, ReceiptFile
+from gpucarbon.receipts.store import ReceiptFile
+from gpucarbon.simulation.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 200.0  # simulated time each example runs
@@ -28,8 +27,9 @@ CONFIG = parse_config("retention: {finished: 2h}\nslurm: {enabled: false}\ncarbo
 
 
 def daemon_for(scenario_text: str, clock: ManualClock, state_dir: Path | None = None, config=CONFIG):
-    options = RunOptions(scenario=parse_scenario(scenario_text), state_dir=str(state_dir) if state_dir else None,
-                         procfs="/nonexistent")
+    options = RunOptions(
+        scenario=parse_scenario(scenario_text), state_dir=str(state_dir) if state_dir else None, procfs="/nonexistent"
+    )
     return build_daemon(config, options, base_clock=clock)
 
 
@@ -43,8 +43,9 @@ def capture(daemon) -> list[dict]:
 async def run_for(daemon, clock: ManualClock, seconds: float, step: float) -> None:
     elapsed = 0.0
     while elapsed < seconds:
-        await daemon.poller.poll()
-        await daemon.after_poll()
+        await daemon.poller.poll()  # hands the snapshot to the receipts
+        if daemon.checkpointer is not None:
+            await daemon.checkpointer.maybe_save()
         clock.advance(step)
         elapsed += step
 
@@ -57,26 +58,33 @@ def series_by_run(snapshot) -> dict[str, tuple[int, float]]:
     return {key: (mj, grams) for key, (mj, grams) in totals.items()}
 
 
-workload = st.fixed_dictionaries({
-    "gpus": st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
-    "start": st.integers(0, 50),
-    "length": st.integers(3, 100),
-    "sm_util": st.floats(0, 1),
-    "allocated_only": st.booleans(),
-    "outcome": st.sampled_from(["succeeded", "failed", "preempted", "evicted", "timeout"]),
-})
+workload = st.fixed_dictionaries(
+    {
+        "gpus": st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+        "start": st.integers(0, 50),
+        "length": st.integers(3, 100),
+        "sm_util": st.floats(0, 1),
+        "allocated_only": st.booleans(),
+        "outcome": st.sampled_from(["succeeded", "failed", "preempted", "evicted", "timeout"]),
+    }
+)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads=st.lists(workload, min_size=1, max_size=4), step=st.sampled_from([2.0, 5.0, 7.0]))
 def test_receipt_energy_is_the_final_workload_counters_to_the_millijoule(workloads, step):
-    lines = ["seed: 3", "gpus: [{model: NVIDIA H100 80GB HBM3, count: 3, idle_watts: 70, max_watts: 700}]",
-             "workloads:"]
+    lines = [
+        "seed: 3",
+        "gpus: [{model: NVIDIA H100 80GB HBM3, count: 3, idle_watts: 70, max_watts: 700}]",
+        "workloads:",
+    ]
     for i, w in enumerate(workloads):
-        lines.append(f"  - {{namespace: ns, pod: run-{i}, container: c, workload: Job/run-{i}, team: t{i % 2}, "
-                     f"gpus: {w['gpus']}, start: {w['start']}, end: {w['start'] + w['length']}, "
-                     f"sm_util: {w['sm_util']:.3f}, allocated_only: {str(w['allocated_only']).lower()}, "
-                     f"outcome: {w['outcome']}}}")
+        lines.append(
+            f"  - {{namespace: ns, pod: run-{i}, container: c, workload: Job/run-{i}, team: t{i % 2}, "
+            f"gpus: {w['gpus']}, start: {w['start']}, end: {w['start'] + w['length']}, "
+            f"sm_util: {w['sm_util']:.3f}, allocated_only: {str(w['allocated_only']).lower()}, "
+            f"outcome: {w['outcome']}}}"
+        )
     clock = ManualClock()
     daemon = daemon_for("\n".join(lines), clock)
     receipts = capture(daemon)
@@ -90,11 +98,16 @@ def test_receipt_energy_is_the_final_workload_counters_to_the_millijoule(workloa
         assert sum(round(g["energy_joules"] * 1000) for g in receipt["gpus"]) == mj
         assert receipt["emissions_grams"] == pytest.approx(grams, rel=1e-12, abs=1e-12)
         assert receipt["outcome"] == workloads[int(receipt["pod"].removeprefix("run-"))]["outcome"]
-        assert receipt["idle_energy_joules"] + receipt["active_energy_joules"] == pytest.approx(receipt["energy_joules"])
+        assert receipt["idle_energy_joules"] + receipt["active_energy_joules"] == pytest.approx(
+            receipt["energy_joules"]
+        )
     # Every run that was seen (has a series; a run shorter than one poll may
     # never be) and ended in time got its receipt.
-    ended = {f"run-{i}" for i, w in enumerate(workloads)
-             if w["start"] + w["length"] + 2 * step < SECONDS and f"sim/{i}" in final}
+    ended = {
+        f"run-{i}"
+        for i, w in enumerate(workloads)
+        if w["start"] + w["length"] + 2 * step < SECONDS and f"sim/{i}" in final
+    }
     assert ended <= {r["pod"] for r in receipts}
 
 
@@ -167,18 +180,29 @@ workloads:
 
 def run_cli(*args: str, timeout: float = 60):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    return subprocess.run([sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
-@pytest.mark.parametrize("text, line", [
-    ("receipts:\n  offset_price_per_tonne: -5\n", "receipts.offset_price_per_tonne: -5: must be at least 0.0"),
-    ("receipts:\n  webhook: {url: 'ftp://x'}\n", "receipts.webhook.url: 'ftp://x': must be an http:// or https:// URL"),
-    ("receipts:\n  webhook: {url: 'https://h/x', token: abc}\n",
-     "receipts.webhook.token: tokens are never read from the config file; use token_env or token_file"),
-    ("receipts:\n  repeat_window: forever\n",
-     "receipts.repeat_window: 'forever': not a duration (examples: 500ms, 1s, 10m, 1h30m)"),
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("receipts:\n  offset_price_per_tonne: -5\n", "receipts.offset_price_per_tonne: -5: must be at least 0.0"),
+        (
+            "receipts:\n  webhook: {url: 'ftp://x'}\n",
+            "receipts.webhook.url: 'ftp://x': must be an http:// or https:// URL",
+        ),
+        (
+            "receipts:\n  webhook: {url: 'https://h/x', token: abc}\n",
+            "receipts.webhook.token: tokens are never read from the config file; use token_env or token_file",
+        ),
+        (
+            "receipts:\n  repeat_window: forever\n",
+            "receipts.repeat_window: 'forever': not a duration (examples: 500ms, 1s, 10m, 1h30m)",
+        ),
+    ],
+)
 def test_bad_receipt_config_is_one_line_exit_two(tmp_path, text, line):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -31,40 +31,69 @@ def test_a_running_pod_is_not_final_until_terminal_or_deleted():
 
 
 def test_main_container_is_the_one_that_used_the_gpu():
-    pod = {"spec": {"containers": [{"name": "sidecar"}, {"name": "trainer"}]},
-           "status": {"phase": "Failed", "containerStatuses": [
-               {"name": "sidecar", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
-               {"name": "trainer", "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}}
+    pod = {
+        "spec": {"containers": [{"name": "sidecar"}, {"name": "trainer"}]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "trainer", "state": {"terminated": {"exitCode": 3, "reason": "Error"}}},
+            ],
+        },
+    }
     assert pod_outcome(pod, containers=["trainer"]) == ("failed", "Error", 3)
     assert pod_outcome(pod) == ("failed", "Completed", 0)  # no hint: the first in the spec
 
 
 def test_crashlooping_container_reports_its_last_termination():
-    pod = {"status": {"phase": "Failed", "containerStatuses": [{"name": "c", "state": {"waiting": {
-        "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+    pod = {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "c",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ],
+        }
+    }
     assert pod_outcome(pod) == ("failed", "OOMKilled", 137)
 
 
-@pytest.mark.parametrize("state,expected", [
-    ("COMPLETED", ("succeeded", "COMPLETED")),
-    ("FAILED", ("failed", "FAILED")),
-    ("CANCELLED by 1000", ("cancelled", "CANCELLED")),
-    ("TIMEOUT", ("timeout", "TIMEOUT")),
-    ("PREEMPTED", ("preempted", "PREEMPTED")),
-    ("OUT_OF_MEMORY", ("failed", "OUT_OF_MEMORY")),
-    ("NODE_FAIL", ("failed", "NODE_FAIL")),
-    ("RUNNING", ("unknown", "RUNNING")),
-])
+@pytest.mark.parametrize(
+    "state,expected",
+    [
+        ("COMPLETED", ("succeeded", "COMPLETED")),
+        ("FAILED", ("failed", "FAILED")),
+        ("CANCELLED by 1000", ("cancelled", "CANCELLED")),
+        ("TIMEOUT", ("timeout", "TIMEOUT")),
+        ("PREEMPTED", ("preempted", "PREEMPTED")),
+        ("OUT_OF_MEMORY", ("failed", "OUT_OF_MEMORY")),
+        ("NODE_FAIL", ("failed", "NODE_FAIL")),
+        ("RUNNING", ("unknown", "RUNNING")),
+    ],
+)
 def test_slurm_job_states(state, expected):
     # The state names are those of squeue(1)/scontrol(1) "JOB STATE CODES".
     assert slurm_outcome(state) == expected
 
 
-@pytest.mark.parametrize("value,code", [
-    ("2:0", 2), ("0:15", 0), (1, 1),
-    ({"status": ["FAILED"], "return_code": {"set": True, "infinite": False, "number": 2}}, 2),  # data_parser v0.0.40
-    ({"return_code": {"set": False, "number": 0}}, None), (True, None), (None, None),
-])
+@pytest.mark.parametrize(
+    "value,code",
+    [
+        ("2:0", 2),
+        ("0:15", 0),
+        (1, 1),
+        (
+            {"status": ["FAILED"], "return_code": {"set": True, "infinite": False, "number": 2}},
+            2,
+        ),  # data_parser v0.0.40
+        ({"return_code": {"set": False, "number": 0}}, None),
+        (True, None),
+        (None, None),
+    ],
+)
 def test_slurm_exit_codes(value, code):
     assert slurm_exit_code(value) == code
 

@@ -31,11 +31,15 @@ class Pods:
 
 
 def test_pod_facts_from_the_kept_object():
-    status = KubernetesRunStatus(Pods({
-        "uid-ok": (fixture("succeeded_job"), False),
-        "uid-run": (fixture("deleted_while_running"), False),
-        "uid-gone": (fixture("deleted_while_running"), True),
-    }))
+    status = KubernetesRunStatus(
+        Pods(
+            {
+                "uid-ok": (fixture("succeeded_job"), False),
+                "uid-run": (fixture("deleted_while_running"), False),
+                "uid-gone": (fixture("deleted_while_running"), True),
+            }
+        )
+    )
     facts = status.facts(RunRef("pod", "uid-ok", "default", "pi-example", "Job/pi", ("pi",)))
     assert facts.outcome == "succeeded" and facts.exit_code == 0 and facts.fingerprint is not None
     assert facts.owner is not None and (facts.owner.kind, facts.owner.api_version) == ("Job", "batch/v1")
@@ -54,22 +58,46 @@ def test_top_owner_prefers_the_pods_own_reference():
 
 # `scontrol show job --json` for a finished job, Slurm 23.11 (data_parser v0.0.40):
 # job_state is a list, exit_code a process_exit_code_verbose object. Trimmed.
-JSON_DONE = json.dumps({"jobs": [{
-    "account": "physics", "job_id": 4242, "job_state": ["FAILED"], "name": "train", "user_name": "alice",
-    "command": "/home/alice/train.sh", "current_working_directory": "/home/alice/run",
-    "exit_code": {"status": ["NONZERO_EXIT"], "return_code": {"set": True, "infinite": False, "number": 3},
-                  "signal": {"id": {"set": False, "infinite": False, "number": 0}, "name": ""}},
-}], "meta": {}, "errors": [], "warnings": []})
+JSON_DONE = json.dumps(
+    {
+        "jobs": [
+            {
+                "account": "physics",
+                "job_id": 4242,
+                "job_state": ["FAILED"],
+                "name": "train",
+                "user_name": "alice",
+                "command": "/home/alice/train.sh",
+                "current_working_directory": "/home/alice/run",
+                "exit_code": {
+                    "status": ["NONZERO_EXIT"],
+                    "return_code": {"set": True, "infinite": False, "number": 3},
+                    "signal": {"id": {"set": False, "infinite": False, "number": 0}, "name": ""},
+                },
+            }
+        ],
+        "meta": {},
+        "errors": [],
+        "warnings": [],
+    }
+)
 # `scontrol show job -o` (Slurm 20.11), the fields as scontrol prints them.
-TEXT_DONE = ("JobId=4243 JobName=sweep UserId=bob(1001) GroupId=bob(1001) Priority=4294901 Nice=0 "
-             "Account=vision QOS=normal JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15 "
-             "Command=/home/bob/run.sh WorkDir=/home/bob\n")
+TEXT_DONE = (
+    "JobId=4243 JobName=sweep UserId=bob(1001) GroupId=bob(1001) Priority=4294901 Nice=0 "
+    "Account=vision QOS=normal JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15 "
+    "Command=/home/bob/run.sh WorkDir=/home/bob\n"
+)
 
 
 def test_parse_finished_jobs():
     done = parse_job_end(JSON_DONE, True, "4242")
-    assert (done.outcome, done.reason, done.exit_code, done.user, done.account) == \
-        ("failed", "FAILED", 3, "alice", "physics")
+    assert (done.outcome, done.reason, done.exit_code, done.user, done.account) == (
+        "failed",
+        "FAILED",
+        3,
+        "alice",
+        "physics",
+    )
     timeout = parse_job_end(TEXT_DONE, False, "4243")
     assert (timeout.outcome, timeout.exit_code, timeout.user) == ("timeout", 0, "bob")
     assert timeout.fingerprint is not None

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 from aiohttp import web
+from fakes.apiserver import FakeApiServer, Fault
 
-from fakes.apiserver import Fault, FakeApiServer
 from gpucarbon.identity.kubernetes import make_client
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
 from gpucarbon.receipts.model import Owner, WebhookSettings
@@ -19,13 +19,25 @@ from gpucarbon.receipts.sinks import EventSink, LogSink, SinkError, WebhookSink
 from gpucarbon.receipts.store import ReceiptRing
 
 RECEIPT = {
-    "id": "5d0c7d59-0000-5000-8000-000000000001", "kind": "pod", "namespace": "research", "pod": "train-0",
-    "pod_uid": "uid-1", "workload": "PyTorchJob/llama-ft", "team": "nlp", "outcome": "failed",
-    "energy_joules": 44_640_000.0, "gpu_count": 8, "duration": 11520.0, "held_seconds": 92160.0,
-    "busy_seconds": 65433.6, "emissions_grams": 4900.0, "pue": 1.2,
+    "id": "5d0c7d59-0000-5000-8000-000000000001",
+    "kind": "pod",
+    "namespace": "research",
+    "pod": "train-0",
+    "pod_uid": "uid-1",
+    "workload": "PyTorchJob/llama-ft",
+    "team": "nlp",
+    "outcome": "failed",
+    "energy_joules": 44_640_000.0,
+    "gpu_count": 8,
+    "duration": 11520.0,
+    "held_seconds": 92160.0,
+    "busy_seconds": 65433.6,
+    "emissions_grams": 4900.0,
+    "pue": 1.2,
     "intensity": {"zone": "DE", "source": "electricitymaps", "signal": "average", "grams_per_kwh": 395.0},
     "cost": {"amount": 2.48, "currency": "USD"},
-    "offset": {"price_per_tonne": 10.0, "currency": "USD", "cost": 0.049}, "repeat_of": None,
+    "offset": {"price_per_tonne": 10.0, "currency": "USD", "cost": 0.049},
+    "repeat_of": None,
 }
 
 
@@ -49,15 +61,22 @@ async def test_event_regarding_the_pod_and_its_owner_reaches_the_api_server(apis
         await client.close()
     assert len(apiserver.events) == 2
     pod_event, owner_event = apiserver.events
-    assert pod_event["regarding"] == {"apiVersion": "v1", "kind": "Pod", "namespace": "research",
-                                      "name": "train-0", "uid": "uid-1"}
+    assert pod_event["regarding"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": "research",
+        "name": "train-0",
+        "uid": "uid-1",
+    }
     assert owner_event["regarding"]["kind"] == "PyTorchJob" and owner_event["regarding"]["uid"] == "uid-ptj"
     for event in apiserver.events:
         assert event["type"] == "Normal" and event["reason"] == "GPUEnergyReceipt"
         assert event["reportingController"] == "gpu-carbon-exporter" and event["reportingInstance"] == "node-a"
-        assert event["note"] == ("Used 12.4 kWh on 8 GPUs over 3h12m (busy 71%): 4.9 kg CO2e at 395 g/kWh "
-                                 "(electricitymaps DE, PUE 1.2), cost 2.48 USD, offset at 10 USD/t 0.05 USD; "
-                                 "outcome failed")
+        assert event["note"] == (
+            "Used 12.4 kWh on 8 GPUs over 3h12m (busy 71%): 4.9 kg CO2e at 395 g/kWh "
+            "(electricitymaps DE, PUE 1.2), cost 2.48 USD, offset at 10 USD/t 0.05 USD; "
+            "outcome failed"
+        )
 
 
 @pytest.mark.asyncio
@@ -128,8 +147,9 @@ async def test_webhook_down_then_back_gets_each_receipt_once(tmp_path, monkeypat
     monkeypatch.setenv("HOOK_TOKEN", "s3cret")
     settings = WebhookSettings(url=receiver.url, token_env="HOOK_TOKEN", timeout_s=2.0)
     sink = WebhookSink(settings)
-    dispatcher = ReceiptDispatcher(file=None, ring=ReceiptRing(10), outbox=Outbox(100, tmp_path), webhook=sink,
-                                   retry_delay=lambda n: 0.02)
+    dispatcher = ReceiptDispatcher(
+        file=None, ring=ReceiptRing(10), outbox=Outbox(100, tmp_path), webhook=sink, retry_delay=lambda n: 0.02
+    )
     await dispatcher.start()
     dispatcher.submit([{**RECEIPT, "id": f"r{n}"} for n in range(5)])
     await asyncio.sleep(0.2)

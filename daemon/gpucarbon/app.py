@@ -8,48 +8,60 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from pathlib import Path
-
+from gpucarbon.accounting import Accountant, Rates
+from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.checkpoint import Checkpointer, read_boot_id
+from gpucarbon.backoff import Backoff
 from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
 from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
+from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
 from gpucarbon.config import Config
 from gpucarbon.device.model import GpuBackend
-from gpucarbon.device.scenario import Scenario
-from gpucarbon.device.simulated import SimulatedBackend
+from gpucarbon.device.reader import GpuReader
+from gpucarbon.errors import SetupError, require_extra
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
+from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
-from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.identity.resolver import Resolver
+from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.ledger import Ledger
-from gpucarbon.poller import Accounting, Poller
+from gpucarbon.poller import Poller
 from gpucarbon.receipts.api import PATH as RECEIPTS_PATH
 from gpucarbon.receipts.api import receipts_handler
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
-from gpucarbon.receipts.kubernetes import KubernetesRunStatus
+from gpucarbon.receipts.kubernetes import KubernetesRunStatus, top_owner
+from gpucarbon.receipts.model import Owner
 from gpucarbon.receipts.outbox import Outbox
 from gpucarbon.receipts.service import ReceiptService
+from gpucarbon.receipts.simulation import SimulatedRunStatus
 from gpucarbon.receipts.sinks import EventSink, LogSink, WebhookSink
 from gpucarbon.receipts.slurm import SlurmRunStatus
 from gpucarbon.receipts.store import ReceiptFile, ReceiptRing
-from gpucarbon.receipts.tracker import FirstStatus, RunTracker
-from gpucarbon.snapshot import ReceiptsView, SourceView
+from gpucarbon.receipts.tracker import FirstStatus, RunStatus, RunTracker
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.procfs import SimulatedProcFS
+from gpucarbon.simulation.scenario import Scenario
 from gpucarbon.state import CheckpointStore
 
-log = logging.getLogger("gpucarbon")
+__all__ = ["Daemon", "RunOptions", "SetupError", "build_daemon", "require_extra", "run_once", "serve"]
+
+log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0  # bound on the final poll + checkpoint at SIGTERM
+HEALTHY_POLL_INTERVALS = 3  # /healthz fails after this many poll intervals without a poll
+HEALTHY_SLACK_S = 10.0
 
 
 class Service(Protocol):
@@ -76,193 +88,237 @@ class RunOptions:
 @dataclass
 class Daemon:
     poller: Poller
+    ledger: Ledger
     options: RunOptions
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
     checkpointer: Checkpointer | None = None
     receipts: ReceiptService | None = None
 
-    async def after_poll(self) -> None:
-        """After each poll: receipts for runs that ended, then the checkpoint."""
-        if self.receipts is not None:
-            self.receipts.after_poll(self.poller.snapshot)
-        if self.checkpointer is not None:
-            await self.checkpointer.maybe_save()
-
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
         since = self.poller.seconds_since_poll()
-        return since is None or since <= 3 * self.options.poll_interval_s + 10.0
+        return since is None or since <= HEALTHY_POLL_INTERVALS * self.options.poll_interval_s + HEALTHY_SLACK_S
 
 
-def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
-                 base_clock: Clock | None = None) -> Daemon:
+def build_daemon(
+    config: Config, options: RunOptions, backend: GpuBackend | None = None, base_clock: Clock | None = None
+) -> Daemon:
+    """Every stage, each made after what it needs: device, carbon, identity,
+    accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
-    clock, simulation = _simulation(options, base_clock)
+    clock, node = _simulation(options, base_clock)
     if backend is None:
-        backend = simulation if simulation is not None else _nvml_backend(clock)
+        backend = node.gpus if node is not None else _nvml_backend(clock)
+    reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
     kube = _kubernetes_client(config)
     intensity = _intensity(config, base_clock, kube)
-    identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory())
+    identity = _identity(config, options, clock, kube, node, inventory=lambda: inventory_of(reader.latest()))
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
-    checkpointer: Checkpointer | None = None
-    state_dir = options.state_dir or config.state.dir
-    receipts = _receipts(config, clock, kube, simulation, identity, state_dir) if config.receipts.enabled else None
-    poller = Poller(
-        backend=backend,
-        clock=clock,
+    ledger = Ledger(config.limits.max_workload_series, config.teams.default)
+    meters = EnergyMeters()
+    rates = _rates(config, intensity)
+    accountant = Accountant(
         resolver=identity.resolver,
         allocations=identity.allocations,
         idle=idle,
-        ledger=Ledger(config.limits.max_workload_series, config.teams.default),
-        accounting=_accounting(config, intensity),
-        read_timeout_s=config.limits.gpu_read_timeout,
-        wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
-        sources=identity.health,
-        extra_counters=lambda: checkpointer.counters() if checkpointer else (),
-        receipts=receipts.view if receipts is not None else ReceiptsView,
+        meters=meters,
+        rates=rates,
+        ledger=ledger,
+        clock=clock,
+        retention_s=config.retention.finished,
     )
-    if state_dir:
-        store = CheckpointStore(Path(state_dir), clock=base_clock)
-        checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
-                                    read_boot_id(options.procfs), receipts=receipts)
-        checkpointer.restore()
-    # Receipts close first: their last records go to the file before the API client closes.
-    services = ((receipts,) if receipts is not None else ()) + (intensity,) + \
-        tuple(TaskService(s) for s in identity.sources)
-    return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer,
-                  receipts=receipts)
+    receipts = _receipts(config, options, clock, kube, node, identity) if config.receipts.enabled else None
+    checkpointer = _checkpointer(config, options, base_clock, clock, ledger, meters, idle, receipts)
+    poller = Poller(
+        reader=reader,
+        accountant=accountant,
+        ledger=ledger,
+        rates=rates,
+        carbon=intensity,
+        resolver=identity.resolver,
+        sources=tuple(source.health for source in identity.sources),
+        checkpointer=checkpointer,
+        receipts=receipts,
+        wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
+    )
+    # Receipts close first: their last records reach the file before the API client closes.
+    services = (*((receipts,) if receipts else ()), intensity, *(TaskService(s) for s in identity.sources))
+    return Daemon(
+        poller=poller,
+        ledger=ledger,
+        options=options,
+        services=services,
+        checkpointer=checkpointer,
+        receipts=receipts,
+    )
 
 
-def _receipts(config: Config, clock: Clock, kube: tuple | None, simulation: SimulatedBackend | None,
-              identity: "_Identity", state_dir: str | None) -> ReceiptService:
-    """Receipts for finished runs: who says a run ended (simulation, Kubernetes,
-    Slurm), where receipts go (file, memory, log, Events, webhook)."""
-    settings = config.receipts
-    node = kube[1] if kube else socket.gethostname()
-    statuses: list = [s for s in (simulation,) if s is not None]
-    background: list = []
-    if identity.kubernetes is not None:
-        statuses.append(KubernetesRunStatus(identity.kubernetes))
-    if identity.slurm is not None:
-        slurm_status = SlurmRunStatus(identity.slurm.show_job, clock.monotonic)
-        statuses.append(slurm_status)
-        background.append(slurm_status)
-    ring = ReceiptRing(settings.memory)
-    file = ReceiptFile(Path(state_dir), max_bytes=settings.file_max_bytes, keep=settings.file_keep) \
-        if state_dir else None
-    sinks: list = [LogSink()]
-    if kube is not None and settings.events:
-        sinks.append(EventSink(kube[0], node, owner_of=_owner_of))
-    webhook = WebhookSink(settings.webhook) if settings.webhook is not None else None
-    outbox = Outbox(settings.webhook.outbox_size, Path(state_dir) if state_dir else None) \
-        if settings.webhook is not None else None
-    dispatcher = ReceiptDispatcher(file=file, ring=ring, sinks=tuple(sinks), outbox=outbox, webhook=webhook)
-    tracker = RunTracker(settings, FirstStatus(*statuses), node=node,
-                         unknown_after_s=config.retention.finished / 2, already_written=dispatcher.written)
-    return ReceiptService(settings, tracker, dispatcher, node=node, offset_currency=config.carbon.currency,
-                          wall=clock.wall, background=tuple(background))
-
-
-def _owner_of(receipt: dict):
-    """The Event regarding the top-level owner: from the workload label (Kind/name)."""
-    from gpucarbon.receipts.kubernetes import top_owner
-
-    return top_owner((), receipt.get("workload") or "")
-
-
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedBackend | None]:
+def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedNode | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedBackend(options.scenario, clock)
+    return clock, SimulatedNode.build(options.scenario, clock)
+
+
+def _checkpointer(
+    config: Config,
+    options: RunOptions,
+    base_clock: Clock,
+    clock: Clock,
+    ledger: Ledger,
+    meters: EnergyMeters,
+    idle: IdleModel,
+    receipts: ReceiptService | None,
+) -> Checkpointer | None:
+    """The checkpointer, with the last checkpoint restored; None without a state dir."""
+    state_dir = options.state_dir or config.state.dir
+    if not state_dir:
+        return None
+    store = CheckpointStore(Path(state_dir), clock=base_clock)
+    checkpointer = Checkpointer(
+        store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs), receipts=receipts
+    )
+    checkpointer.restore()
+    return checkpointer
 
 
 @dataclass(frozen=True)
 class _Identity:
     resolver: Resolver
     allocations: AllocationSource | None
-    sources: tuple  # background sources with run()/close() and .health
-    health: Callable[[], tuple[SourceView, ...]]
-    kubernetes: object | None = None  # KubernetesSource: receipts read its pod objects
+    sources: tuple[Any, ...]  # background sources with run()/close() and .health
+    kubernetes: Any = None  # KubernetesSource: receipts read its pod objects
     slurm: SlurmSource | None = None  # receipts ask it how a job ended
 
 
-def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
-              simulation: SimulatedBackend | None, inventory: Callable[[], object]) -> _Identity:
+def _identity(
+    config: Config,
+    options: RunOptions,
+    clock: Clock,
+    kube: tuple | None,
+    node: SimulatedNode | None,
+    inventory: Callable[[], GpuInventory],
+) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
     metadata = _kubernetes_source(config, kube, clock) if kube else None
-    slurm = SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) \
-        if config.slurm.enabled else None
+    slurm = (
+        SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
+    )
     if slurm is not None and not slurm.enabled:
         slurm = None  # no scontrol on this host: the source is simply off
     lookup = processes.lookup
-    if simulation is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
-        lookup = lambda pid: simulation.process_facts(pid) or processes.lookup(pid)  # noqa: E731
+    if node is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
+        lookup = SimulatedProcFS(node.scenario, processes.lookup).lookup
     resolver = Resolver(
         lookup_process=lookup,
         metadata=metadata,
-        synthetic=simulation.consumer_for_pid if simulation else None,
+        synthetic=node.scheduler.consumer_for_pid if node is not None else None,
         slurm=slurm,
         user_teams=config.teams.users,
+        process_cache=processes,
     )
     podresources = None
-    allocations: AllocationSource | None = simulation
+    allocations: AllocationSource | None = node.scheduler if node is not None else None
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
         require_extra("grpc", "kubernetes.podresources.enabled", "kubernetes")
         from gpucarbon.identity.allocations import KubeletAllocations
         from gpucarbon.identity.podresources import PodResourcesSource
 
-        podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
-                                          poll_interval_s=config.kubernetes.podresources_interval)
+        podresources = PodResourcesSource(
+            config.kubernetes.podresources_socket, clock=clock, poll_interval_s=config.kubernetes.podresources_interval
+        )
         kubelet = KubeletAllocations(podresources, metadata, inventory)
-        allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
+        allocations = _merged(node.scheduler, kubelet) if node is not None else kubelet
     sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
-
-    def health() -> tuple[SourceView, ...]:
-        processes.next_generation()  # once per poll: ages the process cache
-        views = [SourceView("procfs", True, resolver.failures())]
-        for source in sources:
-            h = source.health.snapshot()
-            views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
-        return tuple(views)
-
-    return _Identity(resolver, allocations, sources, health, metadata, slurm)
+    return _Identity(resolver, allocations, sources, metadata, slurm)
 
 
-def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
+def _receipts(
+    config: Config,
+    options: RunOptions,
+    clock: Clock,
+    kube: tuple | None,
+    node: SimulatedNode | None,
+    identity: _Identity,
+) -> ReceiptService:
+    """Receipts for finished runs: who says a run ended (simulation, Kubernetes,
+    Slurm) and where receipts go (file, memory, log, Events, webhook)."""
+    settings = config.receipts
+    state_dir = options.state_dir or config.state.dir
+    node_name = kube[1] if kube else socket.gethostname()
+    statuses: list[RunStatus] = []
+    background: list[Any] = []
+    if node is not None:
+        statuses.append(SimulatedRunStatus(node.scheduler.run_ending))
+    if identity.kubernetes is not None:
+        statuses.append(KubernetesRunStatus(identity.kubernetes))
+    if identity.slurm is not None:
+        slurm = SlurmRunStatus(identity.slurm.show_job, clock.monotonic)
+        statuses.append(slurm)
+        background.append(slurm)
+    sinks: list[Any] = [LogSink()]
+    if kube is not None and settings.events:
+        sinks.append(EventSink(kube[0], node_name, owner_of=_owner_of))
+    webhook = WebhookSink(settings.webhook) if settings.webhook is not None else None
+    outbox = None
+    if settings.webhook is not None:
+        outbox = Outbox(settings.webhook.outbox_size, Path(state_dir) if state_dir else None)
+    backoff = Backoff(initial_s=1.0, max_s=300.0)
+    dispatcher = ReceiptDispatcher(
+        file=ReceiptFile(Path(state_dir), max_bytes=settings.file_max_bytes, keep=settings.file_keep)
+        if state_dir
+        else None,
+        ring=ReceiptRing(settings.memory),
+        sinks=tuple(sinks),
+        outbox=outbox,
+        webhook=webhook,
+        retry_delay=backoff.delay,
+    )
+    tracker = RunTracker(
+        settings,
+        FirstStatus(*statuses),
+        node=node_name,
+        # Decided before retention.finished retires the run's series from /metrics.
+        unknown_after_s=config.retention.finished / 2,
+        already_written=dispatcher.written,
+    )
+    return ReceiptService(
+        settings,
+        tracker,
+        dispatcher,
+        node=node_name,
+        offset_currency=config.carbon.currency,
+        wall=clock.wall,
+        background=tuple(background),
+    )
+
+
+def _owner_of(receipt: dict[str, Any]) -> Owner | None:
+    """The Event regarding the run's top-level owner, from its workload label (Kind/name)."""
+    return top_owner((), receipt.get("workload") or "")
+
+
+def _rates(config: Config, intensity: CarbonProvider) -> Rates:
     lifetime = config.carbon.embodied_lifetime_years
     overrides = dict(config.carbon.embodied_kg_by_model)
-    embodied = (lambda model: embodied_grams_per_second(model, lifetime, overrides) or 0.0) \
-        if config.carbon.embodied_enabled else None
-    return Accounting(
+
+    def embodied(model: str) -> float:
+        return embodied_grams_per_second(model, lifetime, overrides) or 0.0
+
+    return Rates(
         pue=config.carbon.pue,
-        retention_s=config.retention.finished,
         intensity=intensity,
-        carbon_health=intensity.health,
-        embodied_grams_per_s=embodied,
+        embodied_grams_per_s=embodied if config.carbon.embodied_enabled else None,
         price_per_kwh=config.carbon.price_per_kwh,
         currency=config.carbon.currency,
         pue_by_zone=config.carbon.pue_by_zone,
         price_by_zone=config.carbon.price_by_zone,
     )
-
-
-class SetupError(Exception):
-    """The configuration cannot be put into effect (one line, names the key)."""
-
-
-def require_extra(module: str, setting: str, extra: str) -> None:
-    """A clear setup error when an optional dependency is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise SetupError(f"{setting} needs the {module} package: "
-                         f"pip install 'gpu-carbon-exporter[{extra}]'")
 
 
 class TaskService:
@@ -295,8 +351,9 @@ def _kubernetes_client(config: Config):
 
     node = k.node_name or os.environ.get("NODE_NAME")
     if not node:
-        raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
-                         "(the chart sets NODE_NAME from the downward API)")
+        raise SetupError(
+            "kubernetes.node_name: not set and $NODE_NAME is empty (the chart sets NODE_NAME from the downward API)"
+        )
     try:
         return make_client(kubeconfig=k.kubeconfig), node
     except KubernetesSetupError as err:
@@ -307,8 +364,9 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
     from gpucarbon.identity.kubernetes import KubernetesSource
 
     client, node = kube
-    return KubernetesSource(client, node_name=node, teams=config.teams, clock=clock,
-                            deleted_retention_s=config.retention.finished)
+    return KubernetesSource(
+        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+    )
 
 
 class _merged:
@@ -341,18 +399,29 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
 
     def build(zone: str) -> CarbonProvider:
         return build_provider(
-            c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
-            token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
-            password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
-            stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
+            c.source,
+            zone,
+            grams_per_kwh=c.grams_per_kwh,
+            region=c.region,
+            base_url=c.base_url,
+            token_env=c.token_env,
+            token_file=c.token_file,
+            username_env=c.username_env,
+            password_env=c.password_env,
+            signal_type=c.signal_type,
+            refresh_s=c.refresh,
+            stale_after_s=c.stale_after,
+            timeout_s=c.timeout,
+            clock=clock.wall,
         )
 
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured
     client, node_name = node
-    return ZoneDetectingProvider(lightkube_node_reader(client, node_name), build,
-                                 provisional=build_provider("table", WORLD_ZONE))
+    return ZoneDetectingProvider(
+        lightkube_node_reader(client, node_name), build, provisional=build_provider("table", WORLD_ZONE)
+    )
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:
@@ -366,22 +435,27 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
         await _close_services(daemon)
     if not snapshot.nvml_up:
         return 1, snapshot.nvml_reason
-    return 0, render_text(lambda: daemon.poller.snapshot)
+    return 0, render_text(daemon.poller.latest)
 
 
-async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
-                auth_failures: AuthFailures | None = None) -> int:
+async def serve(
+    daemon: Daemon, middlewares: tuple = (), ssl_context=None, auth_failures: AuthFailures | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
     routes = ((RECEIPTS_PATH, receipts_handler(daemon.receipts.dispatcher.ring)),) if daemon.receipts else ()
-    app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures,
-                    routes=routes)
+    app = build_app(
+        latest=daemon.poller.latest,
+        healthy=daemon.healthy,
+        telemetry_path=opts.telemetry_path,
+        middlewares=middlewares,
+        auth_failures=auth_failures,
+        routes=routes,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
-                       shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context, shutdown_timeout=2.0)
     await site.start()
     log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
     stop = asyncio.Event()
@@ -389,12 +463,12 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await _start_services(daemon)
-    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, daemon.after_poll))]
+    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
     await stop.wait()
     log.info("shutting down")
     try:
         await asyncio.wait_for(_shutdown(daemon, tasks, runner), timeout=SHUTDOWN_GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
 
@@ -404,8 +478,6 @@ async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRu
     the checkpoint, then close services and the listener."""
     await asyncio.gather(*tasks, return_exceptions=True)
     await daemon.poller.poll()
-    if daemon.receipts is not None:
-        daemon.receipts.after_poll(daemon.poller.snapshot)
     if daemon.checkpointer is not None:
         await daemon.checkpointer.save()
     await _close_services(daemon)

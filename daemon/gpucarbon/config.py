@@ -9,60 +9,28 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from gpucarbon.identity.teams import TeamRules
-from gpucarbon.receipts.model import ReceiptSettings, WebhookSettings
+from gpucarbon.errors import GpuCarbonError
+from gpucarbon.teams import TeamRules
+from gpucarbon.yamlcheck import MISSING, YAML_ERRORS, is_number, key_text, show, yaml_where
 
 
-class ConfigError(Exception):
+class ConfigError(GpuCarbonError):
     """A configuration problem; str() is one line naming file, key and value."""
 
     def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
-        shown = _show(value)
+        shown = show(value)
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {shown}: {problem}" if shown else f"{where}: {problem}")
         self.source, self.key, self.value, self.problem = source, key, value, problem
 
 
-def _show(value: Any) -> str:
-    if value is _MISSING:
-        return ""
-    text = repr(value) if isinstance(value, str) else str(value)
-    text = text if text.isprintable() else repr(text)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_MISSING = object()
-
-# PyYAML's constructors raise more than YAMLError: impossible dates and ints past
-# Python's digit limit (ValueError), deep nesting (RecursionError).
-YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError, TypeError)
-LARGEST_NUMBER = 1e15  # no setting is anywhere near; bigger ints would overflow floats
-
-
-def yaml_where(err: BaseException) -> str:
-    """' at line L, column C' for YAML syntax errors, else ''."""
-    mark = getattr(err, "problem_mark", None)
-    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-
-
-def key_text(name: Any) -> str:
-    """A key as it appears in an error: plain when printable, else its repr,
-    so a hostile key cannot break the one-line message."""
-    text = str(name)
-    return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float of sane size (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return abs(value) <= LARGEST_NUMBER and (isinstance(value, int) or math.isfinite(value))
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -135,7 +103,7 @@ class CarbonConfig:
 
 
 # Team rules (first match wins) are validated values with behaviour; the config
-# tree holds them as they are: gpucarbon.identity.teams.TeamRules.
+# tree holds them as they are: gpucarbon.teams.TeamRules.
 
 
 @dataclass(frozen=True)
@@ -171,6 +139,33 @@ class StateConfig:
     interval: float = 30.0
 
 
+DEFAULT_OFFSET_PRICE_PER_TONNE = 10.0  # the source article prices offsets at 10 USD per tonne
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str
+    token_env: str | None = None
+    token_file: str | None = None
+    timeout_s: float = 10.0
+    outbox_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ReceiptSettings:
+    """The `receipts:` section: receipts for finished runs (docs/receipts.md)."""
+
+    enabled: bool = True
+    processes: bool = False  # plain processes get receipts too
+    offset_price_per_tonne: float = DEFAULT_OFFSET_PRICE_PER_TONNE
+    repeat_window_s: float = 7 * 86400.0
+    file_max_bytes: int = 16 << 20  # receipts.jsonl is rotated before it passes this
+    file_keep: int = 5  # rotated files kept
+    memory: int = 5000  # receipts kept in memory for the endpoint
+    events: bool = True  # Kubernetes Events, when kubernetes.enabled
+    webhook: WebhookSettings | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
@@ -198,9 +193,9 @@ def load_config(path: str | Path | None) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(source, "", _MISSING, f"cannot read: {err.strerror or err}") from None
+        raise ConfigError(source, "", MISSING, f"cannot read: {err.strerror or err}") from None
     except UnicodeDecodeError:
-        raise ConfigError(source, "", _MISSING, "not UTF-8 text") from None
+        raise ConfigError(source, "", MISSING, "not UTF-8 text") from None
     return parse_config(text, source)
 
 
@@ -208,7 +203,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
     except YAML_ERRORS as err:
-        raise ConfigError(source, "", _MISSING, f"invalid YAML{yaml_where(err)}") from None
+        raise ConfigError(source, "", MISSING, f"invalid YAML{yaml_where(err)}") from None
     if raw is None:
         return Config()
     return _Reader(source).config(raw)
@@ -231,11 +226,18 @@ class _Reader:
         for name in raw:
             if not isinstance(name, str) or name not in allowed:
                 full = f"{key}.{key_text(name)}" if key else key_text(name)
-                raise self.fail(full, _MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                raise self.fail(full, MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
-    def number(self, raw: Mapping, key: str, path: str, default: Any, minimum: float | None = None,
-               maximum: float | None = None) -> Any:
+    def number(
+        self,
+        raw: Mapping,
+        key: str,
+        path: str,
+        default: Any,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> Any:
         value = raw.get(key)
         if value is None:  # absent or null: the default
             return default
@@ -313,8 +315,11 @@ class _Reader:
     # sections
 
     def config(self, raw: Any) -> Config:
-        top = self.section(raw, "", {"attribution", "carbon", "teams", "retention", "limits",
-                                     "kubernetes", "slurm", "state", "receipts"})
+        top = self.section(
+            raw,
+            "",
+            {"attribution", "carbon", "teams", "retention", "limits", "kubernetes", "slurm", "state", "receipts"},
+        )
         return Config(
             attribution=self.attribution(top.get("attribution")),
             carbon=self.carbon(top.get("carbon")),
@@ -347,8 +352,7 @@ class _Reader:
         embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime", "kg_co2e_by_model"})
         cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "price_per_kwh_by_zone", "currency"})
         defaults = CarbonConfig()
-        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
-                               minimum=0.1)
+        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years, minimum=0.1)
         return CarbonConfig(
             pue=self.number(sec, "pue", "carbon", defaults.pue, minimum=1.0, maximum=5.0),
             intensity=self.intensity(sec.get("intensity")),
@@ -364,19 +368,36 @@ class _Reader:
     def intensity(self, raw: Any) -> IntensityConfig:
         path = "carbon.intensity"
         if isinstance(raw, Mapping) and raw.get("source") == "static" and raw.get("grams_per_kwh") is None:
-            raise self.fail(f"{path}.grams_per_kwh", _MISSING, "required when source is static")
-        sec = self.section(raw, path, {"source", "zone", "grams_per_kwh", "refresh", "stale_after",
-                                       "base_url", "token_env", "token_file", "username_env",
-                                       "password_env", "region", "token", "timeout", "signal_type"})
+            raise self.fail(f"{path}.grams_per_kwh", MISSING, "required when source is static")
+        sec = self.section(
+            raw,
+            path,
+            {
+                "source",
+                "zone",
+                "grams_per_kwh",
+                "refresh",
+                "stale_after",
+                "base_url",
+                "token_env",
+                "token_file",
+                "username_env",
+                "password_env",
+                "region",
+                "token",
+                "timeout",
+                "signal_type",
+            },
+        )
         if "token" in sec:
-            raise self.fail(f"{path}.token", _MISSING,
-                            "tokens are never read from the config file; use token_env or token_file")
+            raise self.fail(
+                f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
+            )
         d = IntensityConfig()
         return IntensityConfig(
             source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
             zone=self.string(sec, "zone", path, d.zone),
-            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
-                                      maximum=5000.0),
+            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0, maximum=5000.0),
             timeout=self.duration(sec, "timeout", path, d.timeout, minimum=0.1),
             signal_type=self.string(sec, "signal_type", path, d.signal_type, ("co2_moer", "co2_aoer")),
             refresh=self.duration(sec, "refresh", path, None, minimum=1.0),
@@ -391,8 +412,7 @@ class _Reader:
 
     def teams(self, raw: Any) -> TeamRules:
         path = "teams"
-        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces",
-                                       "workloads", "users"})
+        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces", "workloads", "users"})
         d = TeamRules()
         patterns = []
         workloads = sec.get("workloads") or []
@@ -403,7 +423,7 @@ class _Reader:
             regex = self.string(rule, "match", f"{path}.workloads[{i}]", None)
             team = self.string(rule, "team", f"{path}.workloads[{i}]", None)
             if regex is None or team is None:
-                raise self.fail(f"{path}.workloads[{i}]", _MISSING, "needs both match and team")
+                raise self.fail(f"{path}.workloads[{i}]", MISSING, "needs both match and team")
             try:
                 re.compile(regex)
             except (re.error, OverflowError, RecursionError, ValueError) as err:
@@ -419,7 +439,7 @@ class _Reader:
                 users=self.string_map(sec, "users", path),
             )
         except ValueError as err:  # e.g. a default with no printable character
-            raise ConfigError(self.source, "", _MISSING, str(err)) from None
+            raise ConfigError(self.source, "", MISSING, str(err)) from None
 
     def retention(self, raw: Any) -> RetentionConfig:
         sec = self.section(raw, "retention", {"finished"})
@@ -444,26 +464,32 @@ class _Reader:
             kubeconfig=self.string(sec, "kubeconfig", path, None),
             podresources_enabled=self.boolean(pr, "enabled", f"{path}.podresources", d.podresources_enabled),
             podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
-            podresources_interval=self.duration(pr, "interval", f"{path}.podresources",
-                                                d.podresources_interval, 0.1),
+            podresources_interval=self.duration(pr, "interval", f"{path}.podresources", d.podresources_interval, 0.1),
         )
 
     def slurm(self, raw: Any) -> SlurmConfig:
         sec = self.section(raw, "slurm", {"enabled", "scontrol"})
         d = SlurmConfig()
-        return SlurmConfig(enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
-                           scontrol=self.string(sec, "scontrol", "slurm", d.scontrol))
+        return SlurmConfig(
+            enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
+            scontrol=self.string(sec, "scontrol", "slurm", d.scontrol),
+        )
 
     def state(self, raw: Any) -> StateConfig:
         sec = self.section(raw, "state", {"dir", "interval"})
         d = StateConfig()
-        return StateConfig(dir=self.string(sec, "dir", "state", None),
-                           interval=self.duration(sec, "interval", "state", d.interval, 1.0))
+        return StateConfig(
+            dir=self.string(sec, "dir", "state", None),
+            interval=self.duration(sec, "interval", "state", d.interval, 1.0),
+        )
 
     def receipts(self, raw: Any) -> ReceiptSettings:
         path = "receipts"
-        sec = self.section(raw, path, {"enabled", "processes", "offset_price_per_tonne", "repeat_window",
-                                       "memory", "events", "file", "webhook"})
+        sec = self.section(
+            raw,
+            path,
+            {"enabled", "processes", "offset_price_per_tonne", "repeat_window", "memory", "events", "file", "webhook"},
+        )
         files = self.section(sec.get("file"), f"{path}.file", {"max_bytes", "keep"})
         d = ReceiptSettings()
         enabled = self.boolean(sec, "enabled", path, d.enabled)
@@ -473,8 +499,9 @@ class _Reader:
         return ReceiptSettings(
             enabled=enabled,
             processes=self.boolean(sec, "processes", path, d.processes),
-            offset_price_per_tonne=self.number(sec, "offset_price_per_tonne", path, d.offset_price_per_tonne,
-                                               minimum=0.0, maximum=1e6),
+            offset_price_per_tonne=self.number(
+                sec, "offset_price_per_tonne", path, d.offset_price_per_tonne, minimum=0.0, maximum=1e6
+            ),
             repeat_window_s=self.duration(sec, "repeat_window", path, d.repeat_window_s, minimum=1.0),
             memory=self.integer(sec, "memory", path, d.memory, 1),
             events=self.boolean(sec, "events", path, d.events),
@@ -486,14 +513,15 @@ class _Reader:
     def webhook(self, raw: Any) -> WebhookSettings | None:
         path = "receipts.webhook"
         if isinstance(raw, Mapping) and "token" in raw:
-            raise self.fail(f"{path}.token", _MISSING,
-                            "tokens are never read from the config file; use token_env or token_file")
+            raise self.fail(
+                f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
+            )
         sec = self.section(raw, path, {"url", "token_env", "token_file", "timeout", "outbox_size"})
         if not sec:
             return None
         url = self.string(sec, "url", path, None)
         if url is None:
-            raise self.fail(f"{path}.url", _MISSING, "required when receipts.webhook is set")
+            raise self.fail(f"{path}.url", MISSING, "required when receipts.webhook is set")
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
             raise self.fail(f"{path}.url", url, "must be an http:// or https:// URL")
         token_env = self.string(sec, "token_env", path, None)
@@ -501,7 +529,9 @@ class _Reader:
         if token_env and token_file:
             raise self.fail(f"{path}.token_file", token_file, "set token_env or token_file, not both")
         return WebhookSettings(
-            url=url, token_env=token_env, token_file=token_file,
+            url=url,
+            token_env=token_env,
+            token_file=token_file,
             timeout_s=self.duration(sec, "timeout", path, 10.0, minimum=0.1),
             outbox_size=self.integer(sec, "outbox_size", path, 1000, 1),
         )

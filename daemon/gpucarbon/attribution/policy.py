@@ -12,8 +12,8 @@ Policy (docs/attribution.md states it for users):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 
 def split_exact(total: int, weights: Sequence[float]) -> list[int]:
@@ -76,10 +76,10 @@ def split_interval(
         return Split({}, energy_mj, 0, 0)
     idle = min(energy_mj, idle_cap_mj)
     active = energy_mj - idle
-    idle_parts = dict(zip(holders, split_exact(idle, [1.0] * len(holders))))
+    idle_parts = dict(zip(holders, split_exact(idle, [1.0] * len(holders)), strict=True))
     parts = dict(idle_parts)
     payers, weights = _active_payers(holders, running)
-    for key, mj in zip(payers, split_exact(active, weights)):
+    for key, mj in zip(payers, split_exact(active, weights), strict=True):
         parts[key] += mj
     return Split(parts, 0, idle, active, idle_parts)
 

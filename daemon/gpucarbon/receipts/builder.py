@@ -99,14 +99,25 @@ def build_receipt(run: RunTally, facts: RunFacts, ctx: ReceiptContext, repeat_of
         "mean_power_watts": round(energy_mj / 1000.0 / longest, 3) if longest > 0 else 0.0,
         "gpu_count": len(run.gpus),
         "gpu_model": ", ".join(models),
-        "gpus": [{"uuid": g.uuid, "model": g.model, "energy_joules": g.energy_mj / 1000.0,
-                  "held_seconds": round(g.held_s, 3), "busy_seconds": round(g.busy_s, 3)}
-                 for g in sorted(run.gpus, key=lambda g: g.uuid)],
+        "gpus": [
+            {
+                "uuid": g.uuid,
+                "model": g.model,
+                "energy_joules": g.energy_mj / 1000.0,
+                "held_seconds": round(g.held_s, 3),
+                "busy_seconds": round(g.busy_s, 3),
+            }
+            for g in sorted(run.gpus, key=lambda g: g.uuid)
+        ],
         "emissions_grams": grams,
         "emissions": grams / 1000.0,
         "emissions_rate": grams / 1000.0 / (finished - started) if finished > started else 0.0,
-        "intensity": {"zone": ctx.zone, "source": ctx.source, "signal": ctx.signal,
-                      "grams_per_kwh": round(grams / (kwh * ctx.pue), 3) if kwh > 0 and ctx.pue > 0 else 0.0},
+        "intensity": {
+            "zone": ctx.zone,
+            "source": ctx.source,
+            "signal": ctx.signal,
+            "grams_per_kwh": round(grams / (kwh * ctx.pue), 3) if kwh > 0 and ctx.pue > 0 else 0.0,
+        },
         "pue": ctx.pue,
     }
     if ctx.embodied_enabled:
@@ -119,8 +130,9 @@ def build_receipt(run: RunTally, facts: RunFacts, ctx: ReceiptContext, repeat_of
         "cost": round(grams / GRAMS_PER_TONNE * ctx.offset_price_per_tonne, 6),
     }
     fingerprint = facts.fingerprint
-    receipt["fingerprint"] = {"sha256": fingerprint.sha256, "inputs": list(fingerprint.inputs)} \
-        if fingerprint is not None else None
+    receipt["fingerprint"] = (
+        {"sha256": fingerprint.sha256, "inputs": list(fingerprint.inputs)} if fingerprint is not None else None
+    )
     receipt["repeat_of"] = repeat_of
     return receipt
 
@@ -129,15 +141,19 @@ def note(receipt: dict) -> str:
     """The one line a person reads in `kubectl describe pod`."""
     busy = receipt["busy_seconds"] / receipt["held_seconds"] if receipt["held_seconds"] > 0 else 0.0
     intensity = receipt["intensity"]
-    text = (f"Used {_energy(receipt['energy_joules'])} on {receipt['gpu_count']} "
-            f"GPU{'s' if receipt['gpu_count'] != 1 else ''} over {_duration(receipt['duration'])} "
-            f"(busy {busy:.0%}): {_grams(receipt['emissions_grams'])} CO2e at "
-            f"{intensity['grams_per_kwh']:.0f} g/kWh ({intensity['source']} {intensity['zone']}, "
-            f"PUE {receipt['pue']:g})")
+    text = (
+        f"Used {_energy(receipt['energy_joules'])} on {receipt['gpu_count']} "
+        f"GPU{'s' if receipt['gpu_count'] != 1 else ''} over {_duration(receipt['duration'])} "
+        f"(busy {busy:.0%}): {_grams(receipt['emissions_grams'])} CO2e at "
+        f"{intensity['grams_per_kwh']:.0f} g/kWh ({intensity['source']} {intensity['zone']}, "
+        f"PUE {receipt['pue']:g})"
+    )
     if "cost" in receipt:
         text += f", cost {receipt['cost']['amount']:.2f} {receipt['cost']['currency']}"
     offset = receipt["offset"]
-    text += f", offset at {offset['price_per_tonne']:g} {offset['currency']}/t {offset['cost']:.2f} {offset['currency']}"
+    text += (
+        f", offset at {offset['price_per_tonne']:g} {offset['currency']}/t {offset['cost']:.2f} {offset['currency']}"
+    )
     text += f"; outcome {receipt['outcome']}"
     if receipt.get("repeat_of"):
         text += f", repeat of {receipt['repeat_of']}"

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gpucarbon.receipts.outbox import Outbox
 from gpucarbon.receipts.store import ReceiptFile, ReceiptFileError, ReceiptRing
@@ -33,11 +34,19 @@ class Sink(Protocol):
 
 
 class ReceiptDispatcher:
-    def __init__(self, *, file: ReceiptFile | None, ring: ReceiptRing, sinks: tuple[Sink, ...] = (),
-                 outbox: Outbox | None = None, webhook: Sink | None = None,
-                 retry_delay: Callable[[int], float] = lambda attempt: min(300.0, 2.0 ** attempt),
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 file_retry_s: float = 30.0, sink_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        *,
+        file: ReceiptFile | None,
+        ring: ReceiptRing,
+        sinks: tuple[Sink, ...] = (),
+        outbox: Outbox | None = None,
+        webhook: Sink | None = None,
+        retry_delay: Callable[[int], float] = lambda attempt: min(300.0, 2.0**attempt),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        file_retry_s: float = 30.0,
+        sink_timeout_s: float = 15.0,
+    ) -> None:
         self._file = file
         self._ring = ring
         self.ring = ring  # read by the endpoint
@@ -115,9 +124,12 @@ class ReceiptDispatcher:
     async def _deliver_forever(self) -> None:
         while not self._closing:
             try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=self._file_retry_s) \
-                    if self._pending_file else await self._queue.get()
-            except asyncio.TimeoutError:
+                first = (
+                    await asyncio.wait_for(self._queue.get(), timeout=self._file_retry_s)
+                    if self._pending_file
+                    else await self._queue.get()
+                )
+            except TimeoutError:
                 first = None
             batch = ([first] if first is not None else []) + self._drain()
             await self.deliver(batch)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gpucarbon.receipts.model import Fingerprint
 
@@ -46,24 +47,30 @@ def pod_fingerprint(pod: Mapping[str, Any]) -> Fingerprint | None:
     parts = []
     for container in sorted(spec_containers, key=lambda c: c.get("name") or ""):
         status = statuses.get(container.get("name")) or {}
-        parts.append({
-            "name": container.get("name") or "",
-            "image_digest": image_digest(status.get("imageID") or "", container.get("image") or ""),
-            "command": list(container.get("command") or ()),
-            "args": list(container.get("args") or ()),
-        })
+        parts.append(
+            {
+                "name": container.get("name") or "",
+                "image_digest": image_digest(status.get("imageID") or "", container.get("image") or ""),
+                "command": list(container.get("command") or ()),
+                "args": list(container.get("args") or ()),
+            }
+        )
     return Fingerprint(_digest("pod", parts), ("container name", "image digest", "command", "args"))
 
 
 def slurm_fingerprint(name: str, command: str, workdir: str) -> Fingerprint | None:
     if not (name or command):
         return None
-    return Fingerprint(_digest("slurm", {"name": name, "command": command, "workdir": workdir}),
-                       ("job name", "command", "working directory"))
+    return Fingerprint(
+        _digest("slurm", {"name": name, "command": command, "workdir": workdir}),
+        ("job name", "command", "working directory"),
+    )
 
 
 def simulated_fingerprint(image: str | None, command: Sequence[str] | None) -> Fingerprint | None:
     if not image and not command:
         return None
-    return Fingerprint(_digest("pod", [{"name": "sim", "image_digest": image or "", "command": list(command or ()),
-                                        "args": []}]), ("image", "command"))
+    return Fingerprint(
+        _digest("pod", [{"name": "sim", "image_digest": image or "", "command": list(command or ()), "args": []}]),
+        ("image", "command"),
+    )

@@ -7,7 +7,8 @@ does I/O.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from gpucarbon.receipts.fingerprint import pod_fingerprint
 from gpucarbon.receipts.model import Owner, RunFacts, parse_rfc3339
@@ -17,11 +18,22 @@ from gpucarbon.receipts.tracker import STILL_RUNNING, RunRef
 # apiVersion of well-known top-level owners, for Events regarding them when
 # the pod's own ownerReference does not name them (a Job's PyTorchJob, say).
 OWNER_API_VERSIONS = {
-    "Job": "batch/v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1",
-    "DaemonSet": "apps/v1", "ReplicaSet": "apps/v1", "JobSet": "jobset.x-k8s.io/v1alpha2",
-    "PyTorchJob": "kubeflow.org/v1", "TFJob": "kubeflow.org/v1", "MPIJob": "kubeflow.org/v2beta1",
-    "XGBoostJob": "kubeflow.org/v1", "PaddleJob": "kubeflow.org/v1", "JAXJob": "kubeflow.org/v1",
-    "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "JobSet": "jobset.x-k8s.io/v1alpha2",
+    "PyTorchJob": "kubeflow.org/v1",
+    "TFJob": "kubeflow.org/v1",
+    "MPIJob": "kubeflow.org/v2beta1",
+    "XGBoostJob": "kubeflow.org/v1",
+    "PaddleJob": "kubeflow.org/v1",
+    "JAXJob": "kubeflow.org/v1",
+    "RayCluster": "ray.io/v1",
+    "RayJob": "ray.io/v1",
+    "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
 }
 
 
@@ -52,13 +64,14 @@ class KubernetesRunStatus:
         return pod_facts(pod, deleted, run.containers, run.workload)
 
 
-def pod_facts(pod: Mapping[str, Any], deleted: bool, containers: tuple[str, ...] = (),
-              workload: str = "") -> RunFacts:
+def pod_facts(pod: Mapping[str, Any], deleted: bool, containers: tuple[str, ...] = (), workload: str = "") -> RunFacts:
     outcome, reason, exit_code = pod_outcome(pod, containers, deleted)
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     return RunFacts(
-        outcome=outcome, reason=reason, exit_code=exit_code,
+        outcome=outcome,
+        reason=reason,
+        exit_code=exit_code,
         started_at=_time(status.get("startTime")),
         finished_at=_finished(status),
         fingerprint=pod_fingerprint(pod),
@@ -82,8 +95,10 @@ def top_owner(refs, workload: str) -> Owner | None:
 
 
 def _finished(status: Mapping[str, Any]) -> float | None:
-    times = [_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
-             for c in status.get("containerStatuses") or ()]
+    times = [
+        _time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+        for c in status.get("containerStatuses") or ()
+    ]
     known = [t for t in times if t is not None]
     return max(known) if known else None
 

@@ -9,43 +9,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+
+from gpucarbon.config import ReceiptSettings, WebhookSettings
+
+__all__ = ["ReceiptSettings", "WebhookSettings"]  # the settings live with the config tree
 
 SCHEMA = 1
 KINDS = ("pod", "slurm", "process")
 OUTCOMES = ("succeeded", "failed", "preempted", "evicted", "deleted", "cancelled", "timeout", "unknown")
 WASTE_OUTCOMES = frozenset({"failed", "preempted", "evicted", "timeout"})
-DEFAULT_OFFSET_PRICE_PER_TONNE = 10.0  # the source article prices offsets at 10 USD per tonne
-DEFAULT_REPEAT_WINDOW_S = 7 * 86400.0
-DEFAULT_RING_SIZE = 5000
-DEFAULT_FILE_MAX_BYTES = 16 << 20
-DEFAULT_FILE_KEEP = 5
-DEFAULT_OUTBOX_SIZE = 1000
 _ID_NAMESPACE = uuid.UUID("6b7e3c1e-2f4e-5b9a-9d55-5f0c1a7e4c21")  # fixed: ids must be stable
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    url: str
-    token_env: str | None = None
-    token_file: str | None = None
-    timeout_s: float = 10.0
-    outbox_size: int = DEFAULT_OUTBOX_SIZE
-
-
-@dataclass(frozen=True)
-class ReceiptSettings:
-    """Explicit values from the `receipts:` config section (no config tree here)."""
-
-    enabled: bool = True
-    processes: bool = False  # plain processes get receipts too
-    offset_price_per_tonne: float = DEFAULT_OFFSET_PRICE_PER_TONNE
-    repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S
-    file_max_bytes: int = DEFAULT_FILE_MAX_BYTES
-    file_keep: int = DEFAULT_FILE_KEEP
-    memory: int = DEFAULT_RING_SIZE  # receipts kept in memory for the endpoint
-    events: bool = True  # Kubernetes Events, when kubernetes.enabled
-    webhook: WebhookSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +64,7 @@ def receipt_id(node: str, kind: str, run_id: str) -> str:
 
 
 def rfc3339(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(unix_s, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_rfc3339(text: str) -> float:

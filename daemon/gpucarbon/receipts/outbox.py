@@ -56,8 +56,11 @@ class Outbox:
         while len(self._items) > self._size:
             dropped = self._items.popleft()
             self.dropped += 1
-            log.warning("receipts: webhook outbox full (%d); dropped receipt %s (still in receipts.jsonl)",
-                        self._size, dropped["id"])
+            log.warning(
+                "receipts: webhook outbox full (%d); dropped receipt %s (still in receipts.jsonl)",
+                self._size,
+                dropped["id"],
+            )
 
     def peek(self) -> dict | None:
         return self._items[0] if self._items else None

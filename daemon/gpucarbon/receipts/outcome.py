@@ -23,7 +23,8 @@ CANCELLED -> cancelled; TIMEOUT, DEADLINE -> timeout; PREEMPTED -> preempted.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 PREEMPTED_REASONS = frozenset({"PreemptionByScheduler", "PreemptionByKubeScheduler"})
 EVICTED_REASONS = frozenset({"EvictionByEvictionAPI", "TerminationByKubelet", "DeletionByTaintManager"})
@@ -43,8 +44,9 @@ SLURM_STATES = {
 }
 
 
-def pod_outcome(pod: Mapping[str, Any], containers: Iterable[str] = (), deleted: bool = False
-                ) -> tuple[str, str, int | None]:
+def pod_outcome(
+    pod: Mapping[str, Any], containers: Iterable[str] = (), deleted: bool = False
+) -> tuple[str, str, int | None]:
     """(outcome, reason, exit code) of a pod; `containers` are the ones that used
     the GPU (the main container is chosen among them), `deleted` that the API
     server said DELETED."""
@@ -96,7 +98,7 @@ def _main_container(pod: Mapping[str, Any], gpu_containers: list[str]) -> Mappin
     for name in gpu_containers:
         if name in statuses:
             return statuses[name]
-    for container in ((pod.get("spec") or {}).get("containers") or ()):
+    for container in (pod.get("spec") or {}).get("containers") or ():
         if container.get("name") in statuses:
             return statuses[container["name"]]
     return next(iter(statuses.values()), None)

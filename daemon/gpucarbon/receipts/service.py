@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from gpucarbon.receipts.builder import ReceiptContext
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
@@ -18,9 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class ReceiptService:
-    def __init__(self, settings: ReceiptSettings, tracker: RunTracker, dispatcher: ReceiptDispatcher, *,
-                 node: str, offset_currency: str, wall: Callable[[], float],
-                 background: tuple = ()) -> None:
+    def __init__(
+        self,
+        settings: ReceiptSettings,
+        tracker: RunTracker,
+        dispatcher: ReceiptDispatcher,
+        *,
+        node: str,
+        offset_currency: str,
+        wall: Callable[[], float],
+        background: tuple = (),
+    ) -> None:
         self._settings = settings
         self._tracker = tracker
         self.dispatcher = dispatcher
@@ -35,10 +43,14 @@ class ReceiptService:
         carbon = snap.carbon
         intensity = carbon.intensity
         ctx = ReceiptContext(
-            node=self._node, pue=carbon.pue,
-            zone=intensity.zone if intensity else "", source=intensity.source if intensity else carbon.source,
-            signal=intensity.signal if intensity else "", embodied_enabled=carbon.embodied_enabled,
-            currency=carbon.currency, offset_currency=self._offset_currency,
+            node=self._node,
+            pue=carbon.pue,
+            zone=intensity.zone if intensity else "",
+            source=intensity.source if intensity else carbon.source,
+            signal=intensity.signal if intensity else "",
+            embodied_enabled=carbon.embodied_enabled,
+            currency=carbon.currency,
+            offset_currency=self._offset_currency,
             offset_price_per_tonne=self._settings.offset_price_per_tonne,
         )
         models = {g.uuid: g.model for g in snap.gpus}
@@ -47,8 +59,9 @@ class ReceiptService:
             self.dispatcher.submit(receipts)
 
     def view(self) -> ReceiptsView:
-        return ReceiptsView(finished=self._tracker.waste(), repeated=self._tracker.repeated(),
-                            sinks=self.dispatcher.counts(), enabled=True)
+        return ReceiptsView(
+            finished=self._tracker.waste(), repeated=self._tracker.repeated(), sinks=self.dispatcher.counts()
+        )
 
     # checkpoint
     def to_dict(self) -> dict:

@@ -6,14 +6,14 @@ counts it. None of them runs on the poll loop.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gpucarbon.receipts.builder import note
 from gpucarbon.receipts.model import Owner, WebhookSettings
@@ -25,8 +25,24 @@ EVENT_REASON = "GPUEnergyReceipt"
 EVENT_ACTION = "Finished"
 REPORTING_CONTROLLER = "gpu-carbon-exporter"
 NOTE_MAX = 1024  # events.k8s.io/v1 rejects longer notes
-LOG_FIELDS = ("id", "kind", "namespace", "pod", "workload", "team", "job_id", "outcome", "reason", "exit_code",
-              "started_at", "finished_at", "energy_joules", "emissions_grams", "gpu_count", "repeat_of")
+LOG_FIELDS = (
+    "id",
+    "kind",
+    "namespace",
+    "pod",
+    "workload",
+    "team",
+    "job_id",
+    "outcome",
+    "reason",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "energy_joules",
+    "emissions_grams",
+    "gpu_count",
+    "repeat_of",
+)
 
 
 class SinkError(Exception):
@@ -65,8 +81,12 @@ class EventSink:
         targets = [regarding]
         owner = self._owner_of(receipt)
         if owner is not None:
-            ref = {"apiVersion": owner.api_version, "kind": owner.kind, "namespace": receipt["namespace"],
-                   "name": owner.name}
+            ref = {
+                "apiVersion": owner.api_version,
+                "kind": owner.kind,
+                "namespace": receipt["namespace"],
+                "name": owner.name,
+            }
             if owner.uid:
                 ref["uid"] = owner.uid
             targets.append(ref)
@@ -77,11 +97,12 @@ class EventSink:
             except Exception as err:  # noqa: BLE001 - every API failure is this sink's failure
                 if status_code(err) == 409:
                     continue  # already created (a resend after a restart): fine
-                raise SinkError(f"event for {target['kind']} {receipt['namespace']}/{target['name']}: "
-                                f"{type(err).__name__}: {err}") from None
+                raise SinkError(
+                    f"event for {target['kind']} {receipt['namespace']}/{target['name']}: {type(err).__name__}: {err}"
+                ) from None
 
     def event_body(self, receipt: dict, regarding: dict) -> dict:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # The API server parses eventTime as RFC 3339 with exactly six fraction
         # digits; the client drops a zero fraction, so never send one.
         now = now.replace(microsecond=now.microsecond or 1)
@@ -89,8 +110,7 @@ class EventSink:
         return {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"name": f"{regarding['name'][:200]}.gpu-receipt.{digest}",
-                         "namespace": receipt["namespace"]},
+            "metadata": {"name": f"{regarding['name'][:200]}.gpu-receipt.{digest}", "namespace": receipt["namespace"]},
             "eventTime": now.isoformat().replace("+00:00", "Z"),
             "type": "Normal",
             "reason": EVENT_REASON,
@@ -118,8 +138,9 @@ class WebhookSink:
             try:
                 return Path(self._settings.token_file).read_text(encoding="utf-8").strip() or None
             except OSError as err:
-                raise SinkError(f"receipts.webhook.token_file {self._settings.token_file}: "
-                                f"{err.strerror or err}") from None
+                raise SinkError(
+                    f"receipts.webhook.token_file {self._settings.token_file}: {err.strerror or err}"
+                ) from None
         if self._settings.token_env:
             return os.environ.get(self._settings.token_env) or None
         return None
@@ -128,8 +149,11 @@ class WebhookSink:
         import aiohttp
 
         if self._session is None:
-            self._session = self._session_factory() if self._session_factory else aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s))
+            self._session = (
+                self._session_factory()
+                if self._session_factory
+                else aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s))
+            )
         headers = {"Content-Type": "application/json", "Idempotency-Key": receipt["id"]}
         token = self._token()
         if token:
@@ -138,7 +162,7 @@ class WebhookSink:
             async with self._session.post(self._settings.url, data=json.dumps(receipt), headers=headers) as answer:
                 if not 200 <= answer.status < 300:
                     raise SinkError(f"webhook answered HTTP {answer.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise SinkError(f"webhook: {type(err).__name__}: {err}") from None
 
     async def close(self) -> None:

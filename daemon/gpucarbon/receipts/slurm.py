@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from gpucarbon.receipts.fingerprint import slurm_fingerprint
 from gpucarbon.receipts.model import RunFacts
@@ -37,9 +37,15 @@ def parse_job_end(text: str, is_json: bool, job_id: str) -> RunFacts | None:
     outcome, reason = slurm_outcome(fields["state"])
     if outcome == "unknown":
         return None
-    return RunFacts(outcome=outcome, reason=reason, exit_code=slurm_exit_code(fields["exit"]),
-                    fingerprint=slurm_fingerprint(fields["name"], fields["command"], fields["workdir"]),
-                    job_id=job_id, user=fields["user"], account=fields["account"])
+    return RunFacts(
+        outcome=outcome,
+        reason=reason,
+        exit_code=slurm_exit_code(fields["exit"]),
+        fingerprint=slurm_fingerprint(fields["name"], fields["command"], fields["workdir"]),
+        job_id=job_id,
+        user=fields["user"],
+        account=fields["account"],
+    )
 
 
 def _json_fields(text: str, job_id: str) -> dict | None:
@@ -49,10 +55,15 @@ def _json_fields(text: str, job_id: str) -> dict | None:
             continue
         state = job.get("job_state")
         state = state[0] if isinstance(state, list) and state else state
-        return {"state": state if isinstance(state, str) else "", "exit": job.get("exit_code"),
-                "name": _s(job.get("name")), "command": _s(job.get("command")),
-                "workdir": _s(job.get("current_working_directory")), "user": _s(job.get("user_name")),
-                "account": _s(job.get("account"))}
+        return {
+            "state": state if isinstance(state, str) else "",
+            "exit": job.get("exit_code"),
+            "name": _s(job.get("name")),
+            "command": _s(job.get("command")),
+            "workdir": _s(job.get("current_working_directory")),
+            "user": _s(job.get("user_name")),
+            "account": _s(job.get("account")),
+        }
     return None
 
 
@@ -62,9 +73,15 @@ def _text_fields(text: str, job_id: str) -> dict | None:
     found: dict[str, str] = {}
     for key, value in _TEXT_FIELD.findall(text):
         found.setdefault(key, value)
-    return {"state": found.get("JobState", ""), "exit": found.get("ExitCode"), "name": found.get("JobName", ""),
-            "command": found.get("Command", ""), "workdir": found.get("WorkDir", ""),
-            "user": found.get("UserId", "").split("(", 1)[0], "account": found.get("Account", "")}
+    return {
+        "state": found.get("JobState", ""),
+        "exit": found.get("ExitCode"),
+        "name": found.get("JobName", ""),
+        "command": found.get("Command", ""),
+        "workdir": found.get("WorkDir", ""),
+        "user": found.get("UserId", "").split("(", 1)[0],
+        "account": found.get("Account", ""),
+    }
 
 
 def _s(value: object) -> str:
@@ -72,8 +89,9 @@ def _s(value: object) -> str:
 
 
 class SlurmRunStatus:
-    def __init__(self, show_job: ShowJob, monotonic: Callable[[], float], recheck_s: float = 30.0,
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self, show_job: ShowJob, monotonic: Callable[[], float], recheck_s: float = 30.0, cache_size: int = 4096
+    ) -> None:
         self._show_job = show_job
         self._monotonic = monotonic
         self._recheck_s = recheck_s

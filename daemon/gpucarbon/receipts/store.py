@@ -14,8 +14,8 @@ import json
 import logging
 import os
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from gpucarbon.receipts.model import parse_rfc3339
 
@@ -31,13 +31,19 @@ class ReceiptFileError(Exception):
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class ReceiptFile:
-    def __init__(self, directory: Path, *, max_bytes: int, keep: int,
-                 write: Callable[[int, bytes], None] = _write_all,
-                 fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        keep: int,
+        write: Callable[[int, bytes], None] = _write_all,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self._directory = Path(directory)
         self._max_bytes = max_bytes
         self._keep = keep
@@ -138,7 +144,7 @@ class ReceiptRing:
         items = [r for r in self._items if since is None or _finished(r) >= since]
         if limit is None:
             return items
-        return items[:limit] if since is not None else items[len(items) - limit:] if limit else []
+        return items[:limit] if since is not None else items[len(items) - limit :] if limit else []
 
 
 def _finished(receipt: dict) -> float:

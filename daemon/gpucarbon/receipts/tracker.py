@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from gpucarbon.receipts.builder import GpuTally, ReceiptContext, RunTally, build_receipt
 from gpucarbon.receipts.model import ReceiptSettings, RunFacts, receipt_id
@@ -27,23 +28,38 @@ log = logging.getLogger(__name__)
 
 
 class Row(Protocol):
-    """One workload series as the snapshot has it (snapshot.WorkloadView)."""
+    """One workload series as the snapshot has it (snapshot.WorkloadView); read-only."""
 
-    key: str
-    uuid: str
-    namespace: str
-    pod: str
-    container: str
-    workload: str
-    team: str
-    energy_j: float
-    idle_j: float
-    grams: float
-    held_s: float
-    busy_s: float
-    embodied_grams: float
-    cost: float
-    holding: bool
+    @property
+    def key(self) -> str: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def pod(self) -> str: ...
+    @property
+    def container(self) -> str: ...
+    @property
+    def workload(self) -> str: ...
+    @property
+    def team(self) -> str: ...
+    @property
+    def energy_j(self) -> float: ...
+    @property
+    def idle_j(self) -> float: ...
+    @property
+    def grams(self) -> float: ...
+    @property
+    def held_s(self) -> float: ...
+    @property
+    def busy_s(self) -> float: ...
+    @property
+    def embodied_grams(self) -> float: ...
+    @property
+    def cost(self) -> float: ...
+    @property
+    def holding(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +72,18 @@ class RunRef:
     containers: tuple[str, ...] = ()
 
 
-class _StillRunning:
+class StillRunning:
+    """The scheduler says the run goes on (its GPUs may be idle for a while)."""
+
     def __repr__(self) -> str:
         return "STILL_RUNNING"
 
 
-STILL_RUNNING = _StillRunning()
+STILL_RUNNING = StillRunning()
 
 
 class RunStatus(Protocol):
-    def facts(self, run: RunRef) -> RunFacts | _StillRunning | None:
+    def facts(self, run: RunRef) -> RunFacts | StillRunning | None:
         """RunFacts once the run ended; STILL_RUNNING while the scheduler says it
         runs; None when this source knows nothing of it. Never does I/O."""
 
@@ -81,7 +99,7 @@ class FirstStatus:
     def __init__(self, *sources: RunStatus) -> None:
         self._sources = sources
 
-    def facts(self, run: RunRef) -> RunFacts | _StillRunning | None:
+    def facts(self, run: RunRef) -> RunFacts | StillRunning | None:
         for source in self._sources:
             answer = source.facts(run)
             if answer is not None:
@@ -130,8 +148,15 @@ class WasteRow:
 
 
 class RunTracker:
-    def __init__(self, settings: ReceiptSettings, status: RunStatus, *, node: str,
-                 unknown_after_s: float, already_written: Callable[[str], bool] = lambda _id: False) -> None:
+    def __init__(
+        self,
+        settings: ReceiptSettings,
+        status: RunStatus,
+        *,
+        node: str,
+        unknown_after_s: float,
+        already_written: Callable[[str], bool] = lambda _id: False,
+    ) -> None:
         self._settings = settings
         self._status = status
         self._node = node
@@ -145,8 +170,9 @@ class RunTracker:
 
     # --- one poll ---------------------------------------------------------
 
-    def observe(self, rows: Iterable[Row], gpu_models: Mapping[str, str], ctx: ReceiptContext,
-                now: float) -> list[dict]:
+    def observe(
+        self, rows: Iterable[Row], gpu_models: Mapping[str, str], ctx: ReceiptContext, now: float
+    ) -> list[dict]:
         """New receipts for runs that ended by this snapshot (`now`: unix s)."""
         self._prune_successes(now)
         groups: dict[str, list[Row]] = defaultdict(list)
@@ -163,15 +189,22 @@ class RunTracker:
         for key, members in groups.items():
             if key in self._issued:
                 continue
-            ref = RunRef(refs[key].kind, refs[key].run_id, refs[key].namespace, refs[key].pod,
-                         refs[key].workload, tuple(sorted({r.container for r in members if r.container})))
+            ref = RunRef(
+                refs[key].kind,
+                refs[key].run_id,
+                refs[key].namespace,
+                refs[key].pod,
+                refs[key].workload,
+                tuple(sorted({r.container for r in members if r.container})),
+            )
             receipt = self._step(key, ref, members, gpu_models, ctx, now)
             if receipt is not None:
                 receipts.append(receipt)
         return receipts
 
-    def _step(self, key: str, ref: RunRef, rows: Sequence[Row], gpu_models: Mapping[str, str],
-              ctx: ReceiptContext, now: float) -> dict | None:
+    def _step(
+        self, key: str, ref: RunRef, rows: Sequence[Row], gpu_models: Mapping[str, str], ctx: ReceiptContext, now: float
+    ) -> dict | None:
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(first_seen=now - max(r.held_s for r in rows), last_holding=now)
@@ -190,16 +223,30 @@ class RunTracker:
         assert isinstance(answer, RunFacts)
         return self._finish(key, ref, rows, run, answer, gpu_models, ctx)
 
-    def _finish(self, key: str, ref: RunRef, rows: Sequence[Row], run: _Run, facts: RunFacts,
-                gpu_models: Mapping[str, str], ctx: ReceiptContext) -> dict | None:
+    def _finish(
+        self,
+        key: str,
+        ref: RunRef,
+        rows: Sequence[Row],
+        run: _Run,
+        facts: RunFacts,
+        gpu_models: Mapping[str, str],
+        ctx: ReceiptContext,
+    ) -> dict | None:
         self._issued.add(key)
         self._runs.pop(key, None)
         if self._already_written(receipt_id(ctx.node, ref.kind, ref.run_id)):
             return None  # written before a restart whose checkpoint predates it
         first = rows[0]
         tally = RunTally(
-            kind=ref.kind, run_id=ref.run_id, namespace=first.namespace, pod=first.pod,
-            workload=first.workload, team=first.team, started_at=run.first_seen, finished_at=run.last_holding,
+            kind=ref.kind,
+            run_id=ref.run_id,
+            namespace=first.namespace,
+            pod=first.pod,
+            workload=first.workload,
+            team=first.team,
+            started_at=run.first_seen,
+            finished_at=run.last_holding,
             gpus=tuple(_gpu_tally(uuid, group, gpu_models) for uuid, group in _by_gpu(rows).items()),
             containers=ref.containers,
         )
@@ -236,8 +283,10 @@ class RunTracker:
     # --- what the collector renders ----------------------------------------
 
     def waste(self) -> tuple[WasteRow, ...]:
-        return tuple(WasteRow(team, outcome, w.runs, w.energy_mj / 1000.0, w.grams)
-                     for (team, outcome), w in sorted(self._waste.items()))
+        return tuple(
+            WasteRow(team, outcome, w.runs, w.energy_mj / 1000.0, w.grams)
+            for (team, outcome), w in sorted(self._waste.items())
+        )
 
     def repeated(self) -> tuple[tuple[str, float], ...]:
         return tuple((team, mj / 1000.0) for team, mj in sorted(self._repeated_mj.items()))
@@ -279,10 +328,13 @@ def _gpu_tally(uuid: str, rows: Sequence[Row], models: Mapping[str, str]) -> Gpu
     # time is the GPU's time (the longest), busy time adds up to at most that.
     held = max(r.held_s for r in rows)
     return GpuTally(
-        uuid=uuid, model=models.get(uuid, "unknown"),
+        uuid=uuid,
+        model=models.get(uuid, "unknown"),
         energy_mj=sum(round(r.energy_j * 1000) for r in rows),
         idle_mj=sum(round(r.idle_j * 1000) for r in rows),
-        grams=sum(r.grams for r in rows), held_s=held,
+        grams=sum(r.grams for r in rows),
+        held_s=held,
         busy_s=min(held, sum(r.busy_s for r in rows)),
-        embodied_grams=sum(r.embodied_grams for r in rows), cost=sum(r.cost for r in rows),
+        embodied_grams=sum(r.embodied_grams for r in rows),
+        cost=sum(r.cost for r in rows),
     )
