@@ -127,3 +127,47 @@ async def test_slurm_status_asks_scontrol_off_the_loop():
     assert status.facts(ref).outcome == "failed"
     await status.lookup("999")  # purged: unknown, left to the tracker's grace
     assert status.facts(RunRef("slurm", "999")) is None
+
+
+@pytest.mark.asyncio
+async def test_slurm_job_end_through_a_real_scontrol_executable(tmp_path):
+    """The daemon's own SlurmSource runs the (fake) scontrol executable; the
+    receipt's facts come from what it printed."""
+    from fakes.slurm import GOLDEN_JSON, GOLDEN_TEXT, FakeScontrol
+
+    from gpucarbon.clock import ManualClock
+    from gpucarbon.identity.slurm import SlurmSource
+    from gpucarbon.teams import TeamRules
+
+    scontrol = FakeScontrol(tmp_path)
+    clock = ManualClock()
+    source = SlurmSource(teams=TeamRules(), clock=clock, scontrol=str(scontrol.path))
+    status = SlurmRunStatus(source.show_job, clock.monotonic, recheck_s=30.0)
+    ref = RunRef("slurm", "4242")
+    status.facts(ref)
+    await status.lookup("4242")
+    assert status.facts(ref) is STILL_RUNNING  # the golden job is RUNNING
+    done = json.loads(json.dumps(GOLDEN_JSON))
+    done["jobs"][0].update(
+        job_state=["OUT_OF_MEMORY"],
+        exit_code={"return_code": {"set": True, "number": 0}},
+        command="/home/alice/train.sh",
+        current_working_directory="/home/alice",
+    )
+    scontrol.spec["jobs"]["4242"]["json"] = json.dumps(done)
+    scontrol.save()
+    clock.advance(31.0)
+    await status.lookup("4242")
+    facts = status.facts(ref)
+    assert (facts.outcome, facts.reason, facts.user, facts.account) == ("failed", "OUT_OF_MEMORY", "alice", "physics")
+    # An old scontrol without --json: the one-line text form.
+    scontrol.spec["no_json"] = True
+    scontrol.spec["jobs"]["4243"]["text"] = GOLDEN_TEXT.replace("JobState=RUNNING", "JobState=CANCELLED ExitCode=0:15")
+    scontrol.save()
+    old = SlurmRunStatus(
+        SlurmSource(teams=TeamRules(), clock=clock, scontrol=str(scontrol.path)).show_job, clock.monotonic
+    )
+    await old.lookup("4243")
+    assert old.facts(RunRef("slurm", "4243")).outcome == "cancelled"
+    await old.lookup("999")  # not known to scontrol: nobody can say
+    assert old.facts(RunRef("slurm", "999")) is None
