@@ -165,3 +165,19 @@ async def test_webhook_down_then_back_gets_each_receipt_once(tmp_path, monkeypat
     assert set(receiver.tokens) == {"Bearer s3cret"}
     counts = {(s, r): n for s, r, n in dispatcher.counts()}
     assert counts[("webhook", "ok")] == 5 and counts[("webhook", "error")] >= 2
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_receipt_log_line_is_structured_in_both_log_formats(fmt):
+    from gpucarbon.cli import _JsonFormatter, _LogfmtFormatter
+
+    record = logging.LogRecord("gpucarbon.receipt", logging.INFO, __file__, 1, "receipt", None, None)
+    record.fields = {"id": RECEIPT["id"], "pod": "train 0", "reason": 'say "x"', "energy_joules": 1.5}
+    record.receipt = RECEIPT
+    line = (_JsonFormatter() if fmt == "json" else _LogfmtFormatter()).format(record)
+    assert "\n" not in line
+    if fmt == "json":
+        assert json.loads(line)["receipt"] == RECEIPT
+    else:
+        assert f"id={RECEIPT['id']}" in line and 'pod="train 0"' in line and 'reason="say \\"x\\""' in line
+        assert "energy_joules=1.5" in line
