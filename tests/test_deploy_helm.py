@@ -66,6 +66,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-node-critical",
     },
     "podresources-root": {"podResources": {"enabled": True}, "securityContext": {"runAsRoot": True}},
+    "follow-owners": {
+        "config": {"kubernetes": {"owners": {"follow": ["ReplicaSet", "Job", "RayCluster", "StatefulSet"]}}}
+    },
     "podresources-off-no-state": {"podResources": {"enabled": False}, "state": {"enabled": False}},
     "carbon-tokens": {
         "carbonTokens": {"existingSecret": "carbon-api", "env": {"ELECTRICITYMAPS_TOKEN": "token"}},
@@ -295,6 +298,15 @@ def test_rendered_config_is_accepted_by_the_daemon(rendered: dict, name: str) ->
     assert "--config.file=/etc/gpu-carbon-exporter/config/config.yaml" in _container(rendered[name])["args"]
 
 
+def test_default_carbon_settings_are_the_daemons(rendered: dict) -> None:
+    """The chart used to default to static 475 g/kWh while the daemon defaults to the
+    bundled table with zone detection; a chart user now gets the daemon's behaviour."""
+    chart = parse_config(_daemon_config(rendered["default"])).carbon
+    daemon = parse_config("{}").carbon
+    assert (chart.intensity.source, chart.intensity.zone, chart.intensity.grams_per_kwh) == ("table", "auto", None)
+    assert chart.intensity == daemon.intensity and chart.pue == daemon.pue
+
+
 def test_carbon_tokens_come_from_the_existing_secret(rendered: dict) -> None:
     env = {e["name"]: e for e in _container(rendered["carbon-tokens"])["env"]}
     assert env["ELECTRICITYMAPS_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "carbon-api", "key": "token"}}
@@ -339,6 +351,22 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads_and_receipt_e
     }
     binding = _one(rendered["default"], "ClusterRoleBinding")
     account = _one(rendered["default"], "ServiceAccount")
+    # Following RayCluster / StatefulSet owners adds exactly their `get`, and only when configured.
+    wider = _one(rendered["follow-owners"], "ClusterRole")
+    wider_grants = {
+        (g, r, v)
+        for rule in wider["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert wider_grants - grants == {("ray.io", "rayclusters", "get"), ("apps", "statefulsets", "get")}
+    assert parse_config(_daemon_config(rendered["follow-owners"])).kubernetes.owners_follow == (
+        "ReplicaSet",
+        "Job",
+        "RayCluster",
+        "StatefulSet",
+    )
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}

@@ -54,6 +54,7 @@ from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
 from gpucarbon.state import CheckpointStore
+from gpucarbon.teams import TeamRules
 
 __all__ = ["Daemon", "RunOptions", "SetupError", "build_daemon", "require_extra", "run_once", "serve"]
 
@@ -106,7 +107,7 @@ def build_daemon(
     """Every stage, each made after what it needs: device, carbon, identity,
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
-    clock, node = _simulation(options, base_clock)
+    clock, node = _simulation(options, base_clock, config.teams)
     if backend is None:
         backend = node.gpus if node is not None else _nvml_backend(clock)
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
@@ -144,7 +145,7 @@ def build_daemon(
         rates=rates,
         carbon=intensity,
         resolver=identity.resolver,
-        sources=tuple(source.health for source in identity.sources),
+        sources=identity.health,
         checkpointer=checkpointer,
         receipts=receipts,
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
@@ -161,14 +162,14 @@ def build_daemon(
     )
 
 
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedNode | None]:
+def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tuple[Clock, SimulatedNode | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedNode.build(options.scenario, clock)
+    return clock, SimulatedNode.build(options.scenario, clock, teams)
 
 
 def _checkpointer(
@@ -198,6 +199,7 @@ class _Identity:
     resolver: Resolver
     allocations: AllocationSource | None
     sources: tuple[Any, ...]  # background sources with run()/close() and .health
+    health: tuple[Any, ...]  # what the poller reads each source's health from (.snapshot())
     kubernetes: Any = None  # KubernetesSource: receipts read its pod objects
     slurm: SlurmSource | None = None  # receipts ask it how a job ended
 
@@ -231,6 +233,7 @@ def _identity(
         process_cache=processes,
     )
     podresources = None
+    kubelet = None
     allocations: AllocationSource | None = node.scheduler if node is not None else None
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
@@ -248,8 +251,11 @@ def _identity(
         slurm_node = config.slurm.node or socket.gethostname().split(".", 1)[0]
         held = SlurmAllocations(slurm, slurm_node, gpus_by_minor)
         allocations = _merged(allocations, held) if allocations is not None else held
-    sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
-    return _Identity(resolver, allocations, sources, metadata, slurm)
+    sources: tuple[Any, ...] = tuple(s for s in (metadata, podresources, slurm) if s is not None)
+    # The kubelet source's health also carries its unmapped device IDs (a gauge).
+    kubelet_health = kubelet.health_with_unmapped(podresources.health) if kubelet and podresources else None
+    health = tuple(kubelet_health if s is podresources and kubelet_health else s.health for s in sources)
+    return _Identity(resolver, allocations, sources, health, metadata, slurm)
 
 
 def _receipts(
@@ -379,7 +385,13 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
 
     client, node = kube
     return KubernetesSource(
-        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+        client,
+        node_name=node,
+        teams=config.teams,
+        clock=clock,
+        deleted_retention_s=config.retention.finished,
+        owner_follow=config.kubernetes.owners_follow,
+        owner_max_depth=config.kubernetes.owners_max_depth,
     )
 
 

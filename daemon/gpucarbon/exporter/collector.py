@@ -351,3 +351,14 @@ def _source_metrics(snap: Snapshot) -> Iterator[Metric]:
             errors.add_metric([s.source, reason], count)
     yield up
     yield errors
+    for s in snap.sources:
+        if s.unmapped_devices is not None:
+            unmapped = _gauge(
+                "gpucarbon_podresources_unmapped_devices",
+                "Device IDs the kubelet allocated that no GPU of this node explains, by resource "
+                "name; their holders get no energy for them.",
+                ["resource"],
+            )
+            for resource, count in s.unmapped_devices:
+                unmapped.add_metric([resource], count)
+            yield unmapped

@@ -6,11 +6,12 @@ Format (docs/simulation.md has the full reference):
     seed: 7
     gpus:             # expanded in order into indices 0..N-1
       - {model: NVIDIA H100 80GB HBM3, count: 4, idle_watts: 70, context_watts: 118,
-         max_watts: 700, memory_bytes: 85899345920}
+         max_watts: 700, memory_bytes: 85899345920,
+         minor_numbers: [0, 1, 2, 3]}   # optional: /dev/nvidia<N> of each; default the index
     workloads:
       - {namespace: research, pod: bert-0, container: trainer, workload: Job/bert,
          team: nlp, gpus: [0, 1], start: 0, end: null, sm_util: 0.9,
-         allocated_only: false,
+         allocated_only: false,   # team optional: without it the config's team rules decide
          outcome: succeeded, image: reg/train@sha256:ab.., command: [python, train.py]}
     faults:
       - {gpu: 1, kind: lost, start: 30, end: 60}   # or kind: reset (driver reload)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class SimGpu:
     max_watts: float
     memory_bytes: int
     context_watts: float | None = None  # draw with a process's CUDA context open, no work
+    minor_number: int | None = None  # /dev/nvidia<N>; None: the GPU's index
 
     def power(self, utilization: float, has_process: bool) -> float:
         """Board power (W): the base draw, plus the busy share of the rest."""
@@ -58,7 +60,7 @@ class SimWorkload:
     pod: str
     container: str
     workload: str
-    team: str
+    team: str  # "": the configured team rules decide
     gpus: tuple[int, ...]
     start: float
     end: float | None
@@ -195,7 +197,9 @@ class _Parser:
         for i, entry in enumerate(entries):
             path = f"gpus[{i}]"
             sec = self.mapping(
-                entry, path, {"model", "count", "idle_watts", "context_watts", "max_watts", "memory_bytes"}
+                entry,
+                path,
+                {"model", "count", "idle_watts", "context_watts", "max_watts", "memory_bytes", "minor_numbers"},
             )
             count = 1 if sec.get("count") is None else sec["count"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
@@ -215,10 +219,25 @@ class _Parser:
                 int(memory),
                 None if context is None else float(context),
             )
-            gpus.extend([gpu] * count)
+            minors = self.minor_numbers(sec.get("minor_numbers"), f"{path}.minor_numbers", count)
+            gpus.extend(replace(gpu, minor_number=minor) for minor in minors)
         if len(gpus) > 64:
             raise self.fail("gpus", f"{len(gpus)} GPUs; at most 64 are supported")
+        taken = [g.minor_number for g in gpus if g.minor_number is not None]
+        if len(taken) != len(set(taken)):
+            raise self.fail("gpus", f"minor numbers {taken} repeat: each /dev/nvidia<N> is one GPU")
         return tuple(gpus)
+
+    def minor_numbers(self, raw: Any, path: str, count: int) -> tuple[int | None, ...]:
+        if raw is None:
+            return (None,) * count
+        if (
+            not isinstance(raw, list)
+            or len(raw) != count
+            or any(isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < 256 for m in raw)
+        ):
+            raise self.fail(path, f"{raw!r} must be a list of {count} integers 0..255, one per GPU")
+        return tuple(raw)
 
     def workload(self, raw: Any, path: str, gpu_count: int) -> SimWorkload:
         sec = self.mapping(
