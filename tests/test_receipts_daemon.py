@@ -227,3 +227,21 @@ async def test_unwritable_state_dir_is_counted_and_the_daemon_keeps_polling(tmp_
     await run_for(daemon, clock, 4.0, 2.0)  # still polling
     assert daemon.poller.snapshot.ready
     await daemon.receipts.close()
+
+
+@pytest.mark.asyncio
+async def test_a_fault_in_the_receipt_stage_costs_receipts_never_a_poll(caplog):
+    clock = ManualClock()
+    daemon = daemon_for(RESTART, clock)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    daemon.receipts._tracker.observe = broken
+    await run_for(daemon, clock, 6.0, 2.0)
+    snapshot = daemon.poller.snapshot
+    assert snapshot.ready  # three polls, each published
+    # Each fault shows in the next snapshot (the receipt stage reads the one just published).
+    assert ("tracker", "error", 2) in snapshot.receipts.sinks
+    assert daemon.receipts.failures == 3
+    assert "could not be read for finished runs" in caplog.text

@@ -37,9 +37,18 @@ class ReceiptService:
         self._wall = wall
         self._background = background  # objects with async run(): lookups (Slurm)
         self._tasks: list[asyncio.Task] = []
+        self.failures = 0  # snapshots the tracker could not read (a bug): counted as sink "tracker"
 
     def after_poll(self, snap: Snapshot) -> None:
-        """Called on the poll loop with the snapshot just published; never waits."""
+        """Called on the poll loop with the snapshot just published; never waits.
+        A fault here costs receipts, never a poll."""
+        try:
+            self._observe(snap)
+        except Exception:  # noqa: BLE001 - logged; the loop and the counters go on
+            self.failures += 1
+            log.exception("receipts: the snapshot could not be read for finished runs")
+
+    def _observe(self, snap: Snapshot) -> None:
         carbon = snap.carbon
         intensity = carbon.intensity
         ctx = ReceiptContext(
@@ -59,9 +68,8 @@ class ReceiptService:
             self.dispatcher.submit(receipts)
 
     def view(self) -> ReceiptsView:
-        return ReceiptsView(
-            finished=self._tracker.waste(), repeated=self._tracker.repeated(), sinks=self.dispatcher.counts()
-        )
+        sinks = self.dispatcher.counts() + ((("tracker", "error", self.failures),) if self.failures else ())
+        return ReceiptsView(finished=self._tracker.waste(), repeated=self._tracker.repeated(), sinks=sinks)
 
     # checkpoint
     def to_dict(self) -> dict:
