@@ -312,3 +312,32 @@ async def test_endpoint_since_limit_and_bad_queries():
         for bad in ({"since": "yesterday"}, {"limit": "0"}, {"limit": "-1"}, {"since": "2026-11-30T11:00:00"}):
             answer = await client.get(PATH, params=bad)
             assert answer.status == 400 and "error" in await answer.json()
+
+
+@pytest.mark.asyncio
+async def test_endpoint_is_behind_the_same_basic_auth_as_metrics(tmp_path):
+    import bcrypt
+    from aiohttp import BasicAuth
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gpucarbon.cli import PROBE_PATHS
+    from gpucarbon.exporter.http import build_app
+    from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
+    from gpucarbon.receipts.api import PATH, receipts_handler
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    config = load_web_config(str(tmp_path / "web.yml"))
+    ring = ReceiptRing(10)
+    ring.add(receipt(1))
+    app = build_app(
+        latest=lambda: None,  # type: ignore[arg-type,return-value]
+        healthy=lambda: True,
+        middlewares=(auth_middleware(config, exempt_paths=PROBE_PATHS),),
+        routes=((PATH, receipts_handler(ring)),),
+    )
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get(PATH)).status == 401
+        assert (await client.get(PATH, auth=BasicAuth("prometheus", "wrong"))).status == 401
+        answer = await client.get(PATH, auth=BasicAuth("prometheus", "s3cret"))
+        assert answer.status == 200 and [r["id"] for r in (await answer.json())["receipts"]] == ["id-1"]
