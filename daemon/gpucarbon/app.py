@@ -41,7 +41,7 @@ from gpucarbon.poller import Poller
 from gpucarbon.receipts.api import PATH as RECEIPTS_PATH
 from gpucarbon.receipts.api import receipts_handler
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
-from gpucarbon.receipts.kubernetes import KubernetesRunStatus, top_owner
+from gpucarbon.receipts.kubernetes import KubernetesRunStatus
 from gpucarbon.receipts.model import Owner
 from gpucarbon.receipts.outbox import Outbox
 from gpucarbon.receipts.service import ReceiptService
@@ -319,8 +319,11 @@ def _receipts(
 
 
 def _owner_of(receipt: dict[str, Any]) -> Owner | None:
-    """The Event regarding the run's top-level owner, from its workload label (Kind/name)."""
-    return top_owner((), receipt.get("workload") or "")
+    """Whom the second Event regards: the run's top-level owner as its receipt names it."""
+    owner = receipt.get("owner")
+    if not isinstance(owner, dict):
+        return None
+    return Owner(owner["apiVersion"], owner["kind"], owner["name"], owner.get("uid") or "")
 
 
 def _rates(config: Config, intensity: CarbonProvider) -> Rates:

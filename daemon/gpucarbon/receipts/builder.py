@@ -80,6 +80,14 @@ def build_receipt(run: RunTally, facts: RunFacts, ctx: ReceiptContext, repeat_of
         "pod": run.pod or None,
         "pod_uid": facts.pod_uid or None,
         "workload": run.workload,
+        "owner": {
+            "apiVersion": facts.owner.api_version,
+            "kind": facts.owner.kind,
+            "name": facts.owner.name,
+            "uid": facts.owner.uid or None,
+        }
+        if facts.owner is not None
+        else None,
         "team": run.team,
         "job_id": facts.job_id or None,
         "user": facts.user or None,
