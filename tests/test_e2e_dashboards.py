@@ -11,6 +11,7 @@ shortened in a temporary copy so the alert can fire within the test.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -126,6 +127,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             "--poll.interval=500ms",
         ],
         cwd=REPO,
+        # The tree under test, as in-process tests and tests/procs.py import it,
+        # whatever other checkout an editable install points at.
+        env={**os.environ, "PYTHONPATH": str(REPO / "daemon")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
