@@ -131,6 +131,14 @@ def test_tracker_state_survives_a_checkpoint_round_trip():
     assert again.waste() == t.waste()
 
 
+def test_a_slurm_receipt_names_its_job_even_when_scontrol_could_not_say():
+    t = tracker()
+    job = [Row("slurm/4242", "GPU-a", 10.0, False, namespace="", pod="", container="", workload="slurm/4242")]
+    t.observe(job, {}, CTX, now=0.0)
+    [receipt] = t.observe(job, {}, CTX, now=400.0)
+    assert (receipt["kind"], receipt["job_id"], receipt["outcome"]) == ("slurm", "4242", "unknown")
+
+
 def test_runs_by_key():
     assert run_of("pod/uid-1/c", "p", False) == ("pod", "uid-1")
     assert run_of("slurm/42", "", False) == ("slurm", "42")

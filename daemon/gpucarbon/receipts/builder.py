@@ -89,7 +89,7 @@ def build_receipt(run: RunTally, facts: RunFacts, ctx: ReceiptContext, repeat_of
         if facts.owner is not None
         else None,
         "team": run.team,
-        "job_id": facts.job_id or None,
+        "job_id": facts.job_id or (run.run_id if run.kind == "slurm" else None),
         "user": facts.user or None,
         "account": facts.account or None,
         "outcome": facts.outcome,
