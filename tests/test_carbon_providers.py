@@ -653,3 +653,26 @@ async def test_factory_live_provider_falls_back_to_the_zone_table_value(monkeypa
 def test_fetch_error_text_has_reason_and_detail():
     error = FetchError("auth", "electricitymaps: HTTP 401", retryable=False)
     assert str(error) == "auth: electricitymaps: HTTP 401" and error.retryable is False
+
+
+@pytest.mark.parametrize(
+    "zone, expected",
+    [
+        ("FR\ud800", "FR"),  # issue 11: a lone surrogate made every /metrics a 500 (UnicodeEncodeError)
+        ("FR\n# TYPE x counter", "FR# TYPE x counter"),
+        ("Z" * 30000, None),  # issue 11: reached the exposition as is
+    ],
+    ids=["lone-surrogate", "newline", "30000-chars"],
+)
+async def test_a_hostile_zone_from_the_api_becomes_a_safe_label(api, session, zone, expected):
+    import json
+
+    from gpucarbon.labels import sanitise_label_value
+
+    api.script(EM_PATH, Reply(raw=json.dumps({**electricitymaps_latest("FR", 41), "zone": zone})))
+    provider = em_provider(api, session, ManualTime())
+    assert await provider.refresh_once() is True
+    reading = provider.current()
+    assert reading.zone == (expected if expected is not None else sanitise_label_value(zone, 64))
+    assert len(reading.zone) <= 64 and reading.zone.isprintable()
+    reading.zone.encode("utf-8")  # no lone surrogate left

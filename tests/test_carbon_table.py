@@ -69,8 +69,9 @@ def test_known_published_figures():
     assert (by_zone["US"], rows["US"]["year"]) == (383.55, "2024")  # no longer the 2022 figure
     assert (by_zone["WORLD"], rows["WORLD"]["year"]) == (472.94, "2024")  # Ember "World"
     assert (by_zone["CA-QC"], rows["CA-QC"]["year"]) == (41, "2025")  # Electricity Maps yearly 2025
-    # eGRID2023 SRVC 593.079 lb/MWh * 0.45359237 g/kWh per lb/MWh
-    assert by_zone["US-EGRID-SRVC"] == pytest.approx(593.079 * 0.45359237, abs=0.05)
+    # eGRID2023rev2 SRVC 596.326 lb/MWh * 0.45359237 g/kWh per lb/MWh (January 2025's 593.079 is superseded)
+    assert by_zone["US-EGRID-SRVC"] == pytest.approx(596.326 * 0.45359237, abs=0.005)
+    assert (by_zone["US-EGRID-CAMX"], rows["US-EGRID-CAMX"]["year"]) == (195.04, "2023")  # 429.983 lb/MWh
 
 
 def test_cloud_regions_of_each_provider_map_to_table_zones(table):
@@ -233,6 +234,8 @@ def test_sub_national_zones_cover_canadian_provinces_and_australian_states(table
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "carbon"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "refresh-carbon-table"
+# The --egrid-release docs/carbon.md gives for the bundled eGRID rows; it is part of each row's source.
+EGRID_RELEASE = "eGRID2023rev2 (June 2025; read from EPA Power Profiler data, USEPA/power-profiler 3ef5e41)"
 
 
 def run_refresh(tmp_path: Path, zones: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -275,18 +278,42 @@ def test_refresh_reproduces_the_bundled_rows_from_the_upstream_files(tmp_path):
         "--egrid",
         str(FIXTURES / "egrid2023-srl.excerpt.csv"),
         "--egrid-release",
-        "eGRID2023 (January 2025)",
+        EGRID_RELEASE,
     )
     assert done.returncode == 0, done.stderr
     made = {row["zone"]: row for row in csv.DictReader((tmp_path / "table.csv").read_text("utf-8").splitlines())}
     bundled = {row["zone"]: row for row in bundled_rows()}
-    for zone in ("CA", "FR", "US", "ID", "WORLD", "CA-QC", "AU-NSW"):
+    for zone in ("CA", "FR", "US", "ID", "WORLD", "CA-QC", "AU-NSW", "US-EGRID-CAMX"):
         assert made[zone] == bundled[zone], zone
     assert made["ID"]["year"] == "2023"  # Ember's newest year for Indonesia, not a common year
-    assert float(made["US-EGRID-CAMX"]["grams_per_kwh"]) == pytest.approx(438.15 * 0.45359237, abs=0.01)
-    assert "438.15 lb/MWh" in made["US-EGRID-CAMX"]["source"]
+    assert float(made["US-EGRID-CAMX"]["grams_per_kwh"]) == pytest.approx(429.983 * 0.45359237, abs=0.005)
+    assert "429.983 lb/MWh" in made["US-EGRID-CAMX"]["source"]
     docs = (tmp_path / "docs.md").read_text("utf-8")
     assert "| CA-QC | Québec | 41 | 2025 | Electricity Maps [2] |" in docs and "old" not in docs
+
+
+def test_the_bundled_egrid_rows_are_the_kept_egrid_inputs_run_through_refresh(tmp_path):
+    egrid_zones = [f"US-EGRID-{code}" for code in (*EGRID_SUBREGIONS, "US")]
+    zones = "".join(
+        f"{zone},egrid,{zone.removeprefix('US-EGRID-')},{name}\n"
+        for zone, name in ((row["zone"], row["name"]) for row in bundled_rows() if row["zone"] in egrid_zones)
+    )
+    done = run_refresh(
+        tmp_path,
+        zones,
+        "--egrid",
+        str(SCRIPT.parent / "carbon-table" / "egrid2023rev2-srl.csv"),
+        "--egrid",
+        str(SCRIPT.parent / "carbon-table" / "egrid2023rev2-us.csv"),
+        "--egrid-release",
+        EGRID_RELEASE,
+    )
+    assert done.returncode == 0, done.stderr
+    made = list(csv.DictReader((tmp_path / "table.csv").read_text("utf-8").splitlines()))
+    bundled = {row["zone"]: row for row in bundled_rows()}
+    assert sorted(row["zone"] for row in made) == sorted(egrid_zones)
+    for row in made:
+        assert row == bundled[row["zone"]], row["zone"]
 
 
 def test_refresh_names_a_zone_the_upstream_file_lacks_and_writes_nothing(tmp_path):

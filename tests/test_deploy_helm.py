@@ -65,6 +65,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "runtimeClassName": "nvidia",
         "priorityClassName": "system-node-critical",
     },
+    "network-policy": {
+        "networkPolicy": {
+            "enabled": True,
+            "prometheusNamespace": "observability",
+            "prometheusPodLabels": {"app.kubernetes.io/name": "prometheus"},
+        }
+    },
     "podresources-root": {"podResources": {"enabled": True}, "securityContext": {"runAsRoot": True}},
     "follow-owners": {
         "config": {"kubernetes": {"owners": {"follow": ["ReplicaSet", "Job", "RayCluster", "StatefulSet"]}}}
@@ -338,10 +345,8 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads_and_receipt_e
         for verb in rule["verbs"]
     }
     assert grants == {
-        ("", "pods", "get"),
-        ("", "pods", "list"),
+        ("", "pods", "list"),  # no get: nothing reads a pod by name
         ("", "pods", "watch"),
-        ("", "namespaces", "get"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
         ("", "nodes", "get"),
@@ -374,6 +379,25 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads_and_receipt_e
     assert _pod(rendered["default"])["serviceAccountName"] == account["metadata"]["name"]
 
 
+def test_network_policy_is_off_by_default_and_admits_only_prometheus_to_the_metrics_port(rendered: dict) -> None:
+    assert not [o for o in rendered["default"] if o["kind"] == "NetworkPolicy"]
+    objects = rendered["network-policy"]
+    policy, daemonset = _one(objects, "NetworkPolicy"), _one(objects, "DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    [port] = rule["ports"]
+    assert port == {"port": "metrics", "protocol": "TCP"}
+    assert any(p["name"] == "metrics" for p in _container(objects)["ports"])
+
+
 # --- monitoring objects ------------------------------------------------------
 
 
@@ -402,6 +426,10 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "targetLabel": "node",
         "action": "replace",
     } in endpoint["relabelings"]
+    # the workload's namespace/pod must not become exported_namespace/exported_pod, and a series
+    # without a workload must not take the exporter pod's
+    assert endpoint["honorLabels"] is True
+    assert {"action": "labeldrop", "regex": "(namespace|pod|container)"} in endpoint["relabelings"]
     assert set(endpoint) <= {
         "port",
         "path",
@@ -412,6 +440,7 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "basicAuth",
         "relabelings",
         "metricRelabelings",
+        "honorLabels",
     }
 
 

@@ -31,6 +31,8 @@ from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.errors import SetupError, require_extra
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
+from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
+from gpucarbon.fileperms import warn_if_world_readable, warn_if_writable_by_others
 from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
@@ -53,6 +55,7 @@ from gpucarbon.receipts.tracker import FirstStatus, RunStatus, RunTracker
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
+from gpucarbon.simulation.serving import ServingListener, serving_pods
 from gpucarbon.state import CheckpointStore
 from gpucarbon.teams import TeamRules
 
@@ -84,6 +87,7 @@ class RunOptions:
     scenario: Scenario | None = None  # set: simulate instead of NVML
     speed: float | None = None  # overrides the scenario's speed
     state_dir: str | None = None  # overrides state.dir from the config
+    serving_address: str | None = None  # set: serve the simulated serving engines' counters there
 
 
 @dataclass
@@ -108,6 +112,7 @@ def build_daemon(
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
     clock, node = _simulation(options, base_clock, config.teams)
+    serving = _serving(options, node)
     if backend is None:
         backend = node.gpus if node is not None else _nvml_backend(clock)
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
@@ -151,7 +156,12 @@ def build_daemon(
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
     )
     # Receipts close first: their last records reach the file before the API client closes.
-    services = (*((receipts,) if receipts else ()), intensity, *(TaskService(s) for s in identity.sources))
+    services = (
+        *((receipts,) if receipts else ()),
+        intensity,
+        *(TaskService(s) for s in identity.sources),
+        *serving,
+    )
     return Daemon(
         poller=poller,
         ledger=ledger,
@@ -172,6 +182,19 @@ def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tup
     return clock, SimulatedNode.build(options.scenario, clock, teams)
 
 
+def _serving(options: RunOptions, node: SimulatedNode | None) -> tuple[ServingListener, ...]:
+    """The simulated serving engines' listener, when --simulate.serving-address asks for it."""
+    if options.serving_address is None:
+        return ()
+    if node is None:
+        raise SetupError("--simulate.serving-address: needs --simulate")
+    pods = serving_pods(node.scenario.workloads)
+    if not pods:
+        raise SetupError(f"--simulate.serving-address: {node.scenario.source} has no workload with serving:")
+    address = parse_listen_address(options.serving_address)
+    return (ServingListener(pods, node.time.now, address.host, address.port),)
+
+
 def _checkpointer(
     config: Config,
     options: RunOptions,
@@ -186,6 +209,7 @@ def _checkpointer(
     state_dir = options.state_dir or config.state.dir
     if not state_dir:
         return None
+    warn_if_writable_by_others(state_dir, "state directory")
     store = CheckpointStore(Path(state_dir), clock=base_clock)
     checkpointer = Checkpointer(
         store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs), receipts=receipts
@@ -444,6 +468,8 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
             clock=clock.wall,
         )
 
+    if c.token_file:
+        warn_if_world_readable(c.token_file, "carbon.intensity.token_file", "an API token")
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured
@@ -468,11 +494,18 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
 
 
 async def serve(
-    daemon: Daemon, middlewares: tuple = (), ssl_context=None, auth_failures: AuthFailures | None = None
+    daemon: Daemon,
+    middlewares: tuple = (),
+    ssl_context=None,
+    auth_failures: AuthFailures | None = None,
+    security_headers: dict[str, str] | None = None,
+    certificate_expiry: float | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
+    """Serve until SIGTERM/SIGINT (SIGHUP is ignored); then a final poll and a
+    bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
+    connections = ConnectionCounts()
     routes = ((RECEIPTS_PATH, receipts_handler(daemon.receipts.dispatcher.ring)),) if daemon.receipts else ()
     app = build_app(
         latest=daemon.poller.latest,
@@ -480,17 +513,27 @@ async def serve(
         telemetry_path=opts.telemetry_path,
         middlewares=middlewares,
         auth_failures=auth_failures,
+        connections=connections,
+        certificate_expiry=certificate_expiry,
         routes=routes,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context, shutdown_timeout=2.0)
+    site = GuardedSite(
+        runner,
+        address.host,
+        address.port,
+        ssl_context=ssl_context,
+        counts=connections,
+        security_headers=security_headers,
+    )
     await site.start()
     log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
     await _start_services(daemon)
     tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
     await stop.wait()
@@ -500,6 +543,14 @@ async def serve(
     except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
+
+
+def _on_sighup() -> None:
+    """SIGHUP is ignored (docs/security.md): the configuration, web config and
+    certificates are read once at start, and a restart loses no counters. A
+    terminal hang-up or a reflexive `kill -HUP` must not end the daemon without
+    its final checkpoint, which is what the default action did."""
+    log.info("SIGHUP ignored: configuration is read at start; restart the daemon to apply changes")
 
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:

@@ -29,9 +29,17 @@ class ReasonCounts(Protocol):
 class SnapshotCollector:
     """Every metric the daemon exports (bar the process_* ones) is declared here."""
 
-    def __init__(self, latest: Callable[[], Snapshot], auth_failures: ReasonCounts | None = None) -> None:
+    def __init__(
+        self,
+        latest: Callable[[], Snapshot],
+        auth_failures: ReasonCounts | None = None,
+        connections: ReasonCounts | None = None,
+        certificate_expiry: float | None = None,
+    ) -> None:
         self._latest = latest
         self._auth_failures = auth_failures
+        self._connections = connections  # closed by the listener, by reason (exporter/listener.py)
+        self._certificate_expiry = certificate_expiry  # Unix s, read at start (exporter/certificate.py)
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the snapshot; skip describe-time collection
@@ -47,6 +55,15 @@ class SnapshotCollector:
         yield from _source_metrics(snap)
         if self._auth_failures is not None:
             yield from _auth_metrics(self._auth_failures.counts())
+        if self._connections is not None:
+            yield from _connection_metrics(self._connections.counts())
+        if self._certificate_expiry is not None:
+            expiry = _gauge(
+                "gpucarbon_web_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the serving TLS certificate expires (notAfter), read at start.",
+            )
+            expiry.add_metric([], self._certificate_expiry)
+            yield expiry
 
 
 def _gauge(name: str, doc: str, labels=(), unit: str = "") -> GaugeMetricFamily:
@@ -103,6 +120,19 @@ def _state_metrics(state: StateCounters) -> Iterator[Metric]:
 
 def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
     family = _counter("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.", ["reason"])
+    for reason, count in counts:
+        family.add_metric([reason], count)
+    yield family
+
+
+def _connection_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
+    family = _counter(
+        "gpucarbon_web_connections_closed_total",
+        "Connections the listener closed before a response: refused (connection cap), evicted (waiting "
+        "connection closed for a new one at the cap), timed_out (no complete request in time), oversized "
+        "(request head too large).",
+        ["reason"],
+    )
     for reason, count in counts:
         family.add_metric([reason], count)
     yield family

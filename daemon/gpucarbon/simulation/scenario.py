@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from gpucarbon.errors import GpuCarbonError
+from gpucarbon.simulation.serving import ServingSpec, parse_serving
 from gpucarbon.yamlcheck import YAML_ERRORS, is_number, key_text, yaml_where
 
 
@@ -69,6 +70,7 @@ class SimWorkload:
     pid: int | None
     cgroup: str | None
     memory_bytes: int
+    serving: ServingSpec | None = None  # set: the pod runs a serving engine (simulation/serving.py)
     # How the run ends (at `end`), for its receipt; image and command make its
     # fingerprint, so two workloads with the same ones are the same computation.
     outcome: str = "succeeded"
@@ -257,6 +259,7 @@ class _Parser:
                 "pid",
                 "cgroup",
                 "memory_bytes",
+                "serving",
                 "outcome",
                 "reason",
                 "exit_code",
@@ -284,6 +287,11 @@ class _Parser:
         cgroup = sec.get("cgroup")
         if cgroup is not None and not isinstance(cgroup, str):
             raise self.fail(f"{path}.cgroup", f"{cgroup!r} must be a string")
+        serving = None
+        if sec.get("serving") is not None:
+            if allocated_only:
+                raise self.fail(f"{path}.serving", "an allocated_only workload runs no process, so it serves nothing")
+            serving = parse_serving(sec["serving"], f"{path}.serving", self.fail)
         return SimWorkload(
             namespace=self.text(sec, "namespace", path, ""),
             pod=self.text(sec, "pod", path, ""),
@@ -298,6 +306,7 @@ class _Parser:
             pid=pid,
             cgroup=cgroup,
             memory_bytes=int(self.number(sec, "memory_bytes", path, 8 * 2**30, maximum=2**50)),
+            serving=serving,
             **self.ending(sec, path, end),
         )
 
