@@ -245,3 +245,16 @@ async def test_a_fault_in_the_receipt_stage_costs_receipts_never_a_poll(caplog):
     assert ("tracker", "error", 2) in snapshot.receipts.sinks
     assert daemon.receipts.failures == 3
     assert "could not be read for finished runs" in caplog.text
+
+
+def test_receipt_file_settings_without_a_state_dir_are_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("receipts:\n  file: {keep: 2}\n")
+    result = run_cli(f"--config.file={path}", "--simulate", "--once")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (  # after the start-up log lines
+        "gpu-carbon-exporter: receipts.file: does nothing without state.dir or --state.dir (receipts.jsonl lives there)"
+    )
+    assert "Traceback" not in result.stderr
+    ok = run_cli(f"--config.file={path}", "--simulate", "--once", f"--state.dir={tmp_path / 'state'}")
+    assert ok.returncode == 0, ok.stderr

@@ -26,7 +26,7 @@ from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
 from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
-from gpucarbon.config import Config
+from gpucarbon.config import Config, ReceiptSettings
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.errors import SetupError, require_extra
@@ -294,6 +294,9 @@ def _receipts(
     Slurm) and where receipts go (file, memory, log, Events, webhook)."""
     settings = config.receipts
     state_dir = options.state_dir or config.state.dir
+    defaults = ReceiptSettings()
+    if not state_dir and (settings.file_max_bytes, settings.file_keep) != (defaults.file_max_bytes, defaults.file_keep):
+        raise SetupError("receipts.file: does nothing without state.dir or --state.dir (receipts.jsonl lives there)")
     node_name = kube[1] if kube else socket.gethostname()
     statuses: list[RunStatus] = []
     background: list[Any] = []
