@@ -1,5 +1,7 @@
 """Command line, in the Prometheus exporter conventions.
 
+`gpu-carbon-exporter report ...` hands over to gpucarbon.report.cli.
+
 Exit codes: 0 ok; 1 --once found no working GPU backend; 2 bad flags or config.
 Every error is one line on stderr, never a traceback.
 """
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export GPU energy, attributed to workloads and teams, "
         "and its carbon emissions as Prometheus metrics.",
+        epilog="`gpu-carbon-exporter report --help`: a period's energy, emissions, cost and waste per team, "
+        "read from Prometheus.",
     )
     p.add_argument(
         "--web.listen-address",
@@ -233,6 +237,11 @@ def _web_warnings(web_config: WebConfig) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:  # the report subcommand has its own flags (gpucarbon/report/cli.py)
+        from gpucarbon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     # Until serve() installs its handler, a SIGHUP (its default action ends the
     # process) must not kill a daemon that is still restoring its checkpoint.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
