@@ -5,6 +5,7 @@ with the whole energy, bad receipt config is one line and exit 2."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import parse_config
-from gpucarbon.receipts.store import ReceiptFile
+from gpucarbon.receipts.store import FILE_NAME, ReceiptFile
 from gpucarbon.simulation.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +259,38 @@ def test_receipt_file_settings_without_a_state_dir_are_an_error(tmp_path):
     assert "Traceback" not in result.stderr
     ok = run_cli(f"--config.file={path}", "--simulate", "--once", f"--state.dir={tmp_path / 'state'}")
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.asyncio
+async def test_the_report_reads_the_receipts_the_daemon_writes(tmp_path):
+    """The cluster report (gpucarbon.report) parses receipts.jsonl as the daemon
+    writes it: no line is malformed, and energy, outcome and fingerprint agree."""
+    from gpucarbon.report.receipts import parse_receipt
+
+    scenario = """
+seed: 6
+gpus: [{model: G, count: 1, idle_watts: 70, max_watts: 700}]
+workloads:
+  - {namespace: v, pod: a, workload: Job/a, team: vision, gpus: [0], start: 0, end: 6, sm_util: 0.5,
+     image: "reg/x@sha256:1", command: [train]}
+  - {namespace: v, pod: b, workload: Job/b, team: vision, gpus: [0], start: 8, end: 14, sm_util: 0.5,
+     image: "reg/x@sha256:1", command: [train], outcome: failed}
+"""
+    clock = ManualClock()
+    daemon = daemon_for(scenario, clock, tmp_path)
+    await daemon.receipts.start()
+    await run_for(daemon, clock, 20.0, 1.0)
+    await daemon.receipts.dispatcher.flush()
+    await daemon.receipts.close()
+    lines = (tmp_path / FILE_NAME).read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        written = json.loads(line)
+        parsed = parse_receipt(line)
+        assert (parsed.id, parsed.outcome, parsed.fingerprint) == (
+            written["id"],
+            written["outcome"],
+            written["fingerprint"],
+        )
+        assert parsed.energy_joules == written["energy_joules"] and parsed.gpus == 1
+    assert json.loads(lines[1])["fingerprint"] == json.loads(lines[0])["fingerprint"]

@@ -137,10 +137,11 @@ def build_receipt(run: RunTally, facts: RunFacts, ctx: ReceiptContext, repeat_of
         "currency": ctx.offset_currency,
         "cost": round(grams / GRAMS_PER_TONNE * ctx.offset_price_per_tonne, 6),
     }
+    # A plain string ("sha256:<hex>"), so any reader can compare fingerprints
+    # as values (the report groups runs by it); what went in is beside it.
     fingerprint = facts.fingerprint
-    receipt["fingerprint"] = (
-        {"sha256": fingerprint.sha256, "inputs": list(fingerprint.inputs)} if fingerprint is not None else None
-    )
+    receipt["fingerprint"] = f"sha256:{fingerprint.sha256}" if fingerprint is not None else None
+    receipt["fingerprint_inputs"] = list(fingerprint.inputs) if fingerprint is not None else None
     receipt["repeat_of"] = repeat_of
     return receipt
 
