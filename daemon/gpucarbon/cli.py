@@ -157,9 +157,18 @@ class _LogfmtFormatter(logging.Formatter):
             f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
             f'logger={record.name} msg="{msg}"'
         )
+        for key, value in (getattr(record, "fields", None) or {}).items():  # structured lines (receipts)
+            line += f" {key}={_logfmt_value(value)}"
         if record.exc_info:
             line += ' exc="' + self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'") + '"'
         return line
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
 class _JsonFormatter(logging.Formatter):
@@ -170,6 +179,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        receipt = getattr(record, "receipt", None)
+        if receipt is not None:  # the whole receipt, as one JSON object
+            entry["receipt"] = receipt
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
