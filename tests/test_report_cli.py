@@ -219,7 +219,8 @@ def test_the_json_has_the_documented_shape():
     assert issue_fields <= set(doc["groups"][0])
     assert doc["groups"][1]["cost"] is None, "unknown stays null, not 0"
     assert doc["unattributed_share"] == pytest.approx(9.5 / 160.0)
-    assert doc["runs"][0]["id"] == "llama-ft-7d2" and doc["runs"][0]["nodes"] == ["node-a", "node-b"]
+    assert doc["runs"][0]["name"] == "research/PyTorchJob/llama-ft" and doc["runs"][0]["nodes"] == ["node-a", "node-b"]
+    assert len(doc["runs"][0]["receipt_ids"]) == 2
     assert doc["receipts"]["malformed"] == 8
     json.dumps(doc, allow_nan=False)  # strict JSON: no NaN or Infinity
 
@@ -246,7 +247,7 @@ def test_every_format_renders_groups_totals_and_unknowns(fmt):
     for needle in ("nlp", "vision"):
         assert needle in text
     if fmt in ("table", "markdown", "html"):
-        assert "120.0" in text and "Total" in text and "llama-ft-7d2" in text
+        assert "120.0" in text and "Total" in text and "research/PyTorchJob/llama-ft" in text
     if fmt == "csv":
         rows = text.splitlines()
         assert rows[0].startswith("team,energy_kwh,") and rows[-1].startswith("Total,160.0,")

@@ -28,7 +28,7 @@ class Figures:
     gpu_hours_busy: float  # SM-utilization x held time
     busy_share: float | None  # busy / held
     idle_energy_kwh: float | None  # estimated: (held - busy) GPU-hours x mean idle power
-    failed_energy_kwh: float | None  # finished runs with a failed/preempted outcome
+    failed_energy_kwh: float | None  # finished runs that ended failed, preempted, evicted or timeout
     repeated_energy_kwh: float | None  # runs repeating an earlier run's fingerprint (every run after the first)
     energy_per_token_j: float | None = None  # inference only, when a token counter exists
 
@@ -69,7 +69,8 @@ class IntensitySource:
 class Run:
     """One run from the receipts, joined across the nodes it ran on."""
 
-    id: str
+    id: str  # the receipt id of its first part (earliest start)
+    receipt_ids: tuple[str, ...]  # every node's receipt of this run
     kind: str
     namespace: str
     workload: str
@@ -83,6 +84,11 @@ class Run:
     gpus: int
     fingerprint: str | None
     repeat_of: str | None
+
+    @property
+    def name(self) -> str:
+        """What a person calls the run: namespace/Kind/name, or slurm/<job id>."""
+        return f"{self.namespace}/{self.workload}" if self.namespace else self.workload or self.id
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ def _figures(f: Figures) -> dict[str, Any]:
 def _run(r: Run) -> dict[str, Any]:
     out = asdict(r)
     out["started_at"], out["finished_at"], out["nodes"] = iso(r.started_at), iso(r.finished_at), list(r.nodes)
+    out["receipt_ids"] = list(r.receipt_ids)
+    out["name"] = r.name
     return out
 
 
