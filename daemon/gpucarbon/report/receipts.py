@@ -228,10 +228,10 @@ def join_runs(receipts: Iterable[Receipt]) -> list[Run]:
     """Receipts with one run_key whose times overlap are one Run: energy and
     GPUs summed over its parts, the earliest start, the latest finish, a waste
     outcome if any part had one. A receipt read twice (the same file collected
-    twice) counts once: receipt ids are unique."""
-    by_key: dict[tuple[str, ...], dict[str, Receipt]] = defaultdict(dict)
+    twice) counts once."""
+    by_key: dict[tuple[str, ...], dict[tuple[str, str], Receipt]] = defaultdict(dict)
     for r in receipts:
-        by_key[run_key(r)].setdefault(r.id, r)
+        by_key[run_key(r)].setdefault((r.node, r.id), r)
     runs = [_join(parts) for same_key in by_key.values() for parts in _overlapping(same_key.values())]
     return sorted(runs, key=lambda r: (-r.energy_kwh, r.id))
 
