@@ -41,6 +41,7 @@ class ReportRequest:
     end: float
     by: str = "team"
     offset_price_per_tonne: float | None = None
+    currency: str | None = None  # the daemon's carbon.cost.currency, from --config.file
     receipts: ReceiptSummary | None = None
     tokens_metric: str = q.TOKENS
 
@@ -367,7 +368,14 @@ class Gatherer:
         )
 
     def _currency(self) -> str | None:
-        return ", ".join(self._currencies) or None
+        """The cost series' currency; the daemon's config's when the store has no costs."""
+        configured = self._req.currency
+        if configured and self._currencies and configured not in self._currencies:
+            self._notes.append(
+                f"the config's currency {configured} is not the cost series' ({', '.join(self._currencies)}): "
+                "the offset price is taken as given"
+            )
+        return ", ".join(self._currencies) or configured
 
     @staticmethod
     def _with_facility(figures, pue: float | None):

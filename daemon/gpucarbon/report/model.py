@@ -23,7 +23,7 @@ class Figures:
     facility_energy_kwh: float | None  # energy_kwh x PUE (the daemon's configured PUE)
     emissions_kg: float  # operational, as the daemon computed them (PUE and grid intensity applied)
     cost: float | None  # energy cost in `currency` (daemon's carbon.cost), None if not configured
-    offset_cost: float | None  # emissions_kg / 1000 x --offset-price
+    offset_cost: float | None  # emissions_kg / 1000 x offset price (--offset-price or the config's)
     gpu_hours_held: float
     gpu_hours_busy: float  # SM-utilization x held time
     busy_share: float | None  # busy / held
