@@ -13,6 +13,7 @@ from gpucarbon.report.receipts import (
     RECEIPT_FIELDS,
     WASTE_OUTCOMES,
     Malformed,
+    find_repeats,
     join_runs,
     parse_receipt,
     read_receipts,
@@ -203,3 +204,47 @@ def test_without_an_owner_or_job_id_the_receipt_id_is_the_run():
         '{"id": "r2", "node": "b", "kind": "pod", "started_at": 1, "finished_at": 5, "energy_joules": 1}',
     ]
     assert sorted(r.id for r in join_runs(parse_receipt(line) for line in lines)) == ["r1", "r2"]
+
+
+def _run_line(rid: str, node: str, finished: float, outcome: str) -> str:
+    return json.dumps(
+        {
+            "id": rid,
+            "node": node,
+            "kind": "pod",
+            "team": "vision",
+            "outcome": outcome,
+            "started_at": finished - 3600,
+            "finished_at": finished,
+            "energy_joules": 3.6e6,
+            "fingerprint": "sha256:same",
+        }
+    )
+
+
+def test_a_repeat_is_of_an_earlier_success_within_the_window_as_on_a_node():
+    """The daemon's rule (docs/receipts.md, "Repeats"), applied across nodes."""
+    day = 86400.0
+    lines = [
+        _run_line("failed-first", "a", 1 * day, "failed"),  # nothing succeeded yet: waste, not a repeat
+        _run_line("retry-ok", "b", 2 * day, "succeeded"),  # the first success: not a repeat
+        _run_line("again", "a", 3 * day, "succeeded"),  # repeats retry-ok
+        _run_line("again-failed", "b", 4 * day, "failed"),  # repeats again, whatever its own outcome
+        _run_line("much-later", "a", 20 * day, "succeeded"),  # 16 days after the last success: outside 7 days
+    ]
+    runs = join_runs(parse_receipt(line) for line in lines)
+    [group] = find_repeats(runs)
+    assert group.repeats == ("again", "again-failed")
+    assert group.runs == ("failed-first", "retry-ok", "again", "again-failed", "much-later")
+    assert group.repeated_energy_kwh == pytest.approx(2.0)
+    [wide] = find_repeats(runs, window_s=30 * day)  # receipts.repeat_window: 30d in the daemon's config
+    assert wide.repeats == ("again", "again-failed", "much-later")
+
+
+def test_the_report_takes_the_repeat_window_from_the_daemons_config(tmp_path):
+    from gpucarbon.report.cli import build_parser, daemon_config
+
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text("receipts:\n  repeat_window: 30d\n")
+    args = build_parser().parse_args(["--prometheus.url=http://x", f"--config.file={config}"])
+    assert daemon_config(args).receipts.repeat_window_s == 30 * 86400.0

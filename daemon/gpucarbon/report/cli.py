@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from gpucarbon.config import ConfigError, load_config
+from gpucarbon.config import Config, ConfigError, load_config
 from gpucarbon.report.client import HttpConfig, PromClient, load_http_config, read_secret_file
 from gpucarbon.report.errors import ReportError, UsageError
 from gpucarbon.report.gather import Gatherer, ReportRequest
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="the daemon's configuration file: its receipts.offset_price_per_tonne and "
-        "carbon.cost.currency price the offsets (validated as the daemon does)",
+        "carbon.cost.currency price the offsets, its receipts.repeat_window finds repeats "
+        "(validated as the daemon does)",
     )
     p.add_argument(
         "--offset-price",
@@ -198,17 +199,16 @@ def http_config(args: argparse.Namespace) -> HttpConfig:
     return HttpConfig(**values)
 
 
-def offset_pricing(args: argparse.Namespace) -> tuple[float | None, str | None]:
-    """(price per tonne, currency): --offset-price wins over the daemon's config
-    file, read and validated by the daemon's own loader."""
+def daemon_config(args: argparse.Namespace) -> Config | None:
+    """The daemon's --config.file, read and validated by the daemon's own loader:
+    its offset price and currency price the offsets (unless --offset-price),
+    its repeat window finds repeats across nodes."""
     if args.config_file is None:
-        return args.offset_price, None
+        return None
     try:
-        config = load_config(args.config_file)
+        return load_config(args.config_file)
     except ConfigError as err:
         raise UsageError(f"--config.file {err}") from None
-    price = args.offset_price if args.offset_price is not None else config.receipts.offset_price_per_tonne
-    return price, config.carbon.currency
 
 
 class Progress:
@@ -251,14 +251,18 @@ def _run(args: argparse.Namespace) -> int:
 
         require_plotly()  # before minutes of queries, not after
     client = PromClient(args.url, http_config(args), timeout_s=args.timeout)
-    offset_price, currency = offset_pricing(args)
-    receipts = summarize(args.receipts, start, end) if args.receipts else None
+    config = daemon_config(args)
+    offset_price = args.offset_price
+    if offset_price is None and config is not None:
+        offset_price = config.receipts.offset_price_per_tonne
+    repeat_window_s = (config or Config()).receipts.repeat_window_s
+    receipts = summarize(args.receipts, start, end, repeat_window_s) if args.receipts else None
     request = ReportRequest(
         start=start,
         end=end,
         by=args.by,
         offset_price_per_tonne=offset_price,
-        currency=currency,
+        currency=config.carbon.currency if config is not None else None,
         receipts=receipts,
         tokens_metric=args.tokens_metric,
     )

@@ -29,7 +29,7 @@ class Figures:
     busy_share: float | None  # busy / held
     idle_energy_kwh: float | None  # estimated: (held - busy) GPU-hours x mean idle power
     failed_energy_kwh: float | None  # finished runs that ended failed, preempted, evicted or timeout
-    repeated_energy_kwh: float | None  # runs repeating an earlier run's fingerprint (every run after the first)
+    repeated_energy_kwh: float | None  # runs repeating an earlier successful run's fingerprint
     energy_per_token_j: float | None = None  # inference only, when a token counter exists
 
 
@@ -95,8 +95,9 @@ class Run:
 class RepeatGroup:
     fingerprint: str
     runs: tuple[str, ...]  # run ids, first run first
-    repeated_energy_kwh: float  # every run after the first
+    repeated_energy_kwh: float  # the repeats' energy
     team: str
+    repeats: tuple[str, ...] = ()  # ids of the runs that repeat an earlier success
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "lines": rec.lines,
             "malformed": rec.malformed,
             "malformed_examples": list(rec.malformed_examples),
-            "repeats": [{**asdict(g), "runs": list(g.runs)} for g in rec.repeats],
+            "repeats": [{**asdict(g), "runs": list(g.runs), "repeats": list(g.repeats)} for g in rec.repeats],
             "failed": [r.id for r in rec.failed],
         }
     return out

@@ -3,8 +3,9 @@ collected from the nodes (the daemon writes them; docs/receipts.md).
 
 This module reads them, drops malformed lines (counted, with examples, never a
 crash), joins the receipts of one run across nodes, and finds repeated runs
-cluster-wide: runs with the same `fingerprint` are the same computation, so
-every run after the first is repeated energy.
+cluster-wide: runs with the same `fingerprint` are the same computation, so a
+run after a successful one (within receipts.repeat_window) is repeated energy:
+the daemon's own rule, applied to every node's runs together.
 
 A daemon's receipt `id` is one per pod (or Slurm job) per node, so the `id`
 cannot join a multi-node run. `run_key` does (docs/report.md, "Joining"): a
@@ -29,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gpucarbon.config import ReceiptSettings
 from gpucarbon.receipts.model import OUTCOMES
 from gpucarbon.receipts.model import WASTE_OUTCOMES as DAEMON_WASTE_OUTCOMES
 from gpucarbon.report.errors import UsageError
@@ -63,6 +65,8 @@ WASTE_OUTCOMES: tuple[str, ...] = tuple(o for o in OUTCOMES if o in DAEMON_WASTE
 SERVICE_KINDS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Rollout", "RayService", "LeaderWorkerSet", "Notebook"}
 )
+# receipts.repeat_window's default: a repeat is of a success at most this long before.
+DEFAULT_REPEAT_WINDOW_S = ReceiptSettings().repeat_window_s
 MAX_EXAMPLES = 5
 MAX_LINE_BYTES = 1 << 20  # a longer line is malformed, not parsed
 
@@ -273,30 +277,51 @@ def _join(parts: list[Receipt]) -> Run:
     )
 
 
-def find_repeats(runs: Iterable[Run]) -> list[RepeatGroup]:
-    """Groups of two or more runs with one fingerprint, first run first; the
-    repeated energy is every run's after the first. Most repeated energy first."""
+def find_repeats(runs: Iterable[Run], window_s: float = DEFAULT_REPEAT_WINDOW_S) -> list[RepeatGroup]:
+    """Repeats across nodes, by the daemon's rule on one node: a run whose
+    fingerprint already succeeded (a run that finished before it did, within
+    `window_s` before) repeats that computation, whatever its own outcome. A
+    group lists every run of a fingerprint that has a repeat, first run first;
+    its repeated energy is the repeats'. Most repeated energy first."""
     by_fp: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.fingerprint:
             by_fp[run.fingerprint].append(run)
     groups = []
     for fingerprint, members in by_fp.items():
-        if len(members) < 2:
+        repeats = _repeats(members, window_s)
+        if not repeats:
             continue
         members.sort(key=lambda r: (r.started_at, r.id))
         groups.append(
             RepeatGroup(
                 fingerprint=fingerprint,
                 runs=tuple(r.id for r in members),
-                repeated_energy_kwh=sum(r.energy_kwh for r in members[1:]),
+                repeated_energy_kwh=sum(r.energy_kwh for r in repeats),
                 team=members[0].team,
+                repeats=tuple(r.id for r in repeats),
             )
         )
     return sorted(groups, key=lambda g: (-g.repeated_energy_kwh, g.fingerprint))
 
 
-def summarize(paths: Iterable[str], start: float | None = None, end: float | None = None) -> ReceiptSummary:
+def _repeats(members: list[Run], window_s: float) -> list[Run]:
+    repeats: list[Run] = []
+    last_success: float | None = None  # finish of the latest successful run so far
+    for run in sorted(members, key=lambda r: (r.finished_at, r.id)):
+        if last_success is not None and run.finished_at - last_success <= window_s:
+            repeats.append(run)
+        if run.outcome == "succeeded":
+            last_success = run.finished_at
+    return repeats
+
+
+def summarize(
+    paths: Iterable[str],
+    start: float | None = None,
+    end: float | None = None,
+    repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S,
+) -> ReceiptSummary:
     """Read, join and group; runs that finished outside [start, end] are left out."""
     files = receipt_files(paths)
     receipts, lines, malformed, examples = read_receipts(files)
@@ -309,7 +334,7 @@ def summarize(paths: Iterable[str], start: float | None = None, end: float | Non
         malformed=malformed,
         malformed_examples=tuple(examples),
         runs=tuple(runs),
-        repeats=tuple(find_repeats(runs)),
+        repeats=tuple(find_repeats(runs, repeat_window_s)),
         failed=tuple(r for r in runs if r.outcome in WASTE_OUTCOMES),
     )
 
@@ -331,7 +356,7 @@ def waste_by_group(summary: ReceiptSummary, by: str) -> tuple[dict[str, float], 
         failed[group_key(run, by)] += run.energy_kwh
     ids = {r.id: r for r in summary.runs}
     for group in summary.repeats:
-        for run_id in group.runs[1:]:
+        for run_id in group.repeats:
             run = ids[run_id]
             repeated[group_key(run, by)] += run.energy_kwh
     return dict(failed), dict(repeated)
