@@ -267,7 +267,12 @@ def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
     lines = [json.dumps(r) for r in sweeps + [llama[1]]] + ["{broken"]
     (tmp_path / "gpu-node-b" / "receipts.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "gpu-node-a" / "receipts.jsonl").write_text(json.dumps(llama[0]) + "\n")
-    doc = report_json(month, f"--receipts={tmp_path}")
+    # The daemons' own config file prices the offsets (docs/report.md, --config.file).
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text(json.dumps({**CONFIG, "receipts": {"offset_price_per_tonne": 40, "repeat_window": "30d"}}))
+    doc = report_json(month, f"--receipts={tmp_path}", f"--config.file={config}")
+    assert doc["offset_price_per_tonne"] == 40.0 and doc["currency"] == "EUR"
+    assert doc["totals"]["offset_cost"] == pytest.approx(doc["totals"]["emissions_kg"] / 1000 * 40)
     groups = {g["name"]: g for g in doc["groups"]}
     repeated = sum(1.0 + i / 10 for i in range(1, DAYS // 2))
     assert groups["vision"]["repeated_energy_kwh"] == pytest.approx(repeated)
