@@ -59,8 +59,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # Receipts read what the loop published (snapshots) and what the identity
     # sources know of a run's end; nothing below them reads receipts.
     "gpucarbon.receipts": ("gpucarbon.config", "gpucarbon.identity", "gpucarbon.snapshot"),
-    # The report subcommand reads the PromQL store, not the daemon: no stage at all.
-    "gpucarbon.report": (),
+    # The report subcommand reads the PromQL store, not the daemon: no stage. It
+    # reads the daemon's config file (offset price, currency) and the receipt
+    # format's own definitions (outcomes), so the two cannot drift apart.
+    "gpucarbon.report": ("gpucarbon.config", "gpucarbon.receipts.model"),
 }
 
 

@@ -22,6 +22,9 @@ import pytest
 from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, run, write_openmetrics
 from procs import ROOT, free_port, http_get
 
+from gpucarbon.receipts.builder import GpuTally, ReceiptContext, RunTally, build_receipt
+from gpucarbon.receipts.model import Fingerprint, Owner, RunFacts
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 DAYS = 30
@@ -215,25 +218,17 @@ def test_missing_recording_rules_are_named_with_how_to_install_them(tmp_path):
     assert "gpucarbon-recording.yaml" in result.stderr and result.stderr.count("\n") == 1
 
 
-def _receipt(run_id: str, node: str, workload: str, team: str, start: float, end: float, kwh: float, **extra):
-    return json.dumps(
-        {
-            "id": run_id,
-            "node": node,
-            "kind": "training",
-            "namespace": "vision" if team == "vision" else "research",
-            "pod": run_id + "-0",
-            "workload": workload,
-            "team": team,
-            "outcome": "succeeded",
-            "started_at": start,
-            "finished_at": end,
-            "energy_joules": kwh * 3.6e6,
-            "emissions_grams": kwh * 300,
-            "gpus": ["GPU-x"],
-            **extra,
-        }
-    )
+def _receipt(pod_uid: str, node: str, workload: str, team: str, start: float, end: float, kwh: float, **facts):
+    """A receipt as the daemon writes it (its own builder): one per pod per node."""
+    kind, _, name = workload.partition("/")
+    api = {"Job": "batch/v1", "PyTorchJob": "kubeflow.org/v1"}[kind]
+    mj = round(kwh * 3.6e9)
+    gpu = GpuTally(f"GPU-{pod_uid}", "NVIDIA H100 80GB HBM3", mj, 0, kwh * 300, end - start, end - start, 0.0, 0.0)
+    namespace = "vision" if team == "vision" else "research"
+    run = RunTally("pod", pod_uid, namespace, pod_uid + "-0", workload, team, start, end, (gpu,))
+    ctx = ReceiptContext(node, 1.2, "FR", "table", "average", False, "EUR", "EUR", 10.0)
+    facts.setdefault("outcome", "succeeded")
+    return build_receipt(run, RunFacts(owner=Owner(api, kind, name, f"uid-{name}"), **facts), ctx)
 
 
 def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
@@ -246,18 +241,18 @@ def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
         _receipt(
             f"sweep-{i}",
             "gpu-node-b",
-            "Job/resnet-sweep",
+            f"Job/resnet-sweep-{i}",
             "vision",
             start + (2 * i + 0.25) * DAY,
             start + (2 * i + 1.25) * DAY,
             1.0 + i / 10,
-            fingerprint="sha256:sweep",
+            fingerprint=Fingerprint("sweep", ("image", "command")),
         )
         for i in range(DAYS // 2)
     ]
     llama = [
         _receipt(
-            "llama-ft",
+            f"llama-ft-{node}",
             node,
             "PyTorchJob/llama-ft",
             "nlp",
@@ -265,19 +260,27 @@ def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
             end - 60,
             100.0,
             outcome=outcome,
-            fingerprint="sha256:llama",
+            fingerprint=Fingerprint("llama", ("image", "command")),
         )
         for node, outcome in (("gpu-node-a", "succeeded"), ("gpu-node-b", "failed"))
     ]
-    (tmp_path / "gpu-node-b" / "receipts.jsonl").write_text("\n".join(sweeps + [llama[1], "{broken"]) + "\n")
-    (tmp_path / "gpu-node-a" / "receipts.jsonl").write_text(llama[0] + "\n")
-    doc = report_json(month, f"--receipts={tmp_path}")
+    lines = [json.dumps(r) for r in sweeps + [llama[1]]] + ["{broken"]
+    (tmp_path / "gpu-node-b" / "receipts.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "gpu-node-a" / "receipts.jsonl").write_text(json.dumps(llama[0]) + "\n")
+    # The daemons' own config file prices the offsets (docs/report.md, --config.file).
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text(json.dumps({**CONFIG, "receipts": {"offset_price_per_tonne": 40, "repeat_window": "30d"}}))
+    doc = report_json(month, f"--receipts={tmp_path}", f"--config.file={config}")
+    assert doc["offset_price_per_tonne"] == 40.0 and doc["currency"] == "EUR"
+    assert doc["totals"]["offset_cost"] == pytest.approx(doc["totals"]["emissions_kg"] / 1000 * 40)
     groups = {g["name"]: g for g in doc["groups"]}
     repeated = sum(1.0 + i / 10 for i in range(1, DAYS // 2))
     assert groups["vision"]["repeated_energy_kwh"] == pytest.approx(repeated)
     assert groups["nlp"]["failed_energy_kwh"] == pytest.approx(200.0), "the joined run failed: both nodes' energy"
     assert groups["platform"]["failed_energy_kwh"] == 0.0
-    runs = {r["id"]: r for r in doc["runs"]}
-    assert len(runs) == DAYS // 2 + 1 and runs["llama-ft"]["nodes"] == ["gpu-node-a", "gpu-node-b"]
+    runs = {r["name"]: r for r in doc["runs"]}
+    llama_run = runs["research/PyTorchJob/llama-ft"]
+    assert len(runs) == DAYS // 2 + 1 and llama_run["nodes"] == ["gpu-node-a", "gpu-node-b"]
+    assert sorted(llama_run["receipt_ids"]) == sorted(r["id"] for r in llama), "one run, two nodes' receipts"
     assert doc["receipts"]["malformed"] == 1 and doc["receipts"]["repeats"][0]["fingerprint"] == "sha256:sweep"
-    assert doc["receipts"]["failed"] == ["llama-ft"]
+    assert doc["receipts"]["failed"] == [llama_run["id"]]

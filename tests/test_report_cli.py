@@ -219,7 +219,8 @@ def test_the_json_has_the_documented_shape():
     assert issue_fields <= set(doc["groups"][0])
     assert doc["groups"][1]["cost"] is None, "unknown stays null, not 0"
     assert doc["unattributed_share"] == pytest.approx(9.5 / 160.0)
-    assert doc["runs"][0]["id"] == "llama-ft-7d2" and doc["runs"][0]["nodes"] == ["node-a", "node-b"]
+    assert doc["runs"][0]["name"] == "research/PyTorchJob/llama-ft" and doc["runs"][0]["nodes"] == ["node-a", "node-b"]
+    assert len(doc["runs"][0]["receipt_ids"]) == 2
     assert doc["receipts"]["malformed"] == 8
     json.dumps(doc, allow_nan=False)  # strict JSON: no NaN or Infinity
 
@@ -246,7 +247,7 @@ def test_every_format_renders_groups_totals_and_unknowns(fmt):
     for needle in ("nlp", "vision"):
         assert needle in text
     if fmt in ("table", "markdown", "html"):
-        assert "120.0" in text and "Total" in text and "llama-ft-7d2" in text
+        assert "120.0" in text and "Total" in text and "research/PyTorchJob/llama-ft" in text
     if fmt == "csv":
         rows = text.splitlines()
         assert rows[0].startswith("team,energy_kwh,") and rows[-1].startswith("Total,160.0,")
@@ -278,3 +279,78 @@ def test_every_flag_is_documented():
     assert "--prometheus.url" in flags
     missing = [f for f in flags if f"`{f}`" not in docs and f"`{f} " not in docs]
     assert not missing, f"flags missing from docs/report.md: {missing}"
+
+
+# --- the daemon's config file: the offset price and currency --------------------
+
+
+def _store_with_emissions(endpoint, form):
+    """The daemon's series and rules, 100 kWh and 250 kg CO2e for team nlp."""
+    if endpoint == "series":
+        if form["match[]"] == q.BUILD_INFO:
+            return success([{"__name__": q.BUILD_INFO}])
+        return success([{"__name__": n} for n in q.required_rules(q.GROUPINGS["team"])])
+    if endpoint == "query_range":
+        return success({"resultType": "matrix", "result": []})
+    promql = form["query"]
+    grouping = q.GROUPINGS["team"]
+    if "by (team)" in promql and grouping.energy in promql:
+        return success(vector(({"team": "nlp"}, 100 * 3.6e6)))
+    if "by (team)" in promql and grouping.emissions in promql:
+        return success(vector(({"team": "nlp"}, 250_000.0)))
+    if q.TOTAL_ENERGY in promql:
+        return success(vector(({}, 100 * 3.6e6)))
+    if q.TOTAL_EMISSIONS in promql:
+        return success(vector(({}, 250_000.0)))
+    return success(vector())
+
+
+@pytest.mark.parametrize(
+    "flags, price, cost",
+    [
+        ([], 25.0, 6.25),  # the config's receipts.offset_price_per_tonne: 250 kg x 25 EUR/t
+        (["--offset-price=80"], 80.0, 20.0),  # the flag wins
+    ],
+)
+def test_the_offset_price_comes_from_the_daemons_config_unless_given(capsys, tmp_path, flags, price, cost):
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text("carbon:\n  cost: {price_per_kwh: 0.2, currency: EUR}\nreceipts:\n  offset_price_per_tonne: 25\n")
+    with FakePrometheus(_store_with_emissions) as store:
+        code, out, err = run_report(
+            capsys, f"--prometheus.url={store.url}", f"--config.file={config}", "--format=json", *flags
+        )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["offset_price_per_tonne"] == price and doc["currency"] == "EUR"
+    assert doc["groups"][0]["offset_cost"] == pytest.approx(cost)
+    assert doc["totals"]["offset_cost"] == pytest.approx(cost)
+
+
+def test_a_config_without_a_receipts_section_prices_offsets_at_the_daemons_default(capsys, tmp_path):
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text("carbon: {pue: 1.2}\n")
+    with FakePrometheus(_store_with_emissions) as store:
+        code, out, _ = run_report(capsys, f"--prometheus.url={store.url}", f"--config.file={config}", "--format=json")
+    doc = json.loads(out)
+    assert code == 0 and doc["offset_price_per_tonne"] == 10.0 and doc["currency"] == "USD"
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        ("receipts:\n  offset_price_per_tonne: -4\n", "receipts.offset_price_per_tonne: -4"),
+        ("receipts:\n  offset_price: 4\n", "receipts.offset_price"),
+        ("carbon: [\n", "invalid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(capsys, tmp_path, content, named):
+    config = tmp_path / "gpucarbon.yaml"
+    config.write_text(content)
+    code, out, err = run_report(capsys, "--prometheus.url=http://127.0.0.1:9", f"--config.file={config}")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "--config.file" in err and str(config) in err and named in err, err
+
+
+def test_a_missing_config_file_is_one_line_and_exit_2(capsys, tmp_path):
+    code, _, err = run_report(capsys, "--prometheus.url=http://127.0.0.1:9", f"--config.file={tmp_path / 'no.yaml'}")
+    assert code == 2 and "no.yaml" in err and "cannot read" in err and err.count("\n") == 1, err

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+from gpucarbon.config import Config, ConfigError, load_config
 from gpucarbon.report.client import HttpConfig, PromClient, load_http_config, read_secret_file
 from gpucarbon.report.errors import ReportError, UsageError
 from gpucarbon.report.gather import Gatherer, ReportRequest
@@ -121,12 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=None,
+        metavar="FILE",
+        help="the daemon's configuration file: its receipts.offset_price_per_tonne and "
+        "carbon.cost.currency price the offsets, its receipts.repeat_window finds repeats "
+        "(validated as the daemon does)",
+    )
+    p.add_argument(
         "--offset-price",
         dest="offset_price",
         type=_price,
         default=None,
         metavar="PRICE",
-        help="price of offsetting one tonne CO2e, in the cost currency (default: no offset cost)",
+        help="price of offsetting one tonne CO2e, in the cost currency; overrides --config.file "
+        "(default: the config's, else no offset cost)",
     )
     p.add_argument(
         "--tokens.metric",
@@ -188,6 +199,18 @@ def http_config(args: argparse.Namespace) -> HttpConfig:
     return HttpConfig(**values)
 
 
+def daemon_config(args: argparse.Namespace) -> Config | None:
+    """The daemon's --config.file, read and validated by the daemon's own loader:
+    its offset price and currency price the offsets (unless --offset-price),
+    its repeat window finds repeats across nodes."""
+    if args.config_file is None:
+        return None
+    try:
+        return load_config(args.config_file)
+    except ConfigError as err:
+        raise UsageError(f"--config.file {err}") from None
+
+
 class Progress:
     """'[3] energy per team (4.1s)' on one rewritten stderr line, only on a terminal."""
 
@@ -228,12 +251,18 @@ def _run(args: argparse.Namespace) -> int:
 
         require_plotly()  # before minutes of queries, not after
     client = PromClient(args.url, http_config(args), timeout_s=args.timeout)
-    receipts = summarize(args.receipts, start, end) if args.receipts else None
+    config = daemon_config(args)
+    offset_price = args.offset_price
+    if offset_price is None and config is not None:
+        offset_price = config.receipts.offset_price_per_tonne
+    repeat_window_s = (config or Config()).receipts.repeat_window_s
+    receipts = summarize(args.receipts, start, end, repeat_window_s) if args.receipts else None
     request = ReportRequest(
         start=start,
         end=end,
         by=args.by,
-        offset_price_per_tonne=args.offset_price,
+        offset_price_per_tonne=offset_price,
+        currency=config.carbon.currency if config is not None else None,
         receipts=receipts,
         tokens_metric=args.tokens_metric,
     )

@@ -41,6 +41,7 @@ class ReportRequest:
     end: float
     by: str = "team"
     offset_price_per_tonne: float | None = None
+    currency: str | None = None  # the daemon's carbon.cost.currency, from --config.file
     receipts: ReceiptSummary | None = None
     tokens_metric: str = q.TOKENS
 
@@ -220,25 +221,50 @@ class Gatherer:
             out[key[:-1]] = out.get(key[:-1], 0.0) + value
         return out
 
-    def _waste(self, labels: tuple[str, ...]) -> tuple[dict[Any, float], dict[Any, float]]:
-        """Failed and repeated energy (kWh) per group key or name: the receipts
-        when given (cluster-wide), else the daemon's waste counters (per team)."""
-        if self._req.receipts is not None:
-            by_name = waste_by_group(self._req.receipts, self._req.by)
-            self._notes.append("failed and repeated energy come from the receipts (repeats found cluster-wide)")
-            return dict(by_name[0]), dict(by_name[1])
-        if self._req.by != "team":
-            self._notes.append("failed and repeated energy per namespace or workload need --receipts")
-            return {}, {}
-        failed = self._vector(q.failed_energy(self._req.window), labels)
-        repeated = self._vector(q.repeated_energy(self._req.window), labels)
-        if not failed and not repeated:
+    def _waste(self, labels: tuple[str, ...]) -> tuple[dict[Any, float] | None, dict[Any, float] | None]:
+        """Failed and repeated energy (kWh) per group key or name.
+
+        Failed: the daemon's finished-run counters (every node's runs, per
+        team) when the store has them, else the receipts. Repeated: the
+        receipts when given (repeats found across nodes), else the counters
+        (a repeat of a run on the same node only)."""
+        counters_fit = self._req.by == "team"
+        failed_c = self._vector(q.failed_energy(self._req.window), labels) if counters_fit else {}
+        repeated_c = self._vector(q.repeated_energy(self._req.window), labels) if counters_fit else {}
+        have_counters = bool(failed_c or repeated_c) or (counters_fit and self._has_waste_counters())
+        receipts = self._req.receipts
+        by_name = waste_by_group(receipts, self._req.by) if receipts is not None else None
+        failed: dict[Any, float] | None = None  # None: not known
+        repeated: dict[Any, float] | None = None
+        if have_counters:
+            failed = {k: v / J_PER_KWH for k, v in failed_c.items()}
+            self._notes.append(f"failed energy: {q.FINISHED_ENERGY} with outcome {', '.join(q.FAILED_OUTCOMES)}")
+        elif by_name is not None:
+            failed = dict(by_name[0])
+            self._notes.append(f"failed energy: the receipts' runs that ended {', '.join(q.FAILED_OUTCOMES)}")
+        if by_name is not None:
+            repeated = dict(by_name[1])
+            self._notes.append("repeated energy: the receipts, repeats found across nodes")
+        elif have_counters:
+            repeated = {k: v / J_PER_KWH for k, v in repeated_c.items()}
+            self._notes.append(f"repeated energy: {q.REPEATED_ENERGY} (repeats on the same node only)")
+        if not have_counters and by_name is None:
             self._notes.append(
-                "no waste counters (gpucarbon_team_finished/repeated_energy_joules_total) in the "
-                "store: failed and repeated energy are absent"
+                f"no waste counters ({q.FINISHED_ENERGY}, {q.REPEATED_ENERGY}) for this grouping in the store "
+                "and no --receipts: failed and repeated energy are absent"
             )
-            return {}, {}
-        return ({k: v / J_PER_KWH for k, v in failed.items()}, {k: v / J_PER_KWH for k, v in repeated.items()})
+        return failed, repeated
+
+    def _has_waste_counters(self) -> bool:
+        """The daemon exports the finished-run counters (receipts enabled), even
+        if no run in the range ended in waste."""
+        return bool(
+            self._client.series(
+                '{__name__=~"gpucarbon_team_finished_runs_total|' + q.FINISHED_ENERGY + '"}',
+                self._req.start,
+                self._req.end,
+            )
+        )
 
     def _offset(self, kg: float | None) -> float | None:
         price = self._req.offset_price_per_tonne
@@ -342,16 +368,24 @@ class Gatherer:
         )
 
     def _currency(self) -> str | None:
-        return ", ".join(self._currencies) or None
+        """The cost series' currency; the daemon's config's when the store has no costs."""
+        configured = self._req.currency
+        if configured and self._currencies and configured not in self._currencies:
+            self._notes.append(
+                f"the config's currency {configured} is not the cost series' ({', '.join(self._currencies)}): "
+                "the offset price is taken as given"
+            )
+        return ", ".join(self._currencies) or configured
 
     @staticmethod
     def _with_facility(figures, pue: float | None):
         return replace(figures, facility_energy_kwh=None if pue is None else figures.energy_kwh * pue)
 
 
-def _pick(values: dict, key: tuple[str, ...], name: str) -> float | None:
-    """Waste values are keyed by label tuple (counters) or group name (receipts)."""
-    if not values:
+def _pick(values: dict | None, key: tuple[str, ...], name: str) -> float | None:
+    """Waste values are keyed by label tuple (counters) or group name (receipts);
+    None: not known; a group missing from known values wasted nothing."""
+    if values is None:
         return None
     return values.get(key, values.get(name, 0.0))
 

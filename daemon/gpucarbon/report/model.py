@@ -23,13 +23,13 @@ class Figures:
     facility_energy_kwh: float | None  # energy_kwh x PUE (the daemon's configured PUE)
     emissions_kg: float  # operational, as the daemon computed them (PUE and grid intensity applied)
     cost: float | None  # energy cost in `currency` (daemon's carbon.cost), None if not configured
-    offset_cost: float | None  # emissions_kg / 1000 x --offset-price
+    offset_cost: float | None  # emissions_kg / 1000 x offset price (--offset-price or the config's)
     gpu_hours_held: float
     gpu_hours_busy: float  # SM-utilization x held time
     busy_share: float | None  # busy / held
     idle_energy_kwh: float | None  # estimated: (held - busy) GPU-hours x mean idle power
-    failed_energy_kwh: float | None  # finished runs with a failed/preempted outcome
-    repeated_energy_kwh: float | None  # runs repeating an earlier run's fingerprint (every run after the first)
+    failed_energy_kwh: float | None  # finished runs that ended failed, preempted, evicted or timeout
+    repeated_energy_kwh: float | None  # runs repeating an earlier successful run's fingerprint
     energy_per_token_j: float | None = None  # inference only, when a token counter exists
 
 
@@ -69,7 +69,8 @@ class IntensitySource:
 class Run:
     """One run from the receipts, joined across the nodes it ran on."""
 
-    id: str
+    id: str  # the receipt id of its first part (earliest start)
+    receipt_ids: tuple[str, ...]  # every node's receipt of this run
     kind: str
     namespace: str
     workload: str
@@ -84,13 +85,19 @@ class Run:
     fingerprint: str | None
     repeat_of: str | None
 
+    @property
+    def name(self) -> str:
+        """What a person calls the run: namespace/Kind/name, or slurm/<job id>."""
+        return f"{self.namespace}/{self.workload}" if self.namespace else self.workload or self.id
+
 
 @dataclass(frozen=True)
 class RepeatGroup:
     fingerprint: str
     runs: tuple[str, ...]  # run ids, first run first
-    repeated_energy_kwh: float  # every run after the first
+    repeated_energy_kwh: float  # the repeats' energy
     team: str
+    repeats: tuple[str, ...] = ()  # ids of the runs that repeat an earlier success
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ def _figures(f: Figures) -> dict[str, Any]:
 def _run(r: Run) -> dict[str, Any]:
     out = asdict(r)
     out["started_at"], out["finished_at"], out["nodes"] = iso(r.started_at), iso(r.finished_at), list(r.nodes)
+    out["receipt_ids"] = list(r.receipt_ids)
+    out["name"] = r.name
     return out
 
 
@@ -179,7 +188,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "lines": rec.lines,
             "malformed": rec.malformed,
             "malformed_examples": list(rec.malformed_examples),
-            "repeats": [{**asdict(g), "runs": list(g.runs)} for g in rec.repeats],
+            "repeats": [{**asdict(g), "runs": list(g.runs), "repeats": list(g.repeats)} for g in rec.repeats],
             "failed": [r.id for r in rec.failed],
         }
     return out

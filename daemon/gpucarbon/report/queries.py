@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpucarbon.receipts.model import OUTCOMES, WASTE_OUTCOMES
+
 STEP_S = 300  # subquery resolution = the rules' rate window (5m)
 STEP = "5m"
 IDLE_POWER = "gpucarbon_gpu_idle_power_watts"
 PUE = "gpucarbon_pue_ratio"
 INTENSITY = "gpucarbon_grid_carbon_intensity_grams_per_kwh"
 BUILD_INFO = "gpucarbon_build_info"
-# Outcomes of finished runs counted as wasted energy (receipts issue's label values).
-FAILED_OUTCOMES = ("failed", "preempted")
+# Outcomes of finished runs counted as wasted energy: the daemon's own set
+# (failed, preempted, evicted, timeout), as the Waste dashboard and the alert.
+FAILED_OUTCOMES = tuple(o for o in OUTCOMES if o in WASTE_OUTCOMES)
+FINISHED_ENERGY = "gpucarbon_team_finished_energy_joules_total"  # {team, outcome}, J, per node
+REPEATED_ENERGY = "gpucarbon_team_repeated_energy_joules_total"  # {team}, J, per node
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,24 @@ def mean_gauge(metric: str, window: str, labels: tuple[str, ...] = ()) -> str:
     return f"avg by ({by(labels)}) ({inner})" if labels else f"avg({inner})"
 
 
+def stepped_increase(counter: str, labels: tuple[str, ...], window: str, matchers: str = "") -> str:
+    """increase() of a counter that is born with its first step: the daemon
+    exports a team's finished-run series only once a run of that outcome has
+    ended, at that run's whole energy, and increase() cannot see a series'
+    first value. So a series absent at the start of the range adds its lowest
+    value in the range (its first, for a counter without resets)."""
+    series = f"{counter}{matchers}"
+    born = (
+        f"label_replace(min_over_time({series}[{window}]) unless last_over_time({series}[10m] offset {window}),"
+        ' "report_part", "first", "", "")'
+    )
+    return f"sum by ({by(labels)}) (increase({series}[{window}]) or {born})"
+
+
 def failed_energy(window: str, labels: tuple[str, ...] = ("team",)) -> str:
     outcomes = "|".join(FAILED_OUTCOMES)
-    return increase("gpucarbon_team_finished_energy_joules_total", labels, window, f'{{outcome=~"{outcomes}"}}')
+    return stepped_increase(FINISHED_ENERGY, labels, window, f'{{outcome=~"{outcomes}"}}')
 
 
 def repeated_energy(window: str, labels: tuple[str, ...] = ("team",)) -> str:
-    return increase("gpucarbon_team_repeated_energy_joules_total", labels, window)
+    return stepped_increase(REPEATED_ENERGY, labels, window)

@@ -1,11 +1,19 @@
 """Receipts: one JSON object per finished run per node, in receipts.jsonl files
-collected from the nodes (the daemon writes them; see docs/receipts.md).
+collected from the nodes (the daemon writes them; docs/receipts.md).
 
 This module reads them, drops malformed lines (counted, with examples, never a
-crash), joins the receipts of one run across nodes (a multi-node run is one
-run: the same `id` on every node), and finds repeated runs cluster-wide: runs
-with the same `fingerprint` are the same computation, so every run after the
-first is repeated energy.
+crash), joins the receipts of one run across nodes, and finds repeated runs
+cluster-wide: runs with the same `fingerprint` are the same computation, so a
+run after a successful one (within receipts.repeat_window) is repeated energy:
+the daemon's own rule, applied to every node's runs together.
+
+A daemon's receipt `id` is one per pod (or Slurm job) per node, so the `id`
+cannot join a multi-node run. `run_key` does (docs/report.md, "Joining"): a
+Slurm job by `job_id`; a pod by its top-level `owner` (namespace, kind, name,
+uid) unless that owner is a long-lived service (Deployment...), whose replicas
+are separate runs; anything else by its `id`. Receipts with one key whose times
+overlap are one run; the same key again later (a CronJob's next Job, a retried
+Job's next pod after the last one ended) is another run.
 
 RECEIPT_FIELDS below is the one place that says which receipt fields the report
 reads; everything else in a receipt is ignored.
@@ -22,28 +30,43 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gpucarbon.config import ReceiptSettings
+from gpucarbon.receipts.model import OUTCOMES
+from gpucarbon.receipts.model import WASTE_OUTCOMES as DAEMON_WASTE_OUTCOMES
 from gpucarbon.report.errors import UsageError
 from gpucarbon.report.model import J_PER_KWH, ReceiptSummary, RepeatGroup, Run
 
-# field -> (kind, required). kinds: str, number, time (RFC 3339 or Unix seconds), list, opt_str
+# field -> (kind, required). kinds: str, number, time (RFC 3339 or Unix seconds),
+# list, opt_str, owner. Names and meanings as the daemon writes them (docs/receipts.md).
 RECEIPT_FIELDS: dict[str, tuple[str, bool]] = {
-    "id": ("str", True),  # the run; equal on every node of a multi-node run
+    "id": ("str", True),  # this node's receipt of the run (one per pod or Slurm job per node)
     "node": ("str", True),  # the node that wrote the receipt
-    "kind": ("str", False),  # e.g. training, inference, batch
+    "kind": ("str", False),  # pod, slurm, process
     "namespace": ("str", False),
     "pod": ("str", False),
-    "workload": ("str", False),
+    "workload": ("str", False),  # top-level owner, Kind/name
+    "owner": ("owner", False),  # top-level owner: apiVersion, kind, name, uid (null for bare pods, Slurm)
     "team": ("str", False),
-    "outcome": ("str", False),  # succeeded, failed, preempted, ...
+    "job_id": ("str", False),  # Slurm job id
+    "outcome": ("str", False),  # succeeded, failed, preempted, evicted, deleted, cancelled, timeout, unknown
     "started_at": ("time", True),
     "finished_at": ("time", True),
     "energy_joules": ("number", True),  # this node's share of the run's GPU energy, J
     "emissions_grams": ("number", False),  # g CO2e of that energy
     "gpus": ("list", False),  # GPUs the run held on this node
-    "fingerprint": ("opt_str", False),  # identity of the computation (same code, data, config)
-    "repeat_of": ("opt_str", False),  # the node's own guess at an earlier run; recomputed here cluster-wide
+    "fingerprint": ("opt_str", False),  # "sha256:<hex>": identity of the computation
+    "repeat_of": ("opt_str", False),  # the node's own finding; recomputed here cluster-wide
 }
-WASTE_OUTCOMES = ("failed", "preempted")  # same as the failed-energy counter's outcomes
+# The daemon's definition (failed, preempted, evicted, timeout), as the waste
+# counters, the Waste dashboard and the failed-run alert use it.
+WASTE_OUTCOMES: tuple[str, ...] = tuple(o for o in OUTCOMES if o in DAEMON_WASTE_OUTCOMES)
+# Top-level owners that are long-lived services, not runs: each pod of theirs is
+# its own run (a Deployment's replicas are not one computation across nodes).
+SERVICE_KINDS = frozenset(
+    {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Rollout", "RayService", "LeaderWorkerSet", "Notebook"}
+)
+# receipts.repeat_window's default: a repeat is of a success at most this long before.
+DEFAULT_REPEAT_WINDOW_S = ReceiptSettings().repeat_window_s
 MAX_EXAMPLES = 5
 MAX_LINE_BYTES = 1 << 20  # a longer line is malformed, not parsed
 
@@ -56,7 +79,9 @@ class Receipt:
     namespace: str
     pod: str
     workload: str
+    owner: tuple[str, str, str] | None  # (kind, name, uid)
     team: str
+    job_id: str
     outcome: str
     started_at: float
     finished_at: float
@@ -111,7 +136,7 @@ def parse_receipt(line: str) -> Receipt:
 
 
 def _default(kind: str) -> Any:
-    return {"str": "", "number": 0.0, "list": 0, "opt_str": None}[kind]
+    return {"str": "", "number": 0.0, "list": 0, "opt_str": None, "owner": None}[kind]
 
 
 def _check(name: str, kind: str, value: Any) -> Any:
@@ -127,7 +152,24 @@ def _check(name: str, kind: str, value: Any) -> Any:
         if not isinstance(value, list):
             raise Malformed(f"{name}: not a list")
         return len(value)
+    if kind == "owner":
+        return _owner(value)
     return _time(name, value)
+
+
+def _owner(value: Any) -> tuple[str, str, str]:
+    """(kind, name, uid) of the receipt's `owner` object; uid "" when not known."""
+    if not isinstance(value, dict):
+        raise Malformed(f"owner: {_show(value)} is not an object")
+    parts = []
+    for key, required in (("kind", True), ("name", True), ("uid", False)):
+        part = value.get(key)
+        if part is None and not required:
+            part = ""
+        if not isinstance(part, str) or (required and not part):
+            raise Malformed(f"owner.{key}: {_show(part)} is not a non-empty string")
+        parts.append(part)
+    return parts[0], parts[1], parts[2]
 
 
 def _show(value: Any) -> str:
@@ -176,23 +218,49 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise UsageError(f"--receipts: {path}: cannot read: {err.strerror}") from None
 
 
+def run_key(r: Receipt) -> tuple[str, ...]:
+    """What names one run across nodes (docs/report.md, "Joining")."""
+    if r.kind == "slurm" and r.job_id:
+        return ("slurm", r.job_id)
+    if r.kind == "pod" and r.owner is not None and r.owner[0] not in SERVICE_KINDS:
+        kind, name, uid = r.owner
+        return ("owner", r.namespace, kind, name, uid)
+    return ("id", r.id)
+
+
 def join_runs(receipts: Iterable[Receipt]) -> list[Run]:
-    """One Run per receipt id: energy and GPUs summed over nodes, the earliest
-    start, the latest finish, the worst outcome. A node's receipt read twice
-    (the same file collected twice) counts once."""
-    by_id: dict[str, dict[str, Receipt]] = defaultdict(dict)
+    """Receipts with one run_key whose times overlap are one Run: energy and
+    GPUs summed over its parts, the earliest start, the latest finish, a waste
+    outcome if any part had one. A receipt read twice (the same file collected
+    twice) counts once."""
+    by_key: dict[tuple[str, ...], dict[tuple[str, str], Receipt]] = defaultdict(dict)
     for r in receipts:
-        by_id[r.id].setdefault(r.node, r)
-    runs = [_join(run_id, list(parts.values())) for run_id, parts in by_id.items()]
+        by_key[run_key(r)].setdefault((r.node, r.id), r)
+    runs = [_join(parts) for same_key in by_key.values() for parts in _overlapping(same_key.values())]
     return sorted(runs, key=lambda r: (-r.energy_kwh, r.id))
 
 
-def _join(run_id: str, parts: list[Receipt]) -> Run:
-    first = min(parts, key=lambda p: (p.started_at, p.node))
+def _overlapping(receipts: Iterable[Receipt]) -> list[list[Receipt]]:
+    """Split one key's receipts into runs: a part that starts after every
+    earlier part finished begins a new run (the next CronJob run, a retry)."""
+    runs: list[list[Receipt]] = []
+    last_finish = -math.inf
+    for r in sorted(receipts, key=lambda p: (p.started_at, p.node, p.id)):
+        if not runs or r.started_at > last_finish:
+            runs.append([])
+            last_finish = r.finished_at
+        runs[-1].append(r)
+        last_finish = max(last_finish, r.finished_at)
+    return runs
+
+
+def _join(parts: list[Receipt]) -> Run:
+    first = min(parts, key=lambda p: (p.started_at, p.node, p.id))
     outcomes = [p.outcome for p in parts]
     outcome = next((o for o in WASTE_OUTCOMES if o in outcomes), first.outcome)
     return Run(
-        id=run_id,
+        id=first.id,
+        receipt_ids=tuple(sorted(p.id for p in parts)),
         kind=first.kind,
         namespace=first.namespace,
         workload=first.workload,
@@ -202,37 +270,58 @@ def _join(run_id: str, parts: list[Receipt]) -> Run:
         finished_at=max(p.finished_at for p in parts),
         energy_kwh=sum(p.energy_joules for p in parts) / J_PER_KWH,
         emissions_kg=sum(p.emissions_grams for p in parts) / 1000.0,
-        nodes=tuple(sorted(p.node for p in parts)),
+        nodes=tuple(sorted({p.node for p in parts})),
         gpus=sum(p.gpus for p in parts),
         fingerprint=first.fingerprint or next((p.fingerprint for p in parts if p.fingerprint), None),
         repeat_of=first.repeat_of,
     )
 
 
-def find_repeats(runs: Iterable[Run]) -> list[RepeatGroup]:
-    """Groups of two or more runs with one fingerprint, first run first; the
-    repeated energy is every run's after the first. Most repeated energy first."""
+def find_repeats(runs: Iterable[Run], window_s: float = DEFAULT_REPEAT_WINDOW_S) -> list[RepeatGroup]:
+    """Repeats across nodes, by the daemon's rule on one node: a run whose
+    fingerprint already succeeded (a run that finished before it did, within
+    `window_s` before) repeats that computation, whatever its own outcome. A
+    group lists every run of a fingerprint that has a repeat, first run first;
+    its repeated energy is the repeats'. Most repeated energy first."""
     by_fp: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.fingerprint:
             by_fp[run.fingerprint].append(run)
     groups = []
     for fingerprint, members in by_fp.items():
-        if len(members) < 2:
+        repeats = _repeats(members, window_s)
+        if not repeats:
             continue
         members.sort(key=lambda r: (r.started_at, r.id))
         groups.append(
             RepeatGroup(
                 fingerprint=fingerprint,
                 runs=tuple(r.id for r in members),
-                repeated_energy_kwh=sum(r.energy_kwh for r in members[1:]),
+                repeated_energy_kwh=sum(r.energy_kwh for r in repeats),
                 team=members[0].team,
+                repeats=tuple(r.id for r in repeats),
             )
         )
     return sorted(groups, key=lambda g: (-g.repeated_energy_kwh, g.fingerprint))
 
 
-def summarize(paths: Iterable[str], start: float | None = None, end: float | None = None) -> ReceiptSummary:
+def _repeats(members: list[Run], window_s: float) -> list[Run]:
+    repeats: list[Run] = []
+    last_success: float | None = None  # finish of the latest successful run so far
+    for run in sorted(members, key=lambda r: (r.finished_at, r.id)):
+        if last_success is not None and run.finished_at - last_success <= window_s:
+            repeats.append(run)
+        if run.outcome == "succeeded":
+            last_success = run.finished_at
+    return repeats
+
+
+def summarize(
+    paths: Iterable[str],
+    start: float | None = None,
+    end: float | None = None,
+    repeat_window_s: float = DEFAULT_REPEAT_WINDOW_S,
+) -> ReceiptSummary:
     """Read, join and group; runs that finished outside [start, end] are left out."""
     files = receipt_files(paths)
     receipts, lines, malformed, examples = read_receipts(files)
@@ -245,7 +334,7 @@ def summarize(paths: Iterable[str], start: float | None = None, end: float | Non
         malformed=malformed,
         malformed_examples=tuple(examples),
         runs=tuple(runs),
-        repeats=tuple(find_repeats(runs)),
+        repeats=tuple(find_repeats(runs, repeat_window_s)),
         failed=tuple(r for r in runs if r.outcome in WASTE_OUTCOMES),
     )
 
@@ -267,7 +356,7 @@ def waste_by_group(summary: ReceiptSummary, by: str) -> tuple[dict[str, float], 
         failed[group_key(run, by)] += run.energy_kwh
     ids = {r.id: r for r in summary.runs}
     for group in summary.repeats:
-        for run_id in group.runs[1:]:
+        for run_id in group.repeats:
             run = ids[run_id]
             repeated[group_key(run, by)] += run.energy_kwh
     return dict(failed), dict(repeated)

@@ -177,7 +177,7 @@ def _receipts(report: Report) -> list[str]:
     out.append(
         _table(
             ["Run", "Team", "Outcome", "Nodes", "kWh"],
-            [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
+            [[r.name, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
             text_columns=3,
         )
     )

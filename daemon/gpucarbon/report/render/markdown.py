@@ -55,7 +55,7 @@ def render(report: Report) -> str:
         ]
         out += table(
             ["Run", "Team", "Outcome", "Nodes", "kWh"],
-            [[r.id, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
+            [[r.name, r.team, r.outcome, str(len(r.nodes)), number(r.energy_kwh, 2)] for r in rec.runs[:10]],
         )
         if rec.repeats:
             out += ["", "### Repeated runs", ""]

@@ -60,12 +60,11 @@ def _receipts(report: Report) -> list[str]:
     if rec.runs:
         out += ["", "Most expensive runs"]
         out += aligned(
-            ["Run", "Team", "Workload", "Outcome", "Nodes", "kWh", "Finished"],
+            ["Run", "Team", "Outcome", "Nodes", "kWh", "Finished"],
             [
                 [
-                    r.id,
+                    r.name,
                     r.team,
-                    f"{r.namespace}/{r.workload}",
                     r.outcome,
                     str(len(r.nodes)),
                     number(r.energy_kwh, 2),
@@ -75,10 +74,10 @@ def _receipts(report: Report) -> list[str]:
             ],
         )
     if rec.failed:
-        out += ["", "Failed or preempted runs"]
+        out += ["", "Failed, preempted, evicted or timed-out runs"]
         out += aligned(
-            ["Run", "Team", "Outcome", "kWh"],
-            [[r.id, r.team, r.outcome, number(r.energy_kwh, 2)] for r in rec.failed[:20]],
+            ["Run", "Team", "Outcome", "kWh", "Finished"],
+            [[r.name, r.team, r.outcome, number(r.energy_kwh, 2), iso(r.finished_at)] for r in rec.failed[:20]],
         )
     if rec.repeats:
         out += ["", "Repeated runs (same fingerprint)"]
