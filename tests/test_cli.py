@@ -28,6 +28,9 @@ def test_once_without_a_driver_says_so_in_one_line_and_exits_one():
     lines = result.stderr.strip().splitlines()
     assert "--simulate" in lines[-1] and "Traceback" not in result.stderr
     assert lines[-1].startswith("gpu-carbon-exporter: ")
+    assert "retrying" not in result.stderr, "--once does not retry, so it does not say it will"
+    reason = lines[-1].removeprefix("gpu-carbon-exporter: ")
+    assert result.stderr.count(reason) == 1, f"the reason is said once:\n{result.stderr}"
 
 
 def test_bad_flag_value_is_one_line_exit_two():

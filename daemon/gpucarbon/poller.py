@@ -123,6 +123,7 @@ class Poller:
         self._reason = "not polled yet"
         self._next_open_at = 0.0
         self._open_failures = 0
+        self._unannounced_failure: str | None = None
         self._uuids: tuple[str, ...] = ()
         self._meters: dict[str, EnergyMeter] = {}
         self._latest: dict[str, GpuReading] = {}
@@ -170,7 +171,7 @@ class Poller:
             self._open_failures += 1
             self._next_open_at = now + delay
             if self._open_failures == 1:
-                log.warning("GPU backend unavailable: %s (retrying)", err)
+                self._unannounced_failure = str(err)  # run() says it once; --once prints its own line
             return False
         self._backend_open, self._reason, self._open_failures = True, "", 0
         log.info("GPU backend open: %d GPU(s)", len(self._uuids))
@@ -400,6 +401,7 @@ class Poller:
         while not stop.is_set():
             try:
                 await self.poll()
+                self._announce_backend_failure()
                 if after_poll is not None:
                     await after_poll()
             except Exception:  # a bug in one poll must not kill the daemon
@@ -412,6 +414,12 @@ class Poller:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - now))
             except asyncio.TimeoutError:
                 pass
+
+    def _announce_backend_failure(self) -> None:
+        """Once per outage, from the loop that does the retrying."""
+        if self._unannounced_failure is not None:
+            log.warning("GPU backend unavailable: %s (retrying)", self._unannounced_failure)
+            self._unannounced_failure = None
 
     def seed_counters(self, counters: Mapping[str, int]) -> None:
         """Baselines from a checkpoint: the next read books the energy used
