@@ -4,9 +4,11 @@ stages together. Everything below takes explicit arguments."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -22,7 +24,7 @@ from gpucarbon.carbon.reference import embodied_grams_per_second
 from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
-from gpucarbon.config import Config
+from gpucarbon.config import Config, SlurmConfig
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.scenario import Scenario
 from gpucarbon.device.simulated import SimulatedBackend
@@ -135,7 +137,12 @@ def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | N
     slurm = SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) \
         if config.slurm.enabled else None
     if slurm is not None and not slurm.enabled:
-        slurm = None  # no scontrol on this host: the source is simply off
+        # No scontrol on this host: the source is simply off. Worth a warning only
+        # when the config named a scontrol; by default Slurm is used where installed.
+        chosen = config.slurm.scontrol != SlurmConfig().scontrol
+        log.log(logging.WARNING if chosen else logging.DEBUG, "slurm.scontrol: %r not found: Slurm source off",
+                config.slurm.scontrol)
+        slurm = None
     lookup = processes.lookup
     if simulation is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
         lookup = lambda pid: simulation.process_facts(pid) or processes.lookup(pid)  # noqa: E731
@@ -191,6 +198,27 @@ def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
 
 class SetupError(Exception):
     """The configuration cannot be put into effect (one line, names the key)."""
+
+
+class ListenError(Exception):
+    """--web.listen-address cannot be served: one line naming the flag and value.
+    exit_code 2 when the value itself is wrong (no such host, not a local
+    address), 1 when the machine is (the port is taken, not permitted)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    @classmethod
+    def from_os_error(cls, value: str, err: OSError) -> "ListenError":
+        flag = f"--web.listen-address={value}"
+        if isinstance(err, socket.gaierror):
+            return cls(f"{flag}: the host does not resolve ({err.strerror})", 2)
+        if err.errno == errno.EADDRNOTAVAIL:
+            return cls(f"{flag}: not an address of this machine", 2)
+        if err.errno == errno.EADDRINUSE:
+            return cls(f"{flag}: the port is already in use", 1)
+        return cls(f"{flag}: cannot listen: {err.strerror or err}", 1)
 
 
 def require_extra(module: str, setting: str, extra: str) -> None:
@@ -317,8 +345,13 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     await runner.setup()
     site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
                        shutdown_timeout=2.0)
-    await site.start()
-    log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise ListenError.from_os_error(opts.listen_address, err) from None
+    gpus = f"simulated GPUs: {opts.scenario.source}" if opts.scenario is not None else "GPUs through NVML"
+    log.info("listening on %s%s (%s)", opts.listen_address, opts.telemetry_path, gpus)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

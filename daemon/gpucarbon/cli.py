@@ -1,6 +1,7 @@
 """Command line, in the Prometheus exporter conventions.
 
-Exit codes: 0 ok; 1 --once found no working GPU backend; 2 bad flags or config.
+Exit codes: 0 ok; 1 --once found no working GPU backend, or the listen port is
+taken; 2 bad flags or config, or a listen address that names no local address.
 Every error is one line on stderr, never a traceback.
 """
 
@@ -141,8 +142,32 @@ def _web_security(path: str | None, auth_failures) -> tuple[tuple, object]:
     return (middleware,), web_config.ssl_context()
 
 
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """`--poll.interval -1s` -> `--poll.interval=-1s`: argparse takes any word
+    starting with '-' for a flag and would answer "expected one argument";
+    attached, the value reaches the flag's own check, which names flag and value."""
+    takes_value = {flag for action in parser._actions if isinstance(action, argparse._StoreAction)
+                   and action.nargs is None for flag in action.option_strings}
+    known = set(parser._option_string_actions)
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        following = words[i + 1] if i + 1 < len(words) else None
+        if (word in takes_value and following is not None and following.startswith("-")
+                and following.split("=", 1)[0] not in known and following != "--"):
+            out.append(f"{word}={following}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_attach_dash_values(parser, sys.argv[1:] if argv is None else argv))
     setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config_file)
@@ -150,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ScenarioError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    from gpucarbon.app import RunOptions, SetupError, build_daemon, run_once, serve
+    from gpucarbon.app import ListenError, RunOptions, SetupError, build_daemon, run_once, serve
     from gpucarbon.carbon.providers import ProviderConfigError
 
     options = RunOptions(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
@@ -178,6 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures))
     except KeyboardInterrupt:
         return 0
-    except OSError as err:  # e.g. the listen port is taken
+    except ListenError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
