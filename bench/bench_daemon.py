@@ -27,15 +27,21 @@ from procs import free_port, wait_until  # noqa: E402
 from procstat import cpu_seconds, peak_rss_mib  # noqa: E402
 
 
-
 def scenario(gpus: int = 8, per_gpu: int = 8) -> str:
-    lines = ["speed: 1", "seed: 11", "gpus:",
-             f"  - {{model: NVIDIA H100 80GB HBM3, count: {gpus}, idle_watts: 70, max_watts: 700}}", "workloads:"]
+    lines = [
+        "speed: 1",
+        "seed: 11",
+        "gpus:",
+        f"  - {{model: NVIDIA H100 80GB HBM3, count: {gpus}, idle_watts: 70, max_watts: 700}}",
+        "workloads:",
+    ]
     for g in range(gpus):
         for w in range(per_gpu):
             util = round(0.05 + 0.1 * w, 2)
-            lines.append(f"  - {{namespace: ns{g}, pod: pod-{g}-{w}, container: main, workload: Job/job-{g}-{w}, "
-                         f"team: team{w % 4}, gpus: [{g}], sm_util: {util}}}")
+            lines.append(
+                f"  - {{namespace: ns{g}, pod: pod-{g}-{w}, container: main, workload: Job/job-{g}-{w}, "
+                f"team: team{w % 4}, gpus: [{g}], sm_util: {util}}}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -62,13 +68,23 @@ def main() -> None:
     (tmp / "scenario.yaml").write_text(scenario())
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    proc = subprocess.Popen([sys.executable, "-m", "gpucarbon", f"--simulate={tmp / 'scenario.yaml'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--poll.interval=1s"],
-                            env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpucarbon",
+            f"--simulate={tmp / 'scenario.yaml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--poll.interval=1s",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200,
-                   30, "ready")
+        wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200, 30, "ready"
+        )
         # Steady state: measure CPU over the window while Prometheus-like scrapes
         # arrive every 15 s (a scrape per 15 s is typical; latency is measured apart).
         cpu0, polls0, t0 = cpu_seconds(proc.pid), poll_count(scrape(url)[1]), time.monotonic()
@@ -80,7 +96,10 @@ def main() -> None:
         latencies = sorted(scrape(url)[0] for _ in range(args.scrapes))
         series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
         result = {
-            "gpus": 8, "workloads": 64, "window_s": round(wall, 1), "polls": polls,
+            "gpus": 8,
+            "workloads": 64,
+            "window_s": round(wall, 1),
+            "polls": polls,
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / wall, 2),
             "cpu_ms_per_poll_incl_idle_loop": round(1000 * (cpu1 - cpu0) / max(polls, 1), 2),
             "peak_rss_mb": round(peak_rss_mib(proc.pid), 1),

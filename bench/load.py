@@ -83,7 +83,7 @@ async def scraper(url: str, until: float, think_s: float, stats: ScrapeStats) ->
                     if resp.status != 200:
                         stats.error(f"status {resp.status}")
                         continue
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientError) as err:
                 stats.error(type(err).__name__)
                 continue
             stats.latencies_s.append(loop.time() - started)
@@ -100,7 +100,7 @@ async def poll_timestamps(url: str, until: float, every_s: float = 0.05) -> list
             try:
                 async with session.get(url) as resp:
                     value = metric_value(await resp.text(), LAST_POLL)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 value = None
             if value is not None and (not seen or value != seen[-1]):
                 seen.append(value)
@@ -109,7 +109,7 @@ async def poll_timestamps(url: str, until: float, every_s: float = 0.05) -> list
 
 
 def jitter(timestamps: list[float], interval_s: float) -> Jitter:
-    gaps = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    gaps = [b - a for a, b in zip(timestamps, timestamps[1:], strict=False)]
     if len(gaps) < 2:
         return Jitter(len(gaps), float("nan"), float("nan"), float("nan"), 0)
     return Jitter(
@@ -144,8 +144,18 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    proc = subprocess.Popen([sys.executable, "-m", "gpucarbon", "--simulate", f"--poll.interval={args.poll_interval}",
-                             f"--web.listen-address=127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpucarbon",
+            "--simulate",
+            f"--poll.interval={args.poll_interval}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: http_get(base + "/readyz")[0] == 200, 30, "daemon ready")
         polls0 = metric_value(http_get(base + "/metrics")[1].decode(), POLL_COUNT) or 0.0
@@ -157,15 +167,22 @@ def main() -> None:
         latencies = sorted(stats.latencies_s)
         interval = seconds_of(args.poll_interval)
         result = {
-            "clients": args.clients, "seconds": round(wall, 1), "think_s": args.think,
+            "clients": args.clients,
+            "seconds": round(wall, 1),
+            "think_s": args.think,
             "poll_interval_s": interval,
             "requests": len(latencies) + sum(stats.errors.values()),
             "errors": stats.errors,
             "requests_per_s": round(len(latencies) / wall, 1),
-            "latency_ms": {name: round(1000 * percentile(latencies, q), 2)
-                           for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.0))},
-            "polls": polls, "polls_expected": round(wall / interval, 1),
-            "poll_jitter_s": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(jitter(stamps, interval)).items()},
+            "latency_ms": {
+                name: round(1000 * percentile(latencies, q), 2)
+                for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.0))
+            },
+            "polls": polls,
+            "polls_expected": round(wall / interval, 1),
+            "poll_jitter_s": {
+                k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(jitter(stamps, interval)).items()
+            },
             "daemon_cpu_percent_of_one_core": round(100 * cpu / wall, 1),
             "daemon_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
         }

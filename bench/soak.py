@@ -50,6 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from procstat import cpu_seconds, status_kib  # noqa: E402
+
 WORKLOAD_SERIES = "gpucarbon_workload_energy_joules_total{"  # one line per workload series
 LAST_POLL = "gpucarbon_last_poll_timestamp_seconds "
 
@@ -72,15 +73,25 @@ def scenario_text(workloads: int, gpus: int, hours: float, speed: float, seed: i
         start = rng.uniform(0.0, day_s - duration)
         first = rng.randrange(gpus)
         on = [first] if rng.random() >= 0.125 else sorted({first, (first + 1) % gpus})
-        items.append({
-            "namespace": f"ns-{i % 25}", "pod": f"job-{i}-worker-0", "container": "main",
-            "workload": f"Job/job-{i}", "team": f"team-{i % 12}", "gpus": on,
-            "start": round(start, 1), "end": round(start + duration, 1),
-            "sm_util": round(rng.uniform(0.2, 0.95), 2),
-        })
-    doc = {"speed": speed, "seed": seed,
-           "gpus": [{"model": "NVIDIA H100 80GB HBM3", "count": gpus, "idle_watts": 70, "max_watts": 700}],
-           "workloads": items}
+        items.append(
+            {
+                "namespace": f"ns-{i % 25}",
+                "pod": f"job-{i}-worker-0",
+                "container": "main",
+                "workload": f"Job/job-{i}",
+                "team": f"team-{i % 12}",
+                "gpus": on,
+                "start": round(start, 1),
+                "end": round(start + duration, 1),
+                "sm_util": round(rng.uniform(0.2, 0.95), 2),
+            }
+        )
+    doc = {
+        "speed": speed,
+        "seed": seed,
+        "gpus": [{"model": "NVIDIA H100 80GB HBM3", "count": gpus, "idle_watts": 70, "max_watts": 700}],
+        "workloads": items,
+    }
     return json.dumps(doc)
 
 
@@ -160,11 +171,22 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpucarbon", f"--simulate={tmp / 'scenario.yaml'}",
-         f"--simulate.speed={args.speed}", f"--poll.interval={args.poll_interval}",
-         f"--config.file={tmp / 'config.yaml'}", f"--web.listen-address=127.0.0.1:{port}"],
-        env=env, stderr=open(tmp / "daemon.log", "wb"))
-    run_sim_s = args.hours * 3600 + parse_duration_s(args.retention) + 4 * parse_duration_s(args.poll_interval) * args.speed
+        [
+            sys.executable,
+            "-m",
+            "gpucarbon",
+            f"--simulate={tmp / 'scenario.yaml'}",
+            f"--simulate.speed={args.speed}",
+            f"--poll.interval={args.poll_interval}",
+            f"--config.file={tmp / 'config.yaml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        env=env,
+        stderr=open(tmp / "daemon.log", "wb"),
+    )
+    run_sim_s = (
+        args.hours * 3600 + parse_duration_s(args.retention) + 4 * parse_duration_s(args.poll_interval) * args.speed
+    )
     samples: list[Sample] = []
     header = "wall_s,sim_h,rss_mib,series,workload_series,cpu_s"
     print(header, flush=True)
@@ -176,8 +198,14 @@ def main() -> None:
             series, workload, last_poll = count_series(scrape(base + "/metrics"))
             sim0 = last_poll if sim0 is None else sim0
             sim_s = (last_poll or sim0 or 0.0) - (sim0 or 0.0)
-            sample = Sample(round(time.monotonic() - t0, 1), round(sim_s / 3600, 3),
-                            round(status_kib(proc.pid, "VmRSS") / 1024, 1), series, workload, round(cpu_seconds(proc.pid), 1))
+            sample = Sample(
+                round(time.monotonic() - t0, 1),
+                round(sim_s / 3600, 3),
+                round(status_kib(proc.pid, "VmRSS") / 1024, 1),
+                series,
+                workload,
+                round(cpu_seconds(proc.pid), 1),
+            )
             samples.append(sample)
             print(",".join(str(v) for v in vars(sample).values()), flush=True)
             if sim_s >= run_sim_s:
@@ -197,13 +225,14 @@ async def in_process(args: argparse.Namespace) -> None:
     from gpucarbon.app import RunOptions, build_daemon
     from gpucarbon.clock import ManualClock
     from gpucarbon.config import Config, RetentionConfig, parse_duration
-    from gpucarbon.device.scenario import parse_scenario
+    from gpucarbon.simulation.scenario import parse_scenario
 
     scenario = parse_scenario(scenario_text(args.workloads, args.gpus, args.hours, 1.0, args.seed), "soak")
     retention = parse_duration(args.retention)
     clock = ManualClock()
-    daemon = build_daemon(Config(retention=RetentionConfig(finished=retention)), RunOptions(scenario=scenario),
-                          base_clock=clock)
+    daemon = build_daemon(
+        Config(retention=RetentionConfig(finished=retention)), RunOptions(scenario=scenario), base_clock=clock
+    )
     step = args.speed * parse_duration(args.poll_interval)  # simulated seconds per poll
     polls = int((args.hours * 3600 + retention) / step) + 4
     per_hour = max(1, int(3600 / step))
@@ -216,29 +245,52 @@ async def in_process(args: argparse.Namespace) -> None:
         clock.advance(step)
         if n % per_hour == 0 or n == polls:
             gc.collect()
-            row = (round(n * step / 3600, 2), round(tracemalloc.get_traced_memory()[0] / 2**20, 2),
-                   len(gc.get_objects()), len(daemon.poller.ledger.workloads))
+            row = (
+                round(n * step / 3600, 2),
+                round(tracemalloc.get_traced_memory()[0] / 2**20, 2),
+                len(gc.get_objects()),
+                len(daemon.ledger.workloads),
+            )
             rows.append(row)
             print(",".join(map(str, row)), flush=True)
     hour1 = rows[min(1, len(rows) - 1)]
-    print(json.dumps({
-        "mode": "in-process", "workloads": args.workloads, "gpus": args.gpus, "polls": polls,
-        "simulated_s_per_poll": step, "retention": args.retention,
-        "heap_mib_after_1h": hour1[1], "heap_mib_max": max(r[1] for r in rows), "heap_mib_final": rows[-1][1],
-        "objects_after_1h": hour1[2], "objects_max": max(r[2] for r in rows), "objects_final": rows[-1][2],
-        "workload_series_max": max(r[3] for r in rows), "workload_series_final": rows[-1][3],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "mode": "in-process",
+                "workloads": args.workloads,
+                "gpus": args.gpus,
+                "polls": polls,
+                "simulated_s_per_poll": step,
+                "retention": args.retention,
+                "heap_mib_after_1h": hour1[1],
+                "heap_mib_max": max(r[1] for r in rows),
+                "heap_mib_final": rows[-1][1],
+                "objects_after_1h": hour1[2],
+                "objects_max": max(r[2] for r in rows),
+                "objects_final": rows[-1][2],
+                "workload_series_max": max(r[3] for r in rows),
+                "workload_series_final": rows[-1][3],
+            },
+            indent=2,
+        )
+    )
 
 
 def summary(samples: list[Sample], args: argparse.Namespace) -> dict:
     """Max and final figures, and RSS over the first and last quarter of the run
     (a bounded daemon shows the two about equal once warmed up)."""
     quarter = max(1, len(samples) // 4)
-    settled = samples[quarter: 2 * quarter] or samples
+    settled = samples[quarter : 2 * quarter] or samples
     return {
-        "workloads": args.workloads, "gpus": args.gpus, "simulated_hours": samples[-1].sim_h,
-        "speed": args.speed, "poll_interval": args.poll_interval, "retention": args.retention,
-        "wall_s": samples[-1].wall_s, "samples": len(samples),
+        "workloads": args.workloads,
+        "gpus": args.gpus,
+        "simulated_hours": samples[-1].sim_h,
+        "speed": args.speed,
+        "poll_interval": args.poll_interval,
+        "retention": args.retention,
+        "wall_s": samples[-1].wall_s,
+        "samples": len(samples),
         "rss_mib_start": samples[0].rss_mib,
         "rss_mib_max": max(s.rss_mib for s in samples),
         "rss_mib_mean_second_quarter": round(sum(s.rss_mib for s in settled) / len(settled), 1),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"

@@ -61,6 +61,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}")
             return http_get(self.url + "/readyz")[0] == 200
+
         wait_until(ready, timeout, "daemon /readyz")
 
     def metrics(self) -> str:
@@ -101,10 +102,16 @@ class Prometheus:
         (self.dir / "prometheus.yml").write_text(json.dumps(config))
         self.log = self.dir / "prometheus.log"
         self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.enable-lifecycle"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+            [
+                prometheus_binary(),
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "wb"),
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: http_get(self.url + "/-/ready")[0] == 200, 60, "prometheus ready")
 

@@ -12,7 +12,7 @@ def test_split_exact_sums_to_total_and_is_proportional(total, weights):
     assert sum(parts) == total
     assert all(p >= 0 for p in parts)
     weight_sum = sum(weights)
-    for part, weight in zip(parts, weights):
+    for part, weight in zip(parts, weights, strict=True):
         expected = total * weight / weight_sum if weight_sum > 0 else total / len(weights)
         assert abs(part - expected) <= 1.0 + 1e-6 * total  # at most one mJ from the exact share
 

@@ -8,6 +8,7 @@ def builder(built):
     def build(zone):
         built.append(zone)
         return build_provider("table", zone)
+
     return build
 
 
@@ -49,8 +50,13 @@ async def test_fallbacks_count_episodes_not_calls():
     from gpucarbon.carbon.refresh import RefreshingProvider, RefreshPolicy
 
     now = [1000.0]
-    provider = RefreshingProvider(_OneValue(), RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
-                                  IntensityReading(56.0, "FR", "table"), clock=lambda: now[0], session=object())
+    provider = RefreshingProvider(
+        _OneValue(),
+        RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
+        IntensityReading(56.0, "FR", "table"),
+        clock=lambda: now[0],
+        session=object(),
+    )
     for _ in range(5):  # never fetched: one episode however often it is asked
         assert provider.current().fallback
     assert provider.health().fallbacks == 1

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-
 from fakes.carbon_apis import (
     FakeApi,
     Reply,
@@ -22,6 +21,7 @@ from fakes.carbon_apis import (
     watttime_forecast,
     watttime_login,
 )
+
 from gpucarbon.carbon.model import IntensityReading
 from gpucarbon.carbon.providers import ProviderConfigError, StaticProvider, build_provider
 from gpucarbon.carbon.providers.electricitymaps import ElectricityMapsFetcher
@@ -36,7 +36,7 @@ from gpucarbon.carbon.refresh import (
     parse_retry_after,
 )
 
-T0 = datetime(2024, 5, 1, 10, 5, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2024, 5, 1, 10, 5, tzinfo=UTC).timestamp()
 EM_TOKEN = "em-secret-token-value"
 WT_PASSWORD = "wt-secret-password"
 FALLBACK = IntensityReading(56.0, "FR", "table")
@@ -71,16 +71,24 @@ async def session():
         yield s
 
 
-def em_provider(api: FakeApi, session: aiohttp.ClientSession, time: ManualTime,
-                policy: RefreshPolicy | None = None) -> RefreshingProvider:
+def em_provider(
+    api: FakeApi, session: aiohttp.ClientSession, time: ManualTime, policy: RefreshPolicy | None = None
+) -> RefreshingProvider:
     token = SecretSource("electricitymaps token", env="EM_TOKEN", environ={"EM_TOKEN": EM_TOKEN})
     fetcher = ElectricityMapsFetcher("FR", token, base_url=api.base_url)
-    return RefreshingProvider(fetcher, policy or RefreshPolicy(interval_s=600, stale_after_s=3600),
-                              FALLBACK, clock=time.clock, sleep=time.sleep, rng=random.Random(7),
-                              session=session)
+    return RefreshingProvider(
+        fetcher,
+        policy or RefreshPolicy(interval_s=600, stale_after_s=3600),
+        FALLBACK,
+        clock=time.clock,
+        sleep=time.sleep,
+        rng=random.Random(7),
+        session=session,
+    )
 
 
 # Electricity Maps ---------------------------------------------------------------
+
 
 async def test_electricitymaps_success_sends_token_header_and_returns_live_average(api, session):
     api.script(EM_PATH, Reply(body=electricitymaps_latest("FR", 41)))
@@ -90,10 +98,14 @@ async def test_electricitymaps_success_sends_token_header_and_returns_live_avera
     assert await provider.refresh_once() is True
 
     reading = provider.current()
-    assert (reading.grams_per_kwh, reading.zone, reading.source, reading.signal) == \
-        (41.0, "FR", "electricitymaps", "average")
+    assert (reading.grams_per_kwh, reading.zone, reading.source, reading.signal) == (
+        41.0,
+        "FR",
+        "electricitymaps",
+        "average",
+    )
     assert reading.fallback is False
-    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
     [request] = api.hits(EM_PATH)
     assert request.query == {"zone": "FR"}
     assert request.headers["auth-token"] == EM_TOKEN
@@ -104,8 +116,7 @@ async def test_electricitymaps_success_sends_token_header_and_returns_live_avera
 async def test_server_error_is_retried_with_growing_jittered_backoff(api, session):
     api.script(EM_PATH, Reply(status=500), Reply(status=503), Reply(body=electricitymaps_latest()))
     time = ManualTime()
-    provider = em_provider(api, session, time,
-                           RefreshPolicy(interval_s=600, backoff_base_s=2, max_attempts=3))
+    provider = em_provider(api, session, time, RefreshPolicy(interval_s=600, backoff_base_s=2, max_attempts=3))
 
     assert await provider.refresh_once() is True
 
@@ -144,8 +155,9 @@ async def test_every_attempt_failing_keeps_the_table_value_and_counts_errors(api
 
 
 async def test_rate_limit_honours_retry_after_seconds(api, session):
-    api.script(EM_PATH, Reply(status=429, headers={"Retry-After": "7"}),
-               Reply(body=electricitymaps_latest(intensity=44)))
+    api.script(
+        EM_PATH, Reply(status=429, headers={"Retry-After": "7"}), Reply(body=electricitymaps_latest(intensity=44))
+    )
     time = ManualTime()
     provider = em_provider(api, session, time)
 
@@ -189,8 +201,7 @@ def test_retry_after_accepts_seconds_and_http_dates():
 async def test_timeout_is_retried_then_counted(api, session):
     api.script(EM_PATH, Reply(body=electricitymaps_latest(), delay_s=0.3))
     time = ManualTime()
-    provider = em_provider(api, session, time,
-                           RefreshPolicy(interval_s=600, timeout_s=0.05, max_attempts=2))
+    provider = em_provider(api, session, time, RefreshPolicy(interval_s=600, timeout_s=0.05, max_attempts=2))
 
     assert await provider.refresh_once() is False
 
@@ -198,12 +209,15 @@ async def test_timeout_is_retried_then_counted(api, session):
     assert provider.current().fallback is True
 
 
-@pytest.mark.parametrize("reply, problem", [
-    (Reply(raw="<html>gateway</html>"), "not JSON"),
-    (Reply(body={"zone": "FR", "carbonIntensity": "high"}), "carbonIntensity"),
-    (Reply(body=[1, 2, 3]), "JSON object"),
-    (Reply(body=electricitymaps_latest(intensity=-5)), "implausible"),
-])
+@pytest.mark.parametrize(
+    "reply, problem",
+    [
+        (Reply(raw="<html>gateway</html>"), "not JSON"),
+        (Reply(body={"zone": "FR", "carbonIntensity": "high"}), "carbonIntensity"),
+        (Reply(body=[1, 2, 3]), "JSON object"),
+        (Reply(body=electricitymaps_latest(intensity=-5)), "implausible"),
+    ],
+)
 async def test_malformed_answers_are_rejected_without_retry(api, session, caplog, reply, problem):
     api.script(EM_PATH, reply)
     time = ManualTime()
@@ -239,22 +253,28 @@ async def test_connection_refused_is_a_connection_error(session):
     time = ManualTime()
     async with FakeApi() as api:
         base_url = api.base_url
-    fetcher = ElectricityMapsFetcher("FR", SecretSource("t", env="T", environ={"T": "x"}),
-                                     base_url=base_url)
-    provider = RefreshingProvider(fetcher, RefreshPolicy(max_attempts=1), FALLBACK,
-                                  clock=time.clock, sleep=time.sleep, session=session)
+    fetcher = ElectricityMapsFetcher("FR", SecretSource("t", env="T", environ={"T": "x"}), base_url=base_url)
+    provider = RefreshingProvider(
+        fetcher, RefreshPolicy(max_attempts=1), FALLBACK, clock=time.clock, sleep=time.sleep, session=session
+    )
     assert await provider.refresh_once() is False
     assert provider.health().errors == {"connection": 1}
 
 
 # Fallback chain -------------------------------------------------------------------
 
+
 async def test_fallback_chain_live_then_stale_then_table_then_live_again(api, session):
-    api.script(EM_PATH, Reply(body=electricitymaps_latest(intensity=40)), Reply(status=500),
-               Reply(status=500), Reply(status=500), Reply(body=electricitymaps_latest(intensity=90)))
+    api.script(
+        EM_PATH,
+        Reply(body=electricitymaps_latest(intensity=40)),
+        Reply(status=500),
+        Reply(status=500),
+        Reply(status=500),
+        Reply(body=electricitymaps_latest(intensity=90)),
+    )
     time = ManualTime()
-    provider = em_provider(api, session, time,
-                           RefreshPolicy(interval_s=600, stale_after_s=1800, max_attempts=3))
+    provider = em_provider(api, session, time, RefreshPolicy(interval_s=600, stale_after_s=1800, max_attempts=3))
 
     await provider.refresh_once()
     assert provider.current().grams_per_kwh == 40.0  # live
@@ -278,8 +298,9 @@ async def test_fallback_chain_live_then_stale_then_table_then_live_again(api, se
 
 
 async def test_background_task_refreshes_on_its_interval_and_current_never_waits(api, session):
-    api.script(EM_PATH, Reply(body=electricitymaps_latest(intensity=40)),
-               Reply(body=electricitymaps_latest(intensity=70)))
+    api.script(
+        EM_PATH, Reply(body=electricitymaps_latest(intensity=40)), Reply(body=electricitymaps_latest(intensity=70))
+    )
     refreshed = asyncio.Event()
     time = ManualTime()
 
@@ -289,9 +310,14 @@ async def test_background_task_refreshes_on_its_interval_and_current_never_waits
         await asyncio.sleep(3600)  # the loop parks here until cancelled
 
     token = SecretSource("t", env="T", environ={"T": EM_TOKEN})
-    provider = RefreshingProvider(ElectricityMapsFetcher("FR", token, base_url=api.base_url),
-                                  RefreshPolicy(interval_s=300, stale_after_s=900), FALLBACK,
-                                  clock=time.clock, sleep=sleep, session=session)
+    provider = RefreshingProvider(
+        ElectricityMapsFetcher("FR", token, base_url=api.base_url),
+        RefreshPolicy(interval_s=300, stale_after_s=900),
+        FALLBACK,
+        clock=time.clock,
+        sleep=sleep,
+        session=session,
+    )
     assert provider.current().fallback is True  # before the first fetch: the table
     await provider.start()
     await asyncio.wait_for(refreshed.wait(), timeout=5)
@@ -302,21 +328,31 @@ async def test_background_task_refreshes_on_its_interval_and_current_never_waits
 
 # WattTime -----------------------------------------------------------------------
 
-def wt_provider(api: FakeApi, session: aiohttp.ClientSession, time: ManualTime,
-                signal_type: str = "co2_moer") -> tuple[RefreshingProvider, WattTimeFetcher]:
+
+def wt_provider(
+    api: FakeApi, session: aiohttp.ClientSession, time: ManualTime, signal_type: str = "co2_moer"
+) -> tuple[RefreshingProvider, WattTimeFetcher]:
     env = {"WT_USER": "alice", "WT_PASSWORD": WT_PASSWORD}
-    fetcher = WattTimeFetcher("CAISO_NORTH", SecretSource("u", env="WT_USER", environ=env),
-                              SecretSource("p", env="WT_PASSWORD", environ=env),
-                              base_url=api.base_url, signal_type=signal_type, clock=time.clock)
-    provider = RefreshingProvider(fetcher, RefreshPolicy(interval_s=300), FALLBACK,
-                                  clock=time.clock, sleep=time.sleep, session=session)
+    fetcher = WattTimeFetcher(
+        "CAISO_NORTH",
+        SecretSource("u", env="WT_USER", environ=env),
+        SecretSource("p", env="WT_PASSWORD", environ=env),
+        base_url=api.base_url,
+        signal_type=signal_type,
+        clock=time.clock,
+    )
+    provider = RefreshingProvider(
+        fetcher, RefreshPolicy(interval_s=300), FALLBACK, clock=time.clock, sleep=time.sleep, session=session
+    )
     return provider, fetcher
 
 
 async def test_watttime_logs_in_with_basic_auth_and_converts_lbs_per_mwh(api, session):
     api.script("/login", Reply(body=watttime_login("tok-1")))
-    api.script("/v3/forecast", Reply(body=watttime_forecast(
-        [("2024-05-01T10:05:00+00:00", 1000.0), ("2024-05-01T10:10:00+00:00", 500.0)])))
+    api.script(
+        "/v3/forecast",
+        Reply(body=watttime_forecast([("2024-05-01T10:05:00+00:00", 1000.0), ("2024-05-01T10:10:00+00:00", 500.0)])),
+    )
     time = ManualTime()
     provider, _ = wt_provider(api, session, time)
 
@@ -350,9 +386,12 @@ async def test_watttime_reuses_its_token_until_near_expiry(api, session):
 
 async def test_watttime_renews_a_revoked_token_once(api, session):
     api.script("/login", Reply(body=watttime_login("tok-1")), Reply(body=watttime_login("tok-2")))
-    api.script("/v3/forecast",
-               Reply(body=watttime_forecast([("2024-05-01T10:00:00+00:00", 800.0)])),
-               Reply(status=401), Reply(body=watttime_forecast([("2024-05-01T10:00:00+00:00", 600.0)])))
+    api.script(
+        "/v3/forecast",
+        Reply(body=watttime_forecast([("2024-05-01T10:00:00+00:00", 800.0)])),
+        Reply(status=401),
+        Reply(body=watttime_forecast([("2024-05-01T10:00:00+00:00", 600.0)])),
+    )
     time = ManualTime()
     provider, fetcher = wt_provider(api, session, time)
     await provider.refresh_once()
@@ -379,8 +418,9 @@ async def test_watttime_login_rejected_is_an_auth_error_without_the_password(api
 
 async def test_watttime_unexpected_units_are_malformed(api, session):
     api.script("/login", Reply(body=watttime_login()))
-    api.script("/v3/forecast", Reply(body=watttime_forecast(
-        [("2024-05-01T10:00:00+00:00", 0.4)], units="kg_co2_per_kwh")))
+    api.script(
+        "/v3/forecast", Reply(body=watttime_forecast([("2024-05-01T10:00:00+00:00", 0.4)], units="kg_co2_per_kwh"))
+    )
     provider, _ = wt_provider(api, session, ManualTime())
     assert await provider.refresh_once() is False
     assert provider.health().errors == {"malformed": 1}
@@ -401,10 +441,16 @@ def test_lb_per_mwh_conversion():
 
 # NESO Carbon Intensity (GB) ---------------------------------------------------------
 
+
 def uk_provider(api, session, time, postcode=None) -> RefreshingProvider:
-    return RefreshingProvider(UkCarbonIntensityFetcher(postcode, base_url=api.base_url),
-                              RefreshPolicy(interval_s=900), IntensityReading(238.0, "GB", "table"),
-                              clock=time.clock, sleep=time.sleep, session=session)
+    return RefreshingProvider(
+        UkCarbonIntensityFetcher(postcode, base_url=api.base_url),
+        RefreshPolicy(interval_s=900),
+        IntensityReading(238.0, "GB", "table"),
+        clock=time.clock,
+        sleep=time.sleep,
+        session=session,
+    )
 
 
 async def test_uk_national_uses_actual_when_present(api, session):
@@ -413,7 +459,7 @@ async def test_uk_national_uses_actual_when_present(api, session):
     await provider.refresh_once()
     reading = provider.current()
     assert (reading.grams_per_kwh, reading.zone, reading.source) == (180.0, "GB", "uk-carbon-intensity")
-    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert reading.observed_at == datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
 
 
 async def test_uk_national_falls_back_to_forecast_when_actual_is_null(api, session):
@@ -445,6 +491,7 @@ def test_uk_postcode_validation_names_the_value():
 
 # A fetcher bug never kills the refresh task -------------------------------------------
 
+
 async def test_unexpected_fetcher_exception_is_counted_not_raised():
     class Broken:
         source, signal = "broken", "average"
@@ -453,8 +500,7 @@ async def test_unexpected_fetcher_exception_is_counted_not_raised():
             raise KeyError("bug")
 
     time = ManualTime()
-    provider = RefreshingProvider(Broken(), RefreshPolicy(), FALLBACK, clock=time.clock,
-                                  sleep=time.sleep)
+    provider = RefreshingProvider(Broken(), RefreshPolicy(), FALLBACK, clock=time.clock, sleep=time.sleep)
     try:
         assert await provider.refresh_once() is False
     finally:
@@ -463,6 +509,7 @@ async def test_unexpected_fetcher_exception_is_counted_not_raised():
 
 
 # Secrets and the factory --------------------------------------------------------------
+
 
 async def test_a_rotated_token_file_is_used_by_the_next_fetch(api, session, tmp_path):
     token_file = tmp_path / "token"
@@ -498,16 +545,19 @@ def test_factory_builds_static_and_table_without_io():
     assert table.health().up is True
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"source": "carbonara"}, "unknown source 'carbonara'"),
-    ({"source": "static"}, "grams_per_kwh: required"),
-    ({"source": "static", "grams_per_kwh": -1}, "grams_per_kwh"),
-    ({"source": "electricitymaps"}, "token_env"),
-    ({"source": "electricitymaps", "token_env": "GPUCARBON_TEST_UNSET"}, "GPUCARBON_TEST_UNSET"),
-    ({"source": "watttime", "username_env": "U", "password_env": "P"}, "region is required"),
-    ({"source": "uk-carbon-intensity", "region": "not a postcode"}, "not a UK postcode"),
-    ({"source": "uk-carbon-intensity", "refresh_s": 600, "stale_after_s": 60}, "stale_after_s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"source": "carbonara"}, "unknown source 'carbonara'"),
+        ({"source": "static"}, "grams_per_kwh: required"),
+        ({"source": "static", "grams_per_kwh": -1}, "grams_per_kwh"),
+        ({"source": "electricitymaps"}, "token_env"),
+        ({"source": "electricitymaps", "token_env": "GPUCARBON_TEST_UNSET"}, "GPUCARBON_TEST_UNSET"),
+        ({"source": "watttime", "username_env": "U", "password_env": "P"}, "region is required"),
+        ({"source": "uk-carbon-intensity", "region": "not a postcode"}, "not a UK postcode"),
+        ({"source": "uk-carbon-intensity", "refresh_s": 600, "stale_after_s": 60}, "stale_after_s"),
+    ],
+)
 def test_factory_rejects_bad_settings_with_a_named_problem(kwargs, message):
     kwargs = {"zone": "GB", **kwargs}
     with pytest.raises(ProviderConfigError, match=message):

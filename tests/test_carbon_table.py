@@ -21,9 +21,11 @@ from gpucarbon.carbon.table import (
 
 EGRID_SUBREGIONS = (
     "AKGD AKMS AZNM CAMX ERCT FRCC HIMS HIOA MROE MROW NEWE NWPP NYCW NYLI NYUP PRMS "
-    "RFCE RFCM RFCW RMPA SPNO SPSO SRMV SRMW SRSO SRTV SRVC").split()
-REQUIRED_COUNTRIES = ("US FR DE GB IN CN JP SE NO PL AU CA BR IT ES NL KR ZA SG IE CH FI BE "
-                      "DK AT MX ID TW IL AE").split()
+    "RFCE RFCM RFCW RMPA SPNO SPSO SRMV SRMW SRSO SRTV SRVC"
+).split()
+REQUIRED_COUNTRIES = (
+    "US FR DE GB IN CN JP SE NO PL AU CA BR IT ES NL KR ZA SG IE CH FI BE DK AT MX ID TW IL AE"
+).split()
 HEADER = "zone,grams_per_kwh,year,source,licence,name\n"
 
 
@@ -72,19 +74,22 @@ def test_cloud_regions_of_each_provider_map_to_table_zones(table):
     assert regions["azure:westeurope"] == "NL"
 
 
-@pytest.mark.parametrize("zone, expected_zone, matched_by", [
-    ("FR", "FR", "exact"),
-    ("US-EGRID-CAMX", "US-EGRID-CAMX", "exact"),
-    ("fr", "FR", "case-insensitive"),
-    ("world", "WORLD", "case-insensitive"),
-    ("us-egrid-nwpp", "US-EGRID-NWPP", "case-insensitive"),
-    ("aws:us-west-2", "US-EGRID-NWPP", "cloud-region"),
-    ("AWS:EU-WEST-3", "FR", "cloud-region"),
-    ("gcp:us-central1", "US-EGRID-MROW", "cloud-region"),
-    ("azure:swedencentral", "SE", "cloud-region"),
-    ("atlantis", "WORLD", "world-fallback"),
-    ("aws:mars-north-1", "WORLD", "world-fallback"),
-])
+@pytest.mark.parametrize(
+    "zone, expected_zone, matched_by",
+    [
+        ("FR", "FR", "exact"),
+        ("US-EGRID-CAMX", "US-EGRID-CAMX", "exact"),
+        ("fr", "FR", "case-insensitive"),
+        ("world", "WORLD", "case-insensitive"),
+        ("us-egrid-nwpp", "US-EGRID-NWPP", "case-insensitive"),
+        ("aws:us-west-2", "US-EGRID-NWPP", "cloud-region"),
+        ("AWS:EU-WEST-3", "FR", "cloud-region"),
+        ("gcp:us-central1", "US-EGRID-MROW", "cloud-region"),
+        ("azure:swedencentral", "SE", "cloud-region"),
+        ("atlantis", "WORLD", "world-fallback"),
+        ("aws:mars-north-1", "WORLD", "world-fallback"),
+    ],
+)
 def test_lookup_order(table, zone, expected_zone, matched_by):
     lookup = table.lookup(zone)
     assert (lookup.entry.zone, lookup.matched_by) == (expected_zone, matched_by)
@@ -94,21 +99,29 @@ def test_lookup_order(table, zone, expected_zone, matched_by):
 def test_table_provider_reports_the_resolved_zone_and_average_signal(table, caplog):
     provider = TableProvider.for_zone(table, "azure:francecentral")
     reading = provider.current()
-    assert (reading.zone, reading.grams_per_kwh, reading.source, reading.signal, reading.fallback) == \
-        ("FR", 56.0, "table", "average", False)
+    assert (reading.zone, reading.grams_per_kwh, reading.source, reading.signal, reading.fallback) == (
+        "FR",
+        56.0,
+        "table",
+        "average",
+        False,
+    )
     TableProvider.for_zone(table, "nowhere")
     assert "'nowhere' is not in the bundled table" in caplog.text
 
 
-@pytest.mark.parametrize("row, message", [
-    ("FR,abc,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 'abc' is not a number"),
-    ("FR,1600,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 1600.0 is outside 0..1500"),
-    ("FR,-1,2023,Ember,CC BY 4.0,France", "outside 0..1500"),
-    ("FR,56,,Ember,CC BY 4.0,France", "t.csv:2: year is empty"),
-    ("FR,56,2023,,CC BY 4.0,France", "t.csv:2: source is empty"),
-    ("FR,56,2023,Ember,,France", "t.csv:2: licence is empty"),
-    ("FR,56,20x3,Ember,CC BY 4.0,France", "year '20x3' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("FR,abc,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 'abc' is not a number"),
+        ("FR,1600,2023,Ember,CC BY 4.0,France", "t.csv:2: grams_per_kwh 1600.0 is outside 0..1500"),
+        ("FR,-1,2023,Ember,CC BY 4.0,France", "outside 0..1500"),
+        ("FR,56,,Ember,CC BY 4.0,France", "t.csv:2: year is empty"),
+        ("FR,56,2023,,CC BY 4.0,France", "t.csv:2: source is empty"),
+        ("FR,56,2023,Ember,,France", "t.csv:2: licence is empty"),
+        ("FR,56,20x3,Ember,CC BY 4.0,France", "year '20x3' is not an integer"),
+    ],
+)
 def test_bad_rows_are_rejected_with_file_line_and_field(row, message):
     with pytest.raises(TableError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_table_csv(HEADER + row + "\n", "t.csv")

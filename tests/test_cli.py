@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
-    return subprocess.run([sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_once_with_simulation_prints_metrics_and_exits_zero():
@@ -91,8 +92,9 @@ def test_a_port_in_use_is_one_line_naming_the_flag_exit_one():
 def test_an_address_not_on_this_machine_is_exit_two():
     result = run("--simulate", "--web.listen-address=192.0.2.1:9789")  # TEST-NET-1: binding fails locally
     assert result.returncode == 2
-    assert result.stderr == ("gpu-carbon-exporter: --web.listen-address=192.0.2.1:9789: "
-                             "not an address of this machine\n")
+    assert result.stderr == (
+        "gpu-carbon-exporter: --web.listen-address=192.0.2.1:9789: not an address of this machine\n"
+    )
 
 
 def test_a_host_that_does_not_resolve_is_exit_two(monkeypatch, capsys):
@@ -114,7 +116,8 @@ def test_a_host_that_does_not_resolve_is_exit_two(monkeypatch, capsys):
     assert code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "gpu-carbon-exporter: --web.listen-address=no-such-host.invalid:9789: "
-        "the host does not resolve (Name or service not known)")
+        "the host does not resolve (Name or service not known)"
+    )
 
 
 def test_a_negative_interval_names_the_flag_and_value():
@@ -136,9 +139,12 @@ def test_simulate_says_so_at_start_and_is_quiet_about_slurm():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon"), "PATH": "/usr/bin:/bin"}  # no scontrol here
-    daemon = subprocess.Popen([sys.executable, "-m", "gpucarbon", "--simulate",
-                               f"--web.listen-address=127.0.0.1:{port}"],
-                              stderr=subprocess.PIPE, text=True, env=env)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gpucarbon", "--simulate", f"--web.listen-address=127.0.0.1:{port}"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 30
         lines = []

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from pipeline import assert_conserved, make_poller
+from test_durability import counter_backend, daemon, procfs_with_boot_id
 
 from gpucarbon.clock import ManualClock
-from gpucarbon.device.scenario import parse_scenario
-from gpucarbon.device.simulated import SimulatedBackend
-from test_durability import CounterBackend, daemon, procfs_with_boot_id
-from test_poller import assert_conserved, make_poller
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.scenario import parse_scenario
 
 # One 100 W idle GPU held by a pod that runs nothing: it pays exactly the idle
 # draw, so every joule is predictable from monotonic time alone. A second GPU is
@@ -35,9 +35,9 @@ async def poll_steps(poller, clock, steps: int) -> None:
 @pytest.mark.parametrize("jump_s", [-DAY_S, -1.0, +DAY_S], ids=["wall-back-a-day", "wall-back-1s", "wall-ahead-a-day"])
 async def test_wall_clock_jump_loses_no_energy_and_gives_no_negative_interval(jump_s: float) -> None:
     clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario(SCENARIO), clock)
+    sim = SimulatedNode.build(parse_scenario(SCENARIO), clock)
     poller = make_poller(sim, clock, idle_watts=100.0)
-    held_gpu, free_gpu = sim.list_gpus()
+    held_gpu, free_gpu = sim.gpus.list_gpus()
     await poller.poll()
     await poll_steps(poller, clock, 3)
     clock.set_wall(clock.wall() + jump_s)
@@ -57,7 +57,7 @@ async def test_last_poll_timestamp_follows_the_wall_clock_it_is_for() -> None:
     """gpucarbon_last_poll_timestamp_seconds is for humans: it shows the wall
     clock as set, backwards included; nothing computes durations from it."""
     clock = ManualClock()
-    poller = make_poller(SimulatedBackend(parse_scenario(SCENARIO), clock), clock, idle_watts=100.0)
+    poller = make_poller(SimulatedNode.build(parse_scenario(SCENARIO), clock), clock, idle_watts=100.0)
     await poll_steps(poller, clock, 2)
     before = poller.snapshot.poll.last_poll_wall
     clock.set_wall(before - DAY_S)
@@ -68,10 +68,13 @@ async def test_last_poll_timestamp_follows_the_wall_clock_it_is_for() -> None:
 
 async def test_finished_series_expire_after_monotonic_retention_not_wall_time() -> None:
     clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("""
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, idle_watts: 100}]
 workloads: [{workload: Job/short, team: t, gpus: [0], start: 0, end: 25, sm_util: 0.5}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock, retention=60.0)
     await poller.poll()
     await poll_steps(poller, clock, 3)  # t=30: finished, last held the GPU at t=20
@@ -90,7 +93,7 @@ def saved_at(tmp_path) -> float:
 
 async def test_checkpoint_schedule_runs_on_the_monotonic_clock(tmp_path) -> None:
     clock = ManualClock()
-    backend = CounterBackend(clock)
+    backend = counter_backend(clock)
     d = daemon(tmp_path, backend, clock, procfs_with_boot_id(tmp_path))  # state.interval: 30 s
     await d.poller.poll()
     await d.checkpointer.maybe_save()

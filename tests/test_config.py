@@ -36,20 +36,23 @@ def test_idle_watts_map_by_model_or_uuid():
     assert config.attribution.idle_watts_by_gpu == {"NVIDIA H100 80GB HBM3": 70.0, "GPU-abc": 65.0}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("carbon: {pue: 0.5}", "c.yaml: carbon.pue: 0.5: must be at least 1.0"),
-    ("carbon: {pue: lots}", "c.yaml: carbon.pue: 'lots': must be a number"),
-    ("colour: blue", "c.yaml: colour: unknown key"),
-    ("carbon: {intensity: {source: sunshine}}", "c.yaml: carbon.intensity.source: 'sunshine': must be one of"),
-    ("carbon: {intensity: {token: s3cret}}", "c.yaml: carbon.intensity.token: tokens are never read"),
-    ("retention: {finished: soon}", "c.yaml: retention.finished: 'soon': not a duration"),
-    ("attribution: {idle_watts: -3}", "c.yaml: attribution.idle_watts: -3: must be at least 0.0"),
-    ("attribution: {idle_watts: {GPU-x: hot}}", "c.yaml: attribution.idle_watts.GPU-x: 'hot'"),
-    ("limits: {max_workload_series: 0}", "c.yaml: limits.max_workload_series: 0: must be at least 1"),
-    ("teams: {workloads: [{match: '(', team: x}]}", "c.yaml: teams.workloads[0].match: '(': invalid regex"),
-    ("teams: [1, 2]", "c.yaml: teams: [1, 2]: must be a mapping"),
-    ("carbon: {pue: 1.2", "c.yaml: invalid YAML at line"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("carbon: {pue: 0.5}", "c.yaml: carbon.pue: 0.5: must be at least 1.0"),
+        ("carbon: {pue: lots}", "c.yaml: carbon.pue: 'lots': must be a number"),
+        ("colour: blue", "c.yaml: colour: unknown key"),
+        ("carbon: {intensity: {source: sunshine}}", "c.yaml: carbon.intensity.source: 'sunshine': must be one of"),
+        ("carbon: {intensity: {token: s3cret}}", "c.yaml: carbon.intensity.token: tokens are never read"),
+        ("retention: {finished: soon}", "c.yaml: retention.finished: 'soon': not a duration"),
+        ("attribution: {idle_watts: -3}", "c.yaml: attribution.idle_watts: -3: must be at least 0.0"),
+        ("attribution: {idle_watts: {GPU-x: hot}}", "c.yaml: attribution.idle_watts.GPU-x: 'hot'"),
+        ("limits: {max_workload_series: 0}", "c.yaml: limits.max_workload_series: 0: must be at least 1"),
+        ("teams: {workloads: [{match: '(', team: x}]}", "c.yaml: teams.workloads[0].match: '(': invalid regex"),
+        ("teams: [1, 2]", "c.yaml: teams: [1, 2]: must be a mapping"),
+        ("carbon: {pue: 1.2", "c.yaml: invalid YAML at line"),
+    ],
+)
 def test_errors_name_file_key_and_value(text, message):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml")
@@ -79,19 +82,30 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text", ["carbon: {pue: null}", "retention: {finished: null}", "teams: {default: null}",
-                                  "limits: {max_workload_series: null}", "state: {interval: ~}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "carbon: {pue: null}",
+        "retention: {finished: null}",
+        "teams: {default: null}",
+        "limits: {max_workload_series: null}",
+        "state: {interval: ~}",
+    ],
+)
 def test_null_means_the_default(text):
     assert parse_config(text) == Config()
 
 
-@pytest.mark.parametrize("text, key", [
-    ("carbon: {pue: " + "9" * 400 + "}", "carbon.pue"),
-    ("state: {interval: " + "9" * 400 + "}", "state.interval"),
-    ("teams: {workloads: [{match: 'a{4294967296}', team: t}]}", "teams.workloads[0].match"),
-    ("state: {dir: 2024-13-45}", "invalid YAML"),
-    ("[" * 3000, "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("carbon: {pue: " + "9" * 400 + "}", "carbon.pue"),
+        ("state: {interval: " + "9" * 400 + "}", "state.interval"),
+        ("teams: {workloads: [{match: 'a{4294967296}', team: t}]}", "teams.workloads[0].match"),
+        ("state: {dir: 2024-13-45}", "invalid YAML"),
+        ("[" * 3000, "invalid YAML"),
+    ],
+)
 def test_hostile_values_are_config_errors(text, key):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dashboards import (
     DASHBOARD_DIR,
     REPO,
@@ -148,11 +147,14 @@ def test_substitution_covers_every_variable_form() -> None:
     expr = 'rate(x{a=~"$cluster",b=~"${node}",c=~"${team:regex}",d=~"[[namespace]]"}[$__rate_interval])'
     assert substitute(expr) == 'rate(x{a=~".*",b=~".*",c=~".*",d=~".*"}[1m])'
     with pytest.raises(KeyError, match="nosuchvar"):
-        substitute("x{a=~\"$nosuchvar\"}")
+        substitute('x{a=~"$nosuchvar"}')
 
 
 def test_metric_names_ignore_functions_labels_and_strings() -> None:
-    expr = 'sum by (team) (rate(gpucarbon_team_energy_joules_total{team=~"gpucarbon_fake"}[5m])) / on (uuid) team:gpucarbon_x:rate5m'
+    expr = (
+        'sum by (team) (rate(gpucarbon_team_energy_joules_total{team=~"gpucarbon_fake"}[5m]))'
+        " / on (uuid) team:gpucarbon_x:rate5m"
+    )
     assert metric_names(expr) == {"gpucarbon_team_energy_joules_total", "team:gpucarbon_x:rate5m"}
 
 

@@ -144,8 +144,11 @@ def test_lock_pins_every_requirement_with_a_hash() -> None:
         assert "--hash=sha256:" in block, f"no hash for {block.splitlines()[0]}"
     pinned = {name.lower().replace("_", "-") for name, _ in requirements}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["kubernetes"] + \
-        project["optional-dependencies"]["auth"]
+    wanted = (
+        project["dependencies"]
+        + project["optional-dependencies"]["kubernetes"]
+        + project["optional-dependencies"]["auth"]
+    )
     for requirement in wanted:
         name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower().replace("_", "-")
         assert name in pinned, f"{name} (pyproject.toml) is not in deploy/requirements.lock: run bash scripts/lock"
@@ -210,7 +213,9 @@ def test_entrypoint_is_the_console_script_in_exec_form(instructions: list[Instru
 
 
 def test_exposes_the_default_metrics_port(instructions: list[Instruction]) -> None:
-    exposed = {port.split("/")[0] for i in _final_stage(instructions) if i.keyword == "EXPOSE" for port in i.args.split()}
+    exposed = {
+        port.split("/")[0] for i in _final_stage(instructions) if i.keyword == "EXPOSE" for port in i.args.split()
+    }
     assert exposed == {"9789"}
 
 

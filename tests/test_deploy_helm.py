@@ -68,7 +68,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "podresources-off-no-state": {"podResources": {"enabled": False}, "state": {"enabled": False}},
     "carbon-tokens": {
         "carbonTokens": {"existingSecret": "carbon-api", "env": {"ELECTRICITYMAPS_TOKEN": "token"}},
-        "config": {"carbon": {"intensity": {"source": "electricitymaps", "zone": "FR", "token_env": "ELECTRICITYMAPS_TOKEN"}}},
+        "config": {
+            "carbon": {"intensity": {"source": "electricitymaps", "zone": "FR", "token_env": "ELECTRICITYMAPS_TOKEN"}}
+        },
         "image": {"digest": "sha256:" + "a" * 64},
     },
 }
@@ -102,7 +104,9 @@ def helm() -> Path:
     return HELM
 
 
-def _run_helm(helm: Path, *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run_helm(
+    helm: Path, *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [str(helm), *args]
     if values:
         assert tmp is not None
@@ -157,7 +161,10 @@ def test_every_rendered_object_validates_against_kubernetes_schemas(rendered: di
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as err:
-                pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: {err.message} at {list(err.path)}")
+                pytest.fail(
+                    f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: "
+                    f"{err.message} at {list(err.path)}"
+                )
 
 
 def test_validator_rejects_an_unknown_field() -> None:
@@ -167,8 +174,12 @@ def test_validator_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(bad, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("values,words", BAD_VALUES, ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip()[:60])
-def test_bad_values_are_refused_with_a_message_naming_them(helm: Path, tmp_path: Path, values: dict, words: list[str]) -> None:
+@pytest.mark.parametrize(
+    "values,words", BAD_VALUES, ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip()[:60]
+)
+def test_bad_values_are_refused_with_a_message_naming_them(
+    helm: Path, tmp_path: Path, values: dict, words: list[str]
+) -> None:
     run = _run_helm(helm, "template", "gce", str(CHART), values=values, tmp=tmp_path)
     assert run.returncode != 0, f"helm accepted bad values {values}"
     for word in words:
@@ -188,7 +199,9 @@ def test_daemonset_runs_on_gpu_nodes_with_gpu_tolerations_by_default(rendered: d
 
 def test_custom_scheduling_values_replace_the_defaults(rendered: dict) -> None:
     pod = _pod(rendered["custom-affinity"])
-    expressions = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
+    expressions = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"]
     assert expressions == [{"key": "accelerator", "operator": "In", "values": ["h100", "a100"]}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}]
@@ -207,7 +220,10 @@ def test_daemonset_rolls_and_has_benchmark_resources_and_probes(rendered: dict) 
     daemonset = _one(rendered["default"], "DaemonSet")
     assert daemonset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     container = _container(rendered["default"])
-    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"cpu": "200m", "memory": "128Mi"},
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTP"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTP"}
     assert container["ports"] == [{"name": "metrics", "containerPort": 9789, "protocol": "TCP"}]
@@ -288,7 +304,9 @@ def test_carbon_tokens_come_from_the_existing_secret(rendered: dict) -> None:
 def test_web_config_secret_is_mounted_and_probes_use_https(rendered: dict) -> None:
     container = _container(rendered["tls"])
     assert "--web.config.file=/etc/gpu-carbon-exporter/web/web-config.yml" in container["args"]
-    assert {v["name"]: v for v in _pod(rendered["tls"])["volumes"]}["web-config"]["secret"] == {"secretName": "exporter-web"}
+    assert {v["name"]: v for v in _pod(rendered["tls"])["volumes"]}["web-config"]["secret"] == {
+        "secretName": "exporter-web"
+    }
     assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
     endpoint = _one(rendered["tls"], "ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["scheme"] == "https"
@@ -299,10 +317,20 @@ def test_web_config_secret_is_mounted_and_probes_use_https(rendered: dict) -> No
 
 def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dict) -> None:
     role = _one(rendered["default"], "ClusterRole")
-    grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    grants = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     assert grants == {
-        ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-        ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "namespaces", "get"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
         ("", "nodes", "get"),
         ("apps", "replicasets", "get"),
         ("batch", "jobs", "get"),
@@ -310,7 +338,9 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     binding = _one(rendered["default"], "ClusterRoleBinding")
     account = _one(rendered["default"], "ServiceAccount")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}
+    ]
     assert _pod(rendered["default"])["serviceAccountName"] == account["metadata"]["name"]
 
 
@@ -320,7 +350,9 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
 def test_default_values_create_no_operator_objects(rendered: dict) -> None:
     kinds = {o["kind"] for o in rendered["default"]}
     assert not kinds & CUSTOM_KINDS
-    assert not [o for o in rendered["default"] if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]]
+    assert not [
+        o for o in rendered["default"] if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]
+    ]
 
 
 def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> None:
@@ -335,8 +367,22 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["interval"] == "15s" and endpoint["scheme"] == "http"
-    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node", "action": "replace"} in endpoint["relabelings"]
-    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig", "basicAuth", "relabelings", "metricRelabelings"}
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "node",
+        "action": "replace",
+    } in endpoint["relabelings"]
+    assert set(endpoint) <= {
+        "port",
+        "path",
+        "scheme",
+        "interval",
+        "scrapeTimeout",
+        "tlsConfig",
+        "basicAuth",
+        "relabelings",
+        "metricRelabelings",
+    }
 
 
 def test_prometheus_rule_passes_promtool_and_carries_the_value_overrides(rendered: dict, tmp_path: Path) -> None:
@@ -353,35 +399,51 @@ def test_prometheus_rule_passes_promtool_and_carries_the_value_overrides(rendere
     assert "(gpucarbon_gpu_power_watts * 0 + 80)" in idle
     assert "(gpucarbon_gpu_utilization_ratio < 0.02)" in idle
     assert "under 2% utilization" in rules["GPUIdleHighPower"]["annotations"]["description"]
-    assert rules["GPULost"]["annotations"]["runbook_url"] == "https://git.example.com/gpu-carbon-exporter/blob/main/docs/alerts.md#gpulost"
+    assert (
+        rules["GPULost"]["annotations"]["runbook_url"]
+        == "https://git.example.com/gpu-carbon-exporter/blob/main/docs/alerts.md#gpulost"
+    )
 
 
 def test_prometheus_rule_with_default_values_equals_the_rule_files(helm: Path, tmp_path: Path) -> None:
     run = _run_helm(helm, "template", "gce", str(CHART), values={"prometheusRule": {"enabled": True}}, tmp=tmp_path)
     assert run.returncode == 0, run.stderr
     rule = next(d for d in yaml.safe_load_all(run.stdout) if d and d["kind"] == "PrometheusRule")
-    sources = [g for p in sorted((REPO / "prometheus" / "rules").glob("*.yaml")) for g in yaml.safe_load(p.read_text())["groups"]]
+    sources = [
+        g
+        for p in sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
+        for g in yaml.safe_load(p.read_text())["groups"]
+    ]
     assert rule["spec"]["groups"] == sources, "with default values the chart must ship the rules unchanged"
 
 
 def test_dashboards_are_configmaps_for_the_grafana_sidecar(rendered: dict) -> None:
     sources = {p.name: p.read_text() for p in (REPO / "grafana" / "dashboards").glob("*.json")}
-    maps = [o for o in rendered["monitoring"] if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    maps = [
+        o
+        for o in rendered["monitoring"]
+        if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     shipped = {}
     for configmap in maps:
         assert configmap["metadata"]["namespace"] == "monitoring"
         assert configmap["metadata"]["annotations"]["grafana_folder"] == "GPU carbon"
         shipped.update(configmap["data"])
-    assert {name: text.rstrip("\n") for name, text in sources.items()} == {name: text.rstrip("\n") for name, text in shipped.items()}
+    assert {name: text.rstrip("\n") for name, text in sources.items()} == {
+        name: text.rstrip("\n") for name, text in shipped.items()
+    }
 
 
 # --- one source of truth, docs -----------------------------------------------------
 
 
-@pytest.mark.parametrize("source_dir,copy_dir,pattern", [
-    ("prometheus/rules", "helm/gpu-carbon-exporter/files/rules", "*.yaml"),
-    ("grafana/dashboards", "helm/gpu-carbon-exporter/files/dashboards", "*.json"),
-])
+@pytest.mark.parametrize(
+    "source_dir,copy_dir,pattern",
+    [
+        ("prometheus/rules", "helm/gpu-carbon-exporter/files/rules", "*.yaml"),
+        ("grafana/dashboards", "helm/gpu-carbon-exporter/files/dashboards", "*.json"),
+    ],
+)
 def test_chart_copies_match_their_sources_byte_for_byte(source_dir: str, copy_dir: str, pattern: str) -> None:
     sources = {p.name: p.read_bytes() for p in (REPO / source_dir).glob(pattern)}
     copies = {p.name: p.read_bytes() for p in (REPO / copy_dir).glob(pattern)}
@@ -393,9 +455,19 @@ def test_chart_copies_match_their_sources_byte_for_byte(source_dir: str, copy_di
 
 def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
     # Free-form maps (the daemon config, Kubernetes objects) are documented as a whole.
-    free_form = {"config", "affinity", "resources", "updateStrategy", "livenessProbe", "readinessProbe", "dashboards.labels"}
+    free_form = {
+        "config",
+        "affinity",
+        "resources",
+        "updateStrategy",
+        "livenessProbe",
+        "readinessProbe",
+        "dashboards.labels",
+    }
     if isinstance(node, dict) and node and prefix not in free_form:
-        return [path for key, value in node.items() for path in _leaf_paths(value, f"{prefix}.{key}" if prefix else key)]
+        return [
+            path for key, value in node.items() for path in _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+        ]
     return [prefix]
 
 

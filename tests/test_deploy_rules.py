@@ -20,7 +20,9 @@ RECORDING_NAME = re.compile(r"^[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+$")
 
 
 def _rules() -> list[dict]:
-    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    return [
+        rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
+    ]
 
 
 def _alerts() -> list[dict]:
@@ -57,7 +59,9 @@ def test_issue_alerts_are_all_defined() -> None:
     }
 
 
-@pytest.mark.parametrize("rule", _alerts(), ids=lambda rule: f"{rule['alert']}-{sorted(rule.get('labels', {}).items())}")
+@pytest.mark.parametrize(
+    "rule", _alerts(), ids=lambda rule: f"{rule['alert']}-{sorted(rule.get('labels', {}).items())}"
+)
 def test_alert_has_severity_summary_description_and_runbook(rule: dict) -> None:
     annotations = rule.get("annotations", {})
     assert rule.get("labels", {}).get("severity") in {"warning", "critical", "info"}
@@ -94,7 +98,13 @@ def test_recording_rule_name_follows_level_metric_operations(rule: dict) -> None
     assert not metric.endswith("_total"), f"{name}: drop _total from a counter's name after rate()"
 
 
-LEVEL_LABEL = {"cluster": "cluster", "node": "node", "team": "team", "namespace": "namespace", "namespace_workload": "workload"}
+LEVEL_LABEL = {
+    "cluster": "cluster",
+    "node": "node",
+    "team": "team",
+    "namespace": "namespace",
+    "namespace_workload": "workload",
+}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import sys
 import threading
 
 import pytest
-
 from fakes.fake_pynvml import (
     NO_MIG_INSTANCE,
     NVML_DEVICE_MIG_ENABLE,
@@ -26,6 +25,7 @@ from fakes.fake_pynvml import (
     FakeProcess,
     FakeSample,
 )
+
 from gpucarbon.device.model import BackendUnavailable, GpuProcess, GpuReadError, ProcessSample
 from gpucarbon.device.nvml import NvmlBackend
 
@@ -334,7 +334,14 @@ def test_lost_gpu_fails_alone_and_comes_back_with_a_new_handle():
     assert len(nvml.calls_to("nvmlDeviceGetHandleByUUID", UUID_A)) == 1  # re-acquired after the loss
 
 
-@pytest.mark.parametrize("code, name", [(NVML_ERROR_GPU_IS_LOST, "GpuIsLost"), (NVML_ERROR_UNKNOWN, "Unknown"), (NVML_ERROR_UNINITIALIZED, "Uninitialized")])
+@pytest.mark.parametrize(
+    "code, name",
+    [
+        (NVML_ERROR_GPU_IS_LOST, "GpuIsLost"),
+        (NVML_ERROR_UNKNOWN, "Unknown"),
+        (NVML_ERROR_UNINITIALIZED, "Uninitialized"),
+    ],
+)
 def test_lost_class_error_on_the_energy_counter_means_lost(code, name):
     nvml = two_gpus()
     nvml.gpu(UUID_A).errors["nvmlDeviceGetTotalEnergyConsumption"] = code
@@ -455,7 +462,6 @@ def test_fake_matches_the_installed_pynvml_names_constants_and_signatures():
     import inspect
 
     import pynvml
-
     from fakes import fake_pynvml
 
     fake = FakeNvml([])

@@ -8,8 +8,9 @@ import asyncio
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -19,8 +20,8 @@ from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import build_parser
 from gpucarbon.clock import ManualClock
 from gpucarbon.config import Config, ConfigError, parse_config
-from gpucarbon.device.scenario import ScenarioError, load_scenario, parse_scenario
 from gpucarbon.exporter.http import render_text
+from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -46,13 +47,13 @@ def fenced_blocks(text: str, language: str) -> list[str]:
 # --- expositions, rendered in-process on a hand-moved clock -------------------------
 
 
-def exposition(config: Config, scenario_text: str | None, polls: int, tmp_path: Path,
-               state: bool = False) -> str:
+def exposition(config: Config, scenario_text: str | None, polls: int, tmp_path: Path, state: bool = False) -> str:
     """Poll a simulated node `polls` times, one simulated second apart, and render it."""
     clock = ManualClock()
     scenario = load_scenario(None) if scenario_text is None else parse_scenario(scenario_text, "test")
-    options = RunOptions(scenario=scenario, procfs=str(tmp_path / "no-proc"),
-                         state_dir=str(tmp_path / "state") if state else None)
+    options = RunOptions(
+        scenario=scenario, procfs=str(tmp_path / "no-proc"), state_dir=str(tmp_path / "state") if state else None
+    )
     daemon = build_daemon(config, options, base_clock=clock)
 
     async def run() -> None:
@@ -103,16 +104,22 @@ def test_every_exported_family_is_documented_with_its_type(demo_exposition):
     assert "gpucarbon_workload_energy_cost_total" in exported  # the optional families are on
     assert "gpucarbon_state_save_failures_total" in exported
     assert "process_cpu_seconds_total" in exported
-    wrong = {name: (kind, documented_type(doc, name)) for name, kind in exported.items()
-             if documented_type(doc, name) != kind}
+    wrong = {
+        name: (kind, documented_type(doc, name))
+        for name, kind in exported.items()
+        if documented_type(doc, name) != kind
+    }
     assert not wrong, f"families missing from docs/metrics.md or with another type (exported, documented): {wrong}"
 
 
 def test_every_metric_name_the_docs_mention_exists_in_the_source():
     known = source_metric_names()
     mentioned = set(DOC_METRIC_NAME.findall(read(METRICS_DOC)))
-    unknown = {name for name in mentioned
-               if name not in known and not any(name.removesuffix(s) in known for s in HISTOGRAM_SUFFIXES)}
+    unknown = {
+        name
+        for name in mentioned
+        if name not in known and not any(name.removesuffix(s) in known for s in HISTOGRAM_SUFFIXES)
+    }
     assert mentioned, "docs/metrics.md names no gpucarbon_* metric"
     assert not unknown, f"docs/metrics.md names metrics the daemon does not export: {sorted(unknown)}"
 
@@ -143,17 +150,24 @@ workloads:
 faults:
   - {gpu: 1, kind: lost, start: 12, end: 15}
 """
-INVARIANT_CONFIG = """
+INVARIANT_CONFIG = (
+    """
 retention: {finished: 5s}
 limits: {max_workload_series: 4}
-""" + ALL_OPTIONAL_FAMILIES
+"""
+    + ALL_OPTIONAL_FAMILIES
+)
 
 
 @pytest.fixture(scope="module")
 def invariant_samples(tmp_path_factory) -> list[tuple[str, dict[str, str], float]]:
     text = exposition(parse_config(INVARIANT_CONFIG), INVARIANT_SCENARIO, 30, tmp_path_factory.mktemp("inv"))
-    samples = [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name.startswith("gpucarbon_") and family.type != "histogram"]
+    samples = [
+        (s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("gpucarbon_") and family.type != "histogram"
+    ]
     # The scenario must reach every term, or the check proves little.
     values = {(name, labels.get("gpu"), labels.get("workload")): v for name, labels, v in samples}
     assert any(v > 0 for (n, _, _), v in values.items() if n == "gpucarbon_gpu_retired_energy_joules_total")
@@ -169,11 +183,21 @@ def invariant_queries() -> list[str]:
 def promtool_test(tmp_path: Path, samples, query: str) -> subprocess.CompletedProcess:
     """Evaluate `query` over the samples (one scrape of instance node-a); the test
     passes when the query returns nothing."""
-    series = [{"series": series_selector(name, {**labels, "instance": "node-a"}), "values": repr(float(value))}
-              for name, labels, value in samples]
-    test = {"rule_files": [], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": series,
-                       "promql_expr_test": [{"expr": query, "eval_time": "0m", "exp_samples": []}]}]}
+    series = [
+        {"series": series_selector(name, {**labels, "instance": "node-a"}), "values": repr(float(value))}
+        for name, labels, value in samples
+    ]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [{"expr": query, "eval_time": "0m", "exp_samples": []}],
+            }
+        ],
+    }
     path = tmp_path / "invariant.test.yaml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
     return subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -200,10 +224,13 @@ def test_invariant_query_finds_nothing_on_a_real_exposition(index, invariant_sam
 
 def unattributed_bumped(samples):
     """GPU 0's unattributed energy and emissions off by a visible amount."""
-    bumps = {"gpucarbon_gpu_unattributed_energy_joules_total": 1.0,
-             "gpucarbon_gpu_unattributed_emissions_grams_total": 0.5}
-    return [(name, labels, value + bumps.get(name, 0.0) * (labels.get("gpu") == "0"))
-            for name, labels, value in samples]
+    bumps = {
+        "gpucarbon_gpu_unattributed_energy_joules_total": 1.0,
+        "gpucarbon_gpu_unattributed_emissions_grams_total": 0.5,
+    }
+    return [
+        (name, labels, value + bumps.get(name, 0.0) * (labels.get("gpu") == "0")) for name, labels, value in samples
+    ]
 
 
 @pytest.mark.parametrize("index", range(3))
@@ -216,8 +243,11 @@ def test_invariant_query_reports_a_broken_sum(index, invariant_samples, tmp_path
 def test_every_promql_example_is_valid(tmp_path):
     queries = fenced_blocks(read(METRICS_DOC), "promql")
     assert len(queries) >= 10
-    rules = {"groups": [{"name": "docs", "rules": [{"record": f"docs:example_{i}", "expr": q}
-                                                   for i, q in enumerate(queries)]}]}
+    rules = {
+        "groups": [
+            {"name": "docs", "rules": [{"record": f"docs:example_{i}", "expr": q} for i, q in enumerate(queries)]}
+        ]
+    }
     path = tmp_path / "examples.rules.yaml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -244,8 +274,7 @@ def allowed_keys(probe: Callable[[Any], str | None], path: list[str]) -> tuple[l
     return None
 
 
-def discover_keys(probe: Callable[[Any], str | None], path: list[str] | None = None,
-                  shown: str = "") -> set[str]:
+def discover_keys(probe: Callable[[Any], str | None], path: list[str] | None = None, shown: str = "") -> set[str]:
     """Every leaf key, spelt as the docs spell it: carbon.intensity.zone, teams.workloads[].match."""
     section = allowed_keys(probe, path or [])
     if section is None:
@@ -272,8 +301,13 @@ def documents_key(doc: str, key: str) -> bool:
 
 def test_config_key_discovery_reaches_nested_sections():
     keys = discover_keys(config_probe)
-    for expected in ("carbon.intensity.token_env", "teams.workloads[].match", "kubernetes.podresources.socket",
-                     "attribution.idle_watts", "state.interval"):
+    for expected in (
+        "carbon.intensity.token_env",
+        "teams.workloads[].match",
+        "kubernetes.podresources.socket",
+        "attribution.idle_watts",
+        "state.interval",
+    ):
         assert expected in keys
     assert len(keys) >= 40
 
@@ -286,8 +320,12 @@ def test_every_config_key_is_documented():
 
 def test_every_flag_is_documented():
     doc = read(CONFIG_DOC)
-    flags = [flag for action in build_parser()._actions for flag in action.option_strings
-             if flag.startswith("--") and flag != "--help"]
+    flags = [
+        flag
+        for action in build_parser()._actions
+        for flag in action.option_strings
+        if flag.startswith("--") and flag != "--help"
+    ]
     assert "--simulate.speed" in flags
     missing = [flag for flag in flags if f"`{flag}`" not in doc and f"`{flag} " not in doc]
     assert not missing, f"flags missing from docs/configuration.md: {missing}"

@@ -18,11 +18,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from dashboards import REPO, load_dashboards, may_be_empty, panel_queries
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,9 @@ def _wait_for(what: str, probe, timeout: float, processes: list[subprocess.Popen
         for process in processes:
             if process.poll() is not None:
                 out = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"{process.args[0]} exited with {process.returncode} while waiting for {what}:\n{out[-3000:]}")
+                pytest.fail(
+                    f"{process.args[0]} exited with {process.returncode} while waiting for {what}:\n{out[-3000:]}"
+                )
         try:
             result = probe()
             if result:
@@ -114,28 +116,58 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "gpucarbon", "--simulate", f"--web.listen-address=127.0.0.1:{daemon_port}",
-         "--poll.interval=500ms"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gpucarbon",
+            "--simulate",
+            f"--web.listen-address=127.0.0.1:{daemon_port}",
+            "--poll.interval=500ms",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     server = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
-        cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "prometheus",
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            "--log.level=warn",
+        ],
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         processes = [daemon, server]
         base = f"http://127.0.0.1:{prometheus_port}"
-        _wait_for("the daemon's /readyz", lambda: urllib.request.urlopen(f"http://127.0.0.1:{daemon_port}/readyz", timeout=2).status == 200,
-                  STARTUP_TIMEOUT_S, processes)
-        _wait_for("Prometheus to be ready", lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200,
-                  STARTUP_TIMEOUT_S, processes)
+        _wait_for(
+            "the daemon's /readyz",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{daemon_port}/readyz", timeout=2).status == 200,
+            STARTUP_TIMEOUT_S,
+            processes,
+        )
+        _wait_for(
+            "Prometheus to be ready",
+            lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200,
+            STARTUP_TIMEOUT_S,
+            processes,
+        )
         client = Prometheus(base)
         # Enough samples for rate() in the recording rules, and the alert's 2s `for`.
-        _wait_for("recording rules and the idle alert",
-                  lambda: client.query("team:gpucarbon_team_energy_joules:rate5m")
-                  and client.query('ALERTS{alertname="GPUIdleHighPower", alertstate="firing"}'),
-                  DATA_TIMEOUT_S, processes)
+        _wait_for(
+            "recording rules and the idle alert",
+            lambda: (
+                client.query("team:gpucarbon_team_energy_joules:rate5m")
+                and client.query('ALERTS{alertname="GPUIdleHighPower", alertstate="firing"}')
+            ),
+            DATA_TIMEOUT_S,
+            processes,
+        )
         yield client
     finally:
         _stop(server)
@@ -153,7 +185,9 @@ def test_idle_high_power_fires_for_the_pod_holding_a_gpu_idle(prometheus: Promet
 
 
 def test_health_alerts_stay_quiet_for_a_healthy_daemon(prometheus: Prometheus) -> None:
-    firing = prometheus.query('ALERTS{alertstate="firing", alertname=~"GPULost|GPUCarbonExporterDown|GPUCarbonNVMLDown"}')
+    firing = prometheus.query(
+        'ALERTS{alertstate="firing", alertname=~"GPULost|GPUCarbonExporterDown|GPUCarbonNVMLDown"}'
+    )
     assert firing == []
 
 

@@ -28,19 +28,21 @@ import string
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
+from fakes.kubelet import FakeKubelet
+from fakes.kubelet import pod as kubelet_pod
+from fakes.slurm import FakeScontrol
+from procs import Daemon, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
-from fakes.kubelet import FakeKubelet, pod as kubelet_pod
-from fakes.slurm import FakeScontrol
-from gpucarbon.device.scenario import load_scenario
-from gpucarbon.device.simulated import _gpu_uuid
-from procs import Daemon, wait_until
+from gpucarbon.simulation.gpu import gpu_uuid as sim_gpu_uuid
+from gpucarbon.simulation.scenario import load_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -108,12 +110,14 @@ class Scrape:
     """One /metrics answer, parsed by client_python's own parser."""
 
     def __init__(self, text: str) -> None:
-        self.samples = [Sample(s.name, dict(s.labels), s.value)
-                        for family in text_string_to_metric_families(text) for s in family.samples]
+        self.samples = [
+            Sample(s.name, dict(s.labels), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
 
     def series(self, name: str, **labels: str) -> list[Sample]:
-        return [s for s in self.samples
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+        return [s for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
     def one(self, name: str, **labels: str) -> Sample:
         found = self.series(name, **labels)
@@ -126,7 +130,7 @@ class Scrape:
 
 def gpu_uuid(index: int) -> str:
     """The simulated GPU's UUID (`GPU-<uuid>`), as NVML and the daemon spell it."""
-    return _gpu_uuid(load_scenario(str(SCENARIO)).seed, index)
+    return sim_gpu_uuid(load_scenario(str(SCENARIO)).seed, index)
 
 
 # ---- the cluster the fakes pretend to be -----------------------------------------------
@@ -134,27 +138,54 @@ def gpu_uuid(index: int) -> str:
 
 def api_pods() -> list[dict]:
     return [
-        make_pod("bert-train-0", uid=TRAINER_UID, namespace="ml", node=NODE,
-                 labels={"team": "nlp", "job-name": "bert-train"},
-                 owners=[owner("Job", "bert-train", api_version="batch/v1")],
-                 containers={"trainer": f"containerd://{TRAINER_CID}"}),
-        make_pod("vllm-6c9d8f-x2x7q", uid=VLLM_UID, namespace="serving", node=NODE,
-                 labels={"app": "vllm"}, owners=[owner("ReplicaSet", "vllm-6c9d8f")],
-                 containers={"server": f"cri-o://{VLLM_CID}"}),
-        make_pod("notebook-0", uid=NOTEBOOK_UID, namespace="research", node=NODE,
-                 labels={"team": "vision"}, owners=[owner("StatefulSet", "notebook")],
-                 containers={"jupyter": f"containerd://{'e' * 64}"}),
+        make_pod(
+            "bert-train-0",
+            uid=TRAINER_UID,
+            namespace="ml",
+            node=NODE,
+            labels={"team": "nlp", "job-name": "bert-train"},
+            owners=[owner("Job", "bert-train", api_version="batch/v1")],
+            containers={"trainer": f"containerd://{TRAINER_CID}"},
+        ),
+        make_pod(
+            "vllm-6c9d8f-x2x7q",
+            uid=VLLM_UID,
+            namespace="serving",
+            node=NODE,
+            labels={"app": "vllm"},
+            owners=[owner("ReplicaSet", "vllm-6c9d8f")],
+            containers={"server": f"cri-o://{VLLM_CID}"},
+        ),
+        make_pod(
+            "notebook-0",
+            uid=NOTEBOOK_UID,
+            namespace="research",
+            node=NODE,
+            labels={"team": "vision"},
+            owners=[owner("StatefulSet", "notebook")],
+            containers={"jupyter": f"containerd://{'e' * 64}"},
+        ),
         # Another node's pod: the field selector keeps it out.
-        make_pod("elsewhere-0", uid="00000000-0000-4000-8000-000000000001", namespace="ml",
-                 node="gpu-node-8", labels={"team": "nlp"}),
+        make_pod(
+            "elsewhere-0",
+            uid="00000000-0000-4000-8000-000000000001",
+            namespace="ml",
+            node="gpu-node-8",
+            labels={"team": "nlp"},
+        ),
     ]
 
 
 def late_jax_pod() -> dict:
     """Added only by test_late_metadata_moves_the_pod_to_its_final_labels."""
-    return make_pod("jax-worker-0", uid=JAX_UID, namespace="batch", node=NODE,
-                    labels={"jobset.sigs.k8s.io/jobset-name": "llm-pretrain", "job-name": "llm-pretrain-w-0"},
-                    containers={"worker": f"containerd://{JAX_CID}"})
+    return make_pod(
+        "jax-worker-0",
+        uid=JAX_UID,
+        namespace="batch",
+        node=NODE,
+        labels={"jobset.sigs.k8s.io/jobset-name": "llm-pretrain", "job-name": "llm-pretrain-w-0"},
+        containers={"worker": f"containerd://{JAX_CID}"},
+    )
 
 
 def kubelet_pods(*, with_vllm: bool = True) -> list:
@@ -230,11 +261,22 @@ def node(tmp_path_factory) -> Iterable[Node]:
         (tmp / "slurm").mkdir()
         scontrol = FakeScontrol(tmp / "slurm")  # job 4242: account "physics"
         (tmp / "kubeconfig.yaml").write_text(fill("kubeconfig.yaml.in", server=api.url))
-        (tmp / "config.yaml").write_text(fill(
-            "config.yaml.in", kubeconfig=str(tmp / "kubeconfig.yaml"),
-            socket=str(kubelet.socket_path), scontrol=str(scontrol.path)))
-        daemon = Daemon(tmp, f"--simulate={SCENARIO}", f"--config.file={tmp / 'config.yaml'}",
-                        f"--path.procfs={PROCFS}", "--poll.interval=200ms", "--log.level=debug")
+        (tmp / "config.yaml").write_text(
+            fill(
+                "config.yaml.in",
+                kubeconfig=str(tmp / "kubeconfig.yaml"),
+                socket=str(kubelet.socket_path),
+                scontrol=str(scontrol.path),
+            )
+        )
+        daemon = Daemon(
+            tmp,
+            f"--simulate={SCENARIO}",
+            f"--config.file={tmp / 'config.yaml'}",
+            f"--path.procfs={PROCFS}",
+            "--poll.interval=200ms",
+            "--log.level=debug",
+        )
         daemon.wait_ready(60)
         yield Node(daemon, api, kubelet, fakes)
     finally:
@@ -253,9 +295,11 @@ def node(tmp_path_factory) -> Iterable[Node]:
 def wait_scrape(node: Node, check, what: str, timeout: float = PATIENCE_S) -> Scrape:
     """The first scrape for which `check(scrape)` is true; on timeout the
     message carries the daemon's last log lines."""
+
     def attempt():
         scrape = node.scrape()
         return scrape if check(scrape) else None
+
     try:
         return wait_until(attempt, timeout, what)
     except AssertionError as err:
@@ -270,9 +314,11 @@ def assert_conserved(scrape: Scrape) -> None:
     assert len(gpus) == 5
     for gpu in gpus:
         uuid = gpu.labels["uuid"]
-        parts = (scrape.total("gpucarbon_workload_energy_joules_total", uuid=uuid)
-                 + scrape.total("gpucarbon_gpu_unattributed_energy_joules_total", uuid=uuid)
-                 + scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=uuid))
+        parts = (
+            scrape.total("gpucarbon_workload_energy_joules_total", uuid=uuid)
+            + scrape.total("gpucarbon_gpu_unattributed_energy_joules_total", uuid=uuid)
+            + scrape.total("gpucarbon_gpu_retired_energy_joules_total", uuid=uuid)
+        )
         assert abs(parts - gpu.value) <= MJ, (uuid, parts, gpu.value)
     teams = scrape.total("gpucarbon_team_energy_joules_total")
     unattributed = scrape.total("gpucarbon_gpu_unattributed_energy_joules_total")
@@ -284,17 +330,29 @@ def assert_conserved(scrape: Scrape) -> None:
 
 def test_kubernetes_pods_get_names_owner_workload_and_team(node):
     expected = {
-        gpu_uuid(0): {"namespace": "ml", "pod": "bert-train-0", "container": "trainer",
-                      "workload": "Job/bert-train", "team": "nlp"},  # team from the pod label
-        gpu_uuid(1): {"namespace": "serving", "pod": "vllm-6c9d8f-x2x7q", "container": "server",
-                      "workload": "Deployment/vllm", "team": "inference"},  # from the namespace label
+        gpu_uuid(0): {
+            "namespace": "ml",
+            "pod": "bert-train-0",
+            "container": "trainer",
+            "workload": "Job/bert-train",
+            "team": "nlp",
+        },  # team from the pod label
+        gpu_uuid(1): {
+            "namespace": "serving",
+            "pod": "vllm-6c9d8f-x2x7q",
+            "container": "server",
+            "workload": "Deployment/vllm",
+            "team": "inference",
+        },  # from the namespace label
     }
 
     def named(scrape: Scrape) -> bool:
         # Busy time, not only held time: the pid's process runs (from 2 s) and
         # was resolved to these names, beside the kubelet's allocation.
-        busy = [scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)
-                for uuid, labels in expected.items()]
+        busy = [
+            scrape.series("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels)
+            for uuid, labels in expected.items()
+        ]
         return all(found and found[0].value > 0 for found in busy)
 
     scrape = wait_scrape(node, named, "pid-backed pods under their Kubernetes names")
@@ -304,21 +362,32 @@ def test_kubernetes_pods_get_names_owner_workload_and_team(node):
         assert scrape.one("gpucarbon_workload_busy_seconds_total", uuid=uuid, **labels).value > 0
     # The process path (cgroup -> pod UID -> container name) and the allocation path
     # (kubelet names -> pod UID) meet on one consumer: one holder per GPU, not two.
-    holders = wait_scrape(node, lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0))) == 1,
-                          "one holder of GPU 0")
+    holders = wait_scrape(
+        node, lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0))) == 1, "one holder of GPU 0"
+    )
     assert holders.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(0)).labels["pod"] == "bert-train-0"
     assert not scrape.series("gpucarbon_workload_energy_joules_total", pod="elsewhere-0")
     assert not scrape.series("gpucarbon_workload_energy_joules_total", pod="ghost-0")
 
 
 def test_allocated_idle_pod_pays_its_gpus_idle_energy(node):
-    notebook = {"uuid": gpu_uuid(2), "namespace": "research", "pod": "notebook-0", "container": "jupyter",
-                "workload": "StatefulSet/notebook", "team": "vision"}
-    first = wait_scrape(node, lambda s: s.series("gpucarbon_gpu_allocation_info", **notebook),
-                        "the notebook as holder of GPU 2")
+    notebook = {
+        "uuid": gpu_uuid(2),
+        "namespace": "research",
+        "pod": "notebook-0",
+        "container": "jupyter",
+        "workload": "StatefulSet/notebook",
+        "team": "vision",
+    }
+    first = wait_scrape(
+        node, lambda s: s.series("gpucarbon_gpu_allocation_info", **notebook), "the notebook as holder of GPU 2"
+    )
     before = first.one("gpucarbon_workload_energy_joules_total", **notebook).value
-    later = wait_scrape(node, lambda s: s.one("gpucarbon_workload_energy_joules_total", **notebook).value
-                        >= before + IDLE_WATTS, "a second of idle energy more")
+    later = wait_scrape(
+        node,
+        lambda s: s.one("gpucarbon_workload_energy_joules_total", **notebook).value >= before + IDLE_WATTS,
+        "a second of idle energy more",
+    )
     energy = later.one("gpucarbon_workload_energy_joules_total", **notebook)
     held = later.one("gpucarbon_workload_held_seconds_total", **notebook)
     busy = later.one("gpucarbon_workload_busy_seconds_total", **notebook)
@@ -332,18 +401,32 @@ def test_allocated_idle_pod_pays_its_gpus_idle_energy(node):
     assert (holder.labels["pod"], holder.labels["team"]) == ("notebook-0", "vision")
 
 
-JAX_KNOWN_BY_KUBELET = {"uuid": gpu_uuid(4), "namespace": "batch", "pod": "jax-worker-0", "container": "worker",
-                        "workload": "Pod/jax-worker-0"}
+JAX_KNOWN_BY_KUBELET = {
+    "uuid": gpu_uuid(4),
+    "namespace": "batch",
+    "pod": "jax-worker-0",
+    "container": "worker",
+    "workload": "Pod/jax-worker-0",
+}
 JAX_KNOWN_BY_CGROUP = {"uuid": gpu_uuid(4), "container": JAX_CID[:12], "workload": f"Pod/uid-{JAX_UID}"}
-JAX_FINAL = {"uuid": gpu_uuid(4), "namespace": "batch", "pod": "jax-worker-0", "container": "worker",
-             "workload": "JobSet/llm-pretrain", "team": "platform"}
+JAX_FINAL = {
+    "uuid": gpu_uuid(4),
+    "namespace": "batch",
+    "pod": "jax-worker-0",
+    "container": "worker",
+    "workload": "JobSet/llm-pretrain",
+    "team": "platform",
+}
 
 
 def jax_seen_without_metadata(scrape: Scrape) -> bool:
     """The process runs (busy time) and both sources have named what they know."""
     by_cgroup = scrape.series("gpucarbon_workload_busy_seconds_total", **JAX_KNOWN_BY_CGROUP)
-    return bool(by_cgroup) and by_cgroup[0].value > 0 and bool(
-        scrape.series("gpucarbon_workload_held_seconds_total", **JAX_KNOWN_BY_KUBELET))
+    return (
+        bool(by_cgroup)
+        and by_cgroup[0].value > 0
+        and bool(scrape.series("gpucarbon_workload_held_seconds_total", **JAX_KNOWN_BY_KUBELET))
+    )
 
 
 def test_pod_unknown_to_the_api_server_still_gets_its_energy(node):
@@ -361,40 +444,61 @@ def test_pod_unknown_to_the_api_server_still_gets_its_energy(node):
 def test_late_metadata_moves_the_pod_to_its_final_labels(node):
     wait_scrape(node, jax_seen_without_metadata, "jax-worker-0 named by the kubelet and its cgroup")
     node.fakes.run(node.api.add_pod(late_jax_pod()))
-    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_busy_seconds_total", **JAX_FINAL)
-                         and s.one("gpucarbon_workload_busy_seconds_total", **JAX_FINAL).value > 0,
-                         "jax-worker-0 under its final labels")
-    holders = wait_scrape(node, lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4))) == 1,
-                          "one holder of GPU 4 once the API server knows the pod")
+    scrape = wait_scrape(
+        node,
+        lambda s: (
+            s.series("gpucarbon_workload_busy_seconds_total", **JAX_FINAL)
+            and s.one("gpucarbon_workload_busy_seconds_total", **JAX_FINAL).value > 0
+        ),
+        "jax-worker-0 under its final labels",
+    )
+    holders = wait_scrape(
+        node,
+        lambda s: len(s.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4))) == 1,
+        "one holder of GPU 4 once the API server knows the pod",
+    )
     assert holders.one("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(4)).labels["workload"] == "JobSet/llm-pretrain"
     assert_conserved(scrape)
 
 
 def test_late_metadata_continues_the_same_series(node):
-    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_energy_joules_total", **JAX_FINAL),
-                         "jax-worker-0 under its final labels")
-    attributed = (scrape.one("gpucarbon_gpu_energy_joules_total", uuid=gpu_uuid(4)).value
-                  - scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(4)).value)
-    assert scrape.one("gpucarbon_workload_energy_joules_total", **JAX_FINAL).value == pytest.approx(attributed,
-                                                                                                   abs=MJ)
+    scrape = wait_scrape(
+        node,
+        lambda s: s.series("gpucarbon_workload_energy_joules_total", **JAX_FINAL),
+        "jax-worker-0 under its final labels",
+    )
+    attributed = (
+        scrape.one("gpucarbon_gpu_energy_joules_total", uuid=gpu_uuid(4)).value
+        - scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(4)).value
+    )
+    assert scrape.one("gpucarbon_workload_energy_joules_total", **JAX_FINAL).value == pytest.approx(attributed, abs=MJ)
 
 
 def test_slurm_and_host_processes_resolve_through_procfs(node):
-    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_workload_energy_joules_total",
-                                                  workload="slurm/4242", team="physics"),
-                         "Slurm job 4242 with its account as team")
+    scrape = wait_scrape(
+        node,
+        lambda s: s.series("gpucarbon_workload_energy_joules_total", workload="slurm/4242", team="physics"),
+        "Slurm job 4242 with its account as team",
+    )
     slurm = scrape.one("gpucarbon_workload_energy_joules_total", workload="slurm/4242")
     assert slurm.labels["uuid"] == gpu_uuid(3) and slurm.labels["namespace"] == ""
-    host = [s for s in scrape.series("gpucarbon_workload_energy_joules_total", uuid=gpu_uuid(3))
-            if s.labels["workload"].startswith("process/")]
+    host = [
+        s
+        for s in scrape.series("gpucarbon_workload_energy_joules_total", uuid=gpu_uuid(3))
+        if s.labels["workload"].startswith("process/")
+    ]
     assert [s.labels["workload"] for s in host] in (["process/root/Xorg"], ["process/0/Xorg"])
 
 
 def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
     vllm = {"uuid": gpu_uuid(1), "pod": "vllm-6c9d8f-x2x7q", "team": "inference"}
     # The scenario's process ends at 10 s: GPU 1 falls back to idle power.
-    wait_scrape(node, lambda s: s.one("gpucarbon_gpu_power_watts", uuid=gpu_uuid(1)).value == IDLE_WATTS,
-                "pid 4202 to end", timeout=VLLM_END_S + PATIENCE_S)
+    wait_scrape(
+        node,
+        lambda s: s.one("gpucarbon_gpu_power_watts", uuid=gpu_uuid(1)).value == IDLE_WATTS,
+        "pid 4202 to end",
+        timeout=VLLM_END_S + PATIENCE_S,
+    )
     node.fakes.run(delete_vllm(node.api, node.kubelet))
 
     team_history: list[float] = []
@@ -405,8 +509,7 @@ def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
         assert_conserved(scrape)
         series = scrape.series("gpucarbon_workload_energy_joules_total", **vllm)
         if series and scrape.one("gpucarbon_workload_power_watts", **vllm).value == 0:
-            final[:] = [scrape.one("gpucarbon_workload_energy_joules_total", **vllm).value,
-                        team_history[-1]]
+            final[:] = [scrape.one("gpucarbon_workload_energy_joules_total", **vllm).value, team_history[-1]]
         return not series
 
     scrape = wait_scrape(node, retired, f"the deleted pod's series to be retired (retention.finished {RETENTION_S}s)")
@@ -423,8 +526,10 @@ def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
     again = node.scrape()
     assert again.one("gpucarbon_team_energy_joules_total", team="inference").value == team
     assert not again.series("gpucarbon_gpu_allocation_info", uuid=gpu_uuid(1))
-    assert again.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value > \
-        scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
+    assert (
+        again.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
+        > scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
+    )
 
 
 def test_conservation_holds_exactly(node):
@@ -434,26 +539,39 @@ def test_conservation_holds_exactly(node):
 
 
 def test_source_health_and_a_kubelet_outage(node):
-    scrape = wait_scrape(node, lambda s: s.one("gpucarbon_source_up", source="kubernetes").value == 1
-                         and s.one("gpucarbon_source_up", source="podresources").value == 1, "both sources up")
+    scrape = wait_scrape(
+        node,
+        lambda s: (
+            s.one("gpucarbon_source_up", source="kubernetes").value == 1
+            and s.one("gpucarbon_source_up", source="podresources").value == 1
+        ),
+        "both sources up",
+    )
     trainer = {"uuid": gpu_uuid(0), "pod": "bert-train-0", "container": "trainer"}
     node.fakes.run(node.kubelet.stop())  # the socket goes away, as when kubelet restarts
-    down = wait_scrape(node, lambda s: s.one("gpucarbon_source_up", source="podresources").value == 0,
-                       "podresources down")
+    down = wait_scrape(
+        node, lambda s: s.one("gpucarbon_source_up", source="podresources").value == 0, "podresources down"
+    )
     assert down.total("gpucarbon_source_errors_total", source="podresources") >= 1
     assert down.one("gpucarbon_source_up", source="kubernetes").value == 1
     # Still serving and attributing: the process path needs no kubelet.
     before = down.one("gpucarbon_workload_energy_joules_total", **trainer).value
-    later = wait_scrape(node, lambda s: s.one("gpucarbon_workload_energy_joules_total", **trainer).value > before,
-                        "attribution to go on without the kubelet")
+    later = wait_scrape(
+        node,
+        lambda s: s.one("gpucarbon_workload_energy_joules_total", **trainer).value > before,
+        "attribution to go on without the kubelet",
+    )
     assert_conserved(later)
     assert node.daemon.proc.poll() is None
     assert scrape.one("gpucarbon_source_up", source="procfs").value == 1
 
 
 def test_zone_auto_reads_the_node_and_uses_its_grid(node):
-    scrape = wait_scrape(node, lambda s: s.series("gpucarbon_grid_carbon_intensity_grams_per_kwh", zone="FR"),
-                         "intensity for the node's zone")
+    scrape = wait_scrape(
+        node,
+        lambda s: s.series("gpucarbon_grid_carbon_intensity_grams_per_kwh", zone="FR"),
+        "intensity for the node's zone",
+    )
     (intensity,) = scrape.series("gpucarbon_grid_carbon_intensity_grams_per_kwh")
     assert intensity.labels["source"] == "table" and intensity.value < 100  # France: low-carbon grid
     assert ("get", f"/api/v1/nodes/{NODE}", {}) in node.api.requests

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from procs import Daemon, Prometheus, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +31,8 @@ abs(sum(gpucarbon_team_energy_joules_total) + sum(gpucarbon_gpu_unattributed_ene
 """
 EMISSIONS_IMBALANCE = """
 max(abs(
-    (sum by (uuid) (gpucarbon_workload_emissions_grams_total) or sum by (uuid) (0 * gpucarbon_gpu_emissions_grams_total))
+    (sum by (uuid) (gpucarbon_workload_emissions_grams_total)
+      or sum by (uuid) (0 * gpucarbon_gpu_emissions_grams_total))
   + on (uuid) sum by (uuid) (gpucarbon_gpu_unattributed_emissions_grams_total)
   + on (uuid) sum by (uuid) (gpucarbon_gpu_retired_emissions_grams_total)
   - on (uuid) sum by (uuid) (gpucarbon_gpu_emissions_grams_total)
@@ -67,15 +67,15 @@ def test_prometheus_scrapes_and_conservation_holds(daemon, tmp_path):
         assert {"nlp", "platform", "vision"} <= teams
         idle_holder = prom.query('gpucarbon_gpu_allocation_info{pod="notebook-alice-0"}')
         assert idle_holder and idle_holder[0]["metric"]["team"] == "vision"
-        assert not prom.query('count by (__name__) ({__name__=~"gpucarbon_.*", exported_job!=""})'), \
+        assert not prom.query('count by (__name__) ({__name__=~"gpucarbon_.*", exported_job!=""})'), (
             "no label named job on our series"
+        )
     finally:
         prom.stop()
 
 
 def test_live_metrics_pass_promtool(daemon):
-    result = subprocess.run(["promtool", "check", "metrics"], input=daemon.metrics(), capture_output=True,
-                            text=True)
+    result = subprocess.run(["promtool", "check", "metrics"], input=daemon.metrics(), capture_output=True, text=True)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
@@ -112,8 +112,11 @@ def test_sigterm_writes_a_final_checkpoint_that_the_next_run_continues(tmp_path)
     second = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
     try:
         second.wait_ready()
-        line = next(l for l in second.metrics().splitlines()
-                    if l.startswith('gpucarbon_team_energy_joules_total{team="nlp"}'))
+        line = next(
+            text
+            for text in second.metrics().splitlines()
+            if text.startswith('gpucarbon_team_energy_joules_total{team="nlp"}')
+        )
         assert float(line.split()[-1]) >= teams["nlp"]["energy_mj"] / 1000.0
     finally:
         assert second.stop() == 0
@@ -154,8 +157,12 @@ def test_basic_auth_protects_metrics_but_not_probes(tmp_path):
 def test_invalid_web_config_is_one_line_exit_two(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n")
-    result = subprocess.run([sys.executable, "-m", "gpucarbon", "--simulate", f"--web.config.file={web}"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpucarbon", "--simulate", f"--web.config.file={web}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert str(web) in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -18,24 +18,88 @@ GOLDEN = Path(__file__).parent / "fixtures" / "exposition" / "snapshot.prom"
 
 
 def fixed_snapshot(sequence=1, ready=True):
-    gpu = GpuView(index=0, uuid="GPU-0000", model="NVIDIA H100 80GB HBM3", driver_version="580.1",
-                  mig_mode="disabled", energy_source="counter", up=True, power_w=350.5, power_limit_w=700.0,
-                  utilization=0.5, memory_used_bytes=2**30, memory_total_bytes=80 * 2**30, temperature_c=55.0,
-                  idle_power_w=70.0, energy_j=1000.0, unattributed_j=100.0, retired_j=50.0, grams=0.1,
-                  unattributed_grams=0.01, retired_grams=0.005, resets=1)
-    lost = GpuView(index=1, uuid="GPU-1111", model="NVIDIA H100 80GB HBM3", driver_version="580.1",
-                   mig_mode="unknown", energy_source="counter", up=False, power_w=None, power_limit_w=None,
-                   utilization=None, memory_used_bytes=None, memory_total_bytes=None, temperature_c=None,
-                   idle_power_w=70.0, energy_j=5.0, unattributed_j=5.0, retired_j=0.0, grams=0.0005,
-                   unattributed_grams=0.0005, retired_grams=0.0, resets=0)
-    workload = WorkloadView(gpu="0", uuid="GPU-0000", namespace="ns", pod='evil"pod\nname', container="c",
-                            workload="Job/train", team="nlp", energy_j=850.0, grams=0.085, power_w=300.0,
-                            held_s=10.0, busy_s=5.0, embodied_grams=0.0, cost=0.0, holding=True)
+    gpu = GpuView(
+        index=0,
+        uuid="GPU-0000",
+        model="NVIDIA H100 80GB HBM3",
+        driver_version="580.1",
+        mig_mode="disabled",
+        energy_source="counter",
+        up=True,
+        power_w=350.5,
+        power_limit_w=700.0,
+        utilization=0.5,
+        memory_used_bytes=2**30,
+        memory_total_bytes=80 * 2**30,
+        temperature_c=55.0,
+        idle_power_w=70.0,
+        energy_j=1000.0,
+        unattributed_j=100.0,
+        retired_j=50.0,
+        grams=0.1,
+        unattributed_grams=0.01,
+        retired_grams=0.005,
+        resets=1,
+    )
+    lost = GpuView(
+        index=1,
+        uuid="GPU-1111",
+        model="NVIDIA H100 80GB HBM3",
+        driver_version="580.1",
+        mig_mode="unknown",
+        energy_source="counter",
+        up=False,
+        power_w=None,
+        power_limit_w=None,
+        utilization=None,
+        memory_used_bytes=None,
+        memory_total_bytes=None,
+        temperature_c=None,
+        idle_power_w=70.0,
+        energy_j=5.0,
+        unattributed_j=5.0,
+        retired_j=0.0,
+        grams=0.0005,
+        unattributed_grams=0.0005,
+        retired_grams=0.0,
+        resets=0,
+    )
+    workload = WorkloadView(
+        gpu="0",
+        uuid="GPU-0000",
+        namespace="ns",
+        pod='evil"pod\nname',
+        container="c",
+        workload="Job/train",
+        team="nlp",
+        energy_j=850.0,
+        grams=0.085,
+        power_w=300.0,
+        held_s=10.0,
+        busy_s=5.0,
+        embodied_grams=0.0,
+        cost=0.0,
+        holding=True,
+    )
     return Snapshot(
-        sequence=sequence, ready=ready, nvml_up=True, nvml_reason="", gpus=(gpu, lost), workloads=(workload,),
+        sequence=sequence,
+        ready=ready,
+        nvml_up=True,
+        nvml_reason="",
+        gpus=(gpu, lost),
+        workloads=(workload,),
         teams=(TeamView("nlp", 850.0, 0.085, 0.0, 0.0),),
-        carbon=CarbonView(IntensityReading(420.0, "GB", "uk-carbon-intensity"), 1.2, "uk-carbon-intensity", True,
-                          (("rate_limited", 2),), 125.0, 1, False, None),
+        carbon=CarbonView(
+            IntensityReading(420.0, "GB", "uk-carbon-intensity"),
+            1.2,
+            "uk-carbon-intensity",
+            True,
+            (("rate_limited", 2),),
+            125.0,
+            1,
+            False,
+            None,
+        ),
         sources=(SourceView("procfs", True, (("vanished", 2),)),),
         nvml_errors=(("nvmlDeviceGetTotalEnergyConsumption", "GpuIsLost", 3),),
         dropped_series=0,
@@ -55,8 +119,9 @@ def test_exposition_matches_golden_file():
 
 
 def test_exposition_passes_promtool(tmp_path):
-    result = subprocess.run(["promtool", "check", "metrics"], input=render_text(fixed_snapshot),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=render_text(fixed_snapshot), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import textwrap
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpucarbon.errors import SetupError
 from gpucarbon.exporter import webconfig
 from gpucarbon.exporter.webconfig import ClientAuth, WebConfigError, auth_middleware, load_web_config
 
@@ -69,7 +71,7 @@ def _certificate(
     usage: x509.ObjectIdentifier | None = None,
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issuer_name = issuer[0].subject if issuer else _name(subject)
     signing_key = issuer[1] if issuer else key
     builder = (
@@ -82,16 +84,20 @@ def _certificate(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False)
     )
     if is_ca:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -108,12 +114,8 @@ def _write_cert(path: Path, cert: x509.Certificate) -> Path:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> Path:
-    encryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    )
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    )
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
     return path
 
 
@@ -129,7 +131,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     rogue_ca = _certificate("rogue CA", rogue_ca_key, None, is_ca=True)
     server_key, client_key, rogue_key = _new_key(), _new_key(), _new_key()
     server = _certificate(
-        "localhost", server_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        "localhost",
+        server_key,
+        (ca, ca_key),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
         sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     client = _certificate("prometheus", client_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -201,8 +206,13 @@ async def serve(config: webconfig.WebConfig, **middleware_args: object) -> Async
         await runner.cleanup()
 
 
-async def get(url: str, *, ssl_context: ssl.SSLContext | bool = True, auth: tuple[str, str] | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+async def get(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | bool = True,
+    auth: tuple[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, dict[str, str]]:
     headers = dict(headers or {})
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -317,6 +327,15 @@ def test_client_auth_modes_map_to_python_verify_modes(pki: Pki) -> None:
     request_only = load_web_config(tls_config(pki, "  client_auth_type: RequestClientCert\n"))
     assert request_only.ssl_context().verify_mode == ssl.CERT_NONE  # type: ignore[union-attr]
     assert any("RequestClientCert" in note for note in request_only.notes)
+
+
+def test_tls_only_config_needs_no_bcrypt(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt (the `auth` extra) is imported only when basic auth is configured."""
+    monkeypatch.setitem(sys.modules, "bcrypt", None)  # as if the auth extra were not installed
+    config = load_web_config(tls_config(pki, name="tls-only.yml"))
+    assert config.ssl_context() is not None
+    with pytest.raises(SetupError, match=r"basic_auth_users needs the bcrypt package"):
+        load_web_config(tls_config(pki, f"basic_auth_users:\n  prometheus: '{PASSWORD_HASH}'\n", name="users.yml"))
 
 
 # ------------------------------------------------------------------ basic auth and headers
@@ -502,7 +521,8 @@ BAD_CONFIGS = {
     ),
     "bad min_version": (TLS + "  min_version: SSL3\n", ["tls_server_config.min_version", "'SSL3'", "TLS12"]),
     "min above max": (
-        TLS + "  min_version: TLS13\n  max_version: TLS12\n", ["tls_server_config.min_version", "TLSv1_3"]
+        TLS + "  min_version: TLS13\n  max_version: TLS12\n",
+        ["tls_server_config.min_version", "TLSv1_3"],
     ),
     "missing cert file": (
         "tls_server_config:\n  cert_file: gone.pem\n  key_file: server.key\n",
@@ -530,7 +550,8 @@ BAD_CONFIGS = {
         ["tls_server_config.client_ca_file", "required with client_auth_type RequireAndVerifyClientCert"],
     ),
     "CA without client auth": (
-        TLS + "  client_ca_file: ca.pem\n", ["tls_server_config.client_ca_file", "without a client_auth_type"]
+        TLS + "  client_ca_file: ca.pem\n",
+        ["tls_server_config.client_ca_file", "without a client_auth_type"],
     ),
     "unknown cipher": (
         TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
@@ -544,24 +565,24 @@ BAD_CONFIGS = {
     "inline key refused": (TLS + "  key: secret-pem\n", ["tls_server_config.key", "use key_file"]),
     "rate limit refused": ("rate_limit:\n  burst: 3\n", ["rate_limit", "not supported"]),
     "header not allowed": (
-        "http_server_config:\n  headers:\n    Set-Cookie: a=b\n", ["http_server_config.headers", "'Set-Cookie'"]
+        "http_server_config:\n  headers:\n    Set-Cookie: a=b\n",
+        ["http_server_config.headers", "'Set-Cookie'"],
     ),
     "header bad value": (
         "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
         ["http_server_config.headers.X-Frame-Options", "'allow'", "deny"],
     ),
     "header injection": (
-        "http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\r\\nSet-Cookie: x\"\n",
+        'http_server_config:\n  headers:\n    Content-Security-Policy: "a\\r\\nSet-Cookie: x"\n',
         ["http_server_config.headers.Content-Security-Policy", "line breaks"],
     ),
     "http2 not a boolean": ("http_server_config:\n  http2: maybe\n", ["http_server_config.http2", "'maybe'"]),
     "bad bcrypt hash": ("basic_auth_users:\n  alice: $2b$10$tooshort\n", ["basic_auth_users.alice", "bcrypt"]),
     "plain password instead of a hash": (
-        "basic_auth_users:\n  alice: hunter2\n", ["basic_auth_users.alice", "not a bcrypt hash"]
+        "basic_auth_users:\n  alice: hunter2\n",
+        ["basic_auth_users.alice", "not a bcrypt hash"],
     ),
-    "username with a colon": (
-        f"basic_auth_users:\n  'a:b': '{PASSWORD_HASH}'\n", ["basic_auth_users.a:b", "':'"]
-    ),
+    "username with a colon": (f"basic_auth_users:\n  'a:b': '{PASSWORD_HASH}'\n", ["basic_auth_users.a:b", "':'"]),
     "users not a mapping": ("basic_auth_users: [alice]\n", ["basic_auth_users", "mapping"]),
     "top level not a mapping": ("- tls_server_config\n", ["must be a mapping", "list"]),
     "top level a scalar": ("just text\n", ["must be a mapping", "'just text'"]),
@@ -587,11 +608,14 @@ def test_bad_configs_name_file_key_and_value(pki: Pki, case: str) -> None:
         assert fragment in message, (fragment, message)
 
 
-@pytest.mark.parametrize("body", [
-    '"a\\nb": 1\n',
-    'tls_server_config: {"a\\nb": 1}\n',
-    'basic_auth_users: {"a\\nb": x}\n',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '"a\\nb": 1\n',
+        'tls_server_config: {"a\\nb": 1}\n',
+        'basic_auth_users: {"a\\nb": x}\n',
+    ],
+)
 def test_hostile_keys_keep_the_error_on_one_line(pki: Pki, body: str) -> None:
     with pytest.raises(WebConfigError) as error:
         load_web_config(write_config(pki, body, "bad.yml"))
@@ -619,16 +643,41 @@ def test_a_fifo_is_refused_instead_of_blocking(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ fuzz
 
-_KEYS = sorted(webconfig._TOP_KEYS | webconfig._TLS_KEYS | webconfig._HTTP_KEYS
-               | {"Strict-Transport-Security", "X-Frame-Options", "alice", "cert", "rate_limit"})
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.sampled_from(
-    ["TLS12", "TLS13", "NoClientCert", "RequireAndVerifyClientCert", "server.pem", "server.key", "ca.pem",
-     ".", "/dev/null", "deny", PASSWORD_HASH, "TLS_AES_128_GCM_SHA256"]
+_KEYS = sorted(
+    webconfig._TOP_KEYS
+    | webconfig._TLS_KEYS
+    | webconfig._HTTP_KEYS
+    | {"Strict-Transport-Security", "X-Frame-Options", "alice", "cert", "rate_limit"}
+)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "TLS12",
+            "TLS13",
+            "NoClientCert",
+            "RequireAndVerifyClientCert",
+            "server.pem",
+            "server.key",
+            "ca.pem",
+            ".",
+            "/dev/null",
+            "deny",
+            PASSWORD_HASH,
+            "TLS_AES_128_GCM_SHA256",
+        ]
+    )
 )
 _values = st.recursive(
     _scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -645,8 +694,9 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 @pytest.mark.timeout(60)
 @_FUZZ
-@given(document=st.dictionaries(st.sampled_from(sorted(webconfig._TOP_KEYS)) | st.text(max_size=8), _values,
-                                max_size=4))
+@given(
+    document=st.dictionaries(st.sampled_from(sorted(webconfig._TOP_KEYS)) | st.text(max_size=8), _values, max_size=4)
+)
 def test_fuzzed_mappings_give_only_web_config_errors(pki: Pki, document: dict) -> None:
     path = pki.directory / "fuzz.yml"
     path.write_text(yaml.safe_dump(document))
@@ -655,8 +705,11 @@ def test_fuzzed_mappings_give_only_web_config_errors(pki: Pki, document: dict) -
 
 @pytest.mark.timeout(60)
 @_FUZZ
-@given(text=st.text(alphabet=st.sampled_from(list("abc:-[]{}&*!|>'\"#%@`,? \n\t0123456789.\\$")) | st.characters(),
-                    max_size=200))
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("abc:-[]{}&*!|>'\"#%@`,? \n\t0123456789.\\$")) | st.characters(), max_size=200
+    )
+)
 def test_fuzzed_text_gives_only_web_config_errors(text: str) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "fuzz.yml"

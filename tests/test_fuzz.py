@@ -30,46 +30,110 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpucarbon.config import Config, ConfigError, parse_config
-from gpucarbon.device.scenario import Scenario, ScenarioError, parse_scenario
 from gpucarbon.exporter.webconfig import WebConfigError, load_web_config
+from gpucarbon.simulation.scenario import Scenario, ScenarioError, parse_scenario
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOURCE = "fuzz.yaml"
 LEAF = "leaf"  # schema marker: any value may go here
 
 # Text that looks like YAML more often than st.text() alone does.
-YAML_TEXT = st.text(alphabet=st.sampled_from(list("ab01.:-[]{},#&*!|>'\"%@`? \n\t")) | st.characters(),
-                    max_size=200)
+YAML_TEXT = st.text(alphabet=st.sampled_from(list("ab01.:-[]{},#&*!|>'\"%@`? \n\t")) | st.characters(), max_size=200)
 
 # Leaf values: every YAML scalar type, plausible values for the real keys, and
 # small containers where a scalar belongs, and numbers too big for a float.
-PLAUSIBLE = st.sampled_from([
-    "10m", "500ms", "1h30m", "0s", "-1s", "1x", "1e3s", "", " ", "static", "table", "watttime",
-    "electricitymaps", "uk-carbon-intensity", "co2_moer", "co2_aoer", "auto", "DE", "WORLD", ".*", "(", "[a-z]+",
-    "lost", "reset", "hang", "NVIDIA H100 80GB HBM3", "Job/x", "/var/lib/gpucarbon", "USD",
-])
-SCALARS = (st.none() | st.booleans() | st.integers() | st.sampled_from([10**400, -(10**400)]) | st.floats()
-           | st.text(max_size=12) | st.dates() | PLAUSIBLE)
-LEAVES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+PLAUSIBLE = st.sampled_from(
+    [
+        "10m",
+        "500ms",
+        "1h30m",
+        "0s",
+        "-1s",
+        "1x",
+        "1e3s",
+        "",
+        " ",
+        "static",
+        "table",
+        "watttime",
+        "electricitymaps",
+        "uk-carbon-intensity",
+        "co2_moer",
+        "co2_aoer",
+        "auto",
+        "DE",
+        "WORLD",
+        ".*",
+        "(",
+        "[a-z]+",
+        "lost",
+        "reset",
+        "hang",
+        "NVIDIA H100 80GB HBM3",
+        "Job/x",
+        "/var/lib/gpucarbon",
+        "USD",
+    ]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400)])
+    | st.floats()
+    | st.text(max_size=12)
+    | st.dates()
+    | PLAUSIBLE
+)
+LEAVES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 JUNK_KEY = st.sampled_from(["", "unknown", "Pue", "token", "a\nb", "0"]) | st.text(max_size=8)
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "attribution": {"idle_watts": LEAF},
     "carbon": {
         "pue": LEAF,
-        "intensity": {k: LEAF for k in (
-            "source", "zone", "grams_per_kwh", "refresh", "stale_after", "base_url", "token_env", "token_file",
-            "username_env", "password_env", "region", "token", "timeout", "signal_type")},
+        "intensity": {
+            k: LEAF
+            for k in (
+                "source",
+                "zone",
+                "grams_per_kwh",
+                "refresh",
+                "stale_after",
+                "base_url",
+                "token_env",
+                "token_file",
+                "username_env",
+                "password_env",
+                "region",
+                "token",
+                "timeout",
+                "signal_type",
+            )
+        },
         "embodied": {"enabled": LEAF, "lifetime": LEAF},
         "cost": {"price_per_kwh": LEAF, "currency": LEAF},
     },
-    "teams": {"default": LEAF, "pod_label": LEAF, "namespace_label": LEAF, "namespaces": LEAF,
-              "workloads": [{"match": LEAF, "team": LEAF}], "users": LEAF},
+    "teams": {
+        "default": LEAF,
+        "pod_label": LEAF,
+        "namespace_label": LEAF,
+        "namespaces": LEAF,
+        "workloads": [{"match": LEAF, "team": LEAF}],
+        "users": LEAF,
+    },
     "retention": {"finished": LEAF},
     "limits": {"max_workload_series": LEAF, "gpu_read_timeout": LEAF},
-    "kubernetes": {"enabled": LEAF, "node_name": LEAF, "kubeconfig": LEAF,
-                   "podresources": {"enabled": LEAF, "socket": LEAF, "interval": LEAF}},
+    "kubernetes": {
+        "enabled": LEAF,
+        "node_name": LEAF,
+        "kubeconfig": LEAF,
+        "podresources": {"enabled": LEAF, "socket": LEAF, "interval": LEAF},
+    },
     "slurm": {"enabled": LEAF, "scontrol": LEAF},
     "state": {"dir": LEAF, "interval": LEAF},
 }
@@ -78,9 +142,25 @@ SCENARIO_SCHEMA: dict[str, Any] = {
     "speed": LEAF,
     "seed": LEAF,
     "gpus": [{"model": LEAF, "count": LEAF, "idle_watts": LEAF, "max_watts": LEAF, "memory_bytes": LEAF}],
-    "workloads": [{k: LEAF for k in (
-        "namespace", "pod", "container", "workload", "team", "start", "end", "allocated_only", "pid",
-        "cgroup", "memory_bytes")} | {"gpus": [LEAF], "sm_util": [[LEAF]]}],
+    "workloads": [
+        {
+            k: LEAF
+            for k in (
+                "namespace",
+                "pod",
+                "container",
+                "workload",
+                "team",
+                "start",
+                "end",
+                "allocated_only",
+                "pid",
+                "cgroup",
+                "memory_bytes",
+            )
+        }
+        | {"gpus": [LEAF], "sm_util": [[LEAF]]}
+    ],
     "faults": [{"gpu": LEAF, "kind": LEAF, "start": LEAF, "end": LEAF}],
 }
 
@@ -139,8 +219,11 @@ def test_config_shaped_documents_give_only_config_errors(document: Any) -> None:
 def test_config_fuzzer_reaches_the_deep_keys() -> None:
     """The generator is able to build a valid document touching nested keys
     (guards the fuzzer itself: a schema typo would make it shallow)."""
-    document = {"carbon": {"intensity": {"source": "static", "grams_per_kwh": 300}, "cost": {"price_per_kwh": 0.2}},
-                "teams": {"workloads": [{"match": "^Job/", "team": "batch"}]}, "state": {"interval": "1m"}}
+    document = {
+        "carbon": {"intensity": {"source": "static", "grams_per_kwh": 300}, "cost": {"price_per_kwh": 0.2}},
+        "teams": {"workloads": [{"match": "^Job/", "team": "batch"}]},
+        "state": {"interval": "1m"},
+    }
     config = parse_config(dump(document), SOURCE)
     assert config.carbon.intensity.grams_per_kwh == 300 and config.teams.workload_patterns == (("^Job/", "batch"),)
     assert set(document) <= set(CONFIG_SCHEMA)
@@ -184,8 +267,10 @@ def test_scenario_near_valid_workloads_give_only_scenario_errors(util, gpus, sta
 
 @pytest.mark.timeout(60)
 @settings(max_examples=150, deadline=None)
-@given(content=st.binary(max_size=300)
-       | st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(lambda t: t[0].encode() + t[1]))
+@given(
+    content=st.binary(max_size=300)
+    | st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(lambda t: t[0].encode() + t[1])
+)
 def test_web_config_from_arbitrary_bytes_gives_only_web_config_errors(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "web.yml"

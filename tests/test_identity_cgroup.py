@@ -80,8 +80,22 @@ def test_non_str_input_raises_type_error_naming_the_type(value):
 
 
 _CGROUP_ALPHABET = st.sampled_from(
-    list("0123456789abcdef:/-_.,\n ") + ["kubepods", "pod", ".slice", ".scope", "cri-containerd-",
-                                        "crio-", "docker-", "job_", "step_", "uid_", "conmon-", CID, POD]
+    list("0123456789abcdef:/-_.,\n ")
+    + [
+        "kubepods",
+        "pod",
+        ".slice",
+        ".scope",
+        "cri-containerd-",
+        "crio-",
+        "docker-",
+        "job_",
+        "step_",
+        "uid_",
+        "conmon-",
+        CID,
+        POD,
+    ]
 )
 
 

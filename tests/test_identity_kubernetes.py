@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from fakes.apiserver import FakeApiServer, Fault, make_namespace, make_pod, owner
 
-from fakes.apiserver import Fault, FakeApiServer, make_namespace, make_pod, owner
+from gpucarbon.backoff import Backoff
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.kubernetes import (
-    Backoff,
     KubernetesSetupError,
     KubernetesSource,
     make_client,
 )
 from gpucarbon.identity.model import MetadataSource
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 CID = "containerd://" + "a" * 64
 CID2 = "cri-o://" + "b" * 64
@@ -94,8 +94,13 @@ async def harness(api):
 
 
 def trainer_pod(**overrides):
-    spec = dict(uid=UID1, namespace="ml", labels={"app": "trainer", "pod-template-hash": "7d9f"},
-                owners=[owner("ReplicaSet", "trainer-7d9f")], containers={"main": CID, "sidecar": CID2})
+    spec = dict(
+        uid=UID1,
+        namespace="ml",
+        labels={"app": "trainer", "pod-template-hash": "7d9f"},
+        owners=[owner("ReplicaSet", "trainer-7d9f")],
+        containers={"main": CID, "sidecar": CID2},
+    )
     spec.update(overrides)
     return make_pod(overrides.pop("name", "trainer-7d9f-x1"), **spec)
 
@@ -135,13 +140,13 @@ async def test_pod_lookup_never_waits_for_an_owner_read(api, harness):
 async def test_watch_events_add_modify_and_delete(api, harness):
     h = harness(deleted_retention_s=60)
     source = await h.start()
-    await api.add_pod(make_pod("job-pod", uid=UID2, namespace="web", owners=[owner("PyTorchJob", "llm",
-                                                                                    "kubeflow.org/v1")]))
+    await api.add_pod(
+        make_pod("job-pod", uid=UID2, namespace="web", owners=[owner("PyTorchJob", "llm", "kubeflow.org/v1")])
+    )
     await eventually(lambda: source.pod(UID2) is not None)
     assert (source.pod(UID2).workload, source.pod(UID2).team) == ("PyTorchJob/llm", "frontend")
 
-    relabelled = make_pod("job-pod", uid=UID2, namespace="web", labels={"team": "payments"},
-                          containers={"main": CID})
+    relabelled = make_pod("job-pod", uid=UID2, namespace="web", labels={"team": "payments"}, containers={"main": CID})
     await api.apply("pods", "MODIFIED", relabelled)
     await eventually(lambda: source.pod(UID2).team == "payments")
     assert dict(source.pod(UID2).containers) == {"a" * 64: "main"}
@@ -281,8 +286,11 @@ async def test_job_owned_by_cronjob_and_forbidden_reads(api, harness):
     await eventually(lambda: source.pod(UID1).workload == "CronJob/nightly")
 
     api.fail("get", Fault("status", status=403))
-    await api.add_pod(make_pod("r", uid=UID2, namespace="ml", labels={"pod-template-hash": "5c"},
-                               owners=[owner("ReplicaSet", "api-5c")]))
+    await api.add_pod(
+        make_pod(
+            "r", uid=UID2, namespace="ml", labels={"pod-template-hash": "5c"}, owners=[owner("ReplicaSet", "api-5c")]
+        )
+    )
     await eventually(lambda: source.health.errors_total("owner_lookup") == 1)
     assert source.pod(UID2).workload == "Deployment/api"  # pod-template-hash fallback
     assert source.health.up  # an owner read failing does not take the source down
@@ -302,7 +310,9 @@ async def test_bearer_token_is_sent_on_every_request(api, harness):
 
 def test_kubeconfig_file_outside_the_cluster(tmp_path):
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "dev",
         "clusters": [{"name": "dev", "cluster": {"server": "http://127.0.0.1:1"}}],
         "users": [{"name": "me", "user": {"token": "abc"}}],
         "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me", "namespace": "ml"}}],
@@ -322,8 +332,10 @@ def test_missing_kubeconfig_names_the_file(tmp_path):
     ("text", "problem"),
     [
         ('users:\n- name: me\n  user: {token: "s3cret-token\n', "not valid YAML: found unexpected end of stream"),
-        ("users:\n- name: me\n  user:\n    token: s3cret-token: x\n", "not valid YAML: mapping values are "
-                                                                        "not allowed here at line 4, column 24"),
+        (
+            "users:\n- name: me\n  user:\n    token: s3cret-token: x\n",
+            "not valid YAML: mapping values are not allowed here at line 4, column 24",
+        ),
         ("- token: s3cret-token\n", "not a kubeconfig"),
     ],
 )
@@ -347,11 +359,18 @@ def self_signed_ca_pem() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -385,8 +404,7 @@ def test_in_cluster_without_service_account_is_a_clear_error(tmp_path, monkeypat
 
 def test_empty_node_name_is_rejected():
     with pytest.raises(ValueError, match="node_name"):
-        KubernetesSource(make_client(server="http://127.0.0.1:1"), node_name="", teams=TeamRules(),
-                         clock=ManualClock())
+        KubernetesSource(make_client(server="http://127.0.0.1:1"), node_name="", teams=TeamRules(), clock=ManualClock())
 
 
 def test_backoff_doubles_to_its_cap_with_jitter():
@@ -412,7 +430,8 @@ def test_documented_rbac_is_valid_and_read_only():
     role = next(o for o in objects if o["kind"] == "ClusterRole")
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs <= {"get", "list", "watch"}
-    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"]}
+    granted = {
+        (group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+    }
     assert granted == {("", "pods"), ("", "namespaces"), ("", "nodes"), ("apps", "replicasets"), ("batch", "jobs")}
     assert not any("*" in str(rule) for rule in role["rules"])

@@ -37,18 +37,30 @@ def ctl(kind: str, name: str) -> OwnerRef:
         ("raycluster from ownerReference", pod([ctl("RayCluster", "rc")]), "RayCluster/rc"),
         ("jobset from ownerReference", pod([ctl("JobSet", "js")]), "JobSet/js"),
         ("leaderworkerset from ownerReference", pod([ctl("LeaderWorkerSet", "lws")]), "LeaderWorkerSet/lws"),
-        ("LWS statefulset by label", pod([ctl("StatefulSet", "lws-0")],
-                                         {"leaderworkerset.sigs.k8s.io/name": "vllm"}), "LeaderWorkerSet/vllm"),
+        (
+            "LWS statefulset by label",
+            pod([ctl("StatefulSet", "lws-0")], {"leaderworkerset.sigs.k8s.io/name": "vllm"}),
+            "LeaderWorkerSet/vllm",
+        ),
         ("label: job-name", pod(labels={"job-name": "j"}), "Job/j"),
-        ("label: kubeflow pytorch", pod(labels={"training.kubeflow.org/job-name": "k",
-                                                "training.kubeflow.org/operator-name": "pytorchjob-controller"}),
-         "PyTorchJob/k"),
+        (
+            "label: kubeflow pytorch",
+            pod(
+                labels={
+                    "training.kubeflow.org/job-name": "k",
+                    "training.kubeflow.org/operator-name": "pytorchjob-controller",
+                }
+            ),
+            "PyTorchJob/k",
+        ),
         ("label: kubeflow unknown operator", pod(labels={"training.kubeflow.org/job-name": "k"}), "KubeflowJob/k"),
         ("label: ray", pod(labels={"ray.io/cluster": "rc"}), "RayCluster/rc"),
-        ("label: jobset beats job-name", pod(labels={"job-name": "js-w-0", "jobset.sigs.k8s.io/jobset-name": "js"}),
-         "JobSet/js"),
-        ("controller beats labels", pod([ctl("RayCluster", "real")], {"ray.io/cluster": "label"}),
-         "RayCluster/real"),
+        (
+            "label: jobset beats job-name",
+            pod(labels={"job-name": "js-w-0", "jobset.sigs.k8s.io/jobset-name": "js"}),
+            "JobSet/js",
+        ),
+        ("controller beats labels", pod([ctl("RayCluster", "real")], {"ray.io/cluster": "label"}), "RayCluster/real"),
     ],
 )
 def test_direct_workload_without_api_reads(case, subject, workload):
@@ -130,8 +142,7 @@ async def test_failed_lookup_falls_back_and_retries_after_a_while():
     lookup.fail_with = "forbidden"
     failures: list[str] = []
     clock = ManualClock()
-    resolver = OwnerResolver(lookup, clock=clock, retry_after_s=60,
-                             on_failure=lambda f: failures.append(f.reason))
+    resolver = OwnerResolver(lookup, clock=clock, retry_after_s=60, on_failure=lambda f: failures.append(f.reason))
     subject = pod([ctl("ReplicaSet", "web-7d9f")], {"pod-template-hash": "7d9f"})
     assert await resolver.resolve(subject) == "Deployment/web"  # the pod-template-hash rule
     assert failures == ["forbidden"]

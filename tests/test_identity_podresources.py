@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from fakes.kubelet import FakeKubelet, pod
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.podresources import ContainerKey, PodResourcesSource, holders_by_gpu
@@ -51,8 +51,7 @@ async def kubelet(socket_dir):
 
 
 def make_source(path: Path, clock: ManualClock | None = None, **kwargs) -> PodResourcesSource:
-    return PodResourcesSource(str(path), clock=clock or ManualClock(), timeout_s=kwargs.pop("timeout_s", 2.0),
-                              **kwargs)
+    return PodResourcesSource(str(path), clock=clock or ManualClock(), timeout_s=kwargs.pop("timeout_s", 2.0), **kwargs)
 
 
 async def test_list_keeps_only_nvidia_devices_per_container(kubelet):
@@ -73,9 +72,11 @@ async def test_every_device_id_form_lands_on_its_board(kubelet):
     allocations = source.holders_by_gpu(NORMALISE)
     assert allocations.holders == {
         GPU0: (ContainerKey("ml", "trainer-0", "main"),),
-        GPU1: (ContainerKey("ml", "indexed", "main"),  # index form "1"
-               ContainerKey("share", "replica-a", "main"),  # two replicas, one holder
-               ContainerKey("share", "replica-b", "main")),
+        GPU1: (
+            ContainerKey("ml", "indexed", "main"),  # index form "1"
+            ContainerKey("share", "replica-a", "main"),  # two replicas, one holder
+            ContainerKey("share", "replica-b", "main"),
+        ),
         GPU2: (ContainerKey("ml", "mig-by-index", "main"), ContainerKey("ml", "mig-user", "main")),
     }
     assert allocations.unmapped == ("GPU-99999999-9999-9999-9999-999999999999",)

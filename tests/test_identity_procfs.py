@@ -30,21 +30,44 @@ POD_A = "6f1b8e2a-3c4d-4e5f-9a0b-1c2d3e4f5a6b"
 CONTAINER_A = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
 
 EXPECTED = {
-    4101: ProcessInfo(4101, 881234, 1000, "1000", "python3",
-                      CgroupIdentity(POD_A, CONTAINER_A, "containerd")),
-    4102: ProcessInfo(4102, 881301, 1000, "1000", "pt_data_worker",
-                      CgroupIdentity(POD_A, CONTAINER_A, "containerd")),
-    4202: ProcessInfo(4202, 902345, 0, "0", "vllm", CgroupIdentity(
-        "58e2d9b4-7a1c-4e3f-b6d8-0c2e4a6b8d1f",
-        "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809", "cri-o")),
-    4303: ProcessInfo(4303, 913456, 0, "0", "python", CgroupIdentity(
-        None, "d548c5b83fa61d8e3bd86ad42a7ffea9b7c86e3f9d8095c1577d3e1270bb9420", "docker")),
-    4404: ProcessInfo(4404, 924567, 1001, "1001", "train) (rank 0",
-                      CgroupIdentity(slurm_job_id="4242", slurm_step="0")),
+    4101: ProcessInfo(4101, 881234, 1000, "1000", "python3", CgroupIdentity(POD_A, CONTAINER_A, "containerd")),
+    4102: ProcessInfo(4102, 881301, 1000, "1000", "pt_data_worker", CgroupIdentity(POD_A, CONTAINER_A, "containerd")),
+    4202: ProcessInfo(
+        4202,
+        902345,
+        0,
+        "0",
+        "vllm",
+        CgroupIdentity(
+            "58e2d9b4-7a1c-4e3f-b6d8-0c2e4a6b8d1f",
+            "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809",
+            "cri-o",
+        ),
+    ),
+    4303: ProcessInfo(
+        4303,
+        913456,
+        0,
+        "0",
+        "python",
+        CgroupIdentity(None, "d548c5b83fa61d8e3bd86ad42a7ffea9b7c86e3f9d8095c1577d3e1270bb9420", "docker"),
+    ),
+    4404: ProcessInfo(
+        4404, 924567, 1001, "1001", "train) (rank 0", CgroupIdentity(slurm_job_id="4242", slurm_step="0")
+    ),
     4505: ProcessInfo(4505, 2345, 0, "0", "Xorg", CgroupIdentity()),
-    4606: ProcessInfo(4606, 935678, 1000, "1000", "jax_worker", CgroupIdentity(
-        "0b7f3c1e-9d2a-4f61-8c3b-5e7a9d1f2b4c",
-        "cd0aa9856147b6c5b4ff2b7dfee5da20aa38253099ef1b4a64aced233c9afe29", "containerd")),
+    4606: ProcessInfo(
+        4606,
+        935678,
+        1000,
+        "1000",
+        "jax_worker",
+        CgroupIdentity(
+            "0b7f3c1e-9d2a-4f61-8c3b-5e7a9d1f2b4c",
+            "cd0aa9856147b6c5b4ff2b7dfee5da20aa38253099ef1b4a64aced233c9afe29",
+            "containerd",
+        ),
+    ),
 }
 
 
@@ -90,8 +113,9 @@ def test_fixture_tree_holds_exactly_the_documented_pids():
 
 
 def test_readme_table_matches_the_files():
-    rows = re.findall(r"^\| (\d+) +\| `([^`]*)` +\| (\d+) +\| (\d+) +\|(.*)$",
-                      (TREE / "README.md").read_text(), flags=re.M)
+    rows = re.findall(
+        r"^\| (\d+) +\| `([^`]*)` +\| (\d+) +\| (\d+) +\|(.*)$", (TREE / "README.md").read_text(), flags=re.M
+    )
     assert {int(r[0]) for r in rows} == set(EXPECTED)
     procfs = ProcFS(str(TREE), user_name=no_users)
     for pid, comm, uid, start, rest in rows:

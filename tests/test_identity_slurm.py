@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fakes.slurm import GOLDEN_JSON, GOLDEN_TEXT, FakeScontrol
+
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.slurm import SlurmSource, parse_job_json, parse_job_text
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 
 @pytest.fixture
@@ -107,8 +107,9 @@ async def test_hung_scontrol_times_out(scontrol):
 
 
 def test_no_scontrol_means_source_off_and_silent(caplog):
-    source = SlurmSource(teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here",
-                         which=lambda name: None)
+    source = SlurmSource(
+        teams=TeamRules(), clock=ManualClock(), scontrol="scontrol-not-installed-here", which=lambda name: None
+    )
     assert not source.enabled
     meta = source.job("4242", user="alice")
     assert (meta.workload, meta.team) == ("slurm/4242", "alice")

@@ -9,7 +9,7 @@ from gpucarbon.identity.devices import GpuInventory
 from gpucarbon.identity.model import CgroupIdentity, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.identity.teams import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, TeamRules, sanitise_label_value
+from gpucarbon.teams import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, TeamRules, sanitise_label_value
 
 RULES = TeamRules(
     default="unassigned",
@@ -23,12 +23,25 @@ RULES = TeamRules(
 @pytest.mark.parametrize(
     ("case", "namespace", "pod_labels", "ns_labels", "workload", "team", "rule"),
     [
-        ("pod label wins over everything", "research", {"team": "ml"}, {"owner-team": "x"},
-         "PyTorchJob/llm-7b", "ml", "pod_label"),
-        ("namespace label next", "research", {}, {"owner-team": "infra"}, "PyTorchJob/llm-7b", "infra",
-         "namespace_label"),
-        ("static namespace map next", "research", {"app": "x"}, {}, "PyTorchJob/llm-7b", "science",
-         "namespace_map"),
+        (
+            "pod label wins over everything",
+            "research",
+            {"team": "ml"},
+            {"owner-team": "x"},
+            "PyTorchJob/llm-7b",
+            "ml",
+            "pod_label",
+        ),
+        (
+            "namespace label next",
+            "research",
+            {},
+            {"owner-team": "infra"},
+            "PyTorchJob/llm-7b",
+            "infra",
+            "namespace_label",
+        ),
+        ("static namespace map next", "research", {"app": "x"}, {}, "PyTorchJob/llm-7b", "science", "namespace_map"),
         ("workload regex next", "default", None, None, "PyTorchJob/llm-7b", "llm", "workload_pattern"),
         ("second regex", "default", None, None, "Deployment/search-api", "serving", "workload_pattern"),
         ("regex is anchored", "default", None, None, "Job/trainer", "unassigned", "default"),
@@ -39,8 +52,7 @@ RULES = TeamRules(
     ],
 )
 def test_first_matching_rule_names_the_team(case, namespace, pod_labels, ns_labels, workload, team, rule):
-    decision = RULES.decide(namespace=namespace, pod_labels=pod_labels, namespace_labels=ns_labels,
-                            workload=workload)
+    decision = RULES.decide(namespace=namespace, pod_labels=pod_labels, namespace_labels=ns_labels, workload=workload)
     assert (decision.team, decision.rule) == (team, rule), case
 
 
@@ -120,19 +132,22 @@ class _Kubelet:
 def test_process_and_allocation_paths_label_a_pod_alike_and_keep_long_workloads_whole():
     # Kubernetes names run to 253 characters: two workloads alike in their first
     # 128 must stay two label values, and both paths must give the same labels.
-    pods = [PodMeta(f"uid-{n}", "ml", f"p-{n}", f"PyTorchJob/{'x' * 200}-{n}", "ml\n", {f"cid-{n}": "main"})
-            for n in "ab"]
+    pods = [
+        PodMeta(f"uid-{n}", "ml", f"p-{n}", f"PyTorchJob/{'x' * 200}-{n}", "ml\n", {f"cid-{n}": "main"}) for n in "ab"
+    ]
     resolver = Resolver(lambda pid: _Process(f"uid-{'ab'[pid]}", f"cid-{'ab'[pid]}"), metadata=_Pods(*pods))
-    kubelet = KubeletAllocations(_Kubelet(*(ContainerKey("ml", p.name, "main") for p in pods)), _Pods(*pods),
-                                 inventory=lambda: GpuInventory({}))
+    kubelet = KubeletAllocations(
+        _Kubelet(*(ContainerKey("ml", p.name, "main") for p in pods)), _Pods(*pods), inventory=lambda: GpuInventory({})
+    )
     by_process = [resolver.consumer(pid) for pid in (0, 1)]
     by_allocation = list(kubelet.allocations()["GPU-0"])
     assert [c.key for c in by_process] == [c.key for c in by_allocation] == ["pod/uid-a/main", "pod/uid-b/main"]
     assert [c.labels() for c in by_process] == [c.labels() for c in by_allocation]
     assert [c.workload for c in by_process] == [p.workload for p in pods]  # 213 characters, under 320
     assert by_process[0].team == "ml"
-    hostile = Resolver(lambda pid: _Process("uid-a", "cid-a"),
-                       metadata=_Pods(PodMeta("uid-a", "ml", "p", "Job/" + "y" * 1000, "t")))
+    hostile = Resolver(
+        lambda pid: _Process("uid-a", "cid-a"), metadata=_Pods(PodMeta("uid-a", "ml", "p", "Job/" + "y" * 1000, "t"))
+    )
     assert len(hostile.consumer(1).workload) == WORKLOAD_MAX_LEN
 
 
@@ -148,8 +163,13 @@ def test_default_must_be_printable():
 
 @pytest.mark.parametrize(
     ("account", "user", "team"),
-    [("physics", "alice", "physics"), ("", "carol", "platform"), (None, "dave", "dave"), (None, None, "unassigned"),
-     ("\n", "dave", "dave")],
+    [
+        ("physics", "alice", "physics"),
+        ("", "carol", "platform"),
+        (None, "dave", "dave"),
+        (None, None, "unassigned"),
+        ("\n", "dave", "dave"),
+    ],
 )
 def test_slurm_team_from_account_then_user(account, user, team):
     rules = TeamRules(users={"carol": "platform"})

@@ -39,8 +39,9 @@ def test_image_builds_runs_locked_down_and_restores_its_counters(capsys):
         if os.environ.get("CI"):
             pytest.fail(f"CI must build and run the image: {reason}")
         pytest.skip(reason)
-    result = subprocess.run(["bash", str(REPO / "scripts" / "test-image")], capture_output=True, text=True,
-                            timeout=880, cwd=REPO)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "test-image")], capture_output=True, text=True, timeout=880, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-2000:]
     summary = re.search(r"^image .*: size (\d+) MB .* build time (\d+) s$", result.stdout, re.MULTILINE)
     assert summary, f"no size/build-time line in:\n{result.stdout}"

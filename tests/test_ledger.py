@@ -1,16 +1,23 @@
 """Running totals: retention, the series cap and team totals keep every mJ."""
 
+from gpucarbon.accounting import Prices, price_charge
 from gpucarbon.attribution.energy import Interval
 from gpucarbon.attribution.policy import split_interval
 from gpucarbon.identity.model import Consumer
-from gpucarbon.ledger import OVERFLOW_KEY, IntervalCharge, Ledger
+from gpucarbon.ledger import OVERFLOW_KEY, Ledger
 
 
 def charge(uuid, energy, consumers, running=None, dt=1.0):
     running = running or {}
     split = split_interval(energy, 0, sorted(c.key for c in consumers), running)
-    return IntervalCharge(uuid, Interval(dt, energy, "counter"), split, {c.key: c for c in consumers},
-                          running, grams_per_mj=0.5 / 1e3)
+    return price_charge(
+        uuid,
+        Interval(dt, energy, "counter"),
+        split,
+        {c.key: c for c in consumers},
+        running,
+        Prices(grams_per_mj=0.5 / 1e3),
+    )
 
 
 def per_gpu_sum(ledger, uuid):
@@ -85,8 +92,15 @@ def test_provisional_series_fold_into_the_final_one():
     provisional = Consumer("pod/u1/abcdef123456", workload="Pod/uid-u1")
     by_name = Consumer("pod-name/ns/p/c", namespace="ns", pod="p", container="c", workload="Pod/p")
     ledger.book(charge("G", 300, [provisional, by_name]), now=0)
-    final = Consumer("pod/u1/c", namespace="ns", pod="p", container="c", workload="Job/x", team="nlp",
-                     aliases=("pod/u1/abcdef123456", "pod-name/ns/p/c"))
+    final = Consumer(
+        "pod/u1/c",
+        namespace="ns",
+        pod="p",
+        container="c",
+        workload="Job/x",
+        team="nlp",
+        aliases=("pod/u1/abcdef123456", "pod-name/ns/p/c"),
+    )
     ledger.book(charge("G", 100, [final]), now=1)
     (entry,) = ledger.workloads.values()
     assert entry.consumer.workload == "Job/x" and entry.energy_mj == 400

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from procs import Daemon, http_get
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -79,7 +78,7 @@ async def still_pending(reader: asyncio.StreamReader) -> bool:
     """Nothing came back on this connection, not even EOF."""
     try:
         await asyncio.wait_for(reader.read(1), timeout=0.05)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False
 

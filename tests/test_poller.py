@@ -1,60 +1,17 @@
 """The poll loop end to end in-process: conservation, idle policy, faults."""
 
-import threading
-
 import pytest
+from fakes.gpu import FakeGpu, FakeGpuBackend
+from pipeline import MutableIntensity, assert_conserved, make_poller
 
-from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.carbon.model import ProviderHealth
-from gpucarbon.clock import ManualClock
-from gpucarbon.device.model import BackendUnavailable, GpuReading
-from gpucarbon.device.scenario import load_scenario, parse_scenario
-from gpucarbon.device.simulated import SimulatedBackend
+from gpucarbon.device.model import GpuProcess
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.ledger import Ledger
-from gpucarbon.poller import Accounting, Poller
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.scenario import load_scenario, parse_scenario
 
 
-class MutableIntensity:
-    def __init__(self, grams):
-        self.grams = grams
-
-    def current(self):
-        return IntensityReading(self.grams, "ZZ", "static")
-
-
-def make_poller(backend, clock, *, allocations=None, idle_watts=None, intensity=None, retention=600.0,
-                timeout=5.0, cap=2000, pue=1.0, resolver=None, **accounting):
-    intensity = intensity or MutableIntensity(400.0)
-    synthetic = getattr(backend, "consumer_for_pid", None)
-    return Poller(
-        backend=backend, clock=clock,
-        resolver=resolver or Resolver(lookup_process=lambda pid: None, synthetic=synthetic),
-        allocations=allocations if allocations is not None else (backend if synthetic else None),
-        idle=IdleModel(idle_watts, {}), ledger=Ledger(cap, "unassigned"),
-        accounting=Accounting(pue=pue, retention_s=retention, intensity=intensity,
-                              carbon_health=lambda: ProviderHealth("static", True, None), **accounting),
-        read_timeout_s=timeout, wall=clock.wall,
-    )
-
-
-def assert_conserved(poller):
-    ledger = poller.ledger
-    total_unattributed = 0
-    for uuid, gpu in ledger.gpus.items():
-        parts = sum(e.energy_mj for (u, _), e in ledger.workloads.items() if u == uuid)
-        assert parts + gpu.unattributed_mj + gpu.retired_mj == gpu.energy_mj, uuid
-        grams = sum(e.grams for (u, _), e in ledger.workloads.items() if u == uuid)
-        assert grams + gpu.unattributed_grams + gpu.retired_grams == pytest.approx(gpu.grams, rel=1e-9, abs=1e-9)
-        total_unattributed += gpu.unattributed_mj
-    teams = sum(t.energy_mj for t in ledger.teams.values())
-    assert teams + total_unattributed == sum(g.energy_mj for g in ledger.gpus.values())
-
-
-async def test_demo_day_conserves_every_millijoule():
-    clock = ManualClock()
-    sim = SimulatedBackend(load_scenario(None), clock)
+async def test_demo_day_conserves_every_millijoule(clock):
+    sim = SimulatedNode.build(load_scenario(None), clock)
     poller = make_poller(sim, clock, retention=120.0)
     for _ in range(200):  # 2000 simulated seconds: jobs start, finish and expire
         await poller.poll()
@@ -66,12 +23,14 @@ async def test_demo_day_conserves_every_millijoule():
     assert {t.team for t in snapshot.teams} == {"nlp", "platform", "vision"}
 
 
-async def test_allocated_idle_pod_pays_exactly_the_idle_draw():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("""
+async def test_allocated_idle_pod_pays_exactly_the_idle_draw(clock):
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, idle_watts: 80, max_watts: 400}]
 workloads: [{namespace: v, pod: nb, container: c, workload: Pod/nb, team: vision, gpus: [0], allocated_only: true}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock, idle_watts=80.0)
     await poller.poll()
     clock.advance(60.0)
@@ -79,29 +38,30 @@ workloads: [{namespace: v, pod: nb, container: c, workload: Pod/nb, team: vision
     (entry,) = poller.ledger.workloads.values()
     assert entry.energy_mj == 80 * 60 * 1000
     assert entry.busy_s == 0 and entry.held_s == 60.0
-    assert poller.ledger.gpus[sim.list_gpus()[0]].unattributed_mj == 0
+    assert poller.ledger.gpus[sim.gpus.list_gpus()[0]].unattributed_mj == 0
 
 
-async def test_unallocated_gpu_energy_is_unattributed():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("gpus: [{model: G, idle_watts: 50}]"), clock)
+async def test_unallocated_gpu_energy_is_unattributed(clock):
+    sim = SimulatedNode.build(parse_scenario("gpus: [{model: G, idle_watts: 50}]"), clock)
     poller = make_poller(sim, clock)
     await poller.poll()
     clock.advance(10.0)
     await poller.poll()
-    gpu = poller.ledger.gpus[sim.list_gpus()[0]]
+    gpu = poller.ledger.gpus[sim.gpus.list_gpus()[0]]
     assert gpu.unattributed_mj == gpu.energy_mj == 500_000
 
 
-async def test_lost_gpu_is_down_others_continue_and_gap_energy_is_unattributed():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("""
+async def test_lost_gpu_is_down_others_continue_and_gap_energy_is_unattributed(clock):
+    sim = SimulatedNode.build(
+        parse_scenario("""
 gpus: [{model: G, count: 2, idle_watts: 100, max_watts: 300}]
 workloads: [{workload: Job/j, team: t, gpus: [0, 1], sm_util: 0.5}]
 faults: [{gpu: 1, kind: lost, start: 15, end: 35}]
-"""), clock)
+"""),
+        clock,
+    )
     poller = make_poller(sim, clock)
-    a, b = sim.list_gpus()
+    a, b = sim.gpus.list_gpus()
     for _ in range(3):
         await poller.poll()
         clock.advance(10.0)
@@ -120,9 +80,8 @@ faults: [{gpu: 1, kind: lost, start: 15, end: 35}]
     assert_conserved(poller)
 
 
-async def test_driver_reload_is_counted_and_never_negative():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: reset, start: 25}]"), clock)
+async def test_driver_reload_is_counted_and_never_negative(clock):
+    sim = SimulatedNode.build(parse_scenario("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: reset, start: 25}]"), clock)
     poller = make_poller(sim, clock)
     for _ in range(5):
         await poller.poll()
@@ -132,35 +91,9 @@ async def test_driver_reload_is_counted_and_never_negative():
     assert_conserved(poller)
 
 
-class HangingBackend:
-    """Two GPUs; reading the second blocks until released, like a stuck NVML call."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.release = threading.Event()
-        self.calls = {"GPU-ok": 0, "GPU-stuck": 0}
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def list_gpus(self):
-        return ("GPU-ok", "GPU-stuck")
-
-    def read_gpu(self, uuid):
-        self.calls[uuid] += 1
-        if uuid == "GPU-stuck":
-            self.release.wait(10)
-        t = self.clock.monotonic()
-        return GpuReading(uuid=uuid, index=0 if uuid == "GPU-ok" else 1, name="G", timestamp_s=t,
-                          energy_mj=int(t * 100_000))
-
-
-async def test_stuck_gpu_does_not_stall_the_poll_or_pile_up_threads():
-    clock = ManualClock()
-    backend = HangingBackend(clock)
+async def test_stuck_gpu_does_not_stall_the_poll_or_pile_up_threads(clock):
+    backend = FakeGpuBackend.of(clock, FakeGpu("GPU-ok", 0, mj_per_read=100_000), FakeGpu("GPU-stuck", 1))
+    release = backend.gpu("GPU-stuck").stuck()
     poller = make_poller(backend, clock, timeout=0.2)
     try:
         for _ in range(4):
@@ -172,33 +105,11 @@ async def test_stuck_gpu_does_not_stall_the_poll_or_pile_up_threads():
         assert poller.ledger.gpus["GPU-ok"].energy_mj == 300_000
         assert poller.snapshot.poll.sum_s < 4 * 0.2 + 1.0
     finally:
-        backend.release.set()
+        release.set()
 
 
-class FlakyLibrary:
-    """NVML missing at start, appearing later."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.available = False
-
-    def open(self):
-        if not self.available:
-            raise BackendUnavailable("NVIDIA driver not loaded")
-
-    def close(self):
-        pass
-
-    def list_gpus(self):
-        return ("GPU-x",)
-
-    def read_gpu(self, uuid):
-        return GpuReading(uuid=uuid, index=0, name="G", timestamp_s=self.clock.monotonic(), energy_mj=1)
-
-
-async def test_missing_library_is_reported_and_retried():
-    clock = ManualClock()
-    backend = FlakyLibrary(clock)
+async def test_missing_library_is_reported_and_retried(clock):
+    backend = FakeGpuBackend.of(clock, FakeGpu("GPU-x", counter_mj=1), available=False)
     poller = make_poller(backend, clock)
     snap = await poller.poll()
     assert not snap.nvml_up and "driver not loaded" in snap.nvml_reason and not snap.ready
@@ -209,24 +120,22 @@ async def test_missing_library_is_reported_and_retried():
     assert (await poller.poll()).nvml_up
 
 
-async def test_nvml_up_is_not_exported_until_the_first_poll_says_what_it_is():
+async def test_nvml_up_is_not_exported_until_the_first_poll_says_what_it_is(clock):
     """A scrape before the first poll must not show a healthy driver as down
     (gpucarbon_nvml_up 0 would fire GPUCarbonNVMLDown on every restart)."""
     from gpucarbon.exporter.http import render_text
 
-    clock = ManualClock()
-    healthy = make_poller(SimulatedBackend(load_scenario(None), clock), clock)
+    healthy = make_poller(SimulatedNode.build(load_scenario(None), clock), clock)
     assert "gpucarbon_nvml_up" not in render_text(lambda: healthy.snapshot)
     await healthy.poll()
     assert "gpucarbon_nvml_up 1.0" in render_text(lambda: healthy.snapshot)
-    missing = make_poller(FlakyLibrary(clock), clock)
+    missing = make_poller(FakeGpuBackend.of(clock, FakeGpu("GPU-x", counter_mj=1), available=False), clock)
     await missing.poll()
     assert "gpucarbon_nvml_up 0.0" in render_text(lambda: missing.snapshot), "after a poll, the truth: down"
 
 
-async def test_emissions_use_the_intensity_valid_in_each_interval():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario("gpus: [{model: G, idle_watts: 100}]"), clock)
+async def test_emissions_use_the_intensity_valid_in_each_interval(clock):
+    sim = SimulatedNode.build(parse_scenario("gpus: [{model: G, idle_watts: 100}]"), clock)
     intensity = MutableIntensity(100.0)
     poller = make_poller(sim, clock, intensity=intensity, pue=1.5)
     await poller.poll()
@@ -241,10 +150,9 @@ async def test_emissions_use_the_intensity_valid_in_each_interval():
     assert gpu.energy_j == pytest.approx(720_000.0)
 
 
-async def test_series_cap_keeps_totals():
-    clock = ManualClock()
+async def test_series_cap_keeps_totals(clock):
     workloads = "\n".join(f"  - {{workload: Job/w{i}, team: t{i % 3}, gpus: [0], sm_util: 0.1}}" for i in range(10))
-    sim = SimulatedBackend(parse_scenario(f"gpus: [{{model: G}}]\nworkloads:\n{workloads}\n"), clock)
+    sim = SimulatedNode.build(parse_scenario(f"gpus: [{{model: G}}]\nworkloads:\n{workloads}\n"), clock)
     poller = make_poller(sim, clock, cap=4)
     for _ in range(3):
         await poller.poll()
@@ -255,37 +163,13 @@ async def test_series_cap_keeps_totals():
     assert_conserved(poller)
 
 
-class OneProcessBackend:
-    """One GPU with one process whose /proc entry is gone."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.counter = 0
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def list_gpus(self):
-        return ("GPU-v",)
-
-    def read_gpu(self, uuid):
-        from gpucarbon.device.model import GpuProcess
-
-        self.counter += 5_000
-        return GpuReading(uuid=uuid, index=0, name="G", timestamp_s=self.clock.monotonic(),
-                          energy_mj=self.counter, processes=(GpuProcess(31337),))
-
-
-async def test_vanished_pid_energy_lands_on_unresolved_and_is_counted(tmp_path):
+async def test_vanished_pid_energy_lands_on_unresolved_and_is_counted(tmp_path, clock):
     from gpucarbon.identity.procfs import ProcessCache, ProcFS
 
-    clock = ManualClock()
     cache = ProcessCache(ProcFS(str(tmp_path)))  # an empty procfs: every pid has vanished
-    resolver = Resolver(lookup_process=cache.lookup)
-    poller = make_poller(OneProcessBackend(clock), clock, resolver=resolver)
+    resolver = Resolver(lookup_process=cache.lookup, process_cache=cache)
+    backend = FakeGpuBackend.of(clock, FakeGpu("GPU-v", mj_per_read=5_000, processes=(GpuProcess(31337),)))
+    poller = make_poller(backend, clock, resolver=resolver)
     for _ in range(3):
         await poller.poll()
         clock.advance(1.0)
@@ -296,49 +180,17 @@ async def test_vanished_pid_energy_lands_on_unresolved_and_is_counted(tmp_path):
     assert_conserved(poller)
 
 
-class ReloadingDriver:
-    """The driver is unloaded under the daemon, then comes back (a reload)."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.unloaded = False
-        self.opens = 0
-        self.closes = 0
-        self.counter = 0
-
-    def open(self):
-        if self.unloaded:
-            raise BackendUnavailable("NVIDIA driver not loaded")
-        self.opens += 1
-
-    def close(self):
-        self.closes += 1
-
-    def list_gpus(self):
-        return ("GPU-r",)
-
-    def read_gpu(self, uuid):
-        from gpucarbon.device.model import GpuReadError
-
-        if self.unloaded:
-            raise GpuReadError(uuid, "nvmlDeviceGetName", "Uninitialized")
-        self.counter += 1_000
-        return GpuReading(uuid=uuid, index=0, name="G", timestamp_s=self.clock.monotonic(), energy_mj=self.counter)
-
-
-async def test_library_lost_mid_run_is_closed_and_reopened():
-    clock = ManualClock()
-    driver = ReloadingDriver(clock)
+async def test_library_lost_mid_run_is_closed_and_reopened(clock):
+    driver = FakeGpuBackend.of(clock, FakeGpu("GPU-r", mj_per_read=1_000))
     poller = make_poller(driver, clock)
     await poller.poll()
     clock.advance(1.0)
-    driver.unloaded = True
+    driver.unload()
     snap = await poller.poll()
     assert not snap.nvml_up and "Uninitialized" in snap.nvml_reason and driver.closes == 1
     clock.advance(5.0)
     assert not (await poller.poll()).nvml_up  # still unloaded: retried with backoff
-    driver.unloaded = False
-    driver.counter = 0  # a reload restarts the energy counter
+    driver.reload()  # a reload restarts the energy counter
     clock.advance(10.0)
     await poller.poll()
     clock.advance(1.0)
@@ -347,13 +199,23 @@ async def test_library_lost_mid_run_is_closed_and_reopened():
     assert_conserved(poller)
 
 
-async def test_zone_overrides_for_pue_and_price_follow_the_intensity_zone():
-    clock = ManualClock()
-    sim = SimulatedBackend(parse_scenario(
-        "gpus: [{model: G, idle_watts: 100}]\n"
-        "workloads: [{workload: Pod/p, team: t, gpus: [0], allocated_only: true}]"), clock)
-    poller = make_poller(sim, clock, intensity=MutableIntensity(200.0), pue=1.5, pue_by_zone={"ZZ": 1.1},
-                         price_per_kwh=0.30, price_by_zone={"ZZ": 0.10})
+async def test_zone_overrides_for_pue_and_price_follow_the_intensity_zone(clock):
+    sim = SimulatedNode.build(
+        parse_scenario(
+            "gpus: [{model: G, idle_watts: 100}]\n"
+            "workloads: [{workload: Pod/p, team: t, gpus: [0], allocated_only: true}]"
+        ),
+        clock,
+    )
+    poller = make_poller(
+        sim,
+        clock,
+        intensity=MutableIntensity(200.0),
+        pue=1.5,
+        pue_by_zone={"ZZ": 1.1},
+        price_per_kwh=0.30,
+        price_by_zone={"ZZ": 0.10},
+    )
     await poller.poll()
     clock.advance(3600.0)
     await poller.poll()  # 0.1 kWh in zone ZZ: 0.1 x 200 x 1.1 = 22 g

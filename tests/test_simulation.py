@@ -4,8 +4,8 @@ import pytest
 
 from gpucarbon.clock import ManualClock
 from gpucarbon.device.model import GpuReadError
-from gpucarbon.device.scenario import ScenarioError, load_scenario, parse_scenario
-from gpucarbon.device.simulated import SimulatedBackend
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.scenario import ScenarioError, load_scenario, parse_scenario
 
 ONE_GPU = """
 seed: 3
@@ -17,24 +17,24 @@ workloads:
 
 def backend(text, clock=None):
     clock = clock or ManualClock()
-    return SimulatedBackend(parse_scenario(text), clock), clock
+    return SimulatedNode.build(parse_scenario(text), clock), clock
 
 
 def test_energy_counter_integrates_the_power_model_exactly():
     sim, clock = backend(ONE_GPU.replace("sm_util: 0.5", "sm_util: 0.0"))
-    (uuid,) = sim.list_gpus()
-    sim.read_gpu(uuid)
+    (uuid,) = sim.gpus.list_gpus()
+    sim.gpus.read_gpu(uuid)
     clock.advance(40)
     # util 0 -> idle power throughout: 100 W * 40 s = 4000 J
-    assert sim.read_gpu(uuid).energy_mj == 4_000_000
+    assert sim.gpus.read_gpu(uuid).energy_mj == 4_000_000
 
 
 def test_power_between_idle_and_max_follows_utilization():
     sim, clock = backend(ONE_GPU)
-    (uuid,) = sim.list_gpus()
-    sim.read_gpu(uuid)
+    (uuid,) = sim.gpus.list_gpus()
+    sim.gpus.read_gpu(uuid)
     clock.advance(20)
-    reading = sim.read_gpu(uuid)
+    reading = sim.gpus.read_gpu(uuid)
     # 10 s idle (1000 J) + 10 s at ~50% +-5% jitter: 100 + 400*u, u in [0.475, 0.525]
     assert 1000_000 + 10 * (100 + 400 * 0.475) * 1000 <= reading.energy_mj <= 1000_000 + 10 * (100 + 400 * 0.525) * 1000
     assert reading.processes and reading.samples
@@ -45,10 +45,10 @@ def test_power_between_idle_and_max_follows_utilization():
 def test_same_seed_same_readings_other_seed_differs():
     def run(seed):
         sim, clock = backend(ONE_GPU.replace("seed: 3", f"seed: {seed}"))
-        (uuid,) = sim.list_gpus()
-        sim.read_gpu(uuid)
+        (uuid,) = sim.gpus.list_gpus()
+        sim.gpus.read_gpu(uuid)
         clock.advance(25)
-        return uuid, sim.read_gpu(uuid).energy_mj
+        return uuid, sim.gpus.read_gpu(uuid).energy_mj
 
     assert run(3) == run(3)
     assert run(3) != run(4)
@@ -56,21 +56,21 @@ def test_same_seed_same_readings_other_seed_differs():
 
 def test_finished_workload_releases_allocation_and_process():
     sim, clock = backend(ONE_GPU)
-    (uuid,) = sim.list_gpus()
+    (uuid,) = sim.gpus.list_gpus()
     clock.advance(15)
-    assert sim.allocations()[uuid][0].workload == "Job/a"
-    assert sim.read_gpu(uuid).processes
+    assert sim.scheduler.allocations()[uuid][0].workload == "Job/a"
+    assert sim.gpus.read_gpu(uuid).processes
     clock.advance(20)
-    assert uuid not in sim.allocations()
-    assert not sim.read_gpu(uuid).processes
+    assert uuid not in sim.scheduler.allocations()
+    assert not sim.gpus.read_gpu(uuid).processes
 
 
 def test_allocated_only_holds_without_processes():
     sim, clock = backend(ONE_GPU.replace("sm_util: 0.5", "sm_util: 0.5, allocated_only: true"))
-    (uuid,) = sim.list_gpus()
+    (uuid,) = sim.gpus.list_gpus()
     clock.advance(15)
-    assert sim.allocations()[uuid]
-    assert sim.read_gpu(uuid).processes == ()
+    assert sim.scheduler.allocations()[uuid]
+    assert sim.gpus.read_gpu(uuid).processes == ()
 
 
 def test_lost_fault_raises_for_that_gpu_only_and_recovers():
@@ -79,23 +79,23 @@ gpus: [{model: G, count: 2}]
 faults: [{gpu: 1, kind: lost, start: 5, end: 10}]
 """
     sim, clock = backend(text)
-    a, b = sim.list_gpus()
+    a, b = sim.gpus.list_gpus()
     clock.advance(6)
-    sim.read_gpu(a)
+    sim.gpus.read_gpu(a)
     with pytest.raises(GpuReadError) as err:
-        sim.read_gpu(b)
+        sim.gpus.read_gpu(b)
     assert err.value.error == "GpuIsLost"
     clock.advance(5)
-    assert sim.read_gpu(b).energy_mj > 0
+    assert sim.gpus.read_gpu(b).energy_mj > 0
 
 
 def test_reset_fault_drops_the_counter():
     sim, clock = backend("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: reset, start: 10}]\n")
-    (uuid,) = sim.list_gpus()
+    (uuid,) = sim.gpus.list_gpus()
     clock.advance(9)
-    before = sim.read_gpu(uuid).energy_mj
+    before = sim.gpus.read_gpu(uuid).energy_mj
     clock.advance(2)
-    after = sim.read_gpu(uuid).energy_mj
+    after = sim.gpus.read_gpu(uuid).energy_mj
     assert after < before and after == 70 * 1 * 1000  # 1 s since the reload at 70 W
 
 
@@ -104,8 +104,9 @@ def test_demo_scenario_shows_every_case():
     assert len({w.team for w in scenario.workloads}) >= 3
     assert any(len(w.gpus) > 1 for w in scenario.workloads)
     assert any(w.allocated_only for w in scenario.workloads), "held by the scheduler, no process"
-    assert any(not w.allocated_only and w.sm_util == ((0.0, 0.0),) for w in scenario.workloads), \
+    assert any(not w.allocated_only and w.sm_util == ((0.0, 0.0),) for w in scenario.workloads), (
         "a process holding a context and doing nothing"
+    )
     assert any(w.end is not None for w in scenario.workloads)
     used = {g for w in scenario.workloads for g in w.gpus}
     assert set(range(len(scenario.gpus))) - used, "an unallocated GPU"
@@ -113,19 +114,22 @@ def test_demo_scenario_shows_every_case():
     assert shared, "two pods time-slicing one GPU"
 
 
-@pytest.mark.parametrize("text, key", [
-    ("gpus: [{model: G}]\nbogus: 1", "bogus"),
-    ("gpus: []", "gpus"),
-    ("gpus: [{model: G, count: 0}]", "gpus[0].count"),
-    ("gpus: [{model: G, idle_watts: 800, max_watts: 700}]", "gpus[0].max_watts"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [3]}]", "workloads[0].gpus"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], sm_util: 1.5}]", "workloads[0].sm_util[0].util"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], start: 5, end: 2}]", "workloads[0].end"),
-    ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
-    ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
-    ("speed: fast\ngpus: [{model: G}]", ".speed"),
-    ("gpus: [", ""),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("gpus: [{model: G}]\nbogus: 1", "bogus"),
+        ("gpus: []", "gpus"),
+        ("gpus: [{model: G, count: 0}]", "gpus[0].count"),
+        ("gpus: [{model: G, idle_watts: 800, max_watts: 700}]", "gpus[0].max_watts"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [3]}]", "workloads[0].gpus"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], sm_util: 1.5}]", "workloads[0].sm_util[0].util"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], start: 5, end: 2}]", "workloads[0].end"),
+        ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
+        ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
+        ("speed: fast\ngpus: [{model: G}]", ".speed"),
+        ("gpus: [", ""),
+    ],
+)
 def test_bad_scenarios_name_the_key(text, key):
     with pytest.raises(ScenarioError) as err:
         parse_scenario(text, "s.yaml")
@@ -150,8 +154,10 @@ async def test_pid_with_cgroup_goes_through_the_real_cgroup_parser(tmp_path):
 
     uid = "6f1b8e2a-3c4d-4e5f-9a0b-1c2d3e4f5a6b"
     cid = "ab" * 32
-    cgroup = (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
-              f".slice/cri-containerd-{cid}.scope")
+    cgroup = (
+        f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
+        f".slice/cri-containerd-{cid}.scope"
+    )
     scenario = parse_scenario(f"""
 gpus: [{{model: G}}]
 workloads:
@@ -173,10 +179,10 @@ def test_an_open_context_draws_context_watts_not_idle():
 gpus: [{model: G, idle_watts: 70, context_watts: 118, max_watts: 700}]
 workloads: [{workload: Pod/nb, gpus: [0], sm_util: 0.0}]
 """)
-    (uuid,) = sim.list_gpus()
-    sim.read_gpu(uuid)
+    (uuid,) = sim.gpus.list_gpus()
+    sim.gpus.read_gpu(uuid)
     clock.advance(10)
-    reading = sim.read_gpu(uuid)
+    reading = sim.gpus.read_gpu(uuid)
     assert reading.energy_mj == 118 * 10 * 1000 and reading.power_w == 118.0
     assert reading.utilization == 0.0 and reading.processes
 

@@ -230,8 +230,10 @@ BAD_FILES = {
     "top level a number": (b"42", "top level is a JSON int"),
     "payload a list": (envelope(payload=[1]), "payload is a list"),
     "saved_at a string": (envelope(saved_at="yesterday"), "saved_at is 'yesterday'"),
-    "saved_at huge": (b'{"format":"gpucarbon-state","version":1,"saved_at":1' + b"0" * 400
-                      + b',"payload":{}}', "saved_at is"),
+    "saved_at huge": (
+        b'{"format":"gpucarbon-state","version":1,"saved_at":1' + b"0" * 400 + b',"payload":{}}',
+        "saved_at is",
+    ),
     "NaN": (b'{"format":"gpucarbon-state","version":1,"saved_at":NaN,"payload":{}}', "NaN is not valid JSON"),
     "deep nesting": (b"[" * 100_000, "not valid JSON"),
 }
@@ -319,8 +321,13 @@ def test_load_never_raises_on_arbitrary_bytes(content: bytes) -> None:
 
 @pytest.mark.timeout(60)
 @_FUZZ
-@given(format_=st.sampled_from(["gpucarbon-state", "other"]) | _json, version=_json | st.integers(-2, 3),
-       saved_at=_json, payload=_json, cut=st.integers(0, 400))
+@given(
+    format_=st.sampled_from(["gpucarbon-state", "other"]) | _json,
+    version=_json | st.integers(-2, 3),
+    saved_at=_json,
+    payload=_json,
+    cut=st.integers(0, 400),
+)
 def test_load_never_raises_on_near_miss_checkpoints(
     format_: object, version: object, saved_at: object, payload: object, cut: int
 ) -> None:

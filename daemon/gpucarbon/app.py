@@ -9,38 +9,47 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from pathlib import Path
-
+from gpucarbon.accounting import Accountant, Rates
+from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
 from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
+from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
 from gpucarbon.config import Config, SlurmConfig
 from gpucarbon.device.model import GpuBackend
-from gpucarbon.device.scenario import Scenario
-from gpucarbon.device.simulated import SimulatedBackend
+from gpucarbon.device.reader import GpuReader
+from gpucarbon.errors import ListenError, SetupError, require_extra
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
+from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
-from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.identity.resolver import Resolver
+from gpucarbon.identity.slurm import SlurmSource
 from gpucarbon.ledger import Ledger
-from gpucarbon.poller import Accounting, Poller
-from gpucarbon.snapshot import SourceView
+from gpucarbon.poller import Poller
+from gpucarbon.simulation import SimulatedNode
+from gpucarbon.simulation.procfs import SimulatedProcFS
+from gpucarbon.simulation.scenario import Scenario
 from gpucarbon.state import CheckpointStore
 
-log = logging.getLogger("gpucarbon")
+__all__ = ["Daemon", "RunOptions", "SetupError", "build_daemon", "require_extra", "run_once", "serve"]
+
+log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0  # bound on the final poll + checkpoint at SIGTERM
+HEALTHY_POLL_INTERVALS = 3  # /healthz fails after this many poll intervals without a poll
+HEALTHY_SLACK_S = 10.0
 
 
 class Service(Protocol):
@@ -67,6 +76,7 @@ class RunOptions:
 @dataclass
 class Daemon:
     poller: Poller
+    ledger: Ledger
     options: RunOptions
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
     checkpointer: Checkpointer | None = None
@@ -74,160 +84,156 @@ class Daemon:
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
         since = self.poller.seconds_since_poll()
-        return since is None or since <= 3 * self.options.poll_interval_s + 10.0
+        return since is None or since <= HEALTHY_POLL_INTERVALS * self.options.poll_interval_s + HEALTHY_SLACK_S
 
 
-def build_daemon(config: Config, options: RunOptions, backend: GpuBackend | None = None,
-                 base_clock: Clock | None = None) -> Daemon:
+def build_daemon(
+    config: Config, options: RunOptions, backend: GpuBackend | None = None, base_clock: Clock | None = None
+) -> Daemon:
+    """Every stage, each made after what it needs: device, carbon, identity,
+    accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
-    clock, simulation = _simulation(options, base_clock)
+    clock, node = _simulation(options, base_clock)
     if backend is None:
-        backend = simulation if simulation is not None else _nvml_backend(clock)
+        backend = node.gpus if node is not None else _nvml_backend(clock)
+    reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
     kube = _kubernetes_client(config)
     intensity = _intensity(config, base_clock, kube)
-    identity = _identity(config, options, clock, kube, simulation, inventory=lambda: poller.inventory())
+    identity = _identity(config, options, clock, kube, node, inventory=lambda: inventory_of(reader.latest()))
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
-    checkpointer: Checkpointer | None = None
-    poller = Poller(
-        backend=backend,
-        clock=clock,
+    ledger = Ledger(config.limits.max_workload_series, config.teams.default)
+    meters = EnergyMeters()
+    rates = _rates(config, intensity)
+    accountant = Accountant(
         resolver=identity.resolver,
         allocations=identity.allocations,
         idle=idle,
-        ledger=Ledger(config.limits.max_workload_series, config.teams.default),
-        accounting=_accounting(config, intensity),
-        read_timeout_s=config.limits.gpu_read_timeout,
-        wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
-        sources=identity.health,
-        extra_counters=lambda: checkpointer.counters() if checkpointer else (),
+        meters=meters,
+        rates=rates,
+        ledger=ledger,
+        clock=clock,
+        retention_s=config.retention.finished,
     )
-    state_dir = options.state_dir or config.state.dir
-    if state_dir:
-        store = CheckpointStore(Path(state_dir), clock=base_clock)
-        checkpointer = Checkpointer(store, poller, idle, clock, config.state.interval,
-                                    read_boot_id(options.procfs))
-        checkpointer.restore()
+    checkpointer = _checkpointer(config, options, base_clock, clock, ledger, meters, idle)
+    poller = Poller(
+        reader=reader,
+        accountant=accountant,
+        ledger=ledger,
+        rates=rates,
+        carbon=intensity,
+        resolver=identity.resolver,
+        sources=tuple(source.health for source in identity.sources),
+        checkpointer=checkpointer,
+        wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
+    )
     services = (intensity,) + tuple(TaskService(s) for s in identity.sources)
-    return Daemon(poller=poller, options=options, services=services, checkpointer=checkpointer)
+    return Daemon(poller=poller, ledger=ledger, options=options, services=services, checkpointer=checkpointer)
 
 
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedBackend | None]:
+def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedNode | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedBackend(options.scenario, clock)
+    return clock, SimulatedNode.build(options.scenario, clock)
+
+
+def _checkpointer(
+    config: Config,
+    options: RunOptions,
+    base_clock: Clock,
+    clock: Clock,
+    ledger: Ledger,
+    meters: EnergyMeters,
+    idle: IdleModel,
+) -> Checkpointer | None:
+    """The checkpointer, with the last checkpoint restored; None without a state dir."""
+    state_dir = options.state_dir or config.state.dir
+    if not state_dir:
+        return None
+    store = CheckpointStore(Path(state_dir), clock=base_clock)
+    checkpointer = Checkpointer(store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs))
+    checkpointer.restore()
+    return checkpointer
 
 
 @dataclass(frozen=True)
 class _Identity:
     resolver: Resolver
     allocations: AllocationSource | None
-    sources: tuple  # background sources with run()/close() and .health
-    health: Callable[[], tuple[SourceView, ...]]
+    sources: tuple[Any, ...]  # background sources with run()/close() and .health
 
 
-def _identity(config: Config, options: RunOptions, clock: Clock, kube: tuple | None,
-              simulation: SimulatedBackend | None, inventory: Callable[[], object]) -> _Identity:
+def _identity(
+    config: Config,
+    options: RunOptions,
+    clock: Clock,
+    kube: tuple | None,
+    node: SimulatedNode | None,
+    inventory: Callable[[], GpuInventory],
+) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
     metadata = _kubernetes_source(config, kube, clock) if kube else None
-    slurm = SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) \
-        if config.slurm.enabled else None
+    slurm = (
+        SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
+    )
     if slurm is not None and not slurm.enabled:
         # No scontrol on this host: the source is simply off. Worth a warning only
         # when the config named a scontrol; by default Slurm is used where installed.
         chosen = config.slurm.scontrol != SlurmConfig().scontrol
-        log.log(logging.WARNING if chosen else logging.DEBUG, "slurm.scontrol: %r not found: Slurm source off",
-                config.slurm.scontrol)
+        log.log(
+            logging.WARNING if chosen else logging.DEBUG,
+            "slurm.scontrol: %r not found: Slurm source off",
+            config.slurm.scontrol,
+        )
         slurm = None
     lookup = processes.lookup
-    if simulation is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
-        lookup = lambda pid: simulation.process_facts(pid) or processes.lookup(pid)  # noqa: E731
+    if node is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
+        lookup = SimulatedProcFS(node.scenario, processes.lookup).lookup
     resolver = Resolver(
         lookup_process=lookup,
         metadata=metadata,
-        synthetic=simulation.consumer_for_pid if simulation else None,
+        synthetic=node.scheduler.consumer_for_pid if node is not None else None,
         slurm=slurm,
         user_teams=config.teams.users,
+        process_cache=processes,
     )
     podresources = None
-    allocations: AllocationSource | None = simulation
+    allocations: AllocationSource | None = node.scheduler if node is not None else None
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
         require_extra("grpc", "kubernetes.podresources.enabled", "kubernetes")
         from gpucarbon.identity.allocations import KubeletAllocations
         from gpucarbon.identity.podresources import PodResourcesSource
 
-        podresources = PodResourcesSource(config.kubernetes.podresources_socket, clock=clock,
-                                          poll_interval_s=config.kubernetes.podresources_interval)
+        podresources = PodResourcesSource(
+            config.kubernetes.podresources_socket, clock=clock, poll_interval_s=config.kubernetes.podresources_interval
+        )
         kubelet = KubeletAllocations(podresources, metadata, inventory)
-        allocations = _merged(simulation, kubelet) if simulation is not None else kubelet
+        allocations = _merged(node.scheduler, kubelet) if node is not None else kubelet
     sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
-
-    def health() -> tuple[SourceView, ...]:
-        processes.next_generation()  # once per poll: ages the process cache
-        views = [SourceView("procfs", True, resolver.failures())]
-        for source in sources:
-            h = source.health.snapshot()
-            views.append(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))))
-        return tuple(views)
-
-    return _Identity(resolver, allocations, sources, health)
+    return _Identity(resolver, allocations, sources)
 
 
-def _accounting(config: Config, intensity: CarbonProvider) -> Accounting:
+def _rates(config: Config, intensity: CarbonProvider) -> Rates:
     lifetime = config.carbon.embodied_lifetime_years
     overrides = dict(config.carbon.embodied_kg_by_model)
-    embodied = (lambda model: embodied_grams_per_second(model, lifetime, overrides) or 0.0) \
-        if config.carbon.embodied_enabled else None
-    return Accounting(
+
+    def embodied(model: str) -> float:
+        return embodied_grams_per_second(model, lifetime, overrides) or 0.0
+
+    return Rates(
         pue=config.carbon.pue,
-        retention_s=config.retention.finished,
         intensity=intensity,
-        carbon_health=intensity.health,
-        embodied_grams_per_s=embodied,
+        embodied_grams_per_s=embodied if config.carbon.embodied_enabled else None,
         price_per_kwh=config.carbon.price_per_kwh,
         currency=config.carbon.currency,
         pue_by_zone=config.carbon.pue_by_zone,
         price_by_zone=config.carbon.price_by_zone,
     )
-
-
-class SetupError(Exception):
-    """The configuration cannot be put into effect (one line, names the key)."""
-
-
-class ListenError(Exception):
-    """--web.listen-address cannot be served: one line naming the flag and value.
-    exit_code 2 when the value itself is wrong (no such host, not a local
-    address), 1 when the machine is (the port is taken, not permitted)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    @classmethod
-    def from_os_error(cls, value: str, err: OSError) -> "ListenError":
-        flag = f"--web.listen-address={value}"
-        if isinstance(err, socket.gaierror):
-            return cls(f"{flag}: the host does not resolve ({err.strerror})", 2)
-        if err.errno == errno.EADDRNOTAVAIL:
-            return cls(f"{flag}: not an address of this machine", 2)
-        if err.errno == errno.EADDRINUSE:
-            return cls(f"{flag}: the port is already in use", 1)
-        return cls(f"{flag}: cannot listen: {err.strerror or err}", 1)
-
-
-def require_extra(module: str, setting: str, extra: str) -> None:
-    """A clear setup error when an optional dependency is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise SetupError(f"{setting} needs the {module} package: "
-                         f"pip install 'gpu-carbon-exporter[{extra}]'")
 
 
 class TaskService:
@@ -260,8 +266,9 @@ def _kubernetes_client(config: Config):
 
     node = k.node_name or os.environ.get("NODE_NAME")
     if not node:
-        raise SetupError("kubernetes.node_name: not set and $NODE_NAME is empty "
-                         "(the chart sets NODE_NAME from the downward API)")
+        raise SetupError(
+            "kubernetes.node_name: not set and $NODE_NAME is empty (the chart sets NODE_NAME from the downward API)"
+        )
     try:
         return make_client(kubeconfig=k.kubeconfig), node
     except KubernetesSetupError as err:
@@ -272,8 +279,9 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
     from gpucarbon.identity.kubernetes import KubernetesSource
 
     client, node = kube
-    return KubernetesSource(client, node_name=node, teams=config.teams, clock=clock,
-                            deleted_retention_s=config.retention.finished)
+    return KubernetesSource(
+        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+    )
 
 
 class _merged:
@@ -306,18 +314,29 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
 
     def build(zone: str) -> CarbonProvider:
         return build_provider(
-            c.source, zone, grams_per_kwh=c.grams_per_kwh, region=c.region, base_url=c.base_url,
-            token_env=c.token_env, token_file=c.token_file, username_env=c.username_env,
-            password_env=c.password_env, signal_type=c.signal_type, refresh_s=c.refresh,
-            stale_after_s=c.stale_after, timeout_s=c.timeout, clock=clock.wall,
+            c.source,
+            zone,
+            grams_per_kwh=c.grams_per_kwh,
+            region=c.region,
+            base_url=c.base_url,
+            token_env=c.token_env,
+            token_file=c.token_file,
+            username_env=c.username_env,
+            password_env=c.password_env,
+            signal_type=c.signal_type,
+            refresh_s=c.refresh,
+            stale_after_s=c.stale_after,
+            timeout_s=c.timeout,
+            clock=clock.wall,
         )
 
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured
     client, node_name = node
-    return ZoneDetectingProvider(lightkube_node_reader(client, node_name), build,
-                                 provisional=build_provider("table", WORLD_ZONE))
+    return ZoneDetectingProvider(
+        lightkube_node_reader(client, node_name), build, provisional=build_provider("table", WORLD_ZONE)
+    )
 
 
 async def run_once(daemon: Daemon) -> tuple[int, str]:
@@ -331,25 +350,30 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
         await _close_services(daemon)
     if not snapshot.nvml_up:
         return 1, snapshot.nvml_reason
-    return 0, render_text(lambda: daemon.poller.snapshot)
+    return 0, render_text(daemon.poller.latest)
 
 
-async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
-                auth_failures: AuthFailures | None = None) -> int:
+async def serve(
+    daemon: Daemon, middlewares: tuple = (), ssl_context=None, auth_failures: AuthFailures | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
-    app = build_app(latest=lambda: daemon.poller.snapshot, healthy=daemon.healthy,
-                    telemetry_path=opts.telemetry_path, middlewares=middlewares, auth_failures=auth_failures)
+    app = build_app(
+        latest=daemon.poller.latest,
+        healthy=daemon.healthy,
+        telemetry_path=opts.telemetry_path,
+        middlewares=middlewares,
+        auth_failures=auth_failures,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context,
-                       shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context, shutdown_timeout=2.0)
     try:
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        raise ListenError.from_os_error(opts.listen_address, err) from None
+        raise _listen_error(opts.listen_address, err) from None
     gpus = f"simulated GPUs: {opts.scenario.source}" if opts.scenario is not None else "GPUs through NVML"
     log.info("listening on %s%s (%s)", opts.listen_address, opts.telemetry_path, gpus)
     stop = asyncio.Event()
@@ -357,15 +381,25 @@ async def serve(daemon: Daemon, middlewares: tuple = (), ssl_context=None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await _start_services(daemon)
-    after_poll = daemon.checkpointer.maybe_save if daemon.checkpointer else None
-    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop, after_poll))]
+    tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
     await stop.wait()
     log.info("shutting down")
     try:
         await asyncio.wait_for(_shutdown(daemon, tasks, runner), timeout=SHUTDOWN_GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
+
+
+def _listen_error(value: str, err: OSError) -> ListenError:
+    flag = f"--web.listen-address={value}"
+    if isinstance(err, socket.gaierror):
+        return ListenError(f"{flag}: the host does not resolve ({err.strerror})", 2)
+    if err.errno == errno.EADDRNOTAVAIL:
+        return ListenError(f"{flag}: not an address of this machine", 2)
+    if err.errno == errno.EADDRINUSE:
+        return ListenError(f"{flag}: the port is already in use", 1)
+    return ListenError(f"{flag}: cannot listen: {err.strerror or err}", 1)
 
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:

@@ -14,20 +14,31 @@ import asyncio
 import logging
 from pathlib import Path
 
+from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.clock import Clock
-from gpucarbon.ledger import ledger_to_dict, restore_ledger
-from gpucarbon.poller import Poller
+from gpucarbon.ledger import Ledger
+from gpucarbon.snapshot import StateCounters
 from gpucarbon.state import CheckpointError, CheckpointStore, LoadStatus
 
-log = logging.getLogger("gpucarbon.checkpoint")
+log = logging.getLogger(__name__)
+BOOT_ID_PATH = "sys/kernel/random/boot_id"  # under the procfs root
 
 
 class Checkpointer:
-    def __init__(self, store: CheckpointStore, poller: Poller, idle: IdleModel, clock: Clock,
-                 interval_s: float, boot_id: str | None) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        ledger: Ledger,
+        meters: EnergyMeters,
+        idle: IdleModel,
+        clock: Clock,
+        interval_s: float,
+        boot_id: str | None,
+    ) -> None:
         self._store = store
-        self._poller = poller
+        self._ledger = ledger
+        self._meters = meters
         self._idle = idle
         self._clock = clock
         self._interval_s = interval_s
@@ -46,7 +57,7 @@ class Checkpointer:
             return
         payload = result.payload or {}
         try:
-            restore_ledger(self._poller.ledger, payload["ledger"], self._clock.monotonic())
+            self._ledger.restore(payload["ledger"], self._clock.monotonic())
             counters = {str(k): int(v) for k, v in payload.get("counters", {}).items()}
             learned = {str(k): float(v) for k, v in payload.get("idle_learned", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -55,11 +66,16 @@ class Checkpointer:
         self._idle.restore(learned)
         same_boot = self._boot_id is not None and payload.get("boot_id") == self._boot_id
         if same_boot:
-            self._poller.seed_counters(counters)
+            self._meters.seed(counters)
         else:
-            self._poller.count_resets(counters.keys())
-        log.info("restored counters from %s (%d GPU(s), %s boot)", self._store.path, len(counters),
-                 "same" if same_boot else "new")
+            for uuid in counters:
+                self._ledger.count_reset(uuid)
+        log.info(
+            "restored counters from %s (%d GPU(s), %s boot)",
+            self._store.path,
+            len(counters),
+            "same" if same_boot else "new",
+        )
 
     def _set_aside(self, reason: str) -> None:
         self.restore_failures += 1
@@ -72,8 +88,8 @@ class Checkpointer:
 
     async def save(self) -> None:
         payload = {
-            "ledger": ledger_to_dict(self._poller.ledger),
-            "counters": self._poller.last_counters(),
+            "ledger": self._ledger.to_dict(),
+            "counters": self._meters.counters(),
             "idle_learned": dict(self._idle.learned()),
             "boot_id": self._boot_id,
         }
@@ -84,13 +100,12 @@ class Checkpointer:
             self.save_failures += 1
             log.warning("checkpoint not saved: %s", err)
 
-    def counters(self) -> tuple[tuple[str, int], ...]:
-        return (("gpucarbon_state_save_failures_total", self.save_failures),
-                ("gpucarbon_state_restore_failures_total", self.restore_failures))
+    def counters(self) -> StateCounters:
+        return StateCounters(save_failures=self.save_failures, restore_failures=self.restore_failures)
 
 
 def read_boot_id(procfs: str) -> str | None:
     try:
-        return (Path(procfs) / "sys/kernel/random/boot_id").read_text().strip() or None
+        return (Path(procfs) / BOOT_ID_PATH).read_text().strip() or None
     except OSError:
         return None

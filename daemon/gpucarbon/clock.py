@@ -4,8 +4,13 @@ time."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+# An awaitable pause, seconds (asyncio.sleep, or a fake that returns at once).
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Clock(Protocol):
@@ -15,6 +20,9 @@ class Clock(Protocol):
     def wall(self) -> float:
         """Unix time, seconds."""
 
+    async def sleep(self, seconds: float) -> None:
+        """Pause the calling task (real seconds: the event loop's own clock)."""
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -22,6 +30,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class ScaledClock:
@@ -41,6 +52,9 @@ class ScaledClock:
     def wall(self) -> float:
         return self._wall0 + (self._base.monotonic() - self._mono0) * self._speed
 
+    async def sleep(self, seconds: float) -> None:
+        await self._base.sleep(seconds / self._speed)
+
 
 class ManualClock:
     """A clock tests move by hand."""
@@ -54,6 +68,11 @@ class ManualClock:
 
     def wall(self) -> float:
         return self._wall
+
+    async def sleep(self, seconds: float) -> None:
+        """Moves the clock instead of waiting, then lets other tasks run."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         self._mono += seconds

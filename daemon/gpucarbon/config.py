@@ -9,59 +9,28 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.errors import GpuCarbonError
+from gpucarbon.teams import TeamRules
+from gpucarbon.yamlcheck import MISSING, YAML_ERRORS, is_number, key_text, show, yaml_where
 
 
-class ConfigError(Exception):
+class ConfigError(GpuCarbonError):
     """A configuration problem; str() is one line naming file, key and value."""
 
     def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
-        shown = _show(value)
+        shown = show(value)
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {shown}: {problem}" if shown else f"{where}: {problem}")
         self.source, self.key, self.value, self.problem = source, key, value, problem
 
 
-def _show(value: Any) -> str:
-    if value is _MISSING:
-        return ""
-    text = repr(value) if isinstance(value, str) else str(value)
-    text = text if text.isprintable() else repr(text)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_MISSING = object()
-
-# PyYAML's constructors raise more than YAMLError: impossible dates and ints past
-# Python's digit limit (ValueError), deep nesting (RecursionError).
-YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError, TypeError)
-LARGEST_NUMBER = 1e15  # no setting is anywhere near; bigger ints would overflow floats
-
-
-def yaml_where(err: BaseException) -> str:
-    """' at line L, column C' for YAML syntax errors, else ''."""
-    mark = getattr(err, "problem_mark", None)
-    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-
-
-def key_text(name: Any) -> str:
-    """A key as it appears in an error: plain when printable, else its repr,
-    so a hostile key cannot break the one-line message."""
-    text = str(name)
-    return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float of sane size (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return abs(value) <= LARGEST_NUMBER and (isinstance(value, int) or math.isfinite(value))
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -134,7 +103,7 @@ class CarbonConfig:
 
 
 # Team rules (first match wins) are validated values with behaviour; the config
-# tree holds them as they are: gpucarbon.identity.teams.TeamRules.
+# tree holds them as they are: gpucarbon.teams.TeamRules.
 
 
 @dataclass(frozen=True)
@@ -196,9 +165,9 @@ def load_config(path: str | Path | None) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(source, "", _MISSING, f"cannot read: {err.strerror or err}") from None
+        raise ConfigError(source, "", MISSING, f"cannot read: {err.strerror or err}") from None
     except UnicodeDecodeError:
-        raise ConfigError(source, "", _MISSING, "not UTF-8 text") from None
+        raise ConfigError(source, "", MISSING, "not UTF-8 text") from None
     return parse_config(text, source)
 
 
@@ -206,7 +175,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
     except YAML_ERRORS as err:
-        raise ConfigError(source, "", _MISSING, f"invalid YAML{yaml_where(err)}") from None
+        raise ConfigError(source, "", MISSING, f"invalid YAML{yaml_where(err)}") from None
     if raw is None:
         return Config()
     return _Reader(source).config(raw)
@@ -229,11 +198,18 @@ class _Reader:
         for name in raw:
             if not isinstance(name, str) or name not in allowed:
                 full = f"{key}.{key_text(name)}" if key else key_text(name)
-                raise self.fail(full, _MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                raise self.fail(full, MISSING, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
-    def number(self, raw: Mapping, key: str, path: str, default: Any, minimum: float | None = None,
-               maximum: float | None = None) -> Any:
+    def number(
+        self,
+        raw: Mapping,
+        key: str,
+        path: str,
+        default: Any,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> Any:
         value = raw.get(key)
         if value is None:  # absent or null: the default
             return default
@@ -311,8 +287,9 @@ class _Reader:
     # sections
 
     def config(self, raw: Any) -> Config:
-        top = self.section(raw, "", {"attribution", "carbon", "teams", "retention", "limits",
-                                     "kubernetes", "slurm", "state"})
+        top = self.section(
+            raw, "", {"attribution", "carbon", "teams", "retention", "limits", "kubernetes", "slurm", "state"}
+        )
         return Config(
             attribution=self.attribution(top.get("attribution")),
             carbon=self.carbon(top.get("carbon")),
@@ -344,8 +321,7 @@ class _Reader:
         embodied = self.section(sec.get("embodied"), "carbon.embodied", {"enabled", "lifetime", "kg_co2e_by_model"})
         cost = self.section(sec.get("cost"), "carbon.cost", {"price_per_kwh", "price_per_kwh_by_zone", "currency"})
         defaults = CarbonConfig()
-        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years,
-                               minimum=0.1)
+        lifetime = self.number(embodied, "lifetime", "carbon.embodied", defaults.embodied_lifetime_years, minimum=0.1)
         return CarbonConfig(
             pue=self.number(sec, "pue", "carbon", defaults.pue, minimum=1.0, maximum=5.0),
             intensity=self.intensity(sec.get("intensity")),
@@ -361,19 +337,36 @@ class _Reader:
     def intensity(self, raw: Any) -> IntensityConfig:
         path = "carbon.intensity"
         if isinstance(raw, Mapping) and raw.get("source") == "static" and raw.get("grams_per_kwh") is None:
-            raise self.fail(f"{path}.grams_per_kwh", _MISSING, "required when source is static")
-        sec = self.section(raw, path, {"source", "zone", "grams_per_kwh", "refresh", "stale_after",
-                                       "base_url", "token_env", "token_file", "username_env",
-                                       "password_env", "region", "token", "timeout", "signal_type"})
+            raise self.fail(f"{path}.grams_per_kwh", MISSING, "required when source is static")
+        sec = self.section(
+            raw,
+            path,
+            {
+                "source",
+                "zone",
+                "grams_per_kwh",
+                "refresh",
+                "stale_after",
+                "base_url",
+                "token_env",
+                "token_file",
+                "username_env",
+                "password_env",
+                "region",
+                "token",
+                "timeout",
+                "signal_type",
+            },
+        )
         if "token" in sec:
-            raise self.fail(f"{path}.token", _MISSING,
-                            "tokens are never read from the config file; use token_env or token_file")
+            raise self.fail(
+                f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
+            )
         d = IntensityConfig()
         return IntensityConfig(
             source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
             zone=self.string(sec, "zone", path, d.zone),
-            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0,
-                                      maximum=5000.0),
+            grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0, maximum=5000.0),
             timeout=self.duration(sec, "timeout", path, d.timeout, minimum=0.1),
             signal_type=self.string(sec, "signal_type", path, d.signal_type, ("co2_moer", "co2_aoer")),
             refresh=self.duration(sec, "refresh", path, None, minimum=1.0),
@@ -388,8 +381,7 @@ class _Reader:
 
     def teams(self, raw: Any) -> TeamRules:
         path = "teams"
-        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces",
-                                       "workloads", "users"})
+        sec = self.section(raw, path, {"default", "pod_label", "namespace_label", "namespaces", "workloads", "users"})
         d = TeamRules()
         patterns = []
         workloads = sec.get("workloads") or []
@@ -400,7 +392,7 @@ class _Reader:
             regex = self.string(rule, "match", f"{path}.workloads[{i}]", None)
             team = self.string(rule, "team", f"{path}.workloads[{i}]", None)
             if regex is None or team is None:
-                raise self.fail(f"{path}.workloads[{i}]", _MISSING, "needs both match and team")
+                raise self.fail(f"{path}.workloads[{i}]", MISSING, "needs both match and team")
             try:
                 re.compile(regex)
             except (re.error, OverflowError, RecursionError, ValueError) as err:
@@ -416,7 +408,7 @@ class _Reader:
                 users=self.string_map(sec, "users", path),
             )
         except ValueError as err:  # e.g. a default with no printable character
-            raise ConfigError(self.source, "", _MISSING, str(err)) from None
+            raise ConfigError(self.source, "", MISSING, str(err)) from None
 
     def retention(self, raw: Any) -> RetentionConfig:
         sec = self.section(raw, "retention", {"finished"})
@@ -441,18 +433,21 @@ class _Reader:
             kubeconfig=self.string(sec, "kubeconfig", path, None),
             podresources_enabled=self.boolean(pr, "enabled", f"{path}.podresources", d.podresources_enabled),
             podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
-            podresources_interval=self.duration(pr, "interval", f"{path}.podresources",
-                                                d.podresources_interval, 0.1),
+            podresources_interval=self.duration(pr, "interval", f"{path}.podresources", d.podresources_interval, 0.1),
         )
 
     def slurm(self, raw: Any) -> SlurmConfig:
         sec = self.section(raw, "slurm", {"enabled", "scontrol"})
         d = SlurmConfig()
-        return SlurmConfig(enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
-                           scontrol=self.string(sec, "scontrol", "slurm", d.scontrol))
+        return SlurmConfig(
+            enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
+            scontrol=self.string(sec, "scontrol", "slurm", d.scontrol),
+        )
 
     def state(self, raw: Any) -> StateConfig:
         sec = self.section(raw, "state", {"dir", "interval"})
         d = StateConfig()
-        return StateConfig(dir=self.string(sec, "dir", "state", None),
-                           interval=self.duration(sec, "interval", "state", d.interval, 1.0))
+        return StateConfig(
+            dir=self.string(sec, "dir", "state", None),
+            interval=self.duration(sec, "interval", "state", d.interval, 1.0),
+        )

@@ -1,10 +1,19 @@
-"""The immutable picture of one poll. The exporter renders it; nothing mutates it."""
+"""The immutable picture of one poll, and the pure function that builds it
+from explicit inputs. The exporter renders it; nothing mutates it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gpucarbon.carbon.model import IntensityReading
+from gpucarbon.accounting import AccountingState, Rates
+from gpucarbon.attribution.energy import POWER_INTEGRATION
+from gpucarbon.carbon.model import IntensityReading, ProviderHealth
+from gpucarbon.device.reader import DeviceState
+from gpucarbon.identity.health import HealthSnapshot
+from gpucarbon.ledger import Ledger
+
+UNKNOWN = "unknown"
 
 LABELS_WORKLOAD = ("gpu", "uuid", "namespace", "pod", "container", "workload", "team")
 
@@ -108,7 +117,125 @@ class Snapshot:
     nvml_errors: tuple[tuple[str, str, int], ...]  # (call, error, count)
     dropped_series: int
     poll: PollStats
-    extra_counters: tuple[tuple[str, int], ...] = ()  # e.g. state checkpoint failures
+    state: StateCounters | None = None  # None: no state directory, checkpoints off
 
 
-EMPTY_POLL = PollStats((), (), 0, 0.0, None)
+@dataclass(frozen=True, slots=True)
+class StateCounters:
+    save_failures: int = 0
+    restore_failures: int = 0
+
+
+def carbon_view(rates: Rates, intensity: IntensityReading, health: ProviderHealth) -> CarbonView:
+    return CarbonView(
+        intensity=intensity,
+        pue=rates.pue_for(intensity.zone),
+        source=health.source,
+        source_up=health.up,
+        source_errors=tuple(sorted(health.errors.items())),
+        age_s=health.age_seconds,
+        fallbacks=health.fallbacks,
+        embodied_enabled=rates.embodied_on,
+        currency=rates.currency if rates.costs_on else None,
+    )
+
+
+def source_views(health: Iterable[HealthSnapshot]) -> tuple[SourceView, ...]:
+    return tuple(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))) for h in health)
+
+
+def build_snapshot(
+    *,
+    sequence: int,
+    ready: bool,
+    devices: DeviceState,
+    accounting: AccountingState,
+    ledger: Ledger,
+    carbon: CarbonView,
+    sources: tuple[SourceView, ...],
+    poll: PollStats,
+    state: StateCounters | None,
+) -> Snapshot:
+    """The snapshot of one poll; reads its inputs, changes none of them."""
+    return Snapshot(
+        sequence=sequence,
+        ready=ready,
+        nvml_up=devices.backend_up,
+        nvml_reason=devices.reason,
+        gpus=tuple(_gpu_view(devices, accounting, ledger, uuid) for uuid in devices.uuids),
+        workloads=_workload_views(devices, ledger),
+        teams=tuple(
+            TeamView(team, t.energy_mj / 1000.0, t.grams, t.embodied_grams, t.cost)
+            for team, t in sorted(ledger.teams.items())
+        ),
+        carbon=carbon,
+        sources=sources,
+        nvml_errors=devices.errors,
+        dropped_series=ledger.dropped_series,
+        poll=poll,
+        state=state,
+    )
+
+
+def _gpu_view(devices: DeviceState, accounting: AccountingState, ledger: Ledger, uuid: str) -> GpuView:
+    reading = devices.latest.get(uuid)
+    totals = ledger.gpus.get(uuid)
+    up = devices.up.get(uuid, False) and reading is not None
+    live = reading if up else None  # never export stale gauges for a lost GPU
+    return GpuView(
+        index=reading.index if reading else devices.uuids.index(uuid),
+        uuid=uuid,
+        model=reading.name if reading else UNKNOWN,
+        driver_version=(reading.driver_version if reading else None) or UNKNOWN,
+        mig_mode=_mig_label(reading.mig_mode if reading else None),
+        energy_source=accounting.energy_source.get(uuid, POWER_INTEGRATION),
+        up=up,
+        power_w=live.power_w if live else None,
+        power_limit_w=live.power_limit_w if live else None,
+        utilization=live.utilization if live else None,
+        memory_used_bytes=live.memory_used_bytes if live else None,
+        memory_total_bytes=live.memory_total_bytes if live else None,
+        temperature_c=live.temperature_c if live else None,
+        idle_power_w=accounting.idle_watts.get(uuid),
+        energy_j=(totals.energy_mj if totals else 0) / 1000.0,
+        unattributed_j=(totals.unattributed_mj if totals else 0) / 1000.0,
+        retired_j=(totals.retired_mj if totals else 0) / 1000.0,
+        grams=totals.grams if totals else 0.0,
+        unattributed_grams=totals.unattributed_grams if totals else 0.0,
+        retired_grams=totals.retired_grams if totals else 0.0,
+        resets=totals.resets if totals else 0,
+    )
+
+
+def _workload_views(devices: DeviceState, ledger: Ledger) -> tuple[WorkloadView, ...]:
+    index = {
+        uuid: str(devices.latest[uuid].index) if uuid in devices.latest else str(i)
+        for i, uuid in enumerate(devices.uuids)
+    }
+    views = []
+    for uuid, entry in ledger.workload_entries():
+        c = entry.consumer
+        views.append(
+            WorkloadView(
+                gpu=index.get(uuid, ""),
+                uuid=uuid,
+                namespace=c.namespace,
+                pod=c.pod,
+                container=c.container,
+                workload=c.workload,
+                team=c.team or ledger.default_team,
+                energy_j=entry.energy_mj / 1000.0,
+                grams=entry.grams,
+                power_w=entry.power_w,
+                held_s=entry.held_s,
+                busy_s=entry.busy_s,
+                embodied_grams=entry.embodied_grams,
+                cost=entry.cost,
+                holding=entry.holding,
+            )
+        )
+    return tuple(views)
+
+
+def _mig_label(mode: bool | None) -> str:
+    return UNKNOWN if mode is None else ("enabled" if mode else "disabled")

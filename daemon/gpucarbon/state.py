@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpucarbon.errors import GpuCarbonError
+
 FORMAT = "gpucarbon-state"
 VERSION = 1
 DEFAULT_FILE_NAME = "state.json"
@@ -46,7 +48,7 @@ class WallClock(Protocol):
         """Unix time, seconds."""
 
 
-class CheckpointError(Exception):
+class CheckpointError(GpuCarbonError):
     """A checkpoint could not be saved. The previous one, if any, is intact."""
 
 
@@ -178,14 +180,18 @@ class CheckpointStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise self._error("checkpoint written but the directory could not be synced; "
-                              "the rename may not survive a power cut", exc) from exc
+            raise self._error(
+                "checkpoint written but the directory could not be synced; the rename may not survive a power cut", exc
+            ) from exc
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files a crash left between write and rename. Nothing reads them."""
         try:
-            stale = [p for p in self._directory.iterdir()
-                     if p.name.startswith(self._temp_prefix()) and p.name.endswith(".tmp")]
+            stale = [
+                p
+                for p in self._directory.iterdir()
+                if p.name.startswith(self._temp_prefix()) and p.name.endswith(".tmp")
+            ]
         except OSError:
             return  # the write that follows will report the real problem
         for path in stale:
@@ -232,11 +238,13 @@ class CheckpointStore:
                     continue
                 os.rename(self.path, target)
             except OSError as exc:
-                return LoadResult(LoadStatus.SET_ASIDE, reason=f"{reason}; could not be moved aside: "
-                                  f"{exc.strerror or exc}")
+                return LoadResult(
+                    LoadStatus.SET_ASIDE, reason=f"{reason}; could not be moved aside: {exc.strerror or exc}"
+                )
             return LoadResult(LoadStatus.SET_ASIDE, reason=reason, set_aside_path=target)
-        return LoadResult(LoadStatus.SET_ASIDE, reason=f"{reason}; could not be moved aside: "
-                          "too many set-aside files this second")
+        return LoadResult(
+            LoadStatus.SET_ASIDE, reason=f"{reason}; could not be moved aside: too many set-aside files this second"
+        )
 
 
 def _reject_constant(name: str) -> Any:

@@ -23,8 +23,15 @@ NAMESPACE_PATH = "/api/v1/namespaces"
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def make_pod(
@@ -41,46 +48,78 @@ def make_pod(
     """A pod as the API server returns it (enough fields for strict decoders)."""
 
     def statuses(items: dict[str, str] | None) -> list[dict[str, Any]]:
-        return [{"name": n, "containerID": cid, "image": f"registry.example/{n}:1",
-                 "imageID": f"registry.example/{n}@sha256:{'0' * 64}", "ready": True,
-                 "restartCount": 0, "started": True,
-                 "state": {"running": {"startedAt": "2024-05-01T10:00:00Z"}}}
-                for n, cid in (items or {}).items()]
+        return [
+            {
+                "name": n,
+                "containerID": cid,
+                "image": f"registry.example/{n}:1",
+                "imageID": f"registry.example/{n}@sha256:{'0' * 64}",
+                "ready": True,
+                "restartCount": 0,
+                "started": True,
+                "state": {"running": {"startedAt": "2024-05-01T10:00:00Z"}},
+            }
+            for n, cid in (items or {}).items()
+        ]
 
     names = list((containers or {}).keys()) or ["main"]
     return {
         "kind": "Pod",
         "apiVersion": "v1",
         "metadata": {
-            "name": name, "namespace": namespace, "uid": uid,
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
             "creationTimestamp": "2024-05-01T10:00:00Z",
             "labels": labels or {},
             "ownerReferences": owners or [],
         },
         "spec": {"nodeName": node, "containers": [{"name": n, "image": f"registry.example/{n}:1"} for n in names]},
-        "status": {"phase": "Running", "containerStatuses": statuses(containers),
-                   "initContainerStatuses": statuses(init_containers)},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": statuses(containers),
+            "initContainerStatuses": statuses(init_containers),
+        },
     }
 
 
 def owner(kind: str, name: str, api_version: str = "apps/v1", controller: bool = True) -> dict[str, Any]:
-    return {"apiVersion": api_version, "kind": kind, "name": name,
-            "uid": f"uid-{kind.lower()}-{name}", "controller": controller, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": f"uid-{kind.lower()}-{name}",
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
 
 
 def make_namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"kind": "Namespace", "apiVersion": "v1",
-            "metadata": {"name": name, "uid": f"uid-ns-{name}", "labels": labels or {}},
-            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+    return {
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "uid": f"uid-ns-{name}", "labels": labels or {}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
 
 
 def make_owned(kind: str, name: str, namespace: str, parent: dict[str, Any] | None) -> dict[str, Any]:
     api_version = {"ReplicaSet": "apps/v1", "Job": "batch/v1"}[kind]
-    return {"kind": kind, "apiVersion": api_version,
-            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{kind.lower()}-{name}",
-                         "ownerReferences": [parent] if parent else []},
-            "spec": {"selector": {"matchLabels": {"app": name}},
-                     "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    return {
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{kind.lower()}-{name}",
+            "ownerReferences": [parent] if parent else [],
+        },
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
+        },
+    }
 
 
 @dataclass
@@ -146,7 +185,8 @@ class FakeApiServer:
     def set_node(self, name: str, labels: dict[str, str], provider_id: str | None = None) -> None:
         """A Node the daemon may GET (zone: auto reads its region label and providerID)."""
         self.nodes[name] = {
-            "apiVersion": "v1", "kind": "Node",
+            "apiVersion": "v1",
+            "kind": "Node",
             "metadata": {"name": name, "uid": f"node-{name}", "resourceVersion": "1", "labels": labels},
             "spec": {"providerID": provider_id} if provider_id else {},
         }
@@ -255,8 +295,12 @@ class FakeApiServer:
 
     def _list(self, coll: _Collection, request: web.Request) -> web.Response:
         items = [o for o in coll.objects.values() if self._selected(o, request)]
-        body = {"kind": coll.list_kind, "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(self.version)}, "items": items}
+        body = {
+            "kind": coll.list_kind,
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(self.version)},
+            "items": items,
+        }
         return web.json_response(body)
 
     async def _watch(self, coll: _Collection, request: web.Request, fault: Fault | None) -> web.StreamResponse:

@@ -50,7 +50,7 @@ class FakeApi:
     def hits(self, path: str) -> list[SeenRequest]:
         return [r for r in self.requests if r.path == path]
 
-    async def __aenter__(self) -> "FakeApi":
+    async def __aenter__(self) -> FakeApi:
         await self._server.start_server()
         return self
 
@@ -66,46 +66,75 @@ class FakeApi:
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         text = reply.raw if reply.raw is not None else json.dumps(reply.body)
-        return web.Response(status=reply.status, text=text, headers=reply.headers,
-                            content_type="application/json")
+        return web.Response(status=reply.status, text=text, headers=reply.headers, content_type="application/json")
 
 
 # Documented answer shapes -------------------------------------------------------
 
-def electricitymaps_latest(zone: str = "FR", intensity: float = 41,
-                           when: str = "2024-05-01T10:00:00.000Z") -> dict[str, Any]:
-    return {"zone": zone, "carbonIntensity": intensity, "datetime": when,
-            "updatedAt": "2024-05-01T10:05:12.123Z", "createdAt": "2024-04-28T10:00:00.000Z",
-            "emissionFactorType": "lifecycle", "isEstimated": True,
-            "estimationMethod": "TIME_SLICER_AVERAGE"}
+
+def electricitymaps_latest(
+    zone: str = "FR", intensity: float = 41, when: str = "2024-05-01T10:00:00.000Z"
+) -> dict[str, Any]:
+    return {
+        "zone": zone,
+        "carbonIntensity": intensity,
+        "datetime": when,
+        "updatedAt": "2024-05-01T10:05:12.123Z",
+        "createdAt": "2024-04-28T10:00:00.000Z",
+        "emissionFactorType": "lifecycle",
+        "isEstimated": True,
+        "estimationMethod": "TIME_SLICER_AVERAGE",
+    }
 
 
 def watttime_login(token: str = "wt-token-1") -> dict[str, Any]:
     return {"token": token}
 
 
-def watttime_forecast(points: list[tuple[str, float]], region: str = "CAISO_NORTH",
-                      units: str = "lbs_co2_per_mwh") -> dict[str, Any]:
+def watttime_forecast(
+    points: list[tuple[str, float]], region: str = "CAISO_NORTH", units: str = "lbs_co2_per_mwh"
+) -> dict[str, Any]:
     return {
         "data": [{"point_time": at, "value": value, "version": "3.2"} for at, value in points],
-        "meta": {"region": region, "signal_type": "co2_moer", "model": {"date": "2023-03-01"},
-                 "units": units, "generated_at_period_seconds": 300,
-                 "generated_at": points[0][0] if points else None, "data_point_period_seconds": 300,
-                 "warnings": []},
+        "meta": {
+            "region": region,
+            "signal_type": "co2_moer",
+            "model": {"date": "2023-03-01"},
+            "units": units,
+            "generated_at_period_seconds": 300,
+            "generated_at": points[0][0] if points else None,
+            "data_point_period_seconds": 300,
+            "warnings": [],
+        },
     }
 
 
-def uk_national(actual: float | None, forecast: float,
-                start: str = "2024-05-01T10:00Z", end: str = "2024-05-01T10:30Z") -> dict[str, Any]:
-    return {"data": [{"from": start, "to": end,
-                      "intensity": {"forecast": forecast, "actual": actual, "index": "moderate"}}]}
+def uk_national(
+    actual: float | None, forecast: float, start: str = "2024-05-01T10:00Z", end: str = "2024-05-01T10:30Z"
+) -> dict[str, Any]:
+    return {
+        "data": [{"from": start, "to": end, "intensity": {"forecast": forecast, "actual": actual, "index": "moderate"}}]
+    }
 
 
-def uk_regional(forecast: float, postcode: str = "RG10",
-                start: str = "2024-05-01T10:00Z", end: str = "2024-05-01T10:30Z") -> dict[str, Any]:
-    return {"data": [{
-        "regionid": 12, "dnoregion": "SSE South", "shortname": "South England", "postcode": postcode,
-        "data": [{"from": start, "to": end,
-                  "intensity": {"forecast": forecast, "index": "moderate"},
-                  "generationmix": [{"fuel": "gas", "perc": 30.1}, {"fuel": "wind", "perc": 25.4}]}],
-    }]}
+def uk_regional(
+    forecast: float, postcode: str = "RG10", start: str = "2024-05-01T10:00Z", end: str = "2024-05-01T10:30Z"
+) -> dict[str, Any]:
+    return {
+        "data": [
+            {
+                "regionid": 12,
+                "dnoregion": "SSE South",
+                "shortname": "South England",
+                "postcode": postcode,
+                "data": [
+                    {
+                        "from": start,
+                        "to": end,
+                        "intensity": {"forecast": forecast, "index": "moderate"},
+                        "generationmix": [{"fuel": "gas", "perc": 30.1}, {"fuel": "wind", "perc": 25.4}],
+                    }
+                ],
+            }
+        ]
+    }

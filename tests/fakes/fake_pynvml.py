@@ -274,7 +274,7 @@ class FakeNvml:
     def nvmlDeviceGetMaxMigDeviceCount(self, device: _Handle) -> int:
         return self._enter(self._gpu(device), "nvmlDeviceGetMaxMigDeviceCount").max_mig_devices
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: _Handle, index: int) -> "_MigHandle":
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: _Handle, index: int) -> _MigHandle:
         gpu = self._enter(self._gpu(device), "nvmlDeviceGetMigDeviceHandleByIndex", (index,))
         if index >= len(gpu.mig_devices):
             raise NVMLError(NVML_ERROR_NOT_FOUND)  # an empty slot
@@ -341,8 +341,9 @@ class FakeNvml:
         if not newer:
             raise NVMLError(NVML_ERROR_NOT_FOUND)
         return [
-            SimpleNamespace(pid=s.pid, timeStamp=s.timestamp_us, smUtil=s.sm_util,
-                            memUtil=s.mem_util, encUtil=0, decUtil=0)
+            SimpleNamespace(
+                pid=s.pid, timeStamp=s.timestamp_us, smUtil=s.sm_util, memUtil=s.mem_util, encUtil=0, decUtil=0
+            )
             for s in newer
         ]
 
@@ -356,12 +357,21 @@ class FakeNvml:
             NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: gpu.energy_mj,
         }
         ret = gpu.field_returns.get(field_id, NVML_SUCCESS if field_id in values else NVML_ERROR_NOT_SUPPORTED)
-        value_type = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG if field_id == NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION else NVML_VALUE_TYPE_UNSIGNED_INT
+        value_type = (
+            NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+            if field_id == NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+            else NVML_VALUE_TYPE_UNSIGNED_INT
+        )
         raw = values.get(field_id, 0) if ret == NVML_SUCCESS else 0
         member = "ullVal" if value_type == NVML_VALUE_TYPE_UNSIGNED_LONG_LONG else "uiVal"
         return SimpleNamespace(
-            fieldId=field_id, scopeId=scope_id, timestamp=0, latencyUsec=0,
-            valueType=value_type, nvmlReturn=ret, value=SimpleNamespace(**{member: raw}),
+            fieldId=field_id,
+            scopeId=scope_id,
+            timestamp=0,
+            latencyUsec=0,
+            valueType=value_type,
+            nvmlReturn=ret,
+            value=SimpleNamespace(**{member: raw}),
         )
 
     def _gpu(self, handle: _Handle) -> FakeGpu:

@@ -10,8 +10,8 @@ from the same proto the daemon uses, with settable allocations and faults. Only
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 
@@ -28,8 +28,10 @@ def pod(namespace: str, name: str, containers: Containers) -> api_pb2.PodResourc
         containers=[
             api_pb2.ContainerResources(
                 name=container,
-                devices=[api_pb2.ContainerDevices(resource_name=resource, device_ids=list(ids))
-                         for resource, ids in resources.items()],
+                devices=[
+                    api_pb2.ContainerDevices(resource_name=resource, device_ids=list(ids))
+                    for resource, ids in resources.items()
+                ],
                 cpu_ids=[0, 1],
             )
             for container, resources in containers.items()

@@ -15,18 +15,30 @@ from pathlib import Path
 
 # Golden: `scontrol show job --json 4242` (Slurm 23.11, data_parser v0.0.40), trimmed.
 GOLDEN_JSON = {
-    "jobs": [{
-        "account": "physics", "job_id": 4242, "job_state": ["RUNNING"], "name": "train",
-        "partition": "gpu", "user_id": 1000, "user_name": "alice", "group_id": 1000,
-        "gres_detail": ["gpu:h100:2(IDX:0-1)"], "tres_alloc_str": "cpu=8,mem=64G,node=1,gres/gpu=2",
-    }],
+    "jobs": [
+        {
+            "account": "physics",
+            "job_id": 4242,
+            "job_state": ["RUNNING"],
+            "name": "train",
+            "partition": "gpu",
+            "user_id": 1000,
+            "user_name": "alice",
+            "group_id": 1000,
+            "gres_detail": ["gpu:h100:2(IDX:0-1)"],
+            "tres_alloc_str": "cpu=8,mem=64G,node=1,gres/gpu=2",
+        }
+    ],
     "meta": {"plugin": {"type": "openapi/slurmctld", "data_parser": "data_parser/v0.0.40"}},
-    "errors": [], "warnings": [],
+    "errors": [],
+    "warnings": [],
 }
 # Golden: `scontrol show job -o 4243` (Slurm 20.11, no --json), trimmed.
-GOLDEN_TEXT = ("JobId=4243 JobName=sweep UserId=bob(1001) GroupId=bob(1001) MCS_label=N/A "
-               "Priority=4294901 Nice=0 Account=vision QOS=normal JobState=RUNNING Reason=None "
-               "Command=/home/bob/run.sh --tag Account=fake WorkDir=/home/bob\n")
+GOLDEN_TEXT = (
+    "JobId=4243 JobName=sweep UserId=bob(1001) GroupId=bob(1001) MCS_label=N/A "
+    "Priority=4294901 Nice=0 Account=vision QOS=normal JobState=RUNNING Reason=None "
+    "Command=/home/bob/run.sh --tag Account=fake WorkDir=/home/bob\n"
+)
 
 # The fake reads its behaviour from a JSON file next to it and logs every call.
 FAKE_SCONTROL = """#!{python}
@@ -54,10 +66,15 @@ class FakeScontrol:
         self.path = directory / "scontrol"
         self.path.write_text(FAKE_SCONTROL.format(python=sys.executable))
         self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR)
-        self.spec: dict = {"jobs": {
-            "4242": {"json": json.dumps(GOLDEN_JSON), "text": GOLDEN_TEXT.replace("4243", "4242").replace("vision", "physics")},
-            "4243": {"json": json.dumps({"jobs": []}), "text": GOLDEN_TEXT},
-        }}
+        self.spec: dict = {
+            "jobs": {
+                "4242": {
+                    "json": json.dumps(GOLDEN_JSON),
+                    "text": GOLDEN_TEXT.replace("4243", "4242").replace("vision", "physics"),
+                },
+                "4243": {"json": json.dumps({"jobs": []}), "text": GOLDEN_TEXT},
+            }
+        }
         self.save()
 
     def save(self) -> None:

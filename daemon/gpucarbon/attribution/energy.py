@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpucarbon.device.model import GpuReading
-
-COUNTER = "counter"
-POWER_INTEGRATION = "power_integration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +17,11 @@ class Interval:
     method: str  # COUNTER or POWER_INTEGRATION
     reset: bool = False  # the counter dropped: a driver reload
     gap: bool = False  # readings were missed before this one: holders unknown
+
+
+# How an interval's energy was measured (the energy_source label of gpucarbon_gpu_info).
+COUNTER = "counter"
+POWER_INTEGRATION = "power_integration"
 
 
 class EnergyMeter:
@@ -38,7 +41,8 @@ class EnergyMeter:
         self._restored_counter: int | None = None
 
     @property
-    def last_counter_mj(self) -> int | None:
+    def counter_mj(self) -> int | None:
+        """The energy counter of the last reading (None before one, or without a counter)."""
         return self._last.energy_mj if self._last else None
 
     def mark_missed(self) -> None:
@@ -82,3 +86,23 @@ class EnergyMeter:
         whole = int(self._carry_mj)
         self._carry_mj -= whole
         return whole
+
+
+class EnergyMeters:
+    """One EnergyMeter per GPU, and the energy counters a checkpoint keeps."""
+
+    def __init__(self) -> None:
+        self._meters: dict[str, EnergyMeter] = {}
+
+    def meter(self, uuid: str) -> EnergyMeter:
+        return self._meters.setdefault(uuid, EnergyMeter())
+
+    def seed(self, counters: Mapping[str, int]) -> None:
+        """Baselines from a checkpoint: the next read books the energy used
+        while the daemon was down as a gap (unattributed)."""
+        for uuid, counter in counters.items():
+            self.meter(uuid).seed(counter, missed=True)
+
+    def counters(self) -> dict[str, int]:
+        """The last energy counter read from each GPU that has one, mJ."""
+        return {uuid: m.counter_mj for uuid, m in self._meters.items() if m.counter_mj is not None}

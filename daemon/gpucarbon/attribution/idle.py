@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 # Typical idle draw by model family, watts. T4/V100/A100/A10G from Cloud Carbon
 # Footprint's coefficients; H100/H200 from the H100 SXM's observed idle (~60-75 W).

@@ -12,8 +12,8 @@ Policy (docs/attribution.md states it for users):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 
 def split_exact(total: int, weights: Sequence[float]) -> list[int]:
@@ -76,10 +76,10 @@ def split_interval(
     idle = min(energy_mj, idle_cap_mj)
     active = energy_mj - idle
     parts = dict.fromkeys(holders, 0)
-    for key, mj in zip(holders, split_exact(idle, [1.0] * len(holders))):
+    for key, mj in zip(holders, split_exact(idle, [1.0] * len(holders)), strict=True):
         parts[key] += mj
     payers, weights = _active_payers(holders, running)
-    for key, mj in zip(payers, split_exact(active, weights)):
+    for key, mj in zip(payers, split_exact(active, weights), strict=True):
         parts[key] += mj
     return Split(parts, 0, idle, active)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
 from gpucarbon.carbon.providers import CarbonProvider
 from gpucarbon.carbon.zone import resolve_zone
 
-log = logging.getLogger("gpucarbon.carbon")
+log = logging.getLogger(__name__)
 
 NodeFacts = tuple[Mapping[str, str], str | None]  # (labels, spec.providerID)
 NODE_READ_TIMEOUT_S = 10.0
@@ -24,8 +24,12 @@ NODE_READ_TIMEOUT_S = 10.0
 class ZoneDetectingProvider:
     """A CarbonProvider whose zone comes from the node; delegates once built."""
 
-    def __init__(self, read_node: Callable[[], Awaitable[NodeFacts]],
-                 build: Callable[[str], CarbonProvider], provisional: CarbonProvider) -> None:
+    def __init__(
+        self,
+        read_node: Callable[[], Awaitable[NodeFacts]],
+        build: Callable[[str], CarbonProvider],
+        provisional: CarbonProvider,
+    ) -> None:
         self._read_node = read_node
         self._build = build
         self._provider = provisional

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 SECONDS_PER_YEAR = 365.25 * 24 * 3600  # Julian year, 31,557,600 s
 GRAMS_PER_POUND = 453.59237  # international avoirdupois pound
@@ -31,20 +31,16 @@ PUE_REFERENCES: tuple[PueReference, ...] = (
     PueReference("aws", 1.135, "Cloud Carbon Footprint methodology, AWS coefficient"),
     PueReference("gcp", 1.1, "Cloud Carbon Footprint methodology, GCP coefficient"),
     PueReference("azure", 1.185, "Cloud Carbon Footprint methodology, Azure coefficient"),
-    PueReference("industry-average", 1.58,
-                 "Uptime Institute Global Data Center Survey (average ~1.58, 2022-2023); also "
-                 "the PUE used by Strubell et al. 2019"),
-    PueReference("on-prem-typical", 1.55,
-                 "typical enterprise/on-prem range 1.5-1.6 (Uptime Institute survey averages)"),
+    PueReference(
+        "industry-average",
+        1.58,
+        "Uptime Institute Global Data Center Survey (average ~1.58, 2022-2023); also "
+        "the PUE used by Strubell et al. 2019",
+    ),
+    PueReference(
+        "on-prem-typical", 1.55, "typical enterprise/on-prem range 1.5-1.6 (Uptime Institute survey averages)"
+    ),
 )
-
-
-def reference_pue(name: str) -> float | None:
-    """The reference PUE called `name` ("aws", "gcp", "azure", ...), or None."""
-    for ref in PUE_REFERENCES:
-        if ref.name == name.strip().lower():
-            return ref.pue
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +62,8 @@ EMBODIED_FIGURES: tuple[EmbodiedFigure, ...] = (
         kg_co2e=181.0,
         scope="A100 PCIe 40GB card: manufacturing, transport and end of life (no host server)",
         source="ADEME / Hubblo GPU embedded-impacts parametric model (Lees-Perasso, Ekchajzer, "
-               "Roussilhe, De Latour, 'Analyses de cycle de vie de GPU pour l'intelligence "
-               "artificielle', ADEME 2026), global warming potential for NVIDIA A100 PCIe 40GB",
+        "Roussilhe, De Latour, 'Analyses de cycle de vie de GPU pour l'intelligence "
+        "artificielle', ADEME 2026), global warming potential for NVIDIA A100 PCIe 40GB",
     ),
 )
 # Ecodiag (CNRS EcoInfo) amortises GPUs over 4 years; servers are commonly
@@ -87,8 +83,9 @@ def embodied_figure(model: str, overrides: dict[str, float] | None = None) -> Em
     return None
 
 
-def embodied_grams_per_second(model: str, lifetime_years: float = DEFAULT_LIFETIME_YEARS,
-                              overrides: dict[str, float] | None = None) -> float | None:
+def embodied_grams_per_second(
+    model: str, lifetime_years: float = DEFAULT_LIFETIME_YEARS, overrides: dict[str, float] | None = None
+) -> float | None:
     """Embodied emissions of one GPU amortised linearly over its lifetime, g CO2e
     per second of holding it (GSF SCI `M` = TE x time reserved / lifetime).
     None when no figure is known for the model."""

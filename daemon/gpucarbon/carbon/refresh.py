@@ -20,18 +20,21 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import aiohttp
 
+from gpucarbon.backoff import Backoff
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
-from gpucarbon.config import is_number
+from gpucarbon.clock import Sleep
+from gpucarbon.errors import GpuCarbonError
+from gpucarbon.yamlcheck import is_number
 
 log = logging.getLogger(__name__)
 
 WallClock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 # Reasons a fetch fails; they label the error counter.
 REASON_TIMEOUT = "timeout"
@@ -54,11 +57,10 @@ MAX_LIVE_GRAMS_PER_KWH = 5000.0
 MAX_RETRY_AFTER_S = 86400.0
 
 
-class FetchError(Exception):
+class FetchError(GpuCarbonError):
     """A fetch failed for `reason`; `detail` is safe to log (no secrets)."""
 
-    def __init__(self, reason: str, detail: str, *, retryable: bool = True,
-                 retry_after: str | None = None) -> None:
+    def __init__(self, reason: str, detail: str, *, retryable: bool = True, retry_after: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -81,8 +83,7 @@ class Fetcher(Protocol):
     source: str  # provider name, e.g. "electricitymaps"
     signal: str  # "average" or "marginal"
 
-    async def fetch(self, session: aiohttp.ClientSession,
-                    timeout: aiohttp.ClientTimeout) -> LiveSample: ...
+    async def fetch(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> LiveSample: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +103,13 @@ class RefreshPolicy:
             if not (is_number(value) and value > 0):
                 raise ValueError(f"refresh policy: {name} must be a positive number, got {value!r}")
         if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
-            raise ValueError(f"refresh policy: max_attempts must be an integer >= 1, "
-                             f"got {self.max_attempts!r}")
+            raise ValueError(f"refresh policy: max_attempts must be an integer >= 1, got {self.max_attempts!r}")
         if self.stale_after_s < self.interval_s:
-            raise ValueError(f"refresh policy: stale_after_s ({self.stale_after_s:g}) must be at least "
-                             f"interval_s ({self.interval_s:g}), or every value would go stale "
-                             f"before the next refresh")
+            raise ValueError(
+                f"refresh policy: stale_after_s ({self.stale_after_s:g}) must be at least "
+                f"interval_s ({self.interval_s:g}), or every value would go stale "
+                f"before the next refresh"
+            )
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -129,16 +131,24 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 class RefreshingProvider:
     """A live source kept fresh in the background; `current()` never blocks."""
 
-    def __init__(self, fetcher: Fetcher, policy: RefreshPolicy, fallback: IntensityReading, *,
-                 clock: WallClock = time.time, sleep: Sleep = asyncio.sleep,
-                 rng: random.Random | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        policy: RefreshPolicy,
+        fallback: IntensityReading,
+        *,
+        clock: WallClock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._fetcher = fetcher
         self._policy = policy
         self._fallback = replace(fallback, fallback=True)
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
+        rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(policy.backoff_base_s, policy.backoff_max_s, rng.random)
         self._session = session
         self._owns_session = session is None
         self._task: asyncio.Task[None] | None = None
@@ -217,10 +227,8 @@ class RefreshingProvider:
                     return False
                 await self._sleep(wait)
             except Exception as error:  # a fetcher bug must not kill the refresh task
-                log.error("carbon intensity %s: fetch failed unexpectedly (%s)", self.source,
-                          type(error).__name__)
-                self._after_failure(FetchError(REASON_UNEXPECTED, type(error).__name__,
-                                               retryable=False), attempt)
+                log.error("carbon intensity %s: fetch failed unexpectedly (%s)", self.source, type(error).__name__)
+                self._after_failure(FetchError(REASON_UNEXPECTED, type(error).__name__, retryable=False), attempt)
                 return False
             else:
                 self._last_cycle_ok = True
@@ -255,18 +263,18 @@ class RefreshingProvider:
         self._errors[error.reason] = self._errors.get(error.reason, 0) + 1
         retry_after = parse_retry_after(error.retry_after, self._clock())
         final = not error.retryable or attempt >= self._policy.max_attempts
-        wait = retry_after if retry_after is not None else self._backoff(attempt)
+        wait = retry_after if retry_after is not None else self._backoff.delay(attempt - 1)
         if not final and wait <= self._policy.interval_s:
-            log.info("carbon intensity %s: attempt %d failed (%s), retrying in %.1f s",
-                     self.source, attempt, error.detail, wait)
+            log.info(
+                "carbon intensity %s: attempt %d failed (%s), retrying in %.1f s",
+                self.source,
+                attempt,
+                error.detail,
+                wait,
+            )
             return wait
         log.warning("carbon intensity %s: refresh failed (%s)", self.source, error.detail)
         self._last_cycle_ok = False
         # A server asking for more than an interval's pause gets it, up to a day.
         self._next_delay = max(self._policy.interval_s, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
         return None
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: half the cap plus up to half again."""
-        cap = min(self._policy.backoff_max_s, self._policy.backoff_base_s * 2 ** (attempt - 1))
-        return cap / 2 + self._rng.uniform(0.0, cap / 2)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable, Mapping
 
 from gpucarbon.carbon.model import FixedProvider, IntensityReading
+from gpucarbon.errors import GpuCarbonError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ TABLE_COLUMNS = ("zone", "grams_per_kwh", "year", "source", "licence", "name")
 REGION_COLUMNS = ("region", "zone", "location")
 
 
-class TableError(ValueError):
+class TableError(GpuCarbonError, ValueError):
     """The table data is unusable; the message names the file, row and field."""
 
 
@@ -113,8 +114,9 @@ def parse_regions_csv(text: str, origin: str) -> dict[str, str]:
     for line, row in enumerate(reader, start=2):
         region, zone = (row.get("region") or "").strip(), (row.get("zone") or "").strip()
         if ":" not in region or not zone:
-            raise TableError(f"{origin}:{line}: region must be provider:name and zone non-empty, "
-                             f"got region={region!r} zone={zone!r}")
+            raise TableError(
+                f"{origin}:{line}: region must be provider:name and zone non-empty, got region={region!r} zone={zone!r}"
+            )
         if region.casefold() in regions:
             raise TableError(f"{origin}:{line}: region {region!r} appears twice")
         regions[region.casefold()] = zone
@@ -126,8 +128,9 @@ def load_bundled_table() -> IntensityTable:
     data = resources.files("gpucarbon") / "data"
     table_text = (data / "carbon-intensity.csv").read_text(encoding="utf-8")
     regions_text = (data / "cloud-regions.csv").read_text(encoding="utf-8")
-    return IntensityTable(parse_table_csv(table_text, "carbon-intensity.csv"),
-                          parse_regions_csv(regions_text, "cloud-regions.csv"))
+    return IntensityTable(
+        parse_table_csv(table_text, "carbon-intensity.csv"), parse_regions_csv(regions_text, "cloud-regions.csv")
+    )
 
 
 def _require_columns(found: Iterable[str] | None, wanted: tuple[str, ...], origin: str) -> None:
@@ -163,19 +166,24 @@ class TableProvider(FixedProvider):
     source = "table"
 
     def __init__(self, lookup: TableLookup) -> None:
-        super().__init__(IntensityReading(
-            grams_per_kwh=lookup.entry.grams_per_kwh,
-            zone=lookup.entry.zone,
-            source=self.source,
-            signal="average",
-        ))
+        super().__init__(
+            IntensityReading(
+                grams_per_kwh=lookup.entry.grams_per_kwh,
+                zone=lookup.entry.zone,
+                source=self.source,
+                signal="average",
+            )
+        )
 
     @classmethod
-    def for_zone(cls, table: IntensityTable, zone: str) -> "TableProvider":
+    def for_zone(cls, table: IntensityTable, zone: str) -> TableProvider:
         lookup = table.lookup(zone)
         if lookup.world_fallback:
-            log.warning("carbon intensity: zone %r is not in the bundled table; using the world "
-                        "average %.0f g/kWh", zone, lookup.entry.grams_per_kwh)
+            log.warning(
+                "carbon intensity: zone %r is not in the bundled table; using the world average %.0f g/kWh",
+                zone,
+                lookup.entry.grams_per_kwh,
+            )
         elif lookup.matched_by == "cloud-region":
             log.info("carbon intensity: cloud region %r uses zone %s", zone, lookup.entry.zone)
         return cls(lookup)

@@ -11,7 +11,7 @@ such as ``FR`` or ``US-EGRID-RFCE``).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from gpucarbon.carbon.table import WORLD_ZONE
 
@@ -37,7 +37,7 @@ _ZONE_SUFFIX = {
 
 
 def detect_cloud_provider(labels: Mapping[str, str], provider_id: str | None) -> str | None:
-    """"aws", "gcp", "azure" or None, from spec.providerID first, then labels."""
+    """ "aws", "gcp", "azure" or None, from spec.providerID first, then labels."""
     if provider_id:
         for prefix, provider in _PROVIDER_ID_PREFIXES:
             if provider_id.startswith(prefix):
@@ -80,8 +80,7 @@ def _region_from_zone_label(provider: str, zone: str | None) -> str | None:
 AUTO = "auto"
 
 
-def resolve_zone(configured: str | None, labels: Mapping[str, str],
-                 provider_id: str | None = None) -> str:
+def resolve_zone(configured: str | None, labels: Mapping[str, str], provider_id: str | None = None) -> str:
     """The configured zone, or for "auto"/empty the node's detected zone, else WORLD."""
     if configured and configured.strip().lower() != AUTO:
         return configured.strip()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gpucarbon.errors import GpuCarbonError
+
 
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
@@ -54,11 +56,11 @@ class GpuReading:
     errors: tuple[tuple[str, str], ...] = field(default=())
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(GpuCarbonError):
     """The backend as a whole cannot be used (no driver, library missing)."""
 
 
-class GpuReadError(Exception):
+class GpuReadError(GpuCarbonError):
     """One GPU could not be read (lost, timed out); other GPUs are unaffected."""
 
     def __init__(self, uuid: str, call: str, error: str) -> None:

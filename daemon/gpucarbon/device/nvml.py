@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from gpucarbon.device.model import (
     BackendUnavailable,
     GpuProcess,
-    GpuReading,
     GpuReadError,
+    GpuReading,
     ProcessSample,
 )
 
@@ -95,7 +96,7 @@ class NvmlBackend:
         nvml: ModuleType | Any | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml  # the pynvml module, or a stand-in with its names
         self._clock = clock
         self._lock = threading.Lock()  # guards the two dicts, never an NVML call
         self._devices: dict[str, _Device] = {}
@@ -143,9 +144,7 @@ class NvmlBackend:
         try:
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
-            raise BackendUnavailable(
-                f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})"
-            ) from exc
+            raise BackendUnavailable(f"NVML cannot count GPUs (nvmlDeviceGetCount: {nvml_error_name(exc)})") from exc
         uuids: list[str] = []
         for index in range(count):
             try:
@@ -405,9 +404,7 @@ def _import_pynvml() -> ModuleType:
     try:
         import pynvml
     except ImportError as exc:
-        raise BackendUnavailable(
-            f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}"
-        ) from exc
+        raise BackendUnavailable(f"Python module pynvml not found (install nvidia-ml-py); {SIMULATE_HINT}") from exc
     return pynvml
 
 
@@ -416,9 +413,15 @@ def _init_failure_reason(exc: BaseException) -> str:
     if error == "LibraryNotFound":
         return f"NVIDIA driver not loaded (libnvidia-ml.so.1 not found); {SIMULATE_HINT}"
     if error == "DriverNotLoaded":
-        return f"NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); {SIMULATE_HINT}"
+        return (
+            "NVIDIA driver not loaded (nvmlInit: DriverNotLoaded, is the nvidia kernel module loaded?); "
+            f"{SIMULATE_HINT}"
+        )
     if error == "NoPermission":
         return "no permission to use NVML (nvmlInit: NoPermission); the daemon needs read access to /dev/nvidia*"
     if error == "LibRmVersionMismatch":
-        return "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); reboot or reload the driver after an upgrade"
+        return (
+            "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); "
+            "reboot or reload the driver after an upgrade"
+        )
     return f"NVML initialisation failed (nvmlInit: {error})"

@@ -6,7 +6,8 @@ so a scrape costs the same however slow the GPUs or the API server are.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -16,14 +17,21 @@ from prometheus_client.core import (
 )
 
 from gpucarbon import __version__
-from gpucarbon.snapshot import LABELS_WORKLOAD, GpuView, Snapshot
+from gpucarbon.snapshot import LABELS_WORKLOAD, GpuView, Snapshot, StateCounters
 
 GPU_LABELS = ("gpu", "uuid")
 
 
+class ReasonCounts(Protocol):
+    def counts(self) -> tuple[tuple[str, int], ...]: ...
+
+
 class SnapshotCollector:
-    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+    """Every metric the daemon exports (bar the process_* ones) is declared here."""
+
+    def __init__(self, latest: Callable[[], Snapshot], auth_failures: ReasonCounts | None = None) -> None:
         self._latest = latest
+        self._auth_failures = auth_failures
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the snapshot; skip describe-time collection
@@ -36,6 +44,8 @@ class SnapshotCollector:
         yield from _team_metrics(snap)
         yield from _carbon_metrics(snap)
         yield from _source_metrics(snap)
+        if self._auth_failures is not None:
+            yield from _auth_metrics(self._auth_failures.counts())
 
 
 def _gauge(name: str, doc: str, labels=(), unit: str = "") -> GaugeMetricFamily:
@@ -56,64 +66,103 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
         nvml = _gauge("gpucarbon_nvml_up", "1 if the GPU backend (NVML or simulation) is initialised.")
         nvml.add_metric([], 1 if snap.nvml_up else 0)
         yield nvml
-    errors = _counter("gpucarbon_nvml_errors_total", "NVML calls that failed, by call and error.",
-                      ["call", "error"])
+    errors = _counter("gpucarbon_nvml_errors_total", "NVML calls that failed, by call and error.", ["call", "error"])
     for call, error, count in snap.nvml_errors:
         errors.add_metric([call, error], count)
     yield errors
     if poll.count:
         bounds = [str(b) for b in poll.buckets] + ["+Inf"]
-        hist = HistogramMetricFamily("gpucarbon_poll_duration_seconds", "Wall time of one poll of all GPUs.",
-                                     unit="seconds")
-        hist.add_metric([], list(zip(bounds, poll.counts)), poll.sum_s)
+        hist = HistogramMetricFamily(
+            "gpucarbon_poll_duration_seconds", "Wall time of one poll of all GPUs.", unit="seconds"
+        )
+        hist.add_metric([], list(zip(bounds, poll.counts, strict=True)), poll.sum_s)
         yield hist
     if poll.last_poll_wall is not None:
         last = _gauge("gpucarbon_last_poll_timestamp_seconds", "Unix time the last poll finished.")
         last.add_metric([], poll.last_poll_wall)
         yield last
-    dropped = _counter("gpucarbon_workload_series_dropped_total",
-                       "Workload label sets folded into workload=\"overflow\" by the series cap.")
+    dropped = _counter(
+        "gpucarbon_workload_series_dropped_total",
+        'Workload label sets folded into workload="overflow" by the series cap.',
+    )
     dropped.add_metric([], snap.dropped_series)
     yield dropped
-    for name, value in snap.extra_counters:
-        extra = _counter(name, f"See docs/metrics.md ({name}).")
-        extra.add_metric([], value)
-        yield extra
+    if snap.state is not None:
+        yield from _state_metrics(snap.state)
+
+
+def _state_metrics(state: StateCounters) -> Iterator[Metric]:
+    for name, value in (
+        ("gpucarbon_state_save_failures_total", state.save_failures),
+        ("gpucarbon_state_restore_failures_total", state.restore_failures),
+    ):
+        family = _counter(name, f"See docs/metrics.md ({name}).")
+        family.add_metric([], value)
+        yield family
+
+
+def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
+    family = _counter("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.", ["reason"])
+    for reason, count in counts:
+        family.add_metric([reason], count)
+    yield family
 
 
 _GPU_GAUGES: tuple[tuple[str, str, Callable[[GpuView], float | None]], ...] = (
-    ("gpucarbon_gpu_power_watts", "Power draw (instantaneous where the GPU offers it), measured.",
-     lambda g: g.power_w),
+    ("gpucarbon_gpu_power_watts", "Power draw (instantaneous where the GPU offers it), measured.", lambda g: g.power_w),
     ("gpucarbon_gpu_power_limit_watts", "Enforced power limit.", lambda g: g.power_limit_w),
-    ("gpucarbon_gpu_utilization_ratio", "Fraction of time a kernel ran on the GPU (0..1), measured.",
-     lambda g: g.utilization),
+    (
+        "gpucarbon_gpu_utilization_ratio",
+        "Fraction of time a kernel ran on the GPU (0..1), measured.",
+        lambda g: g.utilization,
+    ),
     ("gpucarbon_gpu_memory_used_bytes", "Device memory in use.", lambda g: g.memory_used_bytes),
     ("gpucarbon_gpu_memory_total_bytes", "Device memory in total.", lambda g: g.memory_total_bytes),
     ("gpucarbon_gpu_temperature_celsius", "GPU core temperature.", lambda g: g.temperature_c),
-    ("gpucarbon_gpu_idle_power_watts", "Idle draw that attribution charges to holders (configured, learned "
-     "or default).", lambda g: g.idle_power_w),
+    (
+        "gpucarbon_gpu_idle_power_watts",
+        "Idle draw that attribution charges to holders (configured, learned or default).",
+        lambda g: g.idle_power_w,
+    ),
 )
 
 _GPU_COUNTERS: tuple[tuple[str, str, Callable[[GpuView], float]], ...] = (
-    ("gpucarbon_gpu_energy_joules_total", "Energy the GPU used, measured by its energy counter.",
-     lambda g: g.energy_j),
-    ("gpucarbon_gpu_unattributed_energy_joules_total", "Energy no workload held the GPU for, or spanning a gap.",
-     lambda g: g.unattributed_j),
-    ("gpucarbon_gpu_retired_energy_joules_total", "Energy of workload series removed after retention.",
-     lambda g: g.retired_j),
-    ("gpucarbon_gpu_emissions_grams_total", "Operational emissions of the GPU's energy, grams CO2e (estimated).",
-     lambda g: g.grams),
-    ("gpucarbon_gpu_unattributed_emissions_grams_total", "Emissions of the unattributed energy, grams CO2e.",
-     lambda g: g.unattributed_grams),
-    ("gpucarbon_gpu_retired_emissions_grams_total", "Emissions of retired workload series, grams CO2e.",
-     lambda g: g.retired_grams),
+    ("gpucarbon_gpu_energy_joules_total", "Energy the GPU used, measured by its energy counter.", lambda g: g.energy_j),
+    (
+        "gpucarbon_gpu_unattributed_energy_joules_total",
+        "Energy no workload held the GPU for, or spanning a gap.",
+        lambda g: g.unattributed_j,
+    ),
+    (
+        "gpucarbon_gpu_retired_energy_joules_total",
+        "Energy of workload series removed after retention.",
+        lambda g: g.retired_j,
+    ),
+    (
+        "gpucarbon_gpu_emissions_grams_total",
+        "Operational emissions of the GPU's energy, grams CO2e (estimated).",
+        lambda g: g.grams,
+    ),
+    (
+        "gpucarbon_gpu_unattributed_emissions_grams_total",
+        "Emissions of the unattributed energy, grams CO2e.",
+        lambda g: g.unattributed_grams,
+    ),
+    (
+        "gpucarbon_gpu_retired_emissions_grams_total",
+        "Emissions of retired workload series, grams CO2e.",
+        lambda g: g.retired_grams,
+    ),
     ("gpucarbon_gpu_energy_resets_total", "Energy counter drops (driver reloads) seen.", lambda g: g.resets),
 )
 
 
 def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
-    info = _gauge("gpucarbon_gpu_info", "GPU identity; value is always 1.",
-                  ["gpu", "uuid", "model", "driver_version", "mig_mode", "energy_source"])
+    info = _gauge(
+        "gpucarbon_gpu_info",
+        "GPU identity; value is always 1.",
+        ["gpu", "uuid", "model", "driver_version", "mig_mode", "energy_source"],
+    )
     up = _gauge("gpucarbon_gpu_up", "1 if the GPU answered the last poll.", GPU_LABELS)
     for g in snap.gpus:
         info.add_metric([str(g.index), g.uuid, g.model, g.driver_version, g.mig_mode, g.energy_source], 1)
@@ -127,28 +176,36 @@ def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
             if v is not None:
                 family.add_metric([str(g.index), g.uuid], v)
         yield family
-    for name, doc, value in _GPU_COUNTERS:
-        family = _counter(name, doc, GPU_LABELS)
+    for name, doc, count in _GPU_COUNTERS:
+        counter = _counter(name, doc, GPU_LABELS)
         for g in snap.gpus:
-            family.add_metric([str(g.index), g.uuid], value(g))
-        yield family
+            counter.add_metric([str(g.index), g.uuid], count(g))
+        yield counter
 
 
 def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
-    energy = _counter("gpucarbon_workload_energy_joules_total", "GPU energy attributed to the workload.",
-                      LABELS_WORKLOAD)
-    grams = _counter("gpucarbon_workload_emissions_grams_total", "Emissions of the attributed energy, g CO2e.",
-                     LABELS_WORKLOAD)
+    energy = _counter(
+        "gpucarbon_workload_energy_joules_total", "GPU energy attributed to the workload.", LABELS_WORKLOAD
+    )
+    grams = _counter(
+        "gpucarbon_workload_emissions_grams_total", "Emissions of the attributed energy, g CO2e.", LABELS_WORKLOAD
+    )
     power = _gauge("gpucarbon_workload_power_watts", "Attributed power over the last interval.", LABELS_WORKLOAD)
     held = _counter("gpucarbon_workload_held_seconds_total", "Time the workload held this GPU.", LABELS_WORKLOAD)
-    busy = _counter("gpucarbon_workload_busy_seconds_total",
-                    "SM-utilization fraction times time (busy/held is utilization), estimated from samples.",
-                    LABELS_WORKLOAD)
+    busy = _counter(
+        "gpucarbon_workload_busy_seconds_total",
+        "SM-utilization fraction times time (busy/held is utilization), estimated from samples.",
+        LABELS_WORKLOAD,
+    )
     alloc = _gauge("gpucarbon_gpu_allocation_info", "1 while the workload holds the GPU.", LABELS_WORKLOAD)
-    embodied = _counter("gpucarbon_workload_embodied_emissions_grams_total",
-                        "Embodied emissions of the GPU amortised over held time, g CO2e.", LABELS_WORKLOAD)
-    cost = _counter("gpucarbon_workload_energy_cost_total", "Cost of the attributed energy.",
-                    LABELS_WORKLOAD + ("currency",))
+    embodied = _counter(
+        "gpucarbon_workload_embodied_emissions_grams_total",
+        "Embodied emissions of the GPU amortised over held time, g CO2e.",
+        LABELS_WORKLOAD,
+    )
+    cost = _counter(
+        "gpucarbon_workload_energy_cost_total", "Cost of the attributed energy.", LABELS_WORKLOAD + ("currency",)
+    )
     currency = snap.carbon.currency
     for w in snap.workloads:
         labels = list(w.labels())
@@ -192,20 +249,26 @@ def _team_metrics(snap: Snapshot) -> Iterator[Metric]:
 
 def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:
     carbon = snap.carbon
-    pue = _gauge("gpucarbon_pue_ratio", "Power usage effectiveness applied to GPU energy (configured; per zone when set).")
+    pue = _gauge(
+        "gpucarbon_pue_ratio", "Power usage effectiveness applied to GPU energy (configured; per zone when set)."
+    )
     pue.add_metric([], carbon.pue)
     yield pue
     if carbon.intensity is not None:
         i = carbon.intensity
-        gauge = _gauge("gpucarbon_grid_carbon_intensity_grams_per_kwh",
-                       "Grid carbon intensity used for the last interval, g CO2e/kWh.", ["zone", "source", "signal"])
+        gauge = _gauge(
+            "gpucarbon_grid_carbon_intensity_grams_per_kwh",
+            "Grid carbon intensity used for the last interval, g CO2e/kWh.",
+            ["zone", "source", "signal"],
+        )
         gauge.add_metric([i.zone, i.source, i.signal], i.grams_per_kwh)
         yield gauge
     up = _gauge("gpucarbon_carbon_source_up", "1 if the carbon intensity source answered recently.", ["source"])
     up.add_metric([carbon.source], 1 if carbon.source_up else 0)
     yield up
-    errors = _counter("gpucarbon_carbon_source_errors_total", "Carbon intensity fetch failures, by reason.",
-                      ["source", "reason"])
+    errors = _counter(
+        "gpucarbon_carbon_source_errors_total", "Carbon intensity fetch failures, by reason.", ["source", "reason"]
+    )
     for reason, count in carbon.source_errors:
         errors.add_metric([carbon.source, reason], count)
     yield errors

@@ -10,12 +10,11 @@ from __future__ import annotations
 import gzip
 import html
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
@@ -56,20 +55,14 @@ class AuthFailures:
     def record(self, reason: str) -> None:
         self._counts[reason] += 1
 
-    def collect(self):
-        family = CounterMetricFamily("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.",
-                                     labels=["reason"])
-        for reason, count in sorted(self._counts.items()):
-            family.add_metric([reason], count)
-        yield family
+    def counts(self) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted(self._counts.items()))
 
 
-def build_registry(latest: Callable[[], Snapshot], *extra: object) -> CollectorRegistry:
+def build_registry(latest: Callable[[], Snapshot], auth_failures: AuthFailures | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(latest))
+    registry.register(SnapshotCollector(latest, auth_failures))
     registry.register(ProcessCollector(registry=None))
-    for collector in extra:
-        registry.register(collector)
     return registry
 
 
@@ -102,7 +95,7 @@ def build_app(
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
 ) -> web.Application:
-    registry = build_registry(latest, *([auth_failures] if auth_failures else []))
+    registry = build_registry(latest, auth_failures)
     cache = _RenderCache(registry, latest)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -124,10 +117,12 @@ def build_app(
 
     async def landing(_: web.Request) -> web.Response:
         path = html.escape(telemetry_path)
-        page = (f"<html><head><title>gpu-carbon-exporter</title></head><body>"
-                f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
-                f"<p><a href=\"{path}\">Metrics</a> · <a href=\"/healthz\">Health</a> · "
-                f"<a href=\"/readyz\">Readiness</a></p></body></html>")
+        page = (
+            f"<html><head><title>gpu-carbon-exporter</title></head><body>"
+            f"<h1>gpu-carbon-exporter {html.escape(__version__)}</h1>"
+            f'<p><a href="{path}">Metrics</a> · <a href="/healthz">Health</a> · '
+            f'<a href="/readyz">Readiness</a></p></body></html>'
+        )
         return web.Response(text=page, content_type="text/html")
 
     app = web.Application(middlewares=list(middlewares))

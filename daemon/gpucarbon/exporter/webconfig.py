@@ -40,19 +40,20 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import bcrypt
 import yaml
 from aiohttp import web
 
-from gpucarbon.config import YAML_ERRORS, key_text
+from gpucarbon.errors import GpuCarbonError, require_extra
+from gpucarbon.yamlcheck import YAML_ERRORS, key_text, show
 
 # A web config is a few hundred bytes; anything this large is not one, and
 # reading it whole would only waste memory.
 _MAX_CONFIG_BYTES = 1 << 20
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 _MAX_PEM_BYTES = 1 << 20
-_MAX_ECHOED_VALUE_CHARS = 80
 
 # bcrypt hashes as htpasswd and Go's x/crypto/bcrypt write them: version 2a, 2b
 # or 2y, two-digit cost 04..31, then 53 characters of bcrypt's base64 alphabet
@@ -64,7 +65,7 @@ _SLOW_BCRYPT_COST = 12
 _BCRYPT_MAX_PASSWORD_BYTES = 72
 
 
-class WebConfigError(Exception):
+class WebConfigError(GpuCarbonError):
     """The web config file is unusable. The message names file, key and value."""
 
 
@@ -105,9 +106,7 @@ _TLS12_CIPHERS = {
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
 }
 # TLS 1.3 suites cannot be chosen in Go either: accepted, always enabled.
-_TLS13_CIPHERS = frozenset(
-    {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
-)
+_TLS13_CIPHERS = frozenset({"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"})
 
 # The headers exporter-toolkit lets a config set, with their allowed values
 # (None: any value). Kept identical so one file works for every exporter.
@@ -202,14 +201,6 @@ class _Where:
         return WebConfigError(f"{where}: {problem}")
 
 
-def _show(value: object) -> str:
-    """A value for an error message: repr, cut short (fuzzed input can be huge)."""
-    text = repr(value)
-    if len(text) > _MAX_ECHOED_VALUE_CHARS:
-        text = text[: _MAX_ECHOED_VALUE_CHARS - 3] + "..."
-    return text
-
-
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys, as Go's UnmarshalStrict
     does: with a silent last-one-wins, a second `basic_auth_users:` block would
@@ -224,13 +215,9 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
         try:
             duplicate = key in mapping
         except TypeError as exc:  # unhashable key, e.g. a list used as a key
-            raise yaml.constructor.ConstructorError(
-                None, None, "found an unhashable key", key_node.start_mark
-            ) from exc
+            raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark) from exc
         if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {_show(key)}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {show(key)}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
@@ -276,7 +263,7 @@ def _read_regular_file(file: Path, limit: int, where: _Where, what: str) -> byte
     except OSError as exc:
         raise where.error(f"cannot read {what} {str(file)!r}: {exc.strerror or exc}") from None
     except ValueError as exc:  # e.g. an embedded NUL byte in the path
-        raise where.error(f"invalid path {_show(str(file))}: {exc}") from None
+        raise where.error(f"invalid path {show(str(file))}: {exc}") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -300,14 +287,14 @@ def _parse_top(raw: object, file: Path) -> WebConfig:
 
 def _mapping(raw: object, where: _Where, expected: str) -> Mapping[Any, Any]:
     if not isinstance(raw, Mapping):
-        raise where.error(f"must be {expected}, got {type(raw).__name__} {_show(raw)}")
+        raise where.error(f"must be {expected}, got {type(raw).__name__} {show(raw)}")
     return raw
 
 
 def _refuse_unknown_keys(section: Mapping[Any, Any], known: frozenset[str], where: _Where) -> None:
     for key in section:
         if not isinstance(key, str):
-            raise where.error(f"keys must be strings, got {_show(key)}")
+            raise where.error(f"keys must be strings, got {show(key)}")
         dotted = where.child(key).key
         if dotted in _UNSUPPORTED:
             raise where.child(key).error(_UNSUPPORTED[dotted])
@@ -315,22 +302,21 @@ def _refuse_unknown_keys(section: Mapping[Any, Any], known: frozenset[str], wher
             raise where.child(key).error(f"unknown key (known: {', '.join(sorted(known))})")
 
 
-def _string(section: Mapping[Any, Any], key: str, where: _Where, default: str | None = None) -> str | None:
+def _typed(section: Mapping[Any, Any], key: str, where: _Where, kind: type[_T], expected: str, default: _D) -> _T | _D:
     value = section.get(key)
     if value is None:
         return default
-    if not isinstance(value, str):
-        raise where.child(key).error(f"must be a string, got {_show(value)}")
+    if not isinstance(value, kind):
+        raise where.child(key).error(f"must be {expected}, got {show(value)}")
     return value
+
+
+def _string(section: Mapping[Any, Any], key: str, where: _Where, default: str | None = None) -> str | None:
+    return _typed(section, key, where, str, "a string", default)
 
 
 def _boolean(section: Mapping[Any, Any], key: str, where: _Where, default: bool) -> bool:
-    value = section.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise where.child(key).error(f"must be true or false, got {_show(value)}")
-    return value
+    return _typed(section, key, where, bool, "true or false", default)
 
 
 def _file_path(section: Mapping[Any, Any], key: str, where: _Where) -> Path | None:
@@ -340,16 +326,14 @@ def _file_path(section: Mapping[Any, Any], key: str, where: _Where) -> Path | No
     if value is None or value == "":
         return None
     if "\x00" in value:
-        raise where.child(key).error(f"invalid path {_show(value)}")
+        raise where.child(key).error(f"invalid path {show(value)}")
     return where.file.parent / value
 
 
 def _enum(section: Mapping[Any, Any], key: str, where: _Where, choices: Mapping[str, Any], default: str) -> Any:
-    value = _string(section, key, where, default)
-    if value == "":
-        value = default
+    value = _string(section, key, where, default) or default  # unset or "": the default
     if value not in choices:
-        raise where.child(key).error(f"invalid value {_show(value)} (expected one of {', '.join(choices)})")
+        raise where.child(key).error(f"invalid value {show(value)} (expected one of {', '.join(choices)})")
     return choices[value]
 
 
@@ -386,11 +370,11 @@ def _parse_ciphers(raw: object, where: _Where, notes: list[str]) -> tuple[str, .
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise where.error(f"must be a list of cipher suite names, got {_show(raw)}")
+        raise where.error(f"must be a list of cipher suite names, got {show(raw)}")
     openssl_names: list[str] = []
     for item in raw:
         if not isinstance(item, str) or item not in _TLS12_CIPHERS.keys() | _TLS13_CIPHERS:
-            raise where.error(f"unknown cipher suite {_show(item)} (use Go crypto/tls names)")
+            raise where.error(f"unknown cipher suite {show(item)} (use Go crypto/tls names)")
         if item in _TLS12_CIPHERS:
             openssl_names.append(_TLS12_CIPHERS[item])
     if _TLS13_CIPHERS.intersection(raw):
@@ -414,14 +398,19 @@ def _check_tls_consistency(settings: TlsSettings, where: _Where, notes: list[str
     if auth in verifying and settings.client_ca_file is None:
         raise where.child("client_ca_file").error(f"required with client_auth_type {auth.value}")
     if auth is ClientAuth.REQUEST_CLIENT_CERT:
-        notes.append("client_auth_type RequestClientCert: certificates would be neither verified nor "
-                     "used, so none is requested; use RequireAndVerifyClientCert to authenticate clients")
+        notes.append(
+            "client_auth_type RequestClientCert: certificates would be neither verified nor "
+            "used, so none is requested; use RequireAndVerifyClientCert to authenticate clients"
+        )
     if auth is ClientAuth.REQUIRE_ANY_CLIENT_CERT:
-        notes.append("client_auth_type RequireAnyClientCert: Python's ssl verifies every certificate it "
-                     "requires, so client certificates must chain to client_ca_file")
+        notes.append(
+            "client_auth_type RequireAnyClientCert: Python's ssl verifies every certificate it "
+            "requires, so client certificates must chain to client_ca_file"
+        )
     if settings.min_version < ssl.TLSVersion.TLSv1_2:
-        notes.append(f"min_version {settings.min_version.name} is obsolete; OpenSSL's security level "
-                     "may still refuse it")
+        notes.append(
+            f"min_version {settings.min_version.name} is obsolete; OpenSSL's security level may still refuse it"
+        )
 
 
 def _build_ssl_context(settings: TlsSettings, where: _Where) -> ssl.SSLContext:
@@ -519,19 +508,17 @@ def _parse_http(raw: object, where: _Where, tls: TlsSettings | None, notes: list
 
 def _parse_header(name: object, value: object, where: _Where) -> str:
     if not isinstance(name, str) or name not in _ALLOWED_HEADERS:
-        raise where.error(
-            f"header {_show(name)} can not be configured (allowed: {', '.join(_ALLOWED_HEADERS)})"
-        )
+        raise where.error(f"header {show(name)} can not be configured (allowed: {', '.join(_ALLOWED_HEADERS)})")
     header_where = where.child(name)
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise header_where.error(f"must be a string, got {_show(value)}")
+        raise header_where.error(f"must be a string, got {show(value)}")
     if any(ch in value for ch in "\r\n\x00"):
         raise header_where.error("must not contain line breaks or NUL bytes")
     allowed = _ALLOWED_HEADERS[name]
     if value and allowed is not None and value not in allowed:
-        raise header_where.error(f"invalid value {_show(value)} (expected one of {', '.join(sorted(allowed))})")
+        raise header_where.error(f"invalid value {show(value)} (expected one of {', '.join(sorted(allowed))})")
     return value
 
 
@@ -539,10 +526,13 @@ def _parse_users(raw: object, where: _Where, notes: list[str]) -> dict[str, byte
     if raw is None:
         return {}
     section = _mapping(raw, where, "a mapping of username to bcrypt hash")
+    if section:
+        # bcrypt (the `auth` extra) is needed only here: TLS alone works without it.
+        require_extra("bcrypt", f"{where.file}: {where.key}", "auth")
     users: dict[str, bytes] = {}
     for name, hashed in section.items():
         if not isinstance(name, str) or name == "":
-            raise where.error(f"usernames must be non-empty strings, got {_show(name)}")
+            raise where.error(f"usernames must be non-empty strings, got {show(name)}")
         user_where = where.child(name)
         if ":" in name:
             raise user_where.error("usernames cannot contain ':' (HTTP basic auth splits on it)")
@@ -553,8 +543,10 @@ def _parse_users(raw: object, where: _Where, notes: list[str]) -> dict[str, byte
                 "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
             )
         if int(hashed[4:6]) > _SLOW_BCRYPT_COST:
-            notes.append(f"{user_where.key}: bcrypt cost {int(hashed[4:6])} makes each new "
-                         "password check slow (cost 10 takes about 70 ms)")
+            notes.append(
+                f"{user_where.key}: bcrypt cost {int(hashed[4:6])} makes each new "
+                "password check slow (cost 10 takes about 70 ms)"
+            )
         users[name] = hashed.encode("ascii")
     return users
 
@@ -662,6 +654,8 @@ def _parse_basic(authorization: str) -> tuple[bytes, bytes] | None:
 def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
     if len(password) > _BCRYPT_MAX_PASSWORD_BYTES:
         return False  # no bcrypt hash was made from it; the bcrypt package refuses it
+    import bcrypt  # present: _parse_users checked it when users were configured
+
     try:
         return bcrypt.checkpw(password, hashed)
     except ValueError:  # a hash the library rejects despite its well-formed shape
@@ -717,8 +711,9 @@ def auth_middleware(
 
 def _refusal(failure: str) -> web.Response:
     if failure == FAILURE_OVERLOADED:
-        return web.Response(status=503, text="Too many authentication checks in progress\n",
-                            headers={"Retry-After": "1"})
+        return web.Response(
+            status=503, text="Too many authentication checks in progress\n", headers={"Retry-After": "1"}
+        )
     return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": _REALM_HEADER})
 
 

@@ -10,14 +10,15 @@ key, with the names pod-resources gave: its idle share is never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 from gpucarbon.identity.model import Consumer, PodMeta
 from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
 from gpucarbon.identity.resolver import pod_consumer, pod_name_key
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 
 class DeviceHolders(Protocol):
@@ -29,8 +30,9 @@ class PodsByName(Protocol):
 
 
 class KubeletAllocations:
-    def __init__(self, podresources: DeviceHolders, pods: PodsByName | None,
-                 inventory: Callable[[], GpuInventory]) -> None:
+    def __init__(
+        self, podresources: DeviceHolders, pods: PodsByName | None, inventory: Callable[[], GpuInventory]
+    ) -> None:
         self._podresources = podresources
         self._pods = pods
         self._inventory = inventory
@@ -44,7 +46,10 @@ class KubeletAllocations:
         meta = self._pods.pods_by_name(key.namespace, key.pod) if self._pods is not None else None
         if meta is not None:
             return pod_consumer(meta, key.container)
-        return Consumer(key=pod_name_key(key.namespace, key.pod, key.container),
-                        namespace=sanitise_label_value(key.namespace), pod=sanitise_label_value(key.pod),
-                        container=sanitise_label_value(key.container),
-                        workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN))
+        return Consumer(
+            key=pod_name_key(key.namespace, key.pod, key.container),
+            namespace=sanitise_label_value(key.namespace),
+            pod=sanitise_label_value(key.pod),
+            container=sanitise_label_value(key.container),
+            workload=sanitise_label_value(f"Pod/{key.pod}", WORKLOAD_MAX_LEN),
+        )

@@ -19,7 +19,7 @@ CgroupIdentity() for unknown or malformed text and never raises for a str.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from gpucarbon.identity.model import CgroupIdentity
 

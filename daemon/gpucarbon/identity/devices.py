@@ -17,8 +17,11 @@ the daemon's GPU readings spell it. IDs the daemon's GPUs do not explain give No
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Iterable, Mapping, TypeVar
+from typing import TypeVar
+
+from gpucarbon.device.model import GpuReading
 
 # Longer than any ID the device plugin makes (a legacy MIG ID is ~50 chars); a cap
 # keeps a corrupted PodResources answer from costing more than it is worth.
@@ -109,9 +112,7 @@ def _check_syntax(device_id: str) -> None:
     if device_id == "":
         raise ValueError("device id is empty")
     if len(device_id) > MAX_DEVICE_ID_CHARS:
-        raise ValueError(
-            f"device id {device_id[:40]!r}... is {len(device_id)} chars, over {MAX_DEVICE_ID_CHARS}"
-        )
+        raise ValueError(f"device id {device_id[:40]!r}... is {len(device_id)} chars, over {MAX_DEVICE_ID_CHARS}")
     if any(_is_control(c) for c in device_id):
         raise ValueError(f"device id {device_id!r} contains control characters")
 
@@ -129,3 +130,10 @@ def _check_uuid(uuid: object, what: str) -> None:
 
 def _pairs(items: Mapping[str, _V] | Iterable[tuple[str, _V]]) -> Iterable[tuple[str, _V]]:
     return items.items() if isinstance(items, Mapping) else items
+
+
+def inventory_of(readings: Mapping[str, GpuReading]) -> GpuInventory:
+    """The inventory the last good readings describe (UUID -> index, MIG -> board)."""
+    gpus = {uuid: r.index for uuid, r in readings.items()}
+    migs = {mig: uuid for uuid, r in readings.items() for mig in r.mig_devices}
+    return GpuInventory(gpus, migs)

@@ -12,9 +12,9 @@ set stays bounded.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # Reasons shared by the sources; a source may add its own short constant.
 UNAVAILABLE = "unavailable"  # socket missing, connection refused, command not found

@@ -28,9 +28,10 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 from lightkube import AsyncClient, KubeConfig
@@ -40,7 +41,9 @@ from lightkube.resources.apps_v1 import ReplicaSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
-from gpucarbon.clock import Clock
+from gpucarbon.backoff import Backoff
+from gpucarbon.clock import Clock, Sleep
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import PodMeta
@@ -51,7 +54,7 @@ from gpucarbon.identity.owners import (
     PodOwnership,
     controller_of,
 )
-from gpucarbon.identity.teams import TeamRules
+from gpucarbon.teams import TeamRules
 
 try:  # lightkube >= 1.0 ships its HTTP client as httpx2, earlier releases use httpx
     import httpx2 as httpx
@@ -64,12 +67,10 @@ SOURCE = "kubernetes"
 ALL_NAMESPACES = "*"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
-_OWNED_KINDS = {"ReplicaSet": ReplicaSet, "Job": Job}
-
-Sleep = Callable[[float], Awaitable[None]]
+_OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job}  # lightkube resource classes
 
 
-class KubernetesSetupError(Exception):
+class KubernetesSetupError(GpuCarbonError):
     """The client cannot be built (no kubeconfig, not in a cluster); one line."""
 
 
@@ -93,8 +94,16 @@ def make_client(
         else:
             config = KubeConfig.from_service_account(service_account_dir)
         return AsyncClient(config, timeout=httpx.Timeout(timeout_s), trust_env=False)
-    except (ConfigError, OSError, KeyError, ValueError, TypeError, AttributeError, AssertionError,
-            yaml.YAMLError) as err:
+    except (
+        ConfigError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        yaml.YAMLError,
+    ) as err:
         if kubeconfig:
             where = f"kubeconfig {kubeconfig}"
         elif server:
@@ -145,25 +154,6 @@ def classify(exc: BaseException) -> str:
     return reasons.DECODE
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": half the step fixed, half random,
-    so many daemons restarting together spread out but never retry at once."""
-
-    initial_s: float = 1.0
-    max_s: float = 60.0
-    rng: Callable[[], float] = random.random
-    _attempt: int = 0
-
-    def next_delay(self) -> float:
-        step = min(self.max_s, self.initial_s * (2 ** self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return step / 2 + self.rng() * step / 2
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 class _WatchStalled(Exception):
     pass
 
@@ -194,7 +184,7 @@ class ListWatch:
         self._on_event = on_event
         self._on_state = on_state  # (loop name, ok, error reason or None)
         self._namespace = namespace
-        self._fields = dict(fields) if fields else None
+        self._fields: dict[str, Any] | None = dict(fields) if fields else None
         self._sleep = sleep
         self._backoff = backoff
         self._watch_timeout_s = watch_timeout_s
@@ -231,7 +221,7 @@ class ListWatch:
         await self._sleep(self._backoff.next_delay())
 
     async def _relist(self) -> None:
-        listing = self._client.list(
+        listing: Any = self._client.list(
             self._resource, namespace=self._namespace, chunk_size=LIST_CHUNK, fields=self._fields
         )
         items = [item async for item in listing]
@@ -243,7 +233,7 @@ class ListWatch:
         self._on_state(self.name, True, None)
 
     async def _watch(self) -> None:
-        stream = self._client.watch(
+        stream: Any = self._client.watch(
             self._resource,
             namespace=self._namespace,
             fields=self._fields,
@@ -285,9 +275,7 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     meta = pod.metadata
     if meta is None or not meta.uid or not meta.name or not meta.namespace:
         return None
-    owners = tuple(
-        OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ())
-    )
+    owners = tuple(OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ()))
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
     return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)))
@@ -335,22 +323,39 @@ class KubernetesSource:
         self._deleted_retention_s = deleted_retention_s
         self._owner_retry_s = owner_retry_s
         self._resolver = OwnerResolver(
-            self._controller_of, clock=clock, cache_size=owner_cache_size,
-            retry_after_s=owner_retry_s, on_failure=self._owner_failed,
+            self._controller_of,
+            clock=clock,
+            cache_size=owner_cache_size,
+            retry_after_s=owner_retry_s,
+            on_failure=self._owner_failed,
         )
         stall = stall_timeout_s if stall_timeout_s is not None else watch_timeout_s + 30.0
         common = dict(sleep=sleep, watch_timeout_s=watch_timeout_s, stall_timeout_s=stall, on_state=self._loop_state)
-        self._loops = [ListWatch(
-            "pods", client, Pod, namespace=ALL_NAMESPACES, fields={"spec.nodeName": node_name},
-            on_list=self._pods_listed, on_event=self._pod_event,
-            backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-        )]
+        self._loops = [
+            ListWatch(
+                "pods",
+                client,
+                Pod,
+                namespace=ALL_NAMESPACES,
+                fields={"spec.nodeName": node_name},
+                on_list=self._pods_listed,
+                on_event=self._pod_event,
+                backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                **common,  # type: ignore[arg-type]
+            )
+        ]
         if watch_namespaces:
-            self._loops.append(ListWatch(
-                "namespaces", client, Namespace, on_list=self._namespaces_listed,
-                on_event=self._namespace_event,
-                backoff=Backoff(backoff_initial_s, backoff_max_s, rng), **common,  # type: ignore[arg-type]
-            ))
+            self._loops.append(
+                ListWatch(
+                    "namespaces",
+                    client,
+                    Namespace,
+                    on_list=self._namespaces_listed,
+                    on_event=self._namespace_event,
+                    backoff=Backoff(backoff_initial_s, backoff_max_s, rng),
+                    **common,  # type: ignore[arg-type]
+                )
+            )
         self._loop_ok = {loop.name: False for loop in self._loops}
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
@@ -454,10 +459,16 @@ class KubernetesSource:
     # ---- namespaces ----------------------------------------------------------
 
     def _namespaces_listed(self, namespaces: list[Any]) -> None:
-        fresh = {ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
-                 for ns in namespaces if ns.metadata and ns.metadata.name}
-        changed = {name for name in fresh.keys() | self._namespace_labels.keys()
-                   if fresh.get(name) != self._namespace_labels.get(name)}
+        fresh: dict[str, Mapping[str, str]] = {
+            ns.metadata.name: MappingProxyType(dict(ns.metadata.labels or {}))
+            for ns in namespaces
+            if ns.metadata and ns.metadata.name
+        }
+        changed = {
+            name
+            for name in fresh.keys() | self._namespace_labels.keys()
+            if fresh.get(name) != self._namespace_labels.get(name)
+        }
         self._namespace_labels = fresh
         self._recompute_teams(changed)
 
@@ -511,7 +522,7 @@ class KubernetesSource:
 
     async def _controller_of(self, kind: str, namespace: str, name: str) -> OwnerRef | None:
         try:
-            obj = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
+            obj: Any = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a reason, never fatal

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class PodMeta:
 
 
 class MetadataSource(Protocol):
-    """Resolves pod UIDs to names, workloads and teams (Kubernetes API later)."""
+    """Resolves pod UIDs to names, workloads and teams (the Kubernetes API source)."""
 
     def pod(self, uid: str) -> PodMeta | None: ...
 

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Protocol
 
 from gpucarbon.clock import Clock
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 # Controller kinds whose own controller is worth one GET.
 FOLLOWED_KINDS = frozenset({"ReplicaSet", "Job"})

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import grpc
 
-from gpucarbon.clock import Clock
+from gpucarbon.clock import Clock, Sleep
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.proto import api_pb2, api_pb2_grpc
@@ -39,7 +40,6 @@ NVIDIA_PREFIX = "nvidia.com/"
 # default of 4 MiB fails on large nodes.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-Sleep = Callable[[float], Awaitable[None]]
 Normaliser = Callable[[str], "str | None"]
 
 
@@ -58,26 +58,25 @@ class GpuAllocations:
     unmapped: tuple[str, ...] = ()  # raw device IDs the normaliser rejected
 
 
-def parse_list_response(
-    response: Any, prefix: str = NVIDIA_PREFIX
-) -> dict[ContainerKey, frozenset[str]]:
+def parse_list_response(response: Any, prefix: str = NVIDIA_PREFIX) -> dict[ContainerKey, frozenset[str]]:
     """ListPodResourcesResponse -> (namespace, pod, container) -> device IDs of
     resources starting with `prefix`. Containers holding none are left out."""
     devices: dict[ContainerKey, frozenset[str]] = {}
     for pod in response.pod_resources:
         for container in pod.containers:
-            ids = {device_id
-                   for group in container.devices if group.resource_name.startswith(prefix)
-                   for device_id in group.device_ids}
+            ids = {
+                device_id
+                for group in container.devices
+                if group.resource_name.startswith(prefix)
+                for device_id in group.device_ids
+            }
             if ids:
                 key = ContainerKey(pod.namespace, pod.name, container.name)
                 devices[key] = devices.get(key, frozenset()) | frozenset(ids)
     return devices
 
 
-def holders_by_gpu(
-    devices: Mapping[ContainerKey, frozenset[str]], normalise: Normaliser
-) -> GpuAllocations:
+def holders_by_gpu(devices: Mapping[ContainerKey, frozenset[str]], normalise: Normaliser) -> GpuAllocations:
     """Group containers by the GPU their device IDs normalise to. A container
     holding two replicas of one GPU is one holder of it."""
     holders: dict[str, set[ContainerKey]] = {}
@@ -164,9 +163,7 @@ class PodResourcesSource:
             self._failed(reasons.UNAVAILABLE, f"{self.socket_path}: no such socket")
             return False
         try:
-            response = await self._stub_for_socket().List(
-                api_pb2.ListPodResourcesRequest(), timeout=self._timeout_s
-            )
+            response = await self._stub_for_socket().List(api_pb2.ListPodResourcesRequest(), timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             reason = _reason_for(err.code())
             self._failed(reason, f"{self.socket_path}: {err.code().name}: {err.details()}")

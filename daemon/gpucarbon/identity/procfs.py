@@ -20,8 +20,9 @@ import functools
 import os
 import pwd
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from gpucarbon.identity.cgroup import parse_cgroup
 from gpucarbon.identity.model import CgroupIdentity

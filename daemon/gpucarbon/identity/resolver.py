@@ -8,22 +8,36 @@ that vanished or cannot be read still gets its energy under UNRESOLVED.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol, cast
 
+from gpucarbon.identity.health import HealthSnapshot
 from gpucarbon.identity.model import CgroupIdentity, Consumer, MetadataSource, PodMeta
-from gpucarbon.identity.teams import WORKLOAD_MAX_LEN, sanitise_label_value
+from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
+PROCFS_SOURCE = "procfs"
 
 
 class ProcessFacts(Protocol):
-    user: str
-    comm: str
-    cgroup: CgroupIdentity
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def comm(self) -> str: ...
+
+    @property
+    def cgroup(self) -> CgroupIdentity: ...
 
 
 class LookupFailure(Protocol):
-    reason: str  # "vanished", "unreadable", "malformed"
+    @property
+    def reason(self) -> str: ...  # "vanished", "unreadable", "malformed"
+
+
+class GenerationalCache(Protocol):
+    def next_generation(self) -> object: ...
 
 
 class SlurmTeams(Protocol):
@@ -59,8 +73,10 @@ class Resolver:
         synthetic: Callable[[int], Consumer | None] | None = None,
         slurm: SlurmTeams | None = None,
         user_teams: Mapping[str, str] | None = None,
+        process_cache: GenerationalCache | None = None,
     ) -> None:
         self._lookup = lookup_process
+        self._process_cache = process_cache
         self._metadata = metadata
         self._synthetic = synthetic
         self._slurm = slurm
@@ -71,15 +87,25 @@ class Resolver:
         """PIDs that fell back to UNRESOLVED, by reason, since start."""
         return tuple(sorted(self._failures.items()))
 
+    def health(self) -> HealthSnapshot:
+        """The procfs source: always up; lookups that failed, by reason."""
+        return HealthSnapshot(PROCFS_SOURCE, True, MappingProxyType(dict(self._failures)))
+
+    def next_poll(self) -> None:
+        """A poll finished: the process cache ages by one generation."""
+        if self._process_cache is not None:
+            self._process_cache.next_generation()
+
     def consumer(self, pid: int) -> Consumer:
         if self._synthetic is not None:
             found = self._synthetic(pid)
             if found is not None:
                 return found
-        facts = self._lookup(pid)
-        if facts is None or not hasattr(facts, "cgroup"):
-            self._failures[getattr(facts, "reason", "vanished")] += 1
+        looked_up = self._lookup(pid)
+        if looked_up is None or not hasattr(looked_up, "cgroup"):
+            self._failures[getattr(looked_up, "reason", "vanished")] += 1
             return UNRESOLVED
+        facts = cast(ProcessFacts, looked_up)  # it has a cgroup: the lookup found the process
         cgroup = facts.cgroup
         if cgroup.pod_uid:
             return self._pod_consumer(cgroup.pod_uid, cgroup.container_id or "")

@@ -18,13 +18,14 @@ import logging
 import re
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from gpucarbon.clock import Clock
+from gpucarbon.errors import GpuCarbonError
 from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
-from gpucarbon.identity.teams import TeamRules, sanitise_label_value
+from gpucarbon.teams import TeamRules, sanitise_label_value
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SlurmJobMeta:
     resolved: bool = False  # False: provisional, scontrol not asked or not answered yet
 
 
-class ScontrolError(Exception):
+class ScontrolError(GpuCarbonError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -189,7 +190,8 @@ class SlurmSource:
         assert self._scontrol is not None
         try:
             proc = await asyncio.create_subprocess_exec(
-                self._scontrol, *args,
+                self._scontrol,
+                *args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -197,13 +199,15 @@ class SlurmSource:
         except OSError as err:
             raise ScontrolError(reasons.UNAVAILABLE, f"{self._scontrol}: {err}") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout_s)
+            out, errout = await asyncio.wait_for(proc.communicate(), self._timeout_s)
         except TimeoutError:
             proc.kill()
             await proc.communicate()  # reap it and close its pipes
-            raise ScontrolError(reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s") from None
+            raise ScontrolError(
+                reasons.TIMEOUT, f"{self._scontrol} {' '.join(args)}: over {self._timeout_s}s"
+            ) from None
         decode = lambda raw: raw[:_OUTPUT_LIMIT].decode("utf-8", "replace")  # noqa: E731
-        return proc.returncode or 0, decode(out), decode(err)
+        return proc.returncode or 0, decode(out), decode(errout)
 
     def _meta(self, info: SlurmJobInfo, *, resolved: bool) -> SlurmJobMeta:
         return SlurmJobMeta(

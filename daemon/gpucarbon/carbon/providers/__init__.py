@@ -33,6 +33,7 @@ from gpucarbon.carbon.refresh import (
 )
 from gpucarbon.carbon.table import IntensityTable, TableProvider, load_bundled_table
 from gpucarbon.config import INTENSITY_SOURCES
+from gpucarbon.errors import GpuCarbonError
 
 SOURCES = INTENSITY_SOURCES  # the config validates the same names
 DEFAULT_INTERVALS_S = {
@@ -42,12 +43,15 @@ DEFAULT_INTERVALS_S = {
 }
 
 
-class ProviderConfigError(ValueError):
+class ProviderConfigError(GpuCarbonError, ValueError):
     """The settings cannot build a provider; the message names the setting."""
+
+    in_config_file = True  # names carbon.* keys; the CLI adds the file
 
 
 class CarbonProvider(Protocol):
-    source: str
+    @property
+    def source(self) -> str: ...
 
     def current(self) -> IntensityReading: ...
 
@@ -85,8 +89,9 @@ def build_provider(
     UK postcode). Credentials are named by env var / file, never passed in clear.
     """
     if source not in SOURCES:
-        raise ProviderConfigError(f"carbon.intensity.source: unknown source {source!r}; "
-                                  f"expected one of {', '.join(SOURCES)}")
+        raise ProviderConfigError(
+            f"carbon.intensity.source: unknown source {source!r}; expected one of {', '.join(SOURCES)}"
+        )
     if source == "static":
         if grams_per_kwh is None:
             raise ProviderConfigError("carbon.intensity.grams_per_kwh: required for source static")
@@ -99,20 +104,41 @@ def build_provider(
     if source == "table":
         return table_provider
     try:
-        fetcher = _build_fetcher(source, zone, region=region, base_url=base_url, token_env=token_env,
-                                 token_file=token_file, username_env=username_env,
-                                 password_env=password_env, signal_type=signal_type, clock=clock)
-        policy = RefreshPolicy(interval_s=refresh_s or DEFAULT_INTERVALS_S[source],
-                               timeout_s=timeout_s, stale_after_s=stale_after_s)
+        fetcher = _build_fetcher(
+            source,
+            zone,
+            region=region,
+            base_url=base_url,
+            token_env=token_env,
+            token_file=token_file,
+            username_env=username_env,
+            password_env=password_env,
+            signal_type=signal_type,
+            clock=clock,
+        )
+        policy = RefreshPolicy(
+            interval_s=refresh_s or DEFAULT_INTERVALS_S[source], timeout_s=timeout_s, stale_after_s=stale_after_s
+        )
     except (SecretError, ValueError) as error:
         raise ProviderConfigError(f"carbon.intensity ({source}): {error}") from None
-    return RefreshingProvider(fetcher, policy, table_provider.current(), clock=clock, sleep=sleep,
-                              rng=rng, session=session)
+    return RefreshingProvider(
+        fetcher, policy, table_provider.current(), clock=clock, sleep=sleep, rng=rng, session=session
+    )
 
 
-def _build_fetcher(source: str, zone: str, *, region: str | None, base_url: str | None,
-                   token_env: str | None, token_file: str | None, username_env: str | None,
-                   password_env: str | None, signal_type: str, clock: WallClock) -> Fetcher:
+def _build_fetcher(
+    source: str,
+    zone: str,
+    *,
+    region: str | None,
+    base_url: str | None,
+    token_env: str | None,
+    token_file: str | None,
+    username_env: str | None,
+    password_env: str | None,
+    signal_type: str,
+    clock: WallClock,
+) -> Fetcher:
     if source == "electricitymaps":
         token = SecretSource("electricitymaps token", env=token_env, file=token_file)
         token.read()  # fail at startup, not at the first refresh
@@ -126,8 +152,7 @@ def _build_fetcher(source: str, zone: str, *, region: str | None, base_url: str 
         password = SecretSource("watttime password", env=password_env, file=token_file)
         username.read()
         password.read()
-        return WattTimeFetcher(region, username, password, base_url=base_url,
-                               signal_type=signal_type, clock=clock)
+        return WattTimeFetcher(region, username, password, base_url=base_url, signal_type=signal_type, clock=clock)
     return UkCarbonIntensityFetcher(region, base_url)
 
 

@@ -19,7 +19,7 @@ import aiohttp
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, FetchError, LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.electricitymap.org"
 DEFAULT_INTERVAL_S = 600.0
@@ -34,16 +34,21 @@ class ElectricityMapsFetcher:
         self._token = token
         self._url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v3/carbon-intensity/latest"
 
-    async def fetch(self, session: aiohttp.ClientSession,
-                    timeout: aiohttp.ClientTimeout) -> LiveSample:
+    async def fetch(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> LiveSample:
         try:
             # Read on each fetch so a rotated Secret applies; a file read is
             # blocking I/O, so it runs off the event loop.
             token = await asyncio.to_thread(self._token.read)
         except SecretError as error:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
-        body = await get_json(session, self._url, what=self.source, timeout=timeout,
-                              params={"zone": self._zone}, headers={"auth-token": token})
+        body = await get_json(
+            session,
+            self._url,
+            what=self.source,
+            timeout=timeout,
+            params={"zone": self._zone},
+            headers={"auth-token": token},
+        )
         return parse_latest(body, self._zone)
 
 
@@ -53,6 +58,7 @@ def parse_latest(body: object, requested_zone: str) -> LiveSample:
     assert isinstance(body, dict)
     value = body.get("carbonIntensity")
     require(is_number(value), what, "carbonIntensity is missing or not a number")
+    assert isinstance(value, (int, float))
     zone = body.get("zone")
     return LiveSample(
         grams_per_kwh=float(value),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -28,12 +29,17 @@ from gpucarbon.carbon.refresh import (
 MAX_BODY_BYTES = 1 << 20
 
 
-async def get_json(session: aiohttp.ClientSession, url: str, *, what: str,
-                   timeout: aiohttp.ClientTimeout, params: Mapping[str, str] | None = None,
-                   headers: Mapping[str, str] | None = None) -> Any:
+async def get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    what: str,
+    timeout: aiohttp.ClientTimeout,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     try:
-        async with session.get(url, params=params, headers=headers,
-                               timeout=timeout, allow_redirects=False) as response:
+        async with session.get(url, params=params, headers=headers, timeout=timeout, allow_redirects=False) as response:
             _raise_for_status(response, what)
             body = await response.content.read(MAX_BODY_BYTES + 1)
     except FetchError:
@@ -43,8 +49,7 @@ async def get_json(session: aiohttp.ClientSession, url: str, *, what: str,
     except aiohttp.ClientError as error:
         raise FetchError(REASON_CONNECTION, f"{what}: {type(error).__name__}") from None
     if len(body) > MAX_BODY_BYTES:
-        raise FetchError(REASON_MALFORMED, f"{what}: response larger than {MAX_BODY_BYTES} bytes",
-                         retryable=False)
+        raise FetchError(REASON_MALFORMED, f"{what}: response larger than {MAX_BODY_BYTES} bytes", retryable=False)
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -58,8 +63,9 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
     if status in (401, 403):
         raise FetchError(REASON_AUTH, f"{what}: HTTP {status} (check the credentials)", retryable=False)
     if status == 429:
-        raise FetchError(REASON_RATE_LIMITED, f"{what}: HTTP 429 (rate limited)",
-                         retry_after=response.headers.get("Retry-After"))
+        raise FetchError(
+            REASON_RATE_LIMITED, f"{what}: HTTP 429 (rate limited)", retry_after=response.headers.get("Retry-After")
+        )
     if status >= 500:
         raise FetchError(REASON_SERVER_ERROR, f"{what}: HTTP {status}")
     raise FetchError(REASON_CLIENT_ERROR, f"{what}: HTTP {status}", retryable=False)
@@ -67,7 +73,7 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
 
 def basic_auth_header(user: str, password: str) -> str:
     """RFC 7617 Basic credentials (built here: aiohttp's BasicAuth is deprecated in 3.14)."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def require(condition: bool, what: str, problem: str) -> None:

@@ -9,11 +9,13 @@ in a repr, a log line or an exception.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+
+from gpucarbon.errors import GpuCarbonError
 
 
-class SecretError(Exception):
+class SecretError(GpuCarbonError):
     """The secret cannot be read; the message names where it was looked for."""
 
 
@@ -26,8 +28,7 @@ class SecretSource:
 
     def __post_init__(self) -> None:
         if not self.env and not self.file:
-            raise SecretError(f"{self.what}: set an environment variable name (token_env) "
-                              f"or a file path (token_file)")
+            raise SecretError(f"{self.what}: set an environment variable name (token_env) or a file path (token_file)")
 
     def describe(self) -> str:
         places = []
@@ -47,8 +48,9 @@ class SecretSource:
                 with open(self.file, encoding="utf-8") as handle:
                     value = handle.read().strip()
             except OSError as error:
-                raise SecretError(f"{self.what}: cannot read file {self.file} "
-                                  f"({error.strerror or type(error).__name__})") from None
+                raise SecretError(
+                    f"{self.what}: cannot read file {self.file} ({error.strerror or type(error).__name__})"
+                ) from None
             if value:
                 return value
         raise SecretError(f"{self.what}: nothing found in {self.describe()}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpucarbon.carbon.model import FixedProvider, IntensityReading
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 
 class StaticProvider(FixedProvider):

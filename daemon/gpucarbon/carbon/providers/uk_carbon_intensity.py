@@ -20,7 +20,7 @@ import aiohttp
 
 from gpucarbon.carbon.providers.http import get_json, parse_timestamp, require
 from gpucarbon.carbon.refresh import LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.carbonintensity.org.uk"
 DEFAULT_INTERVAL_S = 900.0
@@ -32,8 +32,9 @@ def outward_code(postcode: str) -> str:
     """The outward code of a UK postcode ("rg10 1aa" -> "RG10"); ValueError if not one."""
     code = postcode.strip().upper().split(" ")[0] if postcode.strip() else ""
     if not _OUTWARD_CODE.match(code):
-        raise ValueError(f"uk-carbon-intensity region {postcode!r} is not a UK postcode "
-                         f"(expected an outward code such as RG10)")
+        raise ValueError(
+            f"uk-carbon-intensity region {postcode!r} is not a UK postcode (expected an outward code such as RG10)"
+        )
     return code
 
 
@@ -49,8 +50,7 @@ class UkCarbonIntensityFetcher:
         else:
             self._url, self._zone = f"{base}/regional/postcode/{self._postcode}", f"GB-{self._postcode}"
 
-    async def fetch(self, session: aiohttp.ClientSession,
-                    timeout: aiohttp.ClientTimeout) -> LiveSample:
+    async def fetch(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> LiveSample:
         body = await get_json(session, self._url, what=self.source, timeout=timeout)
         if self._postcode is None:
             return parse_national(body, self._zone)
@@ -71,8 +71,9 @@ def _first(container: object, key: str) -> dict:
     require(isinstance(container, dict), what, "expected a JSON object")
     assert isinstance(container, dict)
     items = container.get(key)
-    require(isinstance(items, list) and len(items) > 0 and isinstance(items[0], dict), what,
-            f"'{key}' is missing or empty")
+    require(
+        isinstance(items, list) and len(items) > 0 and isinstance(items[0], dict), what, f"'{key}' is missing or empty"
+    )
     assert isinstance(items, list)
     return items[0]
 
@@ -86,5 +87,5 @@ def _parse_period(period: dict, zone: str) -> LiveSample:
     if not is_number(value):
         value = intensity.get("forecast")
     require(is_number(value), what, "neither intensity.actual nor intensity.forecast is a number")
-    return LiveSample(grams_per_kwh=float(value), zone=zone,
-                      observed_at=parse_timestamp(period.get("from")))
+    assert isinstance(value, (int, float))
+    return LiveSample(grams_per_kwh=float(value), zone=zone, observed_at=parse_timestamp(period.get("from")))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -24,7 +24,7 @@ from gpucarbon.carbon.providers.http import basic_auth_header, get_json, parse_t
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.reference import GRAMS_PER_POUND
 from gpucarbon.carbon.refresh import REASON_AUTH, REASON_MALFORMED, FetchError, LiveSample
-from gpucarbon.config import is_number
+from gpucarbon.yamlcheck import is_number
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
 DEFAULT_INTERVAL_S = 300.0
@@ -42,9 +42,16 @@ def lbs_per_mwh_to_grams_per_kwh(lbs_per_mwh: float) -> float:
 class WattTimeFetcher:
     source = "watttime"
 
-    def __init__(self, region: str, username: SecretSource, password: SecretSource, *,
-                 base_url: str | None = None, signal_type: str = "co2_moer",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        region: str,
+        username: SecretSource,
+        password: SecretSource,
+        *,
+        base_url: str | None = None,
+        signal_type: str = "co2_moer",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if signal_type not in SIGNALS:
             raise ValueError(f"watttime signal_type {signal_type!r} is not one of {', '.join(SIGNALS)}")
         if not region.strip():
@@ -62,8 +69,7 @@ class WattTimeFetcher:
         self._token_expires_at = 0.0
         self.logins = 0  # how many times a token was requested (tests check reuse)
 
-    async def fetch(self, session: aiohttp.ClientSession,
-                    timeout: aiohttp.ClientTimeout) -> LiveSample:
+    async def fetch(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> LiveSample:
         renewed = self._token is None or self._clock() >= self._token_expires_at - TOKEN_RENEW_MARGIN_S
         token = await self._valid_token(session, timeout)
         try:
@@ -76,8 +82,7 @@ class WattTimeFetcher:
             body = await self._forecast(session, timeout, await self._valid_token(session, timeout))
         return parse_forecast(body, self._region, self._clock())
 
-    async def _valid_token(self, session: aiohttp.ClientSession,
-                           timeout: aiohttp.ClientTimeout) -> str:
+    async def _valid_token(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> str:
         if self._token is not None and self._clock() < self._token_expires_at - TOKEN_RENEW_MARGIN_S:
             return self._token
         try:
@@ -87,8 +92,9 @@ class WattTimeFetcher:
             raise FetchError(REASON_AUTH, str(error), retryable=False) from None
         self.logins += 1
         requested_at = self._clock()
-        body = await get_json(session, self._login_url, what="watttime login", timeout=timeout,
-                              headers={"Authorization": authorization})
+        body = await get_json(
+            session, self._login_url, what="watttime login", timeout=timeout, headers={"Authorization": authorization}
+        )
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise FetchError(REASON_MALFORMED, "watttime login: no token in the answer", retryable=False)
@@ -99,12 +105,15 @@ class WattTimeFetcher:
     def _read_credentials(self) -> tuple[str, str]:
         return self._username.read(), self._password.read()
 
-    async def _forecast(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout,
-                        token: str) -> object:
+    async def _forecast(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, token: str) -> object:
         return await get_json(
-            session, self._forecast_url, what=self.source, timeout=timeout,
+            session,
+            self._forecast_url,
+            what=self.source,
+            timeout=timeout,
             params={"region": self._region, "signal_type": self._signal_type, "horizon_hours": "0"},
-            headers={"Authorization": f"Bearer {token}"})
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
 
 def parse_forecast(body: object, region: str, now: float) -> LiveSample:
@@ -112,7 +121,9 @@ def parse_forecast(body: object, region: str, now: float) -> LiveSample:
     what = WattTimeFetcher.source
     require(isinstance(body, dict), what, "expected a JSON object")
     assert isinstance(body, dict)
-    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    meta = body.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
     units = meta.get("units")
     require(units in (None, EXPECTED_UNITS), what, f"unexpected units {units!r}")
     points = body.get("data")
@@ -120,11 +131,11 @@ def parse_forecast(body: object, region: str, now: float) -> LiveSample:
     assert isinstance(points, list)
     parsed = []
     for point in points:
-        require(isinstance(point, dict) and is_number(point.get("value")), what,
-                "a data point has no numeric value")
+        require(isinstance(point, dict) and is_number(point.get("value")), what, "a data point has no numeric value")
         parsed.append((parse_timestamp(point.get("point_time")), float(point["value"])))
     started = [(at, value) for at, value in parsed if at is not None and at <= now]
     current = max(started, key=lambda point: point[0]) if started else parsed[0]
     zone = meta.get("region") if isinstance(meta.get("region"), str) else region
-    return LiveSample(grams_per_kwh=lbs_per_mwh_to_grams_per_kwh(current[1]), zone=zone or region,
-                      observed_at=current[0])
+    return LiveSample(
+        grams_per_kwh=lbs_per_mwh_to_grams_per_kwh(current[1]), zone=zone or region, observed_at=current[0]
+    )

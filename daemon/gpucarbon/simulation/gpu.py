@@ -1,4 +1,4 @@
-"""A simulated GPU node that implements the same GpuBackend Protocol as NVML.
+"""The simulated node's GPUs: the same GpuBackend Protocol as NVML.
 
 Power follows the issue's model: base + (max - base) * min(1, sum of SM
 utilizations of the workloads running on the GPU), where base is the idle draw,
@@ -8,11 +8,6 @@ docs/simulation.md). The energy counter integrates
 that power exactly (piecewise constant between breakpoints), so attribution
 tests can check results against hand computations. A seeded +-5% jitter per
 5-simulated-second bucket keeps series lifelike and runs reproducible.
-
-The simulation also plays the scheduler: it declares who holds which GPU
-(allocations) and who owns each synthetic PID, so the identity stage needs no
-/proc for simulated workloads. Workloads with `pid:` are left to the real
-identity path (procfs, Kubernetes).
 """
 
 from __future__ import annotations
@@ -22,18 +17,15 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from gpucarbon.clock import Clock
 from gpucarbon.device.model import GpuProcess, GpuReadError, GpuReading, ProcessSample
-from gpucarbon.device.scenario import Scenario, SimWorkload
-from gpucarbon.identity.cgroup import parse_cgroup
-from gpucarbon.identity.model import Consumer
-from gpucarbon.identity.procfs import ProcessInfo
+from gpucarbon.simulation.scenario import Scenario
 
 JITTER_BUCKET_S = 5.0  # simulated seconds over which the jitter is constant
 JITTER = 0.05  # +-5% of a workload's utilization
 SYNTHETIC_PID_BASE = 200_000
+PIDS_PER_WORKLOAD = 64  # one synthetic PID per GPU a workload runs on
 
 
 @dataclass
@@ -45,19 +37,26 @@ class _GpuState:
     util_integral: dict[int, float] = field(default_factory=dict)  # workload index -> util*s
 
 
-class SimulatedBackend:
-    def __init__(self, scenario: Scenario, clock: Clock) -> None:
+@dataclass(frozen=True)
+class SimTime:
+    """Simulated seconds since the node was made, on the daemon's clock."""
+
+    clock: Clock
+    t0: float
+
+    def now(self) -> float:
+        return self.clock.monotonic() - self.t0
+
+
+class SimulatedGpus:
+    def __init__(self, scenario: Scenario, sim_time: SimTime) -> None:
         self._scenario = scenario
-        self._clock = clock
-        self._t0 = clock.monotonic()
-        self._uuids = tuple(_gpu_uuid(scenario.seed, i) for i in range(len(scenario.gpus)))
+        self._time = sim_time
+        self._uuids = gpu_uuids(scenario)
         self._index = {u: i for i, u in enumerate(self._uuids)}
-        self._by_gpu = [[i for i, w in enumerate(scenario.workloads) if g in w.gpus]
-                        for g in range(len(scenario.gpus))]
+        self._by_gpu = [[i for i, w in enumerate(scenario.workloads) if g in w.gpus] for g in range(len(scenario.gpus))]
         self._states = [_GpuState(last_t=0.0) for _ in scenario.gpus]
         self._lock = threading.Lock()
-        self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
-        self._cgroup_by_pid = {w.pid: w for w in scenario.workloads if w.pid is not None and w.cgroup}
 
     # --- GpuBackend ---------------------------------------------------------
 
@@ -84,44 +83,8 @@ class SimulatedBackend:
                 raise GpuReadError(uuid, "nvmlDeviceGetTotalEnergyConsumption", "GpuIsLost")
             return self._reading(index, now, averages, dt, state)
 
-    # --- scheduler role -----------------------------------------------------
-
     def sim_time(self) -> float:
-        return self._clock.monotonic() - self._t0
-
-    def allocations(self) -> Mapping[str, tuple[Consumer, ...]]:
-        """GPU UUID -> consumers holding it now (running or allocated idle)."""
-        now = self.sim_time()
-        held: dict[str, tuple[Consumer, ...]] = {}
-        for g, uuid in enumerate(self._uuids):
-            holders = tuple(self._consumers[i] for i in self._by_gpu[g]
-                            if self._scenario.workloads[i].running_at(now)
-                            and self._scenario.workloads[i].pid is None)
-            if holders:
-                held[uuid] = holders
-        return held
-
-    def process_facts(self, pid: int) -> ProcessInfo | None:
-        """What /proc would say of a pid-backed workload that gives `cgroup:`:
-        its cgroup file's text goes through the real parser, so the rest of the
-        identity path (Kubernetes, Slurm) runs as on a real node without a
-        fixture procfs tree. None for every other pid (procfs answers)."""
-        workload = self._cgroup_by_pid.get(pid)
-        if workload is None:
-            return None
-        return ProcessInfo(pid=pid, start_time_ticks=0, uid=0, user="root",
-                           comm=(workload.container or "sim")[:15], cgroup=parse_cgroup(workload.cgroup))
-
-    def consumer_for_pid(self, pid: int) -> Consumer | None:
-        """Owner of a synthetic PID; None for real (pid-backed) processes."""
-        offset = pid - SYNTHETIC_PID_BASE
-        if offset < 0:
-            return None
-        index = offset // 64
-        workload = self._scenario.workloads[index] if index < len(self._scenario.workloads) else None
-        if workload is None or workload.pid is not None:
-            return None
-        return self._consumers[index]
+        return self._time.now()
 
     # --- the physics --------------------------------------------------------
 
@@ -167,7 +130,7 @@ class SimulatedBackend:
             edges = [workload.start, workload.end] + [t for t, _ in workload.sm_util]
             points.update(t for t in edges if t is not None and start < t < end)
         ordered = sorted(points)
-        return list(zip(ordered, ordered[1:]))
+        return list(zip(ordered, ordered[1:], strict=False))
 
     def _jittered(self, i: int, g: int, t: float, util: float) -> float:
         if util <= 0.0:
@@ -192,8 +155,10 @@ class SimulatedBackend:
             state.reset_offset_mj = saved
 
     def _fault(self, g: int, now: float, kind: str) -> bool:
-        return any(f.gpu == g and f.kind == kind and f.start <= now and (f.end is None or now < f.end)
-                   for f in self._scenario.faults)
+        return any(
+            f.gpu == g and f.kind == kind and f.start <= now and (f.end is None or now < f.end)
+            for f in self._scenario.faults
+        )
 
     def _wait_out_hang(self, uuid: str, g: int) -> None:
         """A 'hang' fault blocks the call, like a stuck NVML call, until it ends."""
@@ -202,21 +167,24 @@ class SimulatedBackend:
 
     def _reading(self, g: int, now: float, averages: dict[int, float], dt: float, state: _GpuState) -> GpuReading:
         gpu = self._scenario.gpus[g]
-        running = [i for i in self._by_gpu[g]
-                   if self._scenario.workloads[i].running_at(now) and not self._scenario.workloads[i].allocated_only]
+        running = [
+            i
+            for i in self._by_gpu[g]
+            if self._scenario.workloads[i].running_at(now) and not self._scenario.workloads[i].allocated_only
+        ]
         processes = tuple(GpuProcess(self._pid(i, g), self._scenario.workloads[i].memory_bytes) for i in running)
-        stamp = int(self._t0 * 1e6 + now * 1e6)
-        samples = tuple(ProcessSample(self._pid(i, g), stamp, min(1.0, avg))
-                        for i, avg in sorted(averages.items()) if avg > 0.0)
-        total_util = min(1.0, sum(self._jittered(i, g, now, self._scenario.workloads[i].util_at(now))
-                                  for i in running))
+        stamp = int(self._time.t0 * 1e6 + now * 1e6)
+        samples = tuple(
+            ProcessSample(self._pid(i, g), stamp, min(1.0, avg)) for i, avg in sorted(averages.items()) if avg > 0.0
+        )
+        total_util = min(1.0, sum(self._jittered(i, g, now, self._scenario.workloads[i].util_at(now)) for i in running))
         power = gpu.power(total_util, bool(running))
         used = min(gpu.memory_bytes, sum(p.used_memory_bytes or 0 for p in processes))
         return GpuReading(
             uuid=self._uuids[g],
             index=g,
             name=gpu.model,
-            timestamp_s=self._t0 + now,
+            timestamp_s=self._time.t0 + now,
             driver_version="simulated",
             mig_mode=False,
             energy_mj=int(state.energy_mj - state.reset_offset_mj),
@@ -231,14 +199,29 @@ class SimulatedBackend:
         )
 
     def _pid(self, i: int, g: int) -> int:
-        workload = self._scenario.workloads[i]
-        return workload.pid if workload.pid is not None else SYNTHETIC_PID_BASE + 64 * i + g
+        return pid_of(self._scenario, i, g)
 
 
-def _gpu_uuid(seed: int, index: int) -> str:
+def pid_of(scenario: Scenario, i: int, g: int) -> int:
+    """The PID of workload `i` on GPU `g`: its own `pid:`, else a synthetic one."""
+    workload = scenario.workloads[i]
+    return workload.pid if workload.pid is not None else SYNTHETIC_PID_BASE + PIDS_PER_WORKLOAD * i + g
+
+
+def workload_of_pid(scenario: Scenario, pid: int) -> int | None:
+    """The index of the workload a synthetic PID belongs to (None: not synthetic)."""
+    offset = pid - SYNTHETIC_PID_BASE
+    if offset < 0:
+        return None
+    index = offset // PIDS_PER_WORKLOAD
+    if index >= len(scenario.workloads) or scenario.workloads[index].pid is not None:
+        return None
+    return index
+
+
+def gpu_uuids(scenario: Scenario) -> tuple[str, ...]:
+    return tuple(gpu_uuid(scenario.seed, i) for i in range(len(scenario.gpus)))
+
+
+def gpu_uuid(seed: int, index: int) -> str:
     return "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"gpucarbon-sim/{seed}/{index}"))
-
-
-def _consumer(i: int, w: SimWorkload) -> Consumer:
-    return Consumer(key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container,
-                    workload=w.workload, team=w.team)

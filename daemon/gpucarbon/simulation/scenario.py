@@ -20,17 +20,19 @@ Unknown keys and bad values raise ScenarioError naming the key.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from gpucarbon.config import YAML_ERRORS, is_number, key_text, yaml_where
+from gpucarbon.errors import GpuCarbonError
+from gpucarbon.yamlcheck import YAML_ERRORS, is_number, key_text, yaml_where
 
 
-class ScenarioError(Exception):
+class ScenarioError(GpuCarbonError):
     def __init__(self, source: str, key: str, problem: str) -> None:
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
 
@@ -133,8 +135,9 @@ class _Parser:
                 raise self.fail(full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return raw
 
-    def number(self, raw: Mapping, key: str, path: str, default: Any = None, minimum: float = 0.0,
-               maximum: float = math.inf) -> Any:
+    def number(
+        self, raw: Mapping, key: str, path: str, default: Any = None, minimum: float = 0.0, maximum: float = math.inf
+    ) -> Any:
         value = raw.get(key)
         if value is None:  # absent or null: the default
             return default
@@ -182,8 +185,9 @@ class _Parser:
         gpus: list[SimGpu] = []
         for i, entry in enumerate(entries):
             path = f"gpus[{i}]"
-            sec = self.mapping(entry, path, {"model", "count", "idle_watts", "context_watts", "max_watts",
-                                             "memory_bytes"})
+            sec = self.mapping(
+                entry, path, {"model", "count", "idle_watts", "context_watts", "max_watts", "memory_bytes"}
+            )
             count = 1 if sec.get("count") is None else sec["count"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
                 raise self.fail(f"{path}.count", f"{count!r} must be an integer from 1 to 64")
@@ -195,19 +199,44 @@ class _Parser:
             context = self.number(sec, "context_watts", path, None, maximum=5000)
             if context is not None and not idle <= context <= peak:
                 raise self.fail(f"{path}.context_watts", f"{context!r} must be between idle_watts and max_watts")
-            gpu = SimGpu(self.text(sec, "model", path), float(idle), float(peak), int(memory),
-                         None if context is None else float(context))
+            gpu = SimGpu(
+                self.text(sec, "model", path),
+                float(idle),
+                float(peak),
+                int(memory),
+                None if context is None else float(context),
+            )
             gpus.extend([gpu] * count)
         if len(gpus) > 64:
             raise self.fail("gpus", f"{len(gpus)} GPUs; at most 64 are supported")
         return tuple(gpus)
 
     def workload(self, raw: Any, path: str, gpu_count: int) -> SimWorkload:
-        sec = self.mapping(raw, path, {"namespace", "pod", "container", "workload", "team", "gpus", "start",
-                                       "end", "sm_util", "allocated_only", "pid", "cgroup", "memory_bytes"})
+        sec = self.mapping(
+            raw,
+            path,
+            {
+                "namespace",
+                "pod",
+                "container",
+                "workload",
+                "team",
+                "gpus",
+                "start",
+                "end",
+                "sm_util",
+                "allocated_only",
+                "pid",
+                "cgroup",
+                "memory_bytes",
+            },
+        )
         gpus = sec.get("gpus")
-        if not isinstance(gpus, list) or not gpus or any(
-                isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < gpu_count for g in gpus):
+        if (
+            not isinstance(gpus, list)
+            or not gpus
+            or any(isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < gpu_count for g in gpus)
+        ):
             raise self.fail(f"{path}.gpus", f"{gpus!r} must be a non-empty list of GPU indices 0..{gpu_count - 1}")
         start = float(self.number(sec, "start", path, 0.0))
         end = self.number(sec, "end", path, None)

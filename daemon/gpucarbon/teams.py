@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 TEAM_MAX_LEN = 128  # characters; Kubernetes label values are at most 63
 WORKLOAD_MAX_LEN = 320  # "<Kind>/<name>": Kubernetes names are at most 253 characters

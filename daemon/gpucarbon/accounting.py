@@ -1,0 +1,222 @@
+"""The accountant: one poll's readings and the GPUs' consumers in, priced
+interval charges booked into the ledger out.
+
+Everything that turns a measured joule into shares happens here, once, before
+booking: the energy interval (attribution/energy.py), the idle model, the split
+(attribution/policy.py), emissions (PUE x grid intensity), energy cost and
+embodied carbon. A new per-interval figure belongs here: price it into each
+`Share` and let the ledger add it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from gpucarbon.attribution.energy import COUNTER, POWER_INTEGRATION, EnergyMeters, Interval
+from gpucarbon.attribution.idle import IdleModel
+from gpucarbon.attribution.policy import Split, split_exact, split_interval
+from gpucarbon.carbon.model import IntensityProvider, IntensityReading
+from gpucarbon.clock import Clock
+from gpucarbon.device.model import GpuReading
+from gpucarbon.device.reader import Readings
+from gpucarbon.identity.model import AllocationSource, Consumer
+from gpucarbon.ledger import GpuCharge, IntervalCharge, Ledger, Share
+
+MJ_PER_KWH = 3.6e9
+MICROGRAMS_PER_GRAM = 1e6  # embodied grams are split as integer micrograms
+
+
+class ConsumerResolver(Protocol):
+    def consumer(self, pid: int) -> Consumer: ...
+
+
+@dataclass(frozen=True)
+class Rates:
+    """How energy becomes emissions and money; explicit values, no config tree."""
+
+    pue: float
+    intensity: IntensityProvider
+    embodied_grams_per_s: Callable[[str], float] | None = None  # GPU model -> g/s, None: off
+    price_per_kwh: float | None = None
+    currency: str = "USD"
+    # Per grid zone overrides (the zone of the intensity in use decides).
+    pue_by_zone: Mapping[str, float] = field(default_factory=dict)
+    price_by_zone: Mapping[str, float] = field(default_factory=dict)
+
+    def pue_for(self, zone: str) -> float:
+        return self.pue_by_zone.get(zone, self.pue)
+
+    def price_for(self, zone: str) -> float | None:
+        return self.price_by_zone.get(zone, self.price_per_kwh)
+
+    @property
+    def costs_on(self) -> bool:
+        return self.price_per_kwh is not None or bool(self.price_by_zone)
+
+    @property
+    def embodied_on(self) -> bool:
+        return self.embodied_grams_per_s is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """The rates in force for one interval, per mJ."""
+
+    grams_per_mj: float  # PUE * intensity / 3.6e9
+    cost_per_mj: float = 0.0
+
+    @staticmethod
+    def of(rates: Rates, intensity: IntensityReading) -> Prices:
+        grams = rates.pue_for(intensity.zone) * intensity.grams_per_kwh / MJ_PER_KWH
+        return Prices(grams, (rates.price_for(intensity.zone) or 0.0) / MJ_PER_KWH)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingState:
+    """What the snapshot shows about the accounting of each GPU."""
+
+    energy_source: Mapping[str, str]  # uuid -> COUNTER or POWER_INTEGRATION
+    idle_watts: Mapping[str, float]  # uuid -> idle draw charged to holders
+
+
+class Accountant:
+    def __init__(
+        self,
+        *,
+        resolver: ConsumerResolver,
+        allocations: AllocationSource | None,
+        idle: IdleModel,
+        meters: EnergyMeters,
+        rates: Rates,
+        ledger: Ledger,
+        clock: Clock,
+        retention_s: float,
+    ) -> None:
+        self._resolver = resolver
+        self._allocations = allocations
+        self._idle = idle
+        self._meters = meters
+        self._rates = rates
+        self._ledger = ledger
+        self._clock = clock
+        self._retention_s = retention_s
+        self._energy_source: dict[str, str] = {}
+
+    def account(self, readings: Readings) -> None:
+        """Book every GPU's interval since its previous reading, then retire
+        series idle past the retention."""
+        if readings.complete:
+            held = self._allocations.allocations() if self._allocations is not None else {}
+            for uuid in readings.uuids:
+                result = readings.results[uuid]
+                if isinstance(result, GpuReading):
+                    self._take(result, tuple(held.get(uuid, ())))
+                else:
+                    self._meters.meter(uuid).mark_missed()
+                    self._ledger.mark_gpu_gap(uuid)
+        self._ledger.expire(self._clock.monotonic(), self._retention_s)
+
+    def state(self, latest: Mapping[str, GpuReading]) -> AccountingState:
+        idle = {uuid: self._idle.watts(uuid, r.name, r.power_limit_w) for uuid, r in latest.items()}
+        sources = {
+            uuid: self._energy_source.get(uuid, COUNTER if r.energy_mj is not None else POWER_INTEGRATION)
+            for uuid, r in latest.items()
+        }
+        return AccountingState(MappingProxyType(sources), MappingProxyType(idle))
+
+    def _take(self, reading: GpuReading, held: tuple[Consumer, ...]) -> None:
+        interval = self._meters.meter(reading.uuid).advance(reading)
+        if interval is None:
+            return
+        self._energy_source[reading.uuid] = interval.method
+        consumers, running = self._running_consumers(reading)
+        for consumer in held:
+            consumers.setdefault(consumer.key, consumer)
+        split = self._split(reading, interval, consumers, running)
+        prices = Prices.of(self._rates, self._rates.intensity.current())
+        embodied = self._embodied_grams(reading.name, interval.dt_s)
+        charge = price_charge(reading.uuid, interval, split, consumers, running, prices, embodied)
+        self._ledger.book(charge, self._clock.monotonic())
+
+    def _split(
+        self, reading: GpuReading, interval: Interval, consumers: Mapping[str, Consumer], running: Mapping[str, float]
+    ) -> Split:
+        if interval.gap:
+            # Readings were missed: who held the GPU meanwhile is unknown.
+            return Split({}, interval.energy_mj, 0, 0)
+        idle_w = self._idle.watts(reading.uuid, reading.name, reading.power_limit_w)
+        idle_cap = int(idle_w * interval.dt_s * 1000.0)
+        split = split_interval(interval.energy_mj, idle_cap, sorted(consumers), running)
+        if interval.dt_s > 0:
+            average_w = interval.energy_mj / 1000.0 / interval.dt_s
+            self._idle.observe(reading.uuid, average_w, processes_running=bool(reading.processes))
+        return split
+
+    def _embodied_grams(self, model: str, dt_s: float) -> float:
+        rate = self._rates.embodied_grams_per_s
+        return rate(model) * dt_s if rate is not None else 0.0
+
+    def _running_consumers(self, reading: GpuReading) -> tuple[dict[str, Consumer], dict[str, float]]:
+        """Consumers with a process on the GPU -> their SM-utilization share (0..1).
+
+        NVML returns one sample per process per sampling slot, only for processes
+        that were busy; a process's utilization over the interval is the sum of
+        its samples divided by the number of slots seen."""
+        slots = len({s.timestamp_us for s in reading.samples}) or 1
+        util_by_pid: dict[int, float] = {}
+        for sample in reading.samples:
+            util_by_pid[sample.pid] = util_by_pid.get(sample.pid, 0.0) + sample.sm_util / slots
+        consumers: dict[str, Consumer] = {}
+        running: dict[str, float] = {}
+        for process in reading.processes:
+            consumer = self._resolver.consumer(process.pid)
+            consumers[consumer.key] = consumer
+            running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))
+        return consumers, running
+
+
+def price_charge(
+    uuid: str,
+    interval: Interval,
+    split: Split,
+    consumers: Mapping[str, Consumer],
+    busy: Mapping[str, float],
+    prices: Prices,
+    embodied_grams: float = 0.0,
+) -> IntervalCharge:
+    """One interval, every figure priced and split: what the ledger books."""
+    dt = interval.dt_s
+    embodied = split_embodied(embodied_grams, list(split.parts))
+    shares = tuple(
+        Share(
+            consumer=consumers[key],
+            energy_mj=mj,
+            grams=mj * prices.grams_per_mj,
+            embodied_grams=embodied.get(key, 0.0),
+            cost=mj * prices.cost_per_mj,
+            held_s=dt,
+            busy_s=min(1.0, max(0.0, busy.get(key, 0.0))) * dt,
+            power_w=mj / 1000.0 / dt if dt > 0 else 0.0,
+        )
+        for key, mj in split.parts.items()
+    )
+    gpu = GpuCharge(
+        energy_mj=interval.energy_mj,
+        grams=interval.energy_mj * prices.grams_per_mj,
+        unattributed_mj=split.unattributed_mj,
+        unattributed_grams=split.unattributed_mj * prices.grams_per_mj,
+        reset=interval.reset,
+    )
+    return IntervalCharge(uuid, gpu, shares)
+
+
+def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
+    """Embodied emissions are shared by held time: equally among this interval's holders."""
+    if grams <= 0 or not holders:
+        return {}
+    # split_exact works on integers; use micrograms so shares sum exactly.
+    micro = split_exact(round(grams * MICROGRAMS_PER_GRAM), [1.0] * len(holders))
+    return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro, strict=True)}

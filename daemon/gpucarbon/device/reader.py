@@ -1,0 +1,192 @@
+"""The GPU reader: opens the backend (again, with backoff, when it is missing
+or lost) and reads every GPU in parallel, each read bounded by a timeout.
+
+It knows nothing of energy attribution: it hands the loop one `Readings` per
+poll and keeps what the snapshot shows about the devices (`DeviceState`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from gpucarbon.backoff import Backoff
+from gpucarbon.clock import Clock
+from gpucarbon.device.model import BackendUnavailable, GpuBackend, GpuReadError, GpuReading
+
+log = logging.getLogger(__name__)
+
+READ_GPU = "read_gpu"  # the `call` of errors the reader itself reports
+TIMEOUT = "Timeout"
+MISSING = "Missing"
+NOT_POLLED = "not polled yet"
+REOPEN_INITIAL_S = 1.0  # first retry when NVML is unavailable, doubling
+REOPEN_MAX_S = 60.0
+# Errors that say the library, not one GPU, is gone (driver unloaded or
+# reloaded under us): close it and open it again, with the same backoff.
+LIBRARY_ERRORS = frozenset({"Uninitialized", "DriverNotLoaded", "LibRmVersionMismatch", "LibraryNotFound"})
+
+Result = GpuReading | GpuReadError
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """One poll's reads: `results` has an entry for every GPU in `uuids`.
+    `complete` is False when the backend could not be opened (nothing was read)."""
+
+    complete: bool
+    uuids: tuple[str, ...]
+    results: Mapping[str, Result]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What the snapshot shows about the devices after a poll."""
+
+    backend_up: bool
+    reason: str  # why the backend is down ("" while up)
+    uuids: tuple[str, ...]
+    latest: Mapping[str, GpuReading]  # last good reading per GPU
+    up: Mapping[str, bool]  # answered the last read
+    errors: tuple[tuple[str, str, int], ...]  # (call, error, count), sorted
+
+
+class GpuReader:
+    def __init__(
+        self, backend: GpuBackend, clock: Clock, read_timeout_s: float, backoff: Backoff | None = None
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._read_timeout_s = read_timeout_s
+        self._backoff = backoff or Backoff(REOPEN_INITIAL_S, REOPEN_MAX_S, jitter=False)
+        self._open = False
+        self._reason = NOT_POLLED
+        self._next_open_at = 0.0
+        self._uuids: tuple[str, ...] = ()
+        self._inflight: dict[str, asyncio.Future[GpuReading]] = {}
+        self._latest: dict[str, GpuReading] = {}
+        self._up: dict[str, bool] = {}
+        self._errors: Counter[tuple[str, str]] = Counter()
+        self._unannounced_outage: str | None = None
+
+    async def read(self) -> Readings:
+        if not await self._ensure_open():
+            return Readings(False, (), {})
+        results = await self._read_all()
+        for uuid in self._uuids:
+            self._note(uuid, results.setdefault(uuid, GpuReadError(uuid, READ_GPU, MISSING)))
+        await self._reopen_if_library_lost(results)
+        return Readings(True, self._uuids, MappingProxyType(results))
+
+    def state(self) -> DeviceState:
+        return DeviceState(
+            backend_up=self._open,
+            reason=self._reason,
+            uuids=self._uuids,
+            latest=MappingProxyType(dict(self._latest)),
+            up=MappingProxyType(dict(self._up)),
+            errors=tuple((call, err, n) for (call, err), n in sorted(self._errors.items())),
+        )
+
+    def take_outage_news(self) -> str | None:
+        """Why the backend could not be opened, once per outage (then None)."""
+        news, self._unannounced_outage = self._unannounced_outage, None
+        return news
+
+    def latest(self) -> Mapping[str, GpuReading]:
+        """The last good reading of every GPU seen so far."""
+        return MappingProxyType(self._latest)
+
+    # --- opening ------------------------------------------------------------
+
+    async def _ensure_open(self) -> bool:
+        if self._open:
+            return True
+        now = self._clock.monotonic()
+        if now < self._next_open_at:
+            return False
+        try:
+            await asyncio.to_thread(self._backend.open)
+            self._uuids = tuple(await asyncio.to_thread(self._backend.list_gpus))
+        except BackendUnavailable as err:
+            self._reason = str(err)
+            first = self._backoff.failures == 0
+            self._next_open_at = now + self._backoff.next_delay()
+            if first:  # the loop that retries says so (take_outage_news); --once prints its own line
+                self._unannounced_outage = str(err)
+            return False
+        self._open, self._reason = True, ""
+        self._backoff.reset()
+        log.info("GPU backend open: %d GPU(s)", len(self._uuids))
+        return True
+
+    async def _reopen_if_library_lost(self, results: Mapping[str, Result]) -> None:
+        lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS), None)
+        if lost is None:
+            return
+        self._reason = f"GPU backend lost: {lost.call}: {lost.error}"
+        log.warning("%s; closing and opening it again", self._reason)
+        self._open = False
+        self._next_open_at = self._clock.monotonic() + self._backoff.delay(0)
+        try:
+            await asyncio.to_thread(self._backend.close)
+        except Exception as err:  # closing a broken library may fail; reopening decides
+            log.debug("closing the GPU backend failed: %s", err)
+
+    # --- reading ------------------------------------------------------------
+
+    async def _read_all(self) -> dict[str, Result]:
+        """Read every GPU in parallel worker threads, each bounded by the read
+        timeout. A GPU whose previous read is still stuck is not read again
+        (no thread pile-up); it stays marked down until that call returns."""
+        started: dict[str, asyncio.Future[GpuReading]] = {}
+        results: dict[str, Result] = {}
+        for uuid in self._uuids:
+            stuck = self._inflight.get(uuid)
+            if stuck is not None and not stuck.done():
+                results[uuid] = GpuReadError(uuid, READ_GPU, TIMEOUT)
+                continue
+            self._inflight.pop(uuid, None)
+            started[uuid] = asyncio.ensure_future(asyncio.to_thread(self._backend.read_gpu, uuid))
+        if started:
+            await asyncio.wait(started.values(), timeout=self._read_timeout_s)
+        for uuid, future in started.items():
+            results[uuid] = self._outcome(uuid, future)
+        return results
+
+    def _outcome(self, uuid: str, future: asyncio.Future[GpuReading]) -> Result:
+        if not future.done():
+            self._inflight[uuid] = future
+            future.add_done_callback(_swallow)
+            return GpuReadError(uuid, READ_GPU, TIMEOUT)
+        err = future.exception()
+        if isinstance(err, GpuReadError):
+            return err
+        if err is not None:
+            return GpuReadError(uuid, READ_GPU, type(err).__name__)
+        return future.result()
+
+    def _note(self, uuid: str, result: Result) -> None:
+        """Count errors and log a GPU going down or coming back (once each)."""
+        was_up = self._up.get(uuid, True)
+        if isinstance(result, GpuReadError):
+            self._errors[(result.call, result.error)] += 1
+            if was_up:
+                log.warning("GPU %s unavailable: %s: %s", uuid, result.call, result.error)
+            self._up[uuid] = False
+            return
+        if not was_up:
+            log.info("GPU %s is back", uuid)
+        self._up[uuid] = True
+        for call, error in result.errors:
+            self._errors[(call, error)] += 1
+        self._latest[uuid] = result
+
+
+def _swallow(future: asyncio.Future[GpuReading]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,47 @@
+"""The simulated node's scheduler: who holds each GPU (allocations, running or
+allocated idle) and who owns each synthetic PID, so the identity stage needs
+no /proc for simulated workloads. Workloads with `pid:` are left to the real
+identity path (procfs, Kubernetes)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gpucarbon.identity.model import Consumer
+from gpucarbon.simulation.gpu import SimTime, gpu_uuids, workload_of_pid
+from gpucarbon.simulation.scenario import Scenario, SimWorkload
+
+
+class SimulatedScheduler:
+    """An AllocationSource, and the owner of every synthetic PID."""
+
+    def __init__(self, scenario: Scenario, sim_time: SimTime) -> None:
+        self._scenario = scenario
+        self._time = sim_time
+        self._uuids = gpu_uuids(scenario)
+        self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
+        self._by_gpu = [
+            [i for i, w in enumerate(scenario.workloads) if g in w.gpus and w.pid is None]
+            for g in range(len(scenario.gpus))
+        ]
+
+    def allocations(self) -> Mapping[str, tuple[Consumer, ...]]:
+        """GPU UUID -> consumers holding it now (running or allocated idle)."""
+        now = self._time.now()
+        held: dict[str, tuple[Consumer, ...]] = {}
+        for g, uuid in enumerate(self._uuids):
+            holders = tuple(self._consumers[i] for i in self._by_gpu[g] if self._scenario.workloads[i].running_at(now))
+            if holders:
+                held[uuid] = holders
+        return held
+
+    def consumer_for_pid(self, pid: int) -> Consumer | None:
+        """Owner of a synthetic PID; None for real (pid-backed) processes."""
+        index = workload_of_pid(self._scenario, pid)
+        return None if index is None else self._consumers[index]
+
+
+def _consumer(i: int, w: SimWorkload) -> Consumer:
+    return Consumer(
+        key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container, workload=w.workload, team=w.team
+    )
