@@ -1,15 +1,15 @@
-"""NvmlBackend driven by the fake pynvml: units, unsupported fields, lost GPUs,
-per-process samples, startup failures."""
+"""NvmlBackend over the REAL pynvml bindings and a fake libnvidia-ml at the C
+ABI (tests/fakes/libnvml.py): units, unsupported fields, lost GPUs, per-process
+samples as NVIDIA documents them, MIG, GPM, MPS, driver faults."""
 
 from __future__ import annotations
 
 import sys
 import threading
 
+import pynvml
 import pytest
-from fakes.fake_pynvml import (
-    NO_MIG_INSTANCE,
-    NVML_DEVICE_MIG_ENABLE,
+from fakes.libnvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_GPU_IS_LOST,
     NVML_ERROR_LIB_RM_VERSION_MISMATCH,
@@ -19,9 +19,9 @@ from fakes.fake_pynvml import (
     NVML_ERROR_TIMEOUT,
     NVML_ERROR_UNINITIALIZED,
     NVML_ERROR_UNKNOWN,
-    NVML_FI_DEV_POWER_INSTANT,
     FakeGpu,
-    FakeNvml,
+    FakeMig,
+    FakeNvmlLibrary,
     FakeProcess,
     FakeSample,
 )
@@ -32,6 +32,8 @@ from gpucarbon.device.nvml import NvmlBackend
 UUID_A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 UUID_B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
 GIB = 1 << 30
+NOW_S = 1_700_000_000.0  # the wall clock the tests run at
+NOW_US = int(NOW_S * 1_000_000)
 
 
 class FakeClock:
@@ -42,8 +44,27 @@ class FakeClock:
         return self.now
 
 
-def two_gpus() -> FakeNvml:
-    return FakeNvml(
+@pytest.fixture(autouse=True)
+def _libraries():
+    """Every fake library a test installs is removed afterwards, and a bug
+    inside a fake C function fails the test instead of hiding as a code."""
+    installed: list[FakeNvmlLibrary] = []
+    FakeNvmlLibrary.installed = installed  # type: ignore[attr-defined]
+    yield
+    for lib in installed:
+        assert lib.callback_errors == []
+    pynvml.nvmlLib = None
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def library(gpus: list[FakeGpu], **kwargs) -> FakeNvmlLibrary:
+    lib = FakeNvmlLibrary(gpus, **kwargs).install()
+    FakeNvmlLibrary.installed.append(lib)  # type: ignore[attr-defined]
+    return lib
+
+
+def two_gpus() -> FakeNvmlLibrary:
+    return library(
         [
             FakeGpu(
                 UUID_A,
@@ -53,16 +74,17 @@ def two_gpus() -> FakeNvml:
                 gpu_util_percent=75,
                 memory_used_bytes=12 * GIB,
                 temperature_c=51,
+                minor=3,
                 processes=[FakeProcess(pid=4242, used_memory_bytes=3 * GIB)],
-                samples=[FakeSample(pid=4242, timestamp_us=1_000, sm_util=60)],
+                samples=[FakeSample(pid=4242, timestamp_us=NOW_US - 500_000, sm_util=60)],
             ),
-            FakeGpu(UUID_B, name="NVIDIA A100-SXM4-40GB", energy_mj=7_000, power_limit_mw=400_000),
+            FakeGpu(UUID_B, name="NVIDIA A100-SXM4-40GB", energy_mj=7_000, power_limit_mw=400_000, minor=0),
         ]
     )
 
 
-def opened(nvml: FakeNvml, clock: FakeClock | None = None) -> NvmlBackend:
-    backend = NvmlBackend(nvml=nvml, clock=clock or FakeClock())
+def opened(lib: FakeNvmlLibrary, clock: FakeClock | None = None, wall: FakeClock | None = None) -> NvmlBackend:
+    backend = NvmlBackend(nvml=pynvml, clock=clock or FakeClock(), wall=wall or FakeClock(NOW_S))
     backend.open()
     return backend
 
@@ -91,7 +113,9 @@ def test_reading_converts_nvml_units_to_si():
     assert reading.memory_total_bytes == 80 * GIB
     assert reading.temperature_c == 51.0
     assert reading.processes == (GpuProcess(pid=4242, used_memory_bytes=3 * GIB),)
-    assert reading.samples == (ProcessSample(pid=4242, timestamp_us=1_000, sm_util=0.6),)
+    assert reading.samples == (ProcessSample(pid=4242, timestamp_us=NOW_US - 500_000, sm_util=0.6),)
+    assert reading.minor_number == 3
+    assert reading.energy_scope == "gpu" and reading.module_power_w is None
     assert reading.errors == ()
 
 
@@ -118,7 +142,7 @@ def test_handles_are_looked_up_by_uuid_once_and_not_by_index():
     backend.read_gpu(UUID_B)
     backend.read_gpu(UUID_B)
     assert len(nvml.calls_to("nvmlDeviceGetHandleByUUID", UUID_B)) == 1
-    assert nvml.calls_to("nvmlDeviceGetHandleByIndex") == []
+    assert nvml.calls_to("nvmlDeviceGetHandleByIndex_v2") == []
 
 
 def test_reordered_enumeration_keeps_uuid_identity():
@@ -143,9 +167,9 @@ def test_not_supported_fields_are_none_not_errors():
         "nvmlDeviceGetEnforcedPowerLimit",
         "nvmlDeviceGetUtilizationRates",
         "nvmlDeviceGetMemoryInfo",
-        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetTemperatureV",
         "nvmlDeviceGetMigMode",
-        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetComputeRunningProcesses_v3",
         "nvmlDeviceGetProcessUtilization",
     ):
         gpu.errors[call] = NVML_ERROR_NOT_SUPPORTED
@@ -173,8 +197,8 @@ def test_unsupported_energy_counter_is_none_and_the_gpu_is_not_lost():
 
 def test_other_field_errors_are_recorded_and_the_reading_is_kept():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).errors["nvmlDeviceGetTemperature"] = NVML_ERROR_TIMEOUT
-    nvml.gpu(UUID_A).errors["nvmlDeviceGetComputeRunningProcesses"] = NVML_ERROR_NO_PERMISSION
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetTemperatureV"] = NVML_ERROR_TIMEOUT
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetComputeRunningProcesses_v3"] = NVML_ERROR_NO_PERMISSION
 
     reading = opened(nvml).read_gpu(UUID_A)
 
@@ -182,7 +206,7 @@ def test_other_field_errors_are_recorded_and_the_reading_is_kept():
     assert reading.processes == ()
     assert reading.energy_mj == 5_000_000
     assert set(reading.errors) == {
-        ("nvmlDeviceGetTemperature", "Timeout"),
+        ("nvmlDeviceGetTemperatureV", "Timeout"),
         ("nvmlDeviceGetComputeRunningProcesses", "NoPermission"),
     }
 
@@ -194,13 +218,14 @@ def test_instant_power_field_is_preferred_over_power_usage():
     nvml = two_gpus()
     reading = opened(nvml).read_gpu(UUID_A)
     assert reading.power_w == pytest.approx(261.5)
-    assert nvml.calls_to("nvmlDeviceGetFieldValues", UUID_A) == [([NVML_FI_DEV_POWER_INSTANT],)]
+    # the instant field, and once the module-scope probe (an H100 is no superchip)
+    assert len(nvml.calls_to("nvmlDeviceGetFieldValues", UUID_A)) == 2
     assert nvml.calls_to("nvmlDeviceGetPowerUsage", UUID_A) == []
 
 
 def test_unsupported_instant_field_falls_back_to_power_usage_and_is_not_asked_again():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).field_returns[NVML_FI_DEV_POWER_INSTANT] = NVML_ERROR_NOT_SUPPORTED
+    nvml.gpu(UUID_A).field_returns[pynvml.NVML_FI_DEV_POWER_INSTANT] = NVML_ERROR_NOT_SUPPORTED
     backend = opened(nvml)
 
     assert backend.read_gpu(UUID_A).power_w == pytest.approx(250.0)
@@ -208,12 +233,12 @@ def test_unsupported_instant_field_falls_back_to_power_usage_and_is_not_asked_ag
 
     assert second.power_w == pytest.approx(250.0)
     assert second.errors == ()
-    assert len(nvml.calls_to("nvmlDeviceGetFieldValues", UUID_A)) == 1
+    assert len(nvml.calls_to("nvmlDeviceGetFieldValues", UUID_A)) == 2  # the first read and its scope probe
 
 
 def test_failed_instant_field_value_falls_back_and_records_its_own_return_code():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).field_returns[NVML_FI_DEV_POWER_INSTANT] = NVML_ERROR_TIMEOUT
+    nvml.gpu(UUID_A).field_returns[pynvml.NVML_FI_DEV_POWER_INSTANT] = NVML_ERROR_TIMEOUT
     backend = opened(nvml)
 
     reading = backend.read_gpu(UUID_A)
@@ -230,89 +255,161 @@ def test_failed_instant_field_value_falls_back_and_records_its_own_return_code()
 
 def test_no_process_samples_is_empty_not_an_error():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).samples.clear()  # the fake raises NVMLError_NotFound
+    nvml.gpu(UUID_A).samples.clear()  # the library answers NotFound
     reading = opened(nvml).read_gpu(UUID_A)
     assert reading.samples == ()
     assert reading.errors == ()
 
 
-def test_samples_continue_from_the_newest_timestamp_seen():
-    nvml = two_gpus()
-    gpu = nvml.gpu(UUID_A)
-    gpu.samples = [FakeSample(4242, 1_000, 60), FakeSample(4343, 1_500, 30)]
-    backend = opened(nvml)
-
-    first = backend.read_gpu(UUID_A)
-    gpu.samples.append(FakeSample(4242, 2_000, 90))
-    second = backend.read_gpu(UUID_A)
-    third = backend.read_gpu(UUID_A)  # nothing newer: NotFound
-
-    assert [s.timestamp_us for s in first.samples] == [1_000, 1_500]
-    assert second.samples == (ProcessSample(4242, 2_000, 0.9),)
-    assert third.samples == ()
-    assert [args[0] for args in nvml.calls_to("nvmlDeviceGetProcessUtilization", UUID_A)] == [0, 1_500, 2_000]
-
-
-def test_last_seen_timestamp_is_kept_per_gpu():
-    nvml = two_gpus()
-    nvml.gpu(UUID_B).samples = [FakeSample(7, 50, 10)]
-    backend = opened(nvml)
-    backend.read_gpu(UUID_A)
-    backend.read_gpu(UUID_B)
-    backend.read_gpu(UUID_B)
-    assert [a[0] for a in nvml.calls_to("nvmlDeviceGetProcessUtilization", UUID_B)] == [0, 50]
-
-
-def test_stale_samples_returned_by_the_driver_are_dropped():
-    class ReplayingNvml(FakeNvml):
-        # Some drivers hand back the whole buffer whatever the timestamp says.
-        def nvmlDeviceGetProcessUtilization(self, handle, timeStamp):
-            return super().nvmlDeviceGetProcessUtilization(handle, 0)
-
-    nvml = ReplayingNvml([FakeGpu(UUID_A, samples=[FakeSample(1, 10, 5), FakeSample(0, 20, 0)])])
-    backend = opened(nvml)
-    assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, 10, 0.05),)  # pid 0 is an empty slot
-    assert backend.read_gpu(UUID_A).samples == ()
-
-
-def test_success_with_no_samples_quirk_is_empty():
-    class EmptySuccessNvml(FakeNvml):
-        # pynvml raises NVMLError(NVML_SUCCESS) when the size query finds nothing.
-        def nvmlDeviceGetProcessUtilization(self, handle, timeStamp):
-            raise self.NVMLError(0)
-
-    reading = opened(EmptySuccessNvml([FakeGpu(UUID_A)])).read_gpu(UUID_A)
-    assert reading.samples == () and reading.errors == ()
-
-
-# -- MIG ----------------------------------------------------------------------------
-
-
-def test_mig_process_instance_ids_are_mapped_and_sampling_is_skipped():
-    nvml = FakeNvml(
+def test_one_sample_per_process_is_that_process_utilization_undivided():
+    """nvml.h: one sample per busy process per query, CPU-stamped. Three
+    processes at 60/20/10 % are 0.6/0.2/0.1, not divided by how many
+    distinct timestamps arrived."""
+    nvml = library(
         [
             FakeGpu(
                 UUID_A,
-                mig_current=NVML_DEVICE_MIG_ENABLE,
-                processes=[
-                    FakeProcess(pid=10, used_memory_bytes=None, gpu_instance_id=1, compute_instance_id=0),
-                    FakeProcess(pid=11, gpu_instance_id=2, compute_instance_id=0),
-                    FakeProcess(pid=12, gpu_instance_id=NO_MIG_INSTANCE, compute_instance_id=NO_MIG_INSTANCE),
+                processes=[FakeProcess(1), FakeProcess(2), FakeProcess(3)],
+                samples=[
+                    FakeSample(1, NOW_US - 900_000, 60),
+                    FakeSample(2, NOW_US - 600_000, 20),
+                    FakeSample(3, NOW_US - 300_000, 10),
                 ],
-                samples=[FakeSample(10, 100, 50)],  # NVML refuses these under MIG
             )
         ]
     )
     reading = opened(nvml).read_gpu(UUID_A)
+    assert [(s.pid, s.sm_util) for s in reading.samples] == [(1, 0.6), (2, 0.2), (3, 0.1)]
 
-    assert reading.mig_mode is True
-    assert reading.processes == (
-        GpuProcess(pid=10, used_memory_bytes=None, gpu_instance_id=1, compute_instance_id=0),
-        GpuProcess(pid=11, used_memory_bytes=GIB, gpu_instance_id=2, compute_instance_id=0),
-        GpuProcess(pid=12, used_memory_bytes=GIB, gpu_instance_id=None, compute_instance_id=None),
+
+def test_samples_continue_from_the_newest_timestamp_seen():
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(4242), FakeProcess(4343)],
+                samples=[FakeSample(4242, NOW_US - 2_000, 60), FakeSample(4343, NOW_US - 1_500, 30)],
+            )
+        ]
     )
-    assert reading.samples == ()
-    assert reading.errors == ()
+    gpu = nvml.gpu(UUID_A)
+    wall = FakeClock(NOW_S)
+    backend = opened(nvml, wall=wall)
+
+    first = backend.read_gpu(UUID_A)
+    wall.now += 1.0
+    gpu.samples.append(FakeSample(4242, NOW_US + 500_000, 90))
+    second = backend.read_gpu(UUID_A)
+    wall.now += 1.0
+    third = backend.read_gpu(UUID_A)  # nothing newer: NotFound
+
+    assert [s.timestamp_us for s in first.samples] == [NOW_US - 2_000, NOW_US - 1_500]
+    assert second.samples == (ProcessSample(4242, NOW_US + 500_000, 0.9),)
+    assert third.samples == ()
+    assert nvml.last_seen_args[UUID_A] == [0, NOW_US - 1_500, NOW_US + 500_000]
+
+
+def test_last_seen_timestamp_is_kept_per_gpu():
+    nvml = two_gpus()
+    nvml.gpu(UUID_B).processes = [FakeProcess(7)]
+    nvml.gpu(UUID_B).samples = [FakeSample(7, NOW_US - 50, 10)]
+    backend = opened(nvml)
+    backend.read_gpu(UUID_A)
+    backend.read_gpu(UUID_B)
+    backend.read_gpu(UUID_B)
+    assert nvml.last_seen_args[UUID_B] == [0, NOW_US - 50]
+
+
+def test_garbage_utilization_and_pids_not_listed_are_dropped_not_clamped():
+    """nvtop#110 (%SM 37100), DCGM#83 (2147483632): drop, as nvtop does; a PID
+    that is not in the process list (an exited process, a slot) counts for nobody."""
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1), FakeProcess(2)],
+                samples=[
+                    FakeSample(1, NOW_US - 10, 37100),
+                    FakeSample(2, NOW_US - 20, 2147483632),
+                    FakeSample(99, NOW_US - 30, 50),
+                    FakeSample(0, NOW_US - 40, 0),
+                    FakeSample(2, NOW_US - 50, 100),
+                ],
+            )
+        ]
+    )
+    assert opened(nvml).read_gpu(UUID_A).samples == (ProcessSample(2, NOW_US - 50, 1.0),)
+
+
+def test_a_sample_stamped_in_the_future_never_becomes_last_seen():
+    """A bogus timestamp far ahead (nvtop#110) used to become last-seen, after
+    which the GPU returned no samples until restart."""
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1)],
+                samples=[FakeSample(1, NOW_US + 3_600_000_000, 40), FakeSample(1, NOW_US - 100, 30)],
+            )
+        ]
+    )
+    wall = FakeClock(NOW_S)
+    backend = opened(nvml, wall=wall)
+    assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, NOW_US - 100, 0.3),)
+
+    wall.now += 1.0
+    nvml.gpu(UUID_A).samples.append(FakeSample(1, NOW_US + 900_000, 70))
+    assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, NOW_US + 900_000, 0.7),)
+    assert max(nvml.last_seen_args[UUID_A]) <= NOW_US + 1_000_000
+
+
+def test_wall_clock_stepping_back_keeps_samples_coming():
+    """NTP steps the CPU clock back an hour: new samples are stamped below the
+    last-seen time; the query is re-based on the monotonic time elapsed."""
+    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1)], samples=[FakeSample(1, NOW_US - 100, 30)])])
+    clock, wall = FakeClock(100.0), FakeClock(NOW_S)
+    backend = opened(nvml, clock=clock, wall=wall)
+    backend.read_gpu(UUID_A)
+
+    clock.now += 1.0
+    wall.now -= 3600.0 - 1.0
+    stepped = int(wall.now * 1_000_000)
+    nvml.gpu(UUID_A).samples = [FakeSample(1, stepped - 200_000, 55)]
+    assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, stepped - 200_000, 0.55),)
+    assert nvml.last_seen_args[UUID_A][-1] == stepped - 1_000_000
+
+
+def test_wall_clock_stepping_forward_loses_nothing_and_double_counts_nothing():
+    nvml = library([FakeGpu(UUID_A, processes=[FakeProcess(1)], samples=[FakeSample(1, NOW_US - 100, 30)])])
+    wall = FakeClock(NOW_S)
+    backend = opened(nvml, wall=wall)
+    backend.read_gpu(UUID_A)
+    wall.now += 3600.0
+    nvml.gpu(UUID_A).samples.append(FakeSample(1, int(wall.now * 1_000_000) - 10, 80))
+    assert [s.sm_util for s in backend.read_gpu(UUID_A).samples] == [0.8]
+
+
+def test_stale_samples_returned_by_the_driver_are_dropped():
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(1)],
+                ignores_last_seen=True,
+                samples=[FakeSample(1, NOW_US - 10, 5), FakeSample(0, NOW_US - 5, 0)],
+            )
+        ]
+    )
+    backend = opened(nvml)
+    assert backend.read_gpu(UUID_A).samples == (ProcessSample(1, NOW_US - 10, 0.05),)  # pid 0 is an empty slot
+    assert backend.read_gpu(UUID_A).samples == ()
+
+
+def test_success_with_no_samples_quirk_is_empty():
+    # The binding raises NVMLError(NVML_SUCCESS) when the size query succeeds.
+    nvml = library([FakeGpu(UUID_A, no_samples_code=0)])
+    reading = opened(nvml).read_gpu(UUID_A)
+    assert reading.samples == () and reading.errors == ()
 
 
 # -- lost GPUs --------------------------------------------------------------------------
@@ -352,14 +449,14 @@ def test_lost_class_error_on_the_energy_counter_means_lost(code, name):
 
 def test_unknown_error_on_a_secondary_field_is_only_recorded():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).errors["nvmlDeviceGetTemperature"] = NVML_ERROR_UNKNOWN
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetTemperatureV"] = NVML_ERROR_UNKNOWN
     reading = opened(nvml).read_gpu(UUID_A)
-    assert reading.errors == (("nvmlDeviceGetTemperature", "Unknown"),)
+    assert reading.errors == (("nvmlDeviceGetTemperatureV", "Unknown"),)
 
 
 def test_gpu_lost_midway_through_a_read_is_lost():
     nvml = two_gpus()
-    nvml.gpu(UUID_A).errors["nvmlDeviceGetComputeRunningProcesses"] = NVML_ERROR_GPU_IS_LOST
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetComputeRunningProcesses_v3"] = NVML_ERROR_GPU_IS_LOST
     with pytest.raises(GpuReadError) as caught:
         opened(nvml).read_gpu(UUID_A)
     assert caught.value.call == "nvmlDeviceGetComputeRunningProcesses"
@@ -412,11 +509,12 @@ def test_hung_gpu_does_not_block_reads_of_other_gpus():
         (NVML_ERROR_DRIVER_NOT_LOADED, "NVIDIA driver not loaded (nvmlInit: DriverNotLoaded"),
         (NVML_ERROR_NO_PERMISSION, "no permission to use NVML"),
         (NVML_ERROR_LIB_RM_VERSION_MISMATCH, "versions differ"),
-        (NVML_ERROR_UNKNOWN, "NVML initialisation failed (nvmlInit: Unknown)"),
+        (NVML_ERROR_UNKNOWN, "NVML initialisation failed (nvmlInit: Unknown Error)"),
     ],
 )
 def test_open_failure_is_backend_unavailable_with_a_one_line_reason(code, expected):
-    backend = NvmlBackend(nvml=FakeNvml([], init_error=code))
+    library([], init_error=code)
+    backend = NvmlBackend(nvml=pynvml)
     with pytest.raises(BackendUnavailable) as caught:
         backend.open()
     message = str(caught.value)
@@ -444,72 +542,244 @@ def test_close_shuts_nvml_down_and_open_reacquires_handles():
 
 def test_reading_before_open_is_a_programming_error():
     with pytest.raises(RuntimeError, match="before open"):
-        NvmlBackend(nvml=two_gpus()).read_gpu(UUID_A)
+        two_gpus()
+        NvmlBackend(nvml=pynvml).read_gpu(UUID_A)
 
 
 def test_driver_version_failure_leaves_it_unknown():
-    class NoVersionNvml(FakeNvml):
-        def nvmlSystemGetDriverVersion(self):
-            raise self.NVMLError(NVML_ERROR_UNKNOWN)
-
-    assert opened(NoVersionNvml([FakeGpu(UUID_A)])).read_gpu(UUID_A).driver_version is None
+    lib = library([FakeGpu(UUID_A)])
+    lib.errors["nvmlSystemGetDriverVersion"] = NVML_ERROR_UNKNOWN
+    assert opened(lib).read_gpu(UUID_A).driver_version is None
 
 
-# -- the fake stays true to the real bindings -------------------------------------------
+# -- MIG -------------------------------------------------------------------------------
+
+MIG_1 = "MIG-11111111-2222-3333-4444-555555555555"
+MIG_2 = "MIG-66666666-7777-8888-9999-000000000000"
 
 
-def test_fake_matches_the_installed_pynvml_names_constants_and_signatures():
-    import inspect
+def mig_board(**kwargs) -> FakeNvmlLibrary:
+    return library(
+        [
+            FakeGpu(
+                UUID_A,
+                mig_enabled=True,
+                migs=[
+                    FakeMig(
+                        MIG_1,
+                        gpu_instance_id=1,
+                        sm_count=42,
+                        slice_count=3,
+                        processes=[FakeProcess(10, used_memory_bytes=None)],
+                        gpm_sm_util=80.0,
+                    ),
+                    FakeMig(
+                        MIG_2,
+                        gpu_instance_id=5,
+                        sm_count=16,
+                        slice_count=1,
+                        processes=[FakeProcess(11)],
+                        gpm_sm_util=20.0,
+                    ),
+                ],
+                processes=[FakeProcess(10), FakeProcess(11)],
+                samples=[FakeSample(10, NOW_US - 5, 50)],
+                **kwargs,
+            )
+        ]
+    )
 
-    import pynvml
-    from fakes import fake_pynvml
 
-    fake = FakeNvml([])
-    functions = [n for n in dir(FakeNvml) if n.startswith("nvml")]
-    constants = [n for n in dir(fake_pynvml) if n.startswith("NVML_")]
-    errors = [n for n in dir(fake_pynvml) if n.startswith("NVMLError")]
-    assert len(functions) >= 18 and len(constants) >= 30 and "NVMLError_GpuIsLost" in errors
+def test_mig_processes_are_listed_per_instance_without_privileges():
+    """The parent handle answers NoPermission to an unprivileged caller under
+    MIG (k8s-device-plugin#399); each MIG device handle lists its own."""
+    nvml = mig_board()
+    reading = opened(nvml).read_gpu(UUID_A)
 
-    mismatched = []
-    for name in functions:
-        real = inspect.signature(getattr(pynvml, name))
-        ours = inspect.signature(getattr(fake, name))
-        if list(real.parameters) != list(ours.parameters):
-            mismatched.append((name, str(real), str(ours)))
-    for name in constants:
-        if getattr(pynvml, name) != getattr(fake_pynvml, name):
-            mismatched.append((name, getattr(pynvml, name), getattr(fake_pynvml, name)))
-    for name in errors:
-        if not hasattr(pynvml, name):
-            mismatched.append((name, "missing in pynvml", ""))
-        elif name.startswith("NVMLError_") and getattr(pynvml, name)().value != getattr(fake, name)().value:
-            mismatched.append((name, getattr(pynvml, name)().value, getattr(fake, name)().value))
-    assert mismatched == []
+    assert reading.mig_mode is True
+    assert reading.processes == (
+        GpuProcess(pid=10, used_memory_bytes=None, gpu_instance_id=1, compute_instance_id=0),
+        GpuProcess(pid=11, used_memory_bytes=GIB, gpu_instance_id=5, compute_instance_id=0),
+    )
+    assert [(i.uuid, i.gpu_instance_id, i.sm_count, i.slice_count) for i in reading.mig_instances] == [
+        (MIG_1, 1, 42, 3),
+        (MIG_2, 5, 16, 1),
+    ]
+    assert reading.mig_devices == (MIG_1, MIG_2)
+    assert reading.samples == ()  # NotSupported under MIG
+    assert reading.errors == ()
+    assert nvml.calls_to("nvmlDeviceGetComputeRunningProcesses_v3", UUID_A) == []  # the parent is not asked
 
 
-def test_fake_errors_map_codes_to_subclasses_like_pynvml():
-    fake = FakeNvml([])
-    lost = fake.NVMLError(NVML_ERROR_GPU_IS_LOST)
-    assert type(lost) is fake.NVMLError_GpuIsLost
-    assert isinstance(lost, fake.NVMLError) and lost.value == NVML_ERROR_GPU_IS_LOST
-    assert fake.NVMLError_NotFound().value == 6
+def test_gpm_sm_utilization_per_instance_spans_two_reads():
+    nvml = mig_board(gpm_supported=True)
+    backend = opened(nvml)
+    first = backend.read_gpu(UUID_A)
+    nvml.now_s += 1.0
+    second = backend.read_gpu(UUID_A)
+
+    assert [i.sm_util for i in first.mig_instances] == [None, None]  # one sample: no interval yet
+    assert [i.sm_util for i in second.mig_instances] == [pytest.approx(0.8), pytest.approx(0.2)]
+    assert len(nvml.gpm_samples) == 2  # the previous samples were freed
+    backend.close()
+    assert nvml.gpm_samples == {}
+
+
+def test_gpm_samples_under_100ms_apart_give_no_figure():
+    nvml = mig_board(gpm_supported=True)
+    backend = opened(nvml)
+    backend.read_gpu(UUID_A)
+    nvml.now_s += 0.05
+    assert [i.sm_util for i in backend.read_gpu(UUID_A).mig_instances] == [None, None]
+
+
+def test_without_gpm_instances_have_no_sm_figure_and_gpm_is_asked_once():
+    nvml = mig_board(gpm_supported=False)
+    backend = opened(nvml)
+    backend.read_gpu(UUID_A)
+    assert [i.sm_util for i in backend.read_gpu(UUID_A).mig_instances] == [None, None]
+    assert nvml.calls_to("nvmlGpmMigSampleGet") == []
 
 
 def test_mig_board_lists_its_mig_devices_for_the_kubelet_join():
     from gpucarbon.identity.devices import GpuInventory, normalise_device_id
 
-    mig_a, mig_b = "MIG-11111111-2222-3333-4444-555555555555", "MIG-66666666-7777-8888-9999-000000000000"
-    gpu = FakeGpu(uuid=UUID_A, mig_current=NVML_DEVICE_MIG_ENABLE, mig_devices=[mig_a, mig_b])
-    backend = NvmlBackend(nvml=FakeNvml([gpu]))
-    backend.open()
-    reading = backend.read_gpu(UUID_A)
-    assert reading.mig_mode is True and reading.mig_devices == (mig_a, mig_b)
-    assert reading.errors == ()
+    reading = opened(mig_board()).read_gpu(UUID_A)
     inventory = GpuInventory({UUID_A: 0}, {m: UUID_A for m in reading.mig_devices})
-    assert normalise_device_id(mig_b, inventory) == UUID_A
+    assert normalise_device_id(MIG_2, inventory) == UUID_A
 
 
 def test_mig_disabled_board_lists_no_mig_devices():
-    backend = NvmlBackend(nvml=FakeNvml([FakeGpu(uuid=UUID_A)]))
+    assert opened(library([FakeGpu(uuid=UUID_A)])).read_gpu(UUID_A).mig_devices == ()
+
+
+# -- MPS ---------------------------------------------------------------------------------
+
+
+def test_mps_clients_are_marked():
+    nvml = library(
+        [
+            FakeGpu(
+                UUID_A,
+                processes=[FakeProcess(500), FakeProcess(501), FakeProcess(502)],
+                mps_clients=[FakeProcess(501), FakeProcess(502)],
+            )
+        ]
+    )
+    reading = opened(nvml).read_gpu(UUID_A)
+    assert [(p.pid, p.mps_client) for p in reading.processes] == [(500, False), (501, True), (502, True)]
+
+
+def test_a_driver_without_the_mps_listing_still_reads():
+    nvml = library(
+        [FakeGpu(UUID_A, processes=[FakeProcess(500)])], missing=("nvmlDeviceGetMPSComputeRunningProcesses_v3",)
+    )
+    reading = opened(nvml).read_gpu(UUID_A)
+    assert [p.pid for p in reading.processes] == [500] and reading.errors == ()
+
+
+# -- odd hardware ------------------------------------------------------------------------
+
+
+def test_grace_superchip_counter_is_module_scope():
+    nvml = library([FakeGpu(UUID_A, name="NVIDIA GH200 480GB", module_power_mw=612_000)])
+    reading = opened(nvml).read_gpu(UUID_A)
+    assert reading.energy_scope == "module"
+    assert reading.module_power_w == pytest.approx(612.0)
+    assert reading.power_w == pytest.approx(310.0)  # the instant field stays GPU-only
+
+
+def test_superchip_by_name_when_the_module_field_is_missing():
+    nvml = library([FakeGpu(UUID_A, name="NVIDIA GB200")])
+    reading = opened(nvml).read_gpu(UUID_A)
+    assert reading.energy_scope == "module" and reading.module_power_w is None and reading.errors == ()
+
+
+def test_temperature_uses_the_versioned_call_and_falls_back_on_old_drivers():
+    nvml = two_gpus()
+    assert opened(nvml).read_gpu(UUID_A).temperature_c == 51.0
+    assert nvml.calls_to("nvmlDeviceGetTemperature") == []
+
+    old = library([FakeGpu(UUID_A, temperature_c=44)], missing=("nvmlDeviceGetTemperatureV",))
+    backend = opened(old)
+    assert backend.read_gpu(UUID_A).temperature_c == 44.0
+    assert backend.read_gpu(UUID_A).errors == ()
+    assert len(old.calls_to("nvmlDeviceGetTemperature", UUID_A)) == 2
+
+
+# -- driver faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, name",
+    [(NVML_ERROR_DRIVER_NOT_LOADED, "DriverNotLoaded"), (NVML_ERROR_LIB_RM_VERSION_MISMATCH, "LibRmVersionMismatch")],
+)
+def test_library_errors_on_any_call_fail_the_read(code, name):
+    """Recorded on the reading, these never reached the poller's reopen."""
+    nvml = two_gpus()
+    nvml.gpu(UUID_A).errors["nvmlDeviceGetMemoryInfo"] = code
+    with pytest.raises(GpuReadError) as caught:
+        opened(nvml).read_gpu(UUID_A)
+    assert (caught.value.call, caught.value.error) == ("nvmlDeviceGetMemoryInfo", name)
+
+
+def test_driver_unloaded_mid_run_then_reopened():
+    nvml = two_gpus()
+    backend = opened(nvml)
+    backend.read_gpu(UUID_A)
+    nvml.driver_loaded = False
+    with pytest.raises(GpuReadError) as caught:
+        backend.read_gpu(UUID_A)
+    assert caught.value.error == "DriverNotLoaded"
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="DriverNotLoaded"):
+        backend.open()
+    nvml.driver_loaded = True
     backend.open()
-    assert backend.read_gpu(UUID_A).mig_devices == ()
+    assert backend.list_gpus() == (UUID_A, UUID_B)
+    assert backend.read_gpu(UUID_A).energy_mj == 5_000_000
+
+
+def test_listing_gpus_with_the_driver_gone_is_backend_unavailable():
+    nvml = two_gpus()
+    backend = opened(nvml)
+    nvml.errors["nvmlDeviceGetHandleByIndex_v2"] = NVML_ERROR_DRIVER_NOT_LOADED
+    with pytest.raises(BackendUnavailable, match="DriverNotLoaded"):
+        backend.list_gpus()
+
+
+def test_unknown_error_at_init_says_the_container_needs_recreating():
+    library([], init_error=NVML_ERROR_UNKNOWN)
+    with pytest.raises(BackendUnavailable, match="must be recreated"):
+        NvmlBackend(nvml=pynvml).open()
+
+
+def test_hung_nvml_init_blocks_only_the_caller():
+    """go-nvml#152: nvmlInit can hang; the poller bounds it (test_poller)."""
+    nvml = library([FakeGpu(UUID_A)])
+    nvml.init_hang = threading.Event()
+    backend = NvmlBackend(nvml=pynvml)
+    opener = threading.Thread(target=backend.open, daemon=True)
+    opener.start()
+    opener.join(timeout=0.2)
+    assert opener.is_alive()
+    nvml.init_hang.set()
+    opener.join(timeout=5)
+    assert backend.list_gpus() == (UUID_A,)
+
+
+# -- the fake is driven through the real bindings -----------------------------------------
+
+
+def test_the_real_bindings_call_the_fake_library():
+    nvml = two_gpus()
+    opened(nvml).read_gpu(UUID_A)
+    assert pynvml.nvmlLib is not None and pynvml.nvmlLib.__class__.__module__ == "fakes.libnvml"
+    assert ("nvmlDeviceGetTotalEnergyConsumption", UUID_A) in nvml.calls
+
+
+def test_a_symbol_the_library_lacks_is_function_not_found_in_the_bindings():
+    library([FakeGpu(UUID_A)], missing=("nvmlDeviceGetMinorNumber",)).initialized = 1
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetMinorNumber(handle)

@@ -18,9 +18,10 @@ from typing import Protocol
 from gpucarbon.attribution.energy import COUNTER, POWER_INTEGRATION, EnergyMeters, Interval
 from gpucarbon.attribution.idle import IdleModel
 from gpucarbon.attribution.policy import Split, split_exact, split_interval
+from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split_mig_board
 from gpucarbon.carbon.model import IntensityProvider, IntensityReading
 from gpucarbon.clock import Clock
-from gpucarbon.device.model import GpuReading
+from gpucarbon.device.model import GpuReading, MigInstance
 from gpucarbon.device.reader import Readings
 from gpucarbon.identity.model import AllocationSource, Consumer
 from gpucarbon.ledger import GpuCharge, IntervalCharge, Ledger, Share
@@ -31,6 +32,8 @@ MICROGRAMS_PER_GRAM = 1e6  # embodied grams are split as integer micrograms
 
 class ConsumerResolver(Protocol):
     def consumer(self, pid: int) -> Consumer: ...
+
+    def is_mps_server(self, pid: int) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class AccountingState:
 
     energy_source: Mapping[str, str]  # uuid -> COUNTER or POWER_INTEGRATION
     idle_watts: Mapping[str, float]  # uuid -> idle draw charged to holders
+    # (board uuid, consumer key) -> (GPU instance id, MIG device uuid) it last ran in
+    mig_instances: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 class Accountant:
@@ -104,6 +109,7 @@ class Accountant:
         self._clock = clock
         self._retention_s = retention_s
         self._energy_source: dict[str, str] = {}
+        self._mig_instance: dict[tuple[str, str], tuple[str, str]] = {}
 
     def account(self, readings: Readings) -> None:
         """Book every GPU's interval since its previous reading, then retire
@@ -117,7 +123,9 @@ class Accountant:
                 else:
                     self._meters.meter(uuid).mark_missed()
                     self._ledger.mark_gpu_gap(uuid)
-        self._ledger.expire(self._clock.monotonic(), self._retention_s)
+        if self._ledger.expire(self._clock.monotonic(), self._retention_s) and self._mig_instance:
+            live = self._ledger.workloads
+            self._mig_instance = {k: v for k, v in self._mig_instance.items() if k in live}
 
     def state(self, latest: Mapping[str, GpuReading]) -> AccountingState:
         idle = {uuid: self._idle.watts(uuid, r.name, r.power_limit_w) for uuid, r in latest.items()}
@@ -125,7 +133,9 @@ class Accountant:
             uuid: self._energy_source.get(uuid, COUNTER if r.energy_mj is not None else POWER_INTEGRATION)
             for uuid, r in latest.items()
         }
-        return AccountingState(MappingProxyType(sources), MappingProxyType(idle))
+        return AccountingState(
+            MappingProxyType(sources), MappingProxyType(idle), MappingProxyType(dict(self._mig_instance))
+        )
 
     def _take(self, reading: GpuReading, held: tuple[Consumer, ...]) -> None:
         interval = self._meters.meter(reading.uuid).advance(reading)
@@ -135,25 +145,81 @@ class Accountant:
         consumers, running = self._running_consumers(reading)
         for consumer in held:
             consumers.setdefault(consumer.key, consumer)
-        split = self._split(reading, interval, consumers, running)
+        split, busy = self._split(reading, interval, consumers, running, held)
         prices = Prices.of(self._rates, self._rates.intensity.current())
         embodied = self._embodied_grams(reading.name, interval.dt_s)
-        charge = price_charge(reading.uuid, interval, split, consumers, running, prices, embodied)
+        charge = price_charge(reading.uuid, interval, split, consumers, busy, prices, embodied)
         self._ledger.book(charge, self._clock.monotonic())
 
     def _split(
-        self, reading: GpuReading, interval: Interval, consumers: Mapping[str, Consumer], running: Mapping[str, float]
-    ) -> Split:
+        self,
+        reading: GpuReading,
+        interval: Interval,
+        consumers: Mapping[str, Consumer],
+        running: Mapping[str, float],
+        held: tuple[Consumer, ...],
+    ) -> tuple[Split, Mapping[str, float]]:
+        """The split and each consumer's busy fraction of the GPU."""
         if interval.gap:
             # Readings were missed: who held the GPU meanwhile is unknown.
-            return Split({}, interval.energy_mj, 0, 0)
+            return Split({}, interval.energy_mj, 0, 0), running
         idle_w = self._idle.watts(reading.uuid, reading.name, reading.power_limit_w)
         idle_cap = int(idle_w * interval.dt_s * 1000.0)
-        split = split_interval(interval.energy_mj, idle_cap, sorted(consumers), running)
+        if reading.mig_instances:
+            split, running = self._split_mig(reading, interval.energy_mj, idle_cap, consumers, held)
+        else:
+            split = split_interval(interval.energy_mj, idle_cap, sorted(consumers), running)
         if interval.dt_s > 0:
             average_w = interval.energy_mj / 1000.0 / interval.dt_s
             self._idle.observe(reading.uuid, average_w, processes_running=bool(reading.processes))
-        return split
+        return split, running
+
+    def _split_mig(
+        self,
+        reading: GpuReading,
+        energy_mj: int,
+        idle_cap: int,
+        consumers: Mapping[str, Consumer],
+        held: tuple[Consumer, ...],
+    ) -> tuple[Split, dict[str, float]]:
+        """A MIG board: energy between instances, then within each
+        (attribution/sharing.py). Holders known only by allocation (the kubelet
+        names the board) share the instances that have no process. Busy: the
+        instance's GPM SM utilization as a share of the board's SMs."""
+        board_sms = sum(i.sm_count or 0 for i in reading.mig_instances)
+        keys_by_instance: list[tuple[MigInstance, list[str]]] = []
+        for instance in reading.mig_instances:
+            keys = sorted(
+                {
+                    self._resolver.consumer(p.pid).key
+                    for p in instance.processes
+                    if not self._resolver.is_mps_server(p.pid)
+                }
+            )
+            keys_by_instance.append((instance, keys))
+            for key in keys:
+                self._mig_instance[(reading.uuid, key)] = (str(instance.gpu_instance_id), instance.uuid)
+        running_keys = {key for _, keys in keys_by_instance for key in keys}
+        idle_holders = sorted(c.key for c in held if c.key not in running_keys)
+        shares: list[InstanceShare] = []
+        busy: dict[str, float] = {}
+        for instance, keys in keys_by_instance:
+            shares.append(
+                InstanceShare(
+                    instance=str(instance.gpu_instance_id),
+                    holders=keys or idle_holders,
+                    running=dict.fromkeys(keys, 0.0),
+                    slice_count=instance.slice_count,
+                    sm_count=instance.sm_count,
+                    sm_util=instance.sm_util,
+                )
+            )
+            if keys and instance.sm_util is not None and board_sms:
+                each = instance.sm_util * (instance.sm_count or 0) / board_sms / len(keys)
+                for key in keys:
+                    busy[key] = min(1.0, busy.get(key, 0.0) + each)
+        split, _ = split_mig_board(energy_mj, idle_cap, shares)
+        return split, {key: busy.get(key, 0.0) for key in consumers}
 
     def _embodied_grams(self, model: str, dt_s: float) -> float:
         rate = self._rates.embodied_grams_per_s
@@ -162,16 +228,18 @@ class Accountant:
     def _running_consumers(self, reading: GpuReading) -> tuple[dict[str, Consumer], dict[str, float]]:
         """Consumers with a process on the GPU -> their SM-utilization share (0..1).
 
-        NVML returns one sample per process per sampling slot, only for processes
-        that were busy; a process's utilization over the interval is the sum of
-        its samples divided by the number of slots seen."""
-        slots = len({s.timestamp_us for s in reading.samples}) or 1
-        util_by_pid: dict[int, float] = {}
-        for sample in reading.samples:
-            util_by_pid[sample.pid] = util_by_pid.get(sample.pid, 0.0) + sample.sm_util / slots
+        NVML returns one sample per busy process per query (docs/nvml.md): the
+        sample's utilization is that process's share of the interval, as is.
+        A CUDA MPS server is never a consumer; its share goes to its clients
+        (attribution/sharing.py)."""
+        servers = {p.pid for p in reading.processes if self._resolver.is_mps_server(p.pid)}
+        clients = [p.pid for p in reading.processes if p.pid not in servers and (p.mps_client or servers)]
+        util_by_pid = share_mps_server({s.pid: s.sm_util for s in reading.samples}, servers, clients)
         consumers: dict[str, Consumer] = {}
         running: dict[str, float] = {}
         for process in reading.processes:
+            if process.pid in servers:
+                continue
             consumer = self._resolver.consumer(process.pid)
             consumers[consumer.key] = consumer
             running[consumer.key] = min(1.0, running.get(consumer.key, 0.0) + util_by_pid.get(process.pid, 0.0))

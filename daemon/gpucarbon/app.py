@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
 from gpucarbon.identity.resolver import Resolver
-from gpucarbon.identity.slurm import SlurmSource
+from gpucarbon.identity.slurm import SlurmAllocations, SlurmSource, minors_of
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Poller
 from gpucarbon.simulation import SimulatedNode
@@ -99,7 +99,15 @@ def build_daemon(
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
     kube = _kubernetes_client(config)
     intensity = _intensity(config, base_clock, kube)
-    identity = _identity(config, options, clock, kube, node, inventory=lambda: inventory_of(reader.latest()))
+    identity = _identity(
+        config,
+        options,
+        clock,
+        kube,
+        node,
+        inventory=lambda: inventory_of(reader.latest()),
+        gpus_by_minor=lambda: minors_of(reader.latest()),
+    )
     idle = IdleModel(config.attribution.idle_watts, config.attribution.idle_watts_by_gpu)
     ledger = Ledger(config.limits.max_workload_series, config.teams.default)
     meters = EnergyMeters()
@@ -173,6 +181,7 @@ def _identity(
     kube: tuple | None,
     node: SimulatedNode | None,
     inventory: Callable[[], GpuInventory],
+    gpus_by_minor: Callable[[], Mapping[int, str]],
 ) -> _Identity:
     """pid -> consumer (procfs, Kubernetes, Slurm) and GPU holders (kubelet, simulation)."""
     processes = ProcessCache(ProcFS(options.procfs))
@@ -214,6 +223,11 @@ def _identity(
         )
         kubelet = KubeletAllocations(podresources, metadata, inventory)
         allocations = _merged(node.scheduler, kubelet) if node is not None else kubelet
+    if slurm is not None and node is None:
+        # Jobs holding GPUs on this node, running a process or not, pay their idle draw.
+        slurm_node = config.slurm.node or socket.gethostname().split(".", 1)[0]
+        held = SlurmAllocations(slurm, slurm_node, gpus_by_minor)
+        allocations = _merged(allocations, held) if allocations is not None else held
     sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
     return _Identity(resolver, allocations, sources)
 
@@ -302,7 +316,7 @@ class _merged:
 def _nvml_backend(clock: Clock) -> GpuBackend:
     from gpucarbon.device.nvml import NvmlBackend
 
-    return NvmlBackend(clock=clock.monotonic)
+    return NvmlBackend(clock=clock.monotonic, wall=clock.wall)
 
 
 def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvider:

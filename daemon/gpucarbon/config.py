@@ -131,6 +131,7 @@ class KubernetesConfig:
 class SlurmConfig:
     enabled: bool = True  # off by itself when scontrol is not installed
     scontrol: str = "scontrol"
+    node: str | None = None  # this node's Slurm NodeName; None: the short host name
 
 
 @dataclass(frozen=True)
@@ -437,11 +438,12 @@ class _Reader:
         )
 
     def slurm(self, raw: Any) -> SlurmConfig:
-        sec = self.section(raw, "slurm", {"enabled", "scontrol"})
+        sec = self.section(raw, "slurm", {"enabled", "scontrol", "node"})
         d = SlurmConfig()
         return SlurmConfig(
             enabled=self.boolean(sec, "enabled", "slurm", d.enabled),
             scontrol=self.string(sec, "scontrol", "slurm", d.scontrol),
+            node=self.string(sec, "node", "slurm", d.node),
         )
 
     def state(self, raw: Any) -> StateConfig:

@@ -120,8 +120,10 @@ class Poller:
 
     @property
     def ready(self) -> bool:
-        """At least one complete poll with intervals (two reads) is done."""
-        return self._complete_polls >= POLLS_TO_READY or (self._complete_polls >= 1 and not self._has_gpus)
+        """At least one complete poll with intervals (two reads) is done, and
+        NVML has not been down for long after having been up (reader.py)."""
+        polled = self._complete_polls >= POLLS_TO_READY or (self._complete_polls >= 1 and not self._has_gpus)
+        return polled and not self._reader.down_too_long()
 
     def seconds_since_poll(self) -> float | None:
         """Real seconds since the last poll finished (None before the first)."""

@@ -41,6 +41,10 @@ class GpuView:
     unattributed_grams: float
     retired_grams: float
     resets: int
+    # What the energy counter (and every energy/emissions figure from it) covers:
+    # "gpu", or "module" on Grace superchips (CPU + GPU + memory; docs/nvml.md).
+    energy_scope: str = "gpu"
+    module_power_w: float | None = None  # module-scope instant power, superchips only
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class WorkloadView:
     embodied_grams: float
     cost: float
     holding: bool
+    mig_instance: str = ""  # GPU instance id the workload's processes ran in, "" off MIG
+    mig_uuid: str = ""  # that MIG device's UUID
 
     def labels(self) -> tuple[str, ...]:
         return (self.gpu, self.uuid, self.namespace, self.pod, self.container, self.workload, self.team)
@@ -163,7 +169,7 @@ def build_snapshot(
         nvml_up=devices.backend_up,
         nvml_reason=devices.reason,
         gpus=tuple(_gpu_view(devices, accounting, ledger, uuid) for uuid in devices.uuids),
-        workloads=_workload_views(devices, ledger),
+        workloads=_workload_views(devices, accounting, ledger),
         teams=tuple(
             TeamView(team, t.energy_mj / 1000.0, t.grams, t.embodied_grams, t.cost)
             for team, t in sorted(ledger.teams.items())
@@ -204,10 +210,12 @@ def _gpu_view(devices: DeviceState, accounting: AccountingState, ledger: Ledger,
         unattributed_grams=totals.unattributed_grams if totals else 0.0,
         retired_grams=totals.retired_grams if totals else 0.0,
         resets=totals.resets if totals else 0,
+        energy_scope=reading.energy_scope if reading else "gpu",
+        module_power_w=live.module_power_w if live else None,
     )
 
 
-def _workload_views(devices: DeviceState, ledger: Ledger) -> tuple[WorkloadView, ...]:
+def _workload_views(devices: DeviceState, accounting: AccountingState, ledger: Ledger) -> tuple[WorkloadView, ...]:
     index = {
         uuid: str(devices.latest[uuid].index) if uuid in devices.latest else str(i)
         for i, uuid in enumerate(devices.uuids)
@@ -215,6 +223,7 @@ def _workload_views(devices: DeviceState, ledger: Ledger) -> tuple[WorkloadView,
     views = []
     for uuid, entry in ledger.workload_entries():
         c = entry.consumer
+        mig_instance, mig_uuid = accounting.mig_instances.get((uuid, c.key), ("", ""))
         views.append(
             WorkloadView(
                 gpu=index.get(uuid, ""),
@@ -232,6 +241,8 @@ def _workload_views(devices: DeviceState, ledger: Ledger) -> tuple[WorkloadView,
                 embodied_grams=entry.embodied_grams,
                 cost=entry.cost,
                 holding=entry.holding,
+                mig_instance=mig_instance,
+                mig_uuid=mig_uuid,
             )
         )
     return tuple(views)

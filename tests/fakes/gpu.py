@@ -3,7 +3,8 @@ tests that need GPUs the simulation does not play: counters driven by hand,
 a read that hangs, a library missing or unloaded under the daemon.
 
 Real NVML behaviour is tested through the real pynvml bindings over
-fakes/fake_pynvml.py; this fake sits one level higher, at the seam."""
+fakes/libnvml.py (a fake libnvidia-ml at the C ABI); this fake sits one level
+higher, at the seam."""
 
 from __future__ import annotations
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 # Typical idle draw by model family, watts. T4/V100/A100/A10G from Cloud Carbon
 # Footprint's coefficients; H100/H200 from the H100 SXM's observed idle (~60-75 W).
-# Matched by substring of the NVML name, first match wins.
+# Matched as a whole token of the NVML name, first match wins: "GH200" (a Grace
+# superchip, whose counter includes the CPU) is not an "H200".
 DEFAULT_IDLE_WATTS: tuple[tuple[str, float], ...] = (
     ("H200", 75.0),
     ("H100", 70.0),
@@ -56,7 +58,7 @@ class IdleModel:
 
 def default_idle_watts(model: str, power_limit_w: float | None) -> float:
     for family, watts in DEFAULT_IDLE_WATTS:
-        if family in model:
+        if re.search(rf"(?<![A-Za-z0-9]){family}(?![0-9])", model):
             return watts
     if power_limit_w:
         return power_limit_w * UNKNOWN_MODEL_IDLE_FRACTION

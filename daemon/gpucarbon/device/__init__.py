@@ -6,6 +6,7 @@ from gpucarbon.device.model import (
     GpuProcess,
     GpuReadError,
     GpuReading,
+    MigInstance,
     ProcessSample,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "GpuProcess",
     "GpuReadError",
     "GpuReading",
+    "MigInstance",
     "ProcessSample",
 ]

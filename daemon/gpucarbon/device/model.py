@@ -20,15 +20,32 @@ class GpuProcess:
     used_memory_bytes: int | None = None
     gpu_instance_id: int | None = None  # MIG GPU instance, None when MIG is off
     compute_instance_id: int | None = None
+    mps_client: bool = False  # listed by NVML as a client of a CUDA MPS server
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessSample:
-    """One per-process utilization sample (NVML nvmlProcessUtilizationSample_t)."""
+    """A process's SM utilization since the previous read (one
+    nvmlProcessUtilizationSample_t: NVML returns one per busy process per query).
+
+    Only samples of processes in the reading's process list, with a
+    utilization of at most 100 % and a timestamp not in the future, get here."""
 
     pid: int
-    timestamp_us: int  # device timestamp of the sample, microseconds
-    sm_util: float  # fraction of the sample period the SMs ran this process, 0..1
+    timestamp_us: int  # CPU (wall) clock when NVML took the sample, microseconds
+    sm_util: float  # fraction of the period the SMs ran this process, 0..1
+
+
+@dataclass(frozen=True, slots=True)
+class MigInstance:
+    """One MIG device (a GPU instance with its compute instance) on a board."""
+
+    uuid: str
+    gpu_instance_id: int
+    sm_count: int | None = None  # streaming multiprocessors in the instance
+    slice_count: int | None = None  # GPU-instance slices (1g = 1 ... 7g = 7)
+    sm_util: float | None = None  # GPM SM utilization over the interval, 0..1; None without GPM
+    processes: tuple[GpuProcess, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +68,12 @@ class GpuReading:
     processes: tuple[GpuProcess, ...] = ()
     samples: tuple[ProcessSample, ...] = ()
     mig_devices: tuple[str, ...] = ()  # UUIDs of the MIG devices on this board
+    mig_instances: tuple[MigInstance, ...] = ()  # with their processes, on a MIG board
+    minor_number: int | None = None  # N of /dev/nvidiaN (Slurm's GPU index follows it)
+    # What energy_mj and module_power_w cover: "gpu" (the board), or "module" on
+    # Grace superchips (GH200/GB200), whose counter includes CPU and memory.
+    energy_scope: str = "gpu"
+    module_power_w: float | None = None  # instant module power, superchips only
     # (call, error) pairs for fields that failed for a reason other than "not
     # supported"; the reading is still usable, the poller counts them.
     errors: tuple[tuple[str, str], ...] = field(default=())

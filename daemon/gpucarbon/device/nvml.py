@@ -16,10 +16,11 @@ The module is only ever read from: nothing here changes a GPU setting.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -28,6 +29,7 @@ from gpucarbon.device.model import (
     GpuProcess,
     GpuReadError,
     GpuReading,
+    MigInstance,
     ProcessSample,
 )
 
@@ -61,6 +63,21 @@ _NVML_ERROR_NOT_SUPPORTED = 3
 # GPU that fell off the bus or a driver that was unloaded under us.
 _LOST_ANYWHERE = frozenset({"GpuIsLost"})
 _LOST_ON_CORE_CALL = frozenset({"GpuIsLost", "Unknown", "Uninitialized"})
+# Errors that say the library, not one GPU, is gone: the driver was unloaded or
+# upgraded under us. Whatever call hits one, the read fails with it, so the
+# poller closes NVML and opens it again (docs/reliability.md).
+LIBRARY_GONE = frozenset({"DriverNotLoaded", "LibRmVersionMismatch", "Uninitialized", "LibraryNotFound"})
+# NVML_POWER_SCOPE_MODULE: the field read for the whole Grace superchip module.
+POWER_SCOPE_MODULE = 1
+# Names of Grace superchips, whose energy counter covers the whole module (CPU,
+# GPU and memory; zeus#172) even where the module-scope power field is absent.
+_SUPERCHIP_NAME = re.compile(r"\bG[BH]\d{3}\b")
+# A sample's timestamp may lead our clock by this much (clock read skew) before
+# it counts as garbage; one beyond it never becomes the last-seen time.
+SAMPLE_CLOCK_SLACK_US = 1_000_000
+# NVML_GPM_METRIC_SM_UTIL and the struct version nvml.h defines for it.
+GPM_METRIC_SM_UTIL = 2
+GPM_METRICS_GET_VERSION = 1
 
 
 def nvml_error_name(exc: BaseException) -> str:
@@ -86,6 +103,11 @@ class _Device:
     # Cleared once the instant-power field answers NotSupported, so older GPUs
     # do not pay a failing call on every read.
     instant_power_supported: bool = True
+    minor_number: int | None = None
+    module_scope: bool | None = None  # None: not probed yet
+    gpm_supported: bool | None = None  # None: not asked yet
+    # Previous GPM sample per GPU instance id; the metric spans two samples.
+    gpm_samples: dict[int, Any] = field(default_factory=dict)
 
 
 class NvmlBackend:
@@ -95,14 +117,19 @@ class NvmlBackend:
         self,
         nvml: ModuleType | Any | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._nvml: Any = nvml  # the pynvml module, or a stand-in with its names
         self._clock = clock
-        self._lock = threading.Lock()  # guards the two dicts, never an NVML call
+        self._wall = wall  # NVML stamps per-process samples with the CPU wall clock
+        self._lock = threading.Lock()  # guards the dicts, never an NVML call
         self._devices: dict[str, _Device] = {}
-        # Newest per-process sample timestamp seen per GPU (device clock, us). It
-        # outlives a lost handle: the device clock keeps running.
+        # Per GPU: the lastSeenTimeStamp for the next per-process query (CPU
+        # clock, us) and (monotonic s, wall us) of the previous query, which
+        # re-bases it when the wall clock steps. Outlives a lost handle.
         self._last_sample_us: dict[str, int] = {}
+        self._last_query: dict[str, tuple[float, int]] = {}
+        self._temperature_v = True  # nvmlDeviceGetTemperatureV until the library lacks it
         self._driver_version: str | None = None
         self._is_open = False
 
@@ -129,7 +156,10 @@ class NvmlBackend:
             return
         nvml = self._nvml
         with self._lock:
+            devices = list(self._devices.values())
             self._devices.clear()
+        for device in devices:
+            self._free_gpm(device)
         self._is_open = False
         try:
             nvml.nvmlShutdown()
@@ -151,6 +181,10 @@ class NvmlBackend:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 uuid = _as_str(nvml.nvmlDeviceGetUUID(handle))
             except nvml.NVMLError as exc:
+                if nvml_error_name(exc) in LIBRARY_GONE:
+                    raise BackendUnavailable(
+                        f"NVML lost while listing GPUs (nvmlDeviceGetHandleByIndex: {nvml_error_name(exc)})"
+                    ) from exc
                 # One bad GPU must not hide the others; the poller re-lists later.
                 log.warning("GPU at index %d skipped: %s", index, nvml_error_name(exc))
                 continue
@@ -179,17 +213,23 @@ class NvmlBackend:
         name = call.core("nvmlDeviceGetName", handle)
         energy_mj = call.core("nvmlDeviceGetTotalEnergyConsumption", handle)
         timestamp_s = self._clock()  # next to the energy read the poller diffs
+        name = _as_str(name) if name is not None else ""
         index = call("nvmlDeviceGetIndex", handle)
+        if device.minor_number is None:
+            minor = call("nvmlDeviceGetMinorNumber", handle)
+            device.minor_number = int(minor) if minor is not None else None
         utilization = call("nvmlDeviceGetUtilizationRates", handle)
         memory = call("nvmlDeviceGetMemoryInfo", handle)
         limit_mw = call("nvmlDeviceGetEnforcedPowerLimit", handle)
-        temperature = call("nvmlDeviceGetTemperature", handle, _temperature_sensor(nvml))
         mig = call("nvmlDeviceGetMigMode", handle)
         mig_mode = mig[0] == MIG_ENABLED if mig is not None else None
+        instances = self._mig_instances(device, call) if mig_mode else ()
+        processes = tuple(p for i in instances for p in i.processes) if mig_mode else self._processes(handle, call)
+        module_scope = self._module_scope(device, name, call)
         return GpuReading(
             uuid=uuid,
             index=int(index) if index is not None else -1,
-            name=_as_str(name) if name is not None else "",
+            name=name,
             timestamp_s=timestamp_s,
             driver_version=self._driver_version,
             mig_mode=mig_mode,
@@ -199,26 +239,145 @@ class NvmlBackend:
             utilization=_percent(utilization.gpu) if utilization is not None else None,
             memory_used_bytes=int(memory.used) if memory is not None else None,
             memory_total_bytes=int(memory.total) if memory is not None else None,
-            temperature_c=float(temperature) if temperature is not None else None,
-            processes=self._processes(handle, call),
-            samples=self._samples(uuid, handle, call),
-            mig_devices=self._mig_devices(handle, call) if mig_mode else (),
+            temperature_c=self._temperature(handle, call),
+            processes=processes,
+            # Under MIG NVML has no per-process utilization (NotSupported).
+            samples=() if mig_mode else self._samples(uuid, handle, call, processes),
+            mig_devices=tuple(i.uuid for i in instances),
+            mig_instances=instances,
+            minor_number=device.minor_number,
+            energy_scope="module" if module_scope else "gpu",
+            module_power_w=self._module_power_w(device, call) if module_scope else None,
             errors=tuple(errors),
         )
 
-    def _mig_devices(self, handle: Any, call: _FieldCaller) -> tuple[str, ...]:
-        """UUIDs of the MIG devices on a board, so the kubelet's `MIG-<uuid>`
-        device IDs can be mapped to it. Empty slots answer NotFound."""
-        slots = call("nvmlDeviceGetMaxMigDeviceCount", handle) or 0
-        uuids = []
+    def _temperature(self, handle: Any, call: _FieldCaller) -> float | None:
+        """Core temperature in degrees C: nvmlDeviceGetTemperatureV where the
+        library has it (nvmlDeviceGetTemperature is deprecated in NVML 13),
+        else the old call."""
+        nvml = self._nvml
+        sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
+        if self._temperature_v and hasattr(nvml, "nvmlDeviceGetTemperatureV"):
+            value = call.raw("nvmlDeviceGetTemperatureV", handle, sensor)
+            if value is not _FUNCTION_MISSING:
+                return float(value) if value not in (None, _UNSUPPORTED) else None
+            self._temperature_v = False  # an older driver: ask the old way from now on
+        value = call("nvmlDeviceGetTemperature", handle, sensor)
+        return float(value) if value is not None else None
+
+    def _module_scope(self, device: _Device, name: str, call: _FieldCaller) -> bool:
+        """Whether the energy counter covers a whole Grace superchip module:
+        probed once, by the module-scope power field or the product name."""
+        if device.module_scope is None:
+            probe = self._module_power_mw(device, call, probing=True)
+            device.module_scope = probe is not None or bool(_SUPERCHIP_NAME.search(name))
+        return device.module_scope
+
+    def _module_power_w(self, device: _Device, call: _FieldCaller) -> float | None:
+        power_mw = self._module_power_mw(device, call, probing=False)
+        return power_mw / 1000.0 if power_mw is not None else None
+
+    def _module_power_mw(self, device: _Device, call: _FieldCaller, *, probing: bool) -> float | None:
+        field_id = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", POWER_INSTANT_FIELD_ID)
+        values = call.raw("nvmlDeviceGetFieldValues", device.handle, [(field_id, POWER_SCOPE_MODULE)])
+        if values in (None, _UNSUPPORTED, _FUNCTION_MISSING):
+            return None
+        return _field_number(self._nvml, values[0], call, record=not probing)
+
+    def _mig_instances(self, device: _Device, call: _FieldCaller) -> tuple[MigInstance, ...]:
+        """The MIG devices on a board, each with its own process list.
+
+        The parent handle refuses process lists to an unprivileged caller under
+        MIG (NoPermission: k8s-device-plugin#399, gpu-operator#322), while each
+        MIG device handle answers for its instance, so the daemon needs no
+        CAP_SYS_ADMIN. Empty slots answer NotFound."""
+        nvml: Any = self._nvml
+        slots = call("nvmlDeviceGetMaxMigDeviceCount", device.handle) or 0
+        found: list[tuple[Any, str, int, Any]] = []
         for slot in range(int(slots)):
             try:
-                mig_handle = self._nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-                uuids.append(_as_str(self._nvml.nvmlDeviceGetUUID(mig_handle)))
-            except self._nvml.NVMLError as exc:
-                if nvml_error_name(exc) != "NotFound":
-                    call.record("nvmlDeviceGetMigDeviceHandleByIndex", nvml_error_name(exc))
-        return tuple(uuids)
+                mig_handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device.handle, slot)
+                mig_uuid = _as_str(nvml.nvmlDeviceGetUUID(mig_handle))
+                gi_id = int(nvml.nvmlDeviceGetGpuInstanceId(mig_handle))
+            except nvml.NVMLError as exc:
+                error = nvml_error_name(exc)
+                if error in LIBRARY_GONE or error in _LOST_ANYWHERE:
+                    raise _GpuLost("nvmlDeviceGetMigDeviceHandleByIndex", error) from None
+                if error != "NotFound":
+                    call.record("nvmlDeviceGetMigDeviceHandleByIndex", error)
+                continue
+            attributes = call("nvmlDeviceGetAttributes_v2", mig_handle)
+            found.append((mig_handle, mig_uuid, gi_id, attributes))
+        sm_util = self._gpm_sm_util(device, [gi for _, _, gi, _ in found], call)
+        return tuple(
+            MigInstance(
+                uuid=mig_uuid,
+                gpu_instance_id=gi_id,
+                sm_count=int(attributes.multiprocessorCount) if attributes is not None else None,
+                slice_count=int(attributes.gpuInstanceSliceCount) if attributes is not None else None,
+                sm_util=sm_util.get(gi_id),
+                processes=tuple(
+                    GpuProcess(p.pid, p.used_memory_bytes, gi_id, p.compute_instance_id, p.mps_client)
+                    for p in self._processes(mig_handle, call)
+                ),
+            )
+            for mig_handle, mig_uuid, gi_id, attributes in found
+        )
+
+    def _gpm_sm_util(self, device: _Device, instance_ids: list[int], call: _FieldCaller) -> dict[int, float]:
+        """GPM SM utilization (0..1) per GPU instance since the previous read
+        (Hopper and newer). A metric spans two samples at least 100 ms apart:
+        the previous read's sample and this one's; the first read has none."""
+        if device.gpm_supported is None:
+            support = call.raw("nvmlGpmQueryDeviceSupport", device.handle)
+            device.gpm_supported = (
+                bool(getattr(support, "isSupportedDevice", 0))
+                if support not in (None, _UNSUPPORTED, _FUNCTION_MISSING)
+                else False
+            )
+        if not device.gpm_supported:
+            return {}
+        result: dict[int, float] = {}
+        for gi_id in instance_ids:
+            sample = call("nvmlGpmSampleAlloc")
+            if sample is None:
+                continue
+            if call("nvmlGpmMigSampleGet", device.handle, gi_id, sample) is None:
+                call("nvmlGpmSampleFree", sample)
+                continue
+            previous = device.gpm_samples.pop(gi_id, None)
+            device.gpm_samples[gi_id] = sample
+            if previous is None:
+                continue
+            value = self._gpm_metric(previous, sample, call)
+            call("nvmlGpmSampleFree", previous)
+            if value is not None:
+                result[gi_id] = value
+        return result
+
+    def _gpm_metric(self, first: Any, second: Any, call: _FieldCaller) -> float | None:
+        nvml: Any = self._nvml
+        request = nvml.c_nvmlGpmMetricsGet_t()
+        request.version = getattr(nvml, "NVML_GPM_METRICS_GET_VERSION", GPM_METRICS_GET_VERSION)
+        request.numMetrics = 1
+        request.sample1, request.sample2 = first, second
+        request.metrics[0].metricId = getattr(nvml, "NVML_GPM_METRIC_SM_UTIL", GPM_METRIC_SM_UTIL)
+        if call("nvmlGpmMetricsGet", request) is None:
+            return None
+        metric = request.metrics[0]
+        if metric.nvmlReturn != _NVML_SUCCESS:  # e.g. samples under 100 ms apart
+            return None
+        value = float(metric.value)
+        return value / 100.0 if 0.0 <= value <= 100.0 else None
+
+    def _free_gpm(self, device: _Device) -> None:
+        nvml: Any = self._nvml
+        for sample in device.gpm_samples.values():
+            try:
+                nvml.nvmlGpmSampleFree(sample)
+            except nvml.NVMLError as exc:  # best effort: the library may be gone
+                log.debug("nvmlGpmSampleFree: %s", nvml_error_name(exc))
+        device.gpm_samples.clear()
 
     def _power_w(self, device: _Device, call: _FieldCaller) -> float | None:
         """Board power in W: the instantaneous field when the GPU has it (on
@@ -238,22 +397,14 @@ class NvmlBackend:
             return None
         if values is None:
             return None
-        value = values[0]
-        # Each field value carries its own return code; the call succeeding says
-        # nothing about the field.
-        if value.nvmlReturn != _NVML_SUCCESS:
-            if value.nvmlReturn in (_NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_INVALID_ARGUMENT):
-                device.instant_power_supported = False
-            else:
-                call.record("nvmlDeviceGetFieldValues", nvml_error_name(nvml.NVMLError(value.nvmlReturn)))
-            return None
-        member = _VALUE_MEMBER_BY_TYPE.get(value.valueType)
-        if member is None:
-            call.record("nvmlDeviceGetFieldValues", f"ValueType{value.valueType}")
-            return None
-        return float(getattr(value.value, member))
+        number = _field_number(nvml, values[0], call, record=True)
+        if number is None and values[0].nvmlReturn in (_NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_INVALID_ARGUMENT):
+            device.instant_power_supported = False
+        return number
 
     def _processes(self, handle: Any, call: _FieldCaller) -> tuple[GpuProcess, ...]:
+        """Compute processes, with the clients of a CUDA MPS server marked
+        (nvmlDeviceGetMPSComputeRunningProcesses lists them)."""
         nvml = self._nvml
         mismatch = getattr(nvml, "NVMLLibraryMismatchError", ())
         try:
@@ -262,28 +413,68 @@ class NvmlBackend:
             # Bindings newer than the driver: the unversioned name maps to a
             # _v3 symbol the library lacks; _v2 has the same fields.
             listing = call("nvmlDeviceGetComputeRunningProcesses_v2", handle)
-        return tuple(_process(p) for p in listing or ())
+        processes = {int(p.pid): _process(p) for p in listing or ()}
+        mps: Any = None
+        if hasattr(nvml, "nvmlDeviceGetMPSComputeRunningProcesses"):
+            try:
+                mps = call.raw("nvmlDeviceGetMPSComputeRunningProcesses", handle)
+            except mismatch:
+                mps = None  # a driver without the MPS listing: no client is marked
+        if isinstance(mps, list):
+            for info in mps:
+                client = _process(info)
+                processes[client.pid] = GpuProcess(
+                    client.pid,
+                    client.used_memory_bytes,
+                    client.gpu_instance_id,
+                    client.compute_instance_id,
+                    mps_client=True,
+                )
+        return tuple(processes.values())
 
-    def _samples(self, uuid: str, handle: Any, call: _FieldCaller) -> tuple[ProcessSample, ...]:
-        """Per-process SM samples newer than the last ones seen on this GPU.
+    def _samples(
+        self, uuid: str, handle: Any, call: _FieldCaller, processes: tuple[GpuProcess, ...]
+    ) -> tuple[ProcessSample, ...]:
+        """Per-process SM utilization since the previous read.
 
-        NVML keeps a ring of samples per GPU; passing the newest timestamp seen
-        returns only newer ones (passing 0 returns the whole buffer)."""
-        last_seen_us = self._last_sample_us.get(uuid, 0)
-        raw = call.samples("nvmlDeviceGetProcessUtilization", handle, last_seen_us)
-        samples = tuple(
-            ProcessSample(pid=int(s.pid), timestamp_us=int(s.timeStamp), sm_util=_percent(s.smUtil))
-            # pid 0 marks an unused slot; older samples can come back on some
-            # drivers despite the timestamp argument.
-            for s in raw
-            if s.pid != 0 and s.timeStamp > last_seen_us
-        )
-        if samples:
-            newest = max(s.timestamp_us for s in samples)
-            with self._lock:
-                if newest > self._last_sample_us.get(uuid, 0):
-                    self._last_sample_us[uuid] = newest
-        return samples
+        NVML returns one sample per process that was busy, stamped with the CPU
+        clock in microseconds, for samples newer than the timestamp passed
+        (nvml.h; go-nvml#51). Garbage is real (smUtil 37100 with a bogus
+        timestamp: nvtop#110; 2147483632: DCGM#83), so a sample counts only for
+        a listed PID, at most 100 %, not stamped in the future. The timestamp
+        passed next time is the newest accepted one, never later than now, and
+        is re-based on the monotonic clock when the wall clock stepped back."""
+        now_us = int(self._wall() * 1_000_000)
+        since_us = self._since_us(uuid, now_us)
+        raw = call.samples("nvmlDeviceGetProcessUtilization", handle, since_us)
+        listed = {p.pid for p in processes}
+        newest: dict[int, ProcessSample] = {}
+        for s in raw:
+            pid, stamp, util = int(s.pid), int(s.timeStamp), int(s.smUtil)
+            if pid not in listed or util > 100 or not since_us < stamp <= now_us + SAMPLE_CLOCK_SLACK_US:
+                continue
+            if pid not in newest or stamp > newest[pid].timestamp_us:
+                newest[pid] = ProcessSample(pid=pid, timestamp_us=stamp, sm_util=_percent(util))
+        accepted = max((s.timestamp_us for s in newest.values()), default=since_us)
+        with self._lock:
+            self._last_sample_us[uuid] = min(max(accepted, since_us), now_us)
+            self._last_query[uuid] = (self._clock(), now_us)
+        return tuple(sorted(newest.values(), key=lambda s: s.pid))
+
+    def _since_us(self, uuid: str, now_us: int) -> int:
+        """lastSeenTimeStamp for this query: the newest sample accepted last
+        time; 0 (the whole buffer) on the first. After the wall clock stepped
+        back (it is behind that time), the previous query's moment as seen on
+        the stepped clock, from the monotonic time elapsed since."""
+        with self._lock:
+            last = self._last_sample_us.get(uuid)
+            previous = self._last_query.get(uuid)
+        if last is None or previous is None:
+            return 0
+        if last <= now_us:
+            return last
+        elapsed_us = int(max(0.0, self._clock() - previous[0]) * 1_000_000)
+        return max(0, now_us - elapsed_us)
 
     # -- handles -----------------------------------------------------------
 
@@ -309,10 +500,13 @@ class NvmlBackend:
 
     def _forget(self, uuid: str) -> None:
         with self._lock:
-            self._devices.pop(uuid, None)
+            device = self._devices.pop(uuid, None)
+        if device is not None:
+            self._free_gpm(device)
 
 
 _UNSUPPORTED = object()
+_FUNCTION_MISSING = object()  # the library lacks the symbol (an older driver)
 
 
 class _FieldCaller:
@@ -330,11 +524,12 @@ class _FieldCaller:
 
     def core(self, fn_name: str, *args: Any) -> Any:
         """A call whose Unknown/Uninitialized also means the GPU is lost."""
-        return self._call(fn_name, args, _LOST_ON_CORE_CALL, None)
+        return self._call(fn_name, args, _LOST_ON_CORE_CALL | LIBRARY_GONE, None)
 
     def raw(self, fn_name: str, *args: Any) -> Any:
-        """Like calling, but NotSupported returns _UNSUPPORTED, not None."""
-        return self._call(fn_name, args, _LOST_ANYWHERE, _UNSUPPORTED)
+        """Like calling, but NotSupported returns _UNSUPPORTED and a symbol the
+        library lacks _FUNCTION_MISSING, not None."""
+        return self._call(fn_name, args, _LOST_ANYWHERE | LIBRARY_GONE, _UNSUPPORTED)
 
     def samples(self, fn_name: str, *args: Any) -> list[Any]:
         """nvmlDeviceGetProcessUtilization: NotFound is "no samples in the
@@ -347,7 +542,7 @@ class _FieldCaller:
             # succeeds with nothing to size: also "no samples".
             if error in ("NotFound", "NotSupported") or getattr(exc, "value", None) == _NVML_SUCCESS:
                 return []
-            if error in _LOST_ANYWHERE:
+            if error in _LOST_ANYWHERE or error in LIBRARY_GONE:
                 raise _GpuLost(fn_name, error) from None
             self.record(fn_name, error)
             return []
@@ -362,7 +557,9 @@ class _FieldCaller:
             error = nvml_error_name(exc)
             if error == "NotSupported":
                 return unsupported
-            if error in lost:
+            if error == "FunctionNotFound" and unsupported is _UNSUPPORTED:
+                return _FUNCTION_MISSING
+            if error in lost or error in LIBRARY_GONE:
                 raise _GpuLost(fn_name, error) from None
             self.record(fn_name, error)
             return None
@@ -383,9 +580,24 @@ def _mig_id(value: int | None) -> int | None:
 
 
 def _percent(value: float) -> float:
-    """NVML percent (0..100) -> fraction 0..1, clamped: drivers occasionally
-    report a little over 100 for a full sample period."""
+    """NVML percent (0..100) -> fraction 0..1. Device-level utilization is
+    clamped; per-process samples over 100 are dropped before they get here."""
     return min(max(float(value), 0.0), 100.0) / 100.0
+
+
+def _field_number(nvml: Any, value: Any, call: _FieldCaller, *, record: bool) -> float | None:
+    """One nvmlFieldValue_t as a number. Each field value carries its own return
+    code; the call succeeding says nothing about the field."""
+    if value.nvmlReturn != _NVML_SUCCESS:
+        if record and value.nvmlReturn not in (_NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_INVALID_ARGUMENT):
+            call.record("nvmlDeviceGetFieldValues", nvml_error_name(nvml.NVMLError(value.nvmlReturn)))
+        return None
+    member = _VALUE_MEMBER_BY_TYPE.get(value.valueType)
+    if member is None:
+        if record:
+            call.record("nvmlDeviceGetFieldValues", f"ValueType{value.valueType}")
+        return None
+    return float(getattr(value.value, member))
 
 
 def _mw_to_w(milliwatts: float | None) -> float | None:
@@ -394,10 +606,6 @@ def _mw_to_w(milliwatts: float | None) -> float | None:
 
 def _as_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _temperature_sensor(nvml: Any) -> int:
-    return getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
 
 
 def _import_pynvml() -> ModuleType:
@@ -423,5 +631,14 @@ def _init_failure_reason(exc: BaseException) -> str:
         return (
             "NVML library and NVIDIA kernel module versions differ (nvmlInit: LibRmVersionMismatch); "
             "reboot or reload the driver after an upgrade"
+        )
+    if error == "Unknown":
+        # nvidia-container-toolkit#48: after `systemctl daemon-reload` systemd
+        # resets the container's device cgroup and NVML answers Unknown Error
+        # until the container is recreated.
+        return (
+            "NVML initialisation failed (nvmlInit: Unknown Error); if this persists, the container has "
+            "lost access to /dev/nvidia* (e.g. after systemctl daemon-reload, nvidia-container-toolkit#48) "
+            "and must be recreated (delete the pod)"
         )
     return f"NVML initialisation failed (nvmlInit: {error})"

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from gpucarbon.backoff import Backoff
 from gpucarbon.clock import Clock
@@ -24,11 +25,19 @@ READ_GPU = "read_gpu"  # the `call` of errors the reader itself reports
 TIMEOUT = "Timeout"
 MISSING = "Missing"
 NOT_POLLED = "not polled yet"
+UNKNOWN = "Unknown"
 REOPEN_INITIAL_S = 1.0  # first retry when NVML is unavailable, doubling
 REOPEN_MAX_S = 60.0
 # Errors that say the library, not one GPU, is gone (driver unloaded or
 # reloaded under us): close it and open it again, with the same backoff.
 LIBRARY_ERRORS = frozenset({"Uninitialized", "DriverNotLoaded", "LibRmVersionMismatch", "LibraryNotFound"})
+# nvmlInit and listing GPUs can hang inside the driver (go-nvml#152): one open
+# attempt may take this long; a hung attempt is not started again while it hangs.
+OPEN_TIMEOUT_S = 30.0
+# After having been up, NVML down this long will not come back by itself (e.g.
+# "Unknown Error" once the container lost its devices: it must be recreated),
+# so the daemon stops reporting ready; a driver reload is shorter.
+DOWN_UNREADY_S = 120.0
 
 Result = GpuReading | GpuReadError
 
@@ -49,6 +58,7 @@ class DeviceState:
 
     backend_up: bool
     reason: str  # why the backend is down ("" while up)
+    down_too_long: bool  # down for DOWN_UNREADY_S after having been up: not ready
     uuids: tuple[str, ...]
     latest: Mapping[str, GpuReading]  # last good reading per GPU
     up: Mapping[str, bool]  # answered the last read
@@ -64,6 +74,8 @@ class GpuReader:
         self._read_timeout_s = read_timeout_s
         self._backoff = backoff or Backoff(REOPEN_INITIAL_S, REOPEN_MAX_S, jitter=False)
         self._open = False
+        self._opening: asyncio.Future[tuple[str, ...]] | None = None
+        self._down_since: float | None = None  # monotonic; set when NVML goes down after being up
         self._reason = NOT_POLLED
         self._next_open_at = 0.0
         self._uuids: tuple[str, ...] = ()
@@ -86,11 +98,18 @@ class GpuReader:
         return DeviceState(
             backend_up=self._open,
             reason=self._reason,
+            down_too_long=self.down_too_long(),
             uuids=self._uuids,
             latest=MappingProxyType(dict(self._latest)),
             up=MappingProxyType(dict(self._up)),
             errors=tuple((call, err, n) for (call, err), n in sorted(self._errors.items())),
         )
+
+    def down_too_long(self) -> bool:
+        """NVML has been down DOWN_UNREADY_S since it was last up."""
+        if self._open or self._down_since is None:
+            return False
+        return self._clock.monotonic() - self._down_since >= DOWN_UNREADY_S
 
     def take_outage_news(self) -> str | None:
         """Why the backend could not be opened, once per outage (then None)."""
@@ -109,28 +128,50 @@ class GpuReader:
         now = self._clock.monotonic()
         if now < self._next_open_at:
             return False
-        try:
-            await asyncio.to_thread(self._backend.open)
-            self._uuids = tuple(await asyncio.to_thread(self._backend.list_gpus))
-        except BackendUnavailable as err:
-            self._reason = str(err)
-            first = self._backoff.failures == 0
-            self._next_open_at = now + self._backoff.next_delay()
-            if first:  # the loop that retries says so (take_outage_news); --once prints its own line
-                self._unannounced_outage = str(err)
+        if self._opening is not None and not self._opening.done():
+            self._reason = f"NVML initialisation has not answered for over {OPEN_TIMEOUT_S:g}s (hung in the driver)"
             return False
-        self._open, self._reason = True, ""
+        self._opening = asyncio.ensure_future(asyncio.to_thread(self._open_and_list))
+        self._opening.add_done_callback(_swallow)
+        try:
+            self._uuids = await asyncio.wait_for(asyncio.shield(self._opening), OPEN_TIMEOUT_S)
+        except (BackendUnavailable, TimeoutError) as err:
+            self._open_failed(
+                str(err)
+                if isinstance(err, BackendUnavailable)
+                else (f"NVML initialisation did not answer within {OPEN_TIMEOUT_S:g}s (nvmlInit or GPU listing hung)"),
+                now,
+            )
+            return False
+        self._open, self._reason, self._down_since = True, "", None
         self._backoff.reset()
         log.info("GPU backend open: %d GPU(s)", len(self._uuids))
         return True
 
+    def _open_and_list(self) -> tuple[str, ...]:
+        self._backend.open()
+        return tuple(self._backend.list_gpus())
+
+    def _open_failed(self, reason: str, now: float) -> None:
+        self._reason = reason
+        first = self._backoff.failures == 0
+        self._next_open_at = now + self._backoff.next_delay()
+        if first:  # the loop that retries says so (take_outage_news); --once prints its own line
+            self._unannounced_outage = reason
+
     async def _reopen_if_library_lost(self, results: Mapping[str, Result]) -> None:
-        lost = next((r for r in results.values() if isinstance(r, GpuReadError) and r.error in LIBRARY_ERRORS), None)
+        failed = [r for r in results.values() if isinstance(r, GpuReadError)]
+        lost = next((r for r in failed if r.error in LIBRARY_ERRORS), None)
+        if lost is None and failed and len(failed) == len(results) and all(r.error == UNKNOWN for r in failed):
+            # Every GPU answers "Unknown Error" at once: the process has lost the
+            # devices (nvidia-container-toolkit#48), not one GPU; reopening tells.
+            lost = failed[0]
         if lost is None:
             return
         self._reason = f"GPU backend lost: {lost.call}: {lost.error}"
         log.warning("%s; closing and opening it again", self._reason)
         self._open = False
+        self._down_since = self._clock.monotonic()
         self._next_open_at = self._clock.monotonic() + self._backoff.delay(0)
         try:
             await asyncio.to_thread(self._backend.close)
@@ -187,6 +228,6 @@ class GpuReader:
         self._latest[uuid] = result
 
 
-def _swallow(future: asyncio.Future[GpuReading]) -> None:
+def _swallow(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

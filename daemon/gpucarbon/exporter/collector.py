@@ -109,7 +109,17 @@ def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
 
 
 _GPU_GAUGES: tuple[tuple[str, str, Callable[[GpuView], float | None]], ...] = (
-    ("gpucarbon_gpu_power_watts", "Power draw (instantaneous where the GPU offers it), measured.", lambda g: g.power_w),
+    (
+        "gpucarbon_gpu_power_watts",
+        "Power draw of the GPU (instantaneous where the GPU offers it), measured.",
+        lambda g: g.power_w,
+    ),
+    (
+        "gpucarbon_gpu_module_power_watts",
+        "Power draw of the whole Grace superchip module (CPU, GPU, memory), measured; "
+        'only where energy_scope="module".',
+        lambda g: g.module_power_w,
+    ),
     ("gpucarbon_gpu_power_limit_watts", "Enforced power limit.", lambda g: g.power_limit_w),
     (
         "gpucarbon_gpu_utilization_ratio",
@@ -161,11 +171,13 @@ def _gpu_metrics(snap: Snapshot) -> Iterator[Metric]:
     info = _gauge(
         "gpucarbon_gpu_info",
         "GPU identity; value is always 1.",
-        ["gpu", "uuid", "model", "driver_version", "mig_mode", "energy_source"],
+        ["gpu", "uuid", "model", "driver_version", "mig_mode", "energy_source", "energy_scope"],
     )
     up = _gauge("gpucarbon_gpu_up", "1 if the GPU answered the last poll.", GPU_LABELS)
     for g in snap.gpus:
-        info.add_metric([str(g.index), g.uuid, g.model, g.driver_version, g.mig_mode, g.energy_source], 1)
+        info.add_metric(
+            [str(g.index), g.uuid, g.model, g.driver_version, g.mig_mode, g.energy_source, g.energy_scope], 1
+        )
         up.add_metric([str(g.index), g.uuid], 1 if g.up else 0)
     yield info
     yield up
@@ -191,6 +203,12 @@ def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
         "gpucarbon_workload_emissions_grams_total", "Emissions of the attributed energy, g CO2e.", LABELS_WORKLOAD
     )
     power = _gauge("gpucarbon_workload_power_watts", "Attributed power over the last interval.", LABELS_WORKLOAD)
+    mig = _gauge(
+        "gpucarbon_workload_mig_instance_info",
+        "The MIG instance a workload on a MIG board ran in; "
+        "value is always 1. Board power is not repeated per instance.",
+        [*LABELS_WORKLOAD, "gpu_instance", "mig_uuid"],
+    )
     held = _counter("gpucarbon_workload_held_seconds_total", "Time the workload held this GPU.", LABELS_WORKLOAD)
     busy = _counter(
         "gpucarbon_workload_busy_seconds_total",
@@ -209,6 +227,8 @@ def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
     currency = snap.carbon.currency
     for w in snap.workloads:
         labels = list(w.labels())
+        if w.mig_instance:
+            mig.add_metric(labels + [w.mig_instance, w.mig_uuid], 1)
         energy.add_metric(labels, w.energy_j)
         grams.add_metric(labels, w.grams)
         power.add_metric(labels, w.power_w)
@@ -221,6 +241,8 @@ def _workload_metrics(snap: Snapshot) -> Iterator[Metric]:
         if currency is not None:
             cost.add_metric(labels + [currency], w.cost)
     yield from (energy, grams, power, held, busy, alloc)
+    if any(w.mig_instance for w in snap.workloads):
+        yield mig
     if snap.carbon.embodied_enabled:
         yield embodied
     if currency is not None:

@@ -18,6 +18,9 @@ from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
 UNRESOLVED = Consumer(key="unresolved", workload="unresolved")
 PROCFS_SOURCE = "procfs"
+# /proc/<pid>/comm keeps the first 15 bytes of "nvidia-cuda-mps-server"; the
+# control daemon (nvidia-cuda-mps-control) never holds a GPU context.
+MPS_SERVER_COMM = "nvidia-cuda-mps"
 
 
 class ProcessFacts(Protocol):
@@ -112,6 +115,14 @@ class Resolver:
         if cgroup.slurm_job_id:
             return self._slurm_consumer(cgroup.slurm_job_id, facts.user)
         return self._process_consumer(facts.user, facts.comm)
+
+    def is_mps_server(self, pid: int) -> bool:
+        """Whether the process is a CUDA MPS server, which runs its clients'
+        kernels and is never charged itself (attribution/sharing.py)."""
+        if self._synthetic is not None and self._synthetic(pid) is not None:
+            return False
+        facts = self._lookup(pid)
+        return facts is not None and str(getattr(facts, "comm", "")).startswith(MPS_SERVER_COMM)
 
     def _pod_consumer(self, uid: str, container_id: str) -> Consumer:
         meta = self._metadata.pod(uid) if self._metadata is not None else None
