@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "gpucarbon"
-FOUNDATION = ("gpucarbon.errors", "gpucarbon.clock", "gpucarbon.backoff", "gpucarbon.yamlcheck", "gpucarbon.teams")
+FOUNDATION = (
+    "gpucarbon.errors",
+    "gpucarbon.clock",
+    "gpucarbon.backoff",
+    "gpucarbon.yamlcheck",
+    "gpucarbon.teams",
+    "gpucarbon.labels",  # the one label sanitiser, used by every source
+    "gpucarbon.fileperms",  # start-up warnings about file modes
+)
 
 # Module (or package) -> what it may import from gpucarbon, besides itself and the foundation.
 ALLOWED: dict[str, tuple[str, ...]] = {

@@ -57,15 +57,46 @@ async def test_fallbacks_count_episodes_not_calls():
         clock=lambda: now[0],
         session=object(),
     )
-    for _ in range(5):  # never fetched: one episode however often it is asked
+    for _ in range(5):  # starting: the table serves, but no live value was expected yet
+        assert provider.current().fallback
+    assert provider.health().fallbacks == 0
+    await provider.refresh_once()
+    assert provider.current().grams_per_kwh == 123.0
+    now[0] += 500  # stale: one episode however often it is asked
+    for _ in range(3):
         assert provider.current().fallback
     assert provider.health().fallbacks == 1
     await provider.refresh_once()
-    assert provider.current().grams_per_kwh == 123.0
+    assert not provider.current().fallback  # fresh: the episode ends
     now[0] += 500  # stale again: a second episode
-    for _ in range(3):
-        assert provider.current().fallback
+    provider.current()
     assert provider.health().fallbacks == 2
+
+
+class _Failing:
+    source, signal = "electricitymaps", "average"
+
+    async def fetch(self, session, timeout):
+        from gpucarbon.carbon.refresh import FetchError
+
+        raise FetchError("auth", "HTTP 401", retryable=False)
+
+
+async def test_a_healthy_start_is_no_fallback_but_a_failed_first_fetch_is():
+    from gpucarbon.carbon.model import IntensityReading
+    from gpucarbon.carbon.refresh import RefreshingProvider, RefreshPolicy
+
+    provider = RefreshingProvider(
+        _Failing(),
+        RefreshPolicy(interval_s=60, timeout_s=1, stale_after_s=100),
+        IntensityReading(56.0, "FR", "table"),
+        clock=lambda: 1000.0,
+        session=object(),
+    )
+    provider.current()
+    assert provider.health().fallbacks == 0
+    await provider.refresh_once()  # the first cycle ended without a value: now one was expected
+    assert provider.current().fallback and provider.health().fallbacks == 1
 
 
 async def test_the_provisional_provider_is_closed_when_the_real_one_replaces_it():

@@ -249,6 +249,81 @@ async def test_auth_failure_is_not_retried_and_never_leaks_the_token(api, sessio
     assert EM_TOKEN not in repr(health) and EM_TOKEN not in repr(provider.current())
 
 
+# Redirects: Electricity Maps moved from api.electricitymap.org to api.electricitymaps.com;
+# the old domain answers with a redirect. A redirect is followed, not counted as an error.
+
+
+def test_electricitymaps_default_base_url_is_the_documented_one():
+    assert (
+        ElectricityMapsFetcher("FR", SecretSource("t", env="X", environ={"X": "t"}))._url
+        == "https://api.electricitymaps.com/v3/carbon-intensity/latest"
+    )
+
+
+async def test_a_redirect_is_followed_with_the_token_and_is_no_error(api, session):
+    moved = "/moved" + EM_PATH
+    api.script(EM_PATH, Reply(status=301, headers={"Location": moved + "?zone=FR"}))
+    api.script(moved, Reply(body=electricitymaps_latest("FR", 41)))
+    provider = em_provider(api, session, ManualTime())
+
+    assert await provider.refresh_once() is True
+
+    assert provider.current().grams_per_kwh == 41.0 and provider.current().fallback is False
+    [followed] = api.hits(moved)
+    assert followed.headers["auth-token"] == EM_TOKEN and followed.query == {"zone": "FR"}
+    assert provider.health().errors == {} and provider.health().fallbacks == 0
+
+
+async def test_a_redirect_to_an_untrusted_host_is_a_client_error_and_the_token_stays(api, session, caplog):
+    elsewhere = api.base_url.replace("127.0.0.1", "localhost") + "/steal" + EM_PATH
+    api.script(EM_PATH, Reply(status=302, headers={"Location": elsewhere}))
+    api.script("/steal" + EM_PATH, Reply(body=electricitymaps_latest("FR", 1)))
+    provider = em_provider(api, session, ManualTime())
+
+    with caplog.at_level(logging.WARNING):
+        assert await provider.refresh_once() is False
+
+    assert api.hits("/steal" + EM_PATH) == []
+    assert provider.health().errors == {"client_error": 1}
+    assert "redirect to host 'localhost'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "replies, problem",
+    [
+        ([Reply(status=308)], "without a Location"),
+        ([Reply(status=307, headers={"Location": EM_PATH})], "more than 5 redirects"),
+    ],
+)
+async def test_broken_redirects_are_still_counted_as_errors(api, session, caplog, replies, problem):
+    api.script(EM_PATH, *replies)
+    provider = em_provider(api, session, ManualTime())
+
+    with caplog.at_level(logging.WARNING):
+        assert await provider.refresh_once() is False
+
+    assert provider.health().errors == {"client_error": 1}
+    assert problem in caplog.text
+
+
+async def test_get_json_carries_credentials_to_a_trusted_second_host(api, session):
+    from gpucarbon.carbon.providers.http import get_json
+
+    other = api.base_url.replace("127.0.0.1", "localhost")
+    api.script("/old", Reply(status=308, headers={"Location": other + "/new"}))
+    api.script("/new", Reply(body={"ok": 1}))
+    timeout = aiohttp.ClientTimeout(total=5)
+    body = await get_json(
+        session,
+        api.base_url + "/old",
+        what="t",
+        timeout=timeout,
+        headers={"auth-token": "x"},
+        trusted_hosts=("localhost",),
+    )
+    assert body == {"ok": 1} and api.hits("/new")[0].headers["auth-token"] == "x"
+
+
 async def test_connection_refused_is_a_connection_error(session):
     time = ManualTime()
     async with FakeApi() as api:
@@ -541,7 +616,7 @@ def test_factory_builds_static_and_table_without_io():
     assert isinstance(static, StaticProvider)
     assert static.current() == IntensityReading(300.0, "lab", "static")
     table = build_provider("table", "aws:eu-west-3")
-    assert (table.current().zone, table.current().grams_per_kwh) == ("FR", 56.0)
+    assert (table.current().zone, table.current().grams_per_kwh) == ("FR", 44.18)  # Ember 2024
     assert table.health().up is True
 
 
@@ -569,7 +644,7 @@ async def test_factory_live_provider_falls_back_to_the_zone_table_value(monkeypa
     provider = build_provider("electricitymaps", "DE", token_env="GPUCARBON_TEST_EM_TOKEN")
     try:
         reading = provider.current()
-        assert (reading.zone, reading.grams_per_kwh, reading.fallback) == ("DE", 381.0, True)
+        assert (reading.zone, reading.grams_per_kwh, reading.fallback) == ("DE", 342.06, True)  # Ember 2024
         assert provider.health().source == "electricitymaps"
     finally:
         await provider.close()
@@ -578,3 +653,26 @@ async def test_factory_live_provider_falls_back_to_the_zone_table_value(monkeypa
 def test_fetch_error_text_has_reason_and_detail():
     error = FetchError("auth", "electricitymaps: HTTP 401", retryable=False)
     assert str(error) == "auth: electricitymaps: HTTP 401" and error.retryable is False
+
+
+@pytest.mark.parametrize(
+    "zone, expected",
+    [
+        ("FR\ud800", "FR"),  # issue 11: a lone surrogate made every /metrics a 500 (UnicodeEncodeError)
+        ("FR\n# TYPE x counter", "FR# TYPE x counter"),
+        ("Z" * 30000, None),  # issue 11: reached the exposition as is
+    ],
+    ids=["lone-surrogate", "newline", "30000-chars"],
+)
+async def test_a_hostile_zone_from_the_api_becomes_a_safe_label(api, session, zone, expected):
+    import json
+
+    from gpucarbon.labels import sanitise_label_value
+
+    api.script(EM_PATH, Reply(raw=json.dumps({**electricitymaps_latest("FR", 41), "zone": zone})))
+    provider = em_provider(api, session, ManualTime())
+    assert await provider.refresh_once() is True
+    reading = provider.current()
+    assert reading.zone == (expected if expected is not None else sanitise_label_value(zone, 64))
+    assert len(reading.zone) <= 64 and reading.zone.isprintable()
+    reading.zone.encode("utf-8")  # no lone surrogate left

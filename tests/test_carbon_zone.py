@@ -34,6 +34,10 @@ ZONE = "topology.kubernetes.io/zone"
         ({ZONE: "us-gov-west-1a"}, "aws:///us-gov-west-1a/i-1", "aws:us-gov-west-1"),
         ({ZONE: "asia-northeast1-c", "cloud.google.com/machine-family": "a3"}, None, "gcp:asia-northeast1"),
         ({ZONE: "swedencentral-2"}, "azure:///subscriptions/x", "azure:swedencentral"),
+        # OKE: providerID is the instance OCID; the region label may be the long name or the short key
+        ({REGION: "us-ashburn-1"}, "ocid1.instance.oc1.iad.anuwcljt", "oci:us-ashburn-1"),
+        ({REGION: "yul", "oci.oraclecloud.com/fault-domain": "FAULT-DOMAIN-1"}, None, "oci:yul"),
+        ({ZONE: "UpwQ:US-ASHBURN-AD-1"}, "ocid1.instance.oc1.iad.x", None),
         # on-prem: the region label is taken as a grid zone, as written
         ({REGION: "FR"}, None, "FR"),
         ({REGION: "US-EGRID-RFCE"}, "kind://docker/kind/kind-worker", "US-EGRID-RFCE"),
@@ -70,6 +74,8 @@ def test_detect_cloud_provider(labels, provider_id, expected):
         ({REGION: "us-east-1"}, "aws:///us-east-1a/i-1", "US-EGRID-SRVC"),
         ({REGION: "europe-north1"}, "gce://p/europe-north1-a/n", "FI"),
         ({REGION: "uksouth"}, "azure:///s", "GB"),
+        ({REGION: "northamerica-northeast1"}, "gce://p/northamerica-northeast1-a/n", "CA-QC"),
+        ({REGION: "yyz"}, "ocid1.instance.oc1.yyz.x", "CA-ON"),
     ],
 )
 def test_detected_zones_resolve_in_the_bundled_table(labels, provider_id, grid_zone):

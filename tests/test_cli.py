@@ -74,6 +74,17 @@ def test_json_logs_are_json_lines():
         assert json.loads(line)["level"] in {"info", "warning"}
 
 
+def test_a_carbon_key_the_source_ignores_is_one_line_exit_two(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("carbon:\n  intensity:\n    grams_per_kwh: 400\n")
+    result = run(f"--config.file={path}", "--simulate", "--once")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"gpu-carbon-exporter: {path}: carbon.intensity.grams_per_kwh: 400: "
+        "source 'table' does not read it (read by: static)"
+    )
+
+
 # --- the listen address and values that look like flags ---------------------------------
 
 

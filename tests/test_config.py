@@ -2,7 +2,15 @@
 
 import pytest
 
-from gpucarbon.config import Config, ConfigError, load_config, parse_config, parse_duration
+from gpucarbon.config import (
+    INTENSITY_KEYS_BY_SOURCE,
+    INTENSITY_SOURCES,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 
 EXAMPLE = """
 attribution:
@@ -119,3 +127,80 @@ def test_hostile_key_names_keep_the_error_on_one_line():
     with pytest.raises(ConfigError) as err:
         parse_config('teams: {namespaces: {"x\\ny": 3}}', "c.yaml")
     assert "\n" not in str(err.value)
+
+
+# ---- a carbon.intensity key the chosen source does not read is an error ----------
+
+
+SAMPLE_VALUES = {
+    "grams_per_kwh": 400,
+    "refresh": "10m",
+    "stale_after": "2h",
+    "timeout": "5s",
+    "base_url": "https://example.invalid",
+    "region": "CAISO_NORTH",
+    "token_env": "EM_TOKEN",
+    "token_file": "/run/secrets/t",
+    "username_env": "WT_USER",
+    "password_env": "WT_PASS",
+    "signal_type": "co2_aoer",
+}
+SOURCE_SPECIFIC = sorted(set().union(*INTENSITY_KEYS_BY_SOURCE.values()))
+NOT_READ = [
+    (key, source)
+    for key in SOURCE_SPECIFIC
+    for source in INTENSITY_SOURCES
+    if key not in INTENSITY_KEYS_BY_SOURCE[source]
+]
+READ = [(key, source) for source in INTENSITY_SOURCES for key in sorted(INTENSITY_KEYS_BY_SOURCE[source])]
+
+
+def test_every_source_specific_key_has_a_sample_and_is_checked_somewhere():
+    assert set(SAMPLE_VALUES) == set(SOURCE_SPECIFIC)
+    assert {key for key, _ in NOT_READ} == set(SOURCE_SPECIFIC)  # every key is foreign to some source
+
+
+@pytest.mark.parametrize("key, source", NOT_READ)
+def test_a_key_the_source_does_not_read_is_refused_naming_key_and_source(key, source):
+    extra = {"grams_per_kwh": 1} if source == "static" else {}
+    section = {"source": source, **extra, key: SAMPLE_VALUES[key]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"carbon: {{intensity: {section!r}}}".replace("'", '"'), "c.yaml")
+    message = str(err.value)
+    assert message.startswith(f"c.yaml: carbon.intensity.{key}: ")
+    assert f"source '{source}' does not read it" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("key, source", READ)
+def test_a_key_the_source_reads_is_accepted(key, source):
+    extra = {"grams_per_kwh": 1} if source == "static" and key != "grams_per_kwh" else {}
+    section = {"source": source, **extra, key: SAMPLE_VALUES[key]}
+    parse_config(f"carbon: {{intensity: {section!r}}}".replace("'", '"'), "c.yaml")
+
+
+def test_the_issue_case_grams_without_static_is_refused():
+    with pytest.raises(
+        ConfigError,
+        match=r"carbon.intensity.grams_per_kwh: 400: source 'table' does not "
+        r"read it \(read by: static\)",
+    ):
+        parse_config("carbon: {intensity: {grams_per_kwh: 400}}", "c.yaml")
+
+
+def test_owner_following_is_configurable_and_checked():
+    config = parse_config("kubernetes: {owners: {follow: [ReplicaSet, Job, RayCluster, StatefulSet], max_depth: 3}}")
+    assert config.kubernetes.owners_follow == ("ReplicaSet", "Job", "RayCluster", "StatefulSet")
+    assert config.kubernetes.owners_max_depth == 3
+    for text, message in [
+        (
+            "kubernetes: {owners: {follow: RayCluster}}",
+            "c.yaml: kubernetes.owners.follow: 'RayCluster': must be a list",
+        ),
+        ("kubernetes: {owners: {follow: [raycluster]}}", "c.yaml: kubernetes.owners.follow[0]: 'raycluster'"),
+        ("kubernetes: {owners: {follow: [Node]}}", "c.yaml: kubernetes.owners.follow[0]: 'Node'"),
+        ("kubernetes: {owners: {max_depth: 0}}", "c.yaml: kubernetes.owners.max_depth: 0: must be at least 1"),
+        ("kubernetes: {owners: {depth: 2}}", "c.yaml: kubernetes.owners.depth: unknown key"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "c.yaml")
+        assert str(err.value).startswith(message), str(err.value)

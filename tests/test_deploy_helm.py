@@ -64,7 +64,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "runtimeClassName": "nvidia",
         "priorityClassName": "system-node-critical",
     },
+    "network-policy": {
+        "networkPolicy": {
+            "enabled": True,
+            "prometheusNamespace": "observability",
+            "prometheusPodLabels": {"app.kubernetes.io/name": "prometheus"},
+        }
+    },
     "podresources-root": {"podResources": {"enabled": True}, "securityContext": {"runAsRoot": True}},
+    "follow-owners": {
+        "config": {"kubernetes": {"owners": {"follow": ["ReplicaSet", "Job", "RayCluster", "StatefulSet"]}}}
+    },
     "podresources-off-no-state": {"podResources": {"enabled": False}, "state": {"enabled": False}},
     "carbon-tokens": {
         "carbonTokens": {"existingSecret": "carbon-api", "env": {"ELECTRICITYMAPS_TOKEN": "token"}},
@@ -294,6 +304,15 @@ def test_rendered_config_is_accepted_by_the_daemon(rendered: dict, name: str) ->
     assert "--config.file=/etc/gpu-carbon-exporter/config/config.yaml" in _container(rendered[name])["args"]
 
 
+def test_default_carbon_settings_are_the_daemons(rendered: dict) -> None:
+    """The chart used to default to static 475 g/kWh while the daemon defaults to the
+    bundled table with zone detection; a chart user now gets the daemon's behaviour."""
+    chart = parse_config(_daemon_config(rendered["default"])).carbon
+    daemon = parse_config("{}").carbon
+    assert (chart.intensity.source, chart.intensity.zone, chart.intensity.grams_per_kwh) == ("table", "auto", None)
+    assert chart.intensity == daemon.intensity and chart.pue == daemon.pue
+
+
 def test_carbon_tokens_come_from_the_existing_secret(rendered: dict) -> None:
     env = {e["name"]: e for e in _container(rendered["carbon-tokens"])["env"]}
     assert env["ELECTRICITYMAPS_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "carbon-api", "key": "token"}}
@@ -325,10 +344,8 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
         for verb in rule["verbs"]
     }
     assert grants == {
-        ("", "pods", "get"),
-        ("", "pods", "list"),
+        ("", "pods", "list"),  # no get: nothing reads a pod by name
         ("", "pods", "watch"),
-        ("", "namespaces", "get"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
         ("", "nodes", "get"),
@@ -337,11 +354,46 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
     }
     binding = _one(rendered["default"], "ClusterRoleBinding")
     account = _one(rendered["default"], "ServiceAccount")
+    # Following RayCluster / StatefulSet owners adds exactly their `get`, and only when configured.
+    wider = _one(rendered["follow-owners"], "ClusterRole")
+    wider_grants = {
+        (g, r, v)
+        for rule in wider["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert wider_grants - grants == {("ray.io", "rayclusters", "get"), ("apps", "statefulsets", "get")}
+    assert parse_config(_daemon_config(rendered["follow-owners"])).kubernetes.owners_follow == (
+        "ReplicaSet",
+        "Job",
+        "RayCluster",
+        "StatefulSet",
+    )
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "gpu-carbon"}
     ]
     assert _pod(rendered["default"])["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_network_policy_is_off_by_default_and_admits_only_prometheus_to_the_metrics_port(rendered: dict) -> None:
+    assert not [o for o in rendered["default"] if o["kind"] == "NetworkPolicy"]
+    objects = rendered["network-policy"]
+    policy, daemonset = _one(objects, "NetworkPolicy"), _one(objects, "DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    [port] = rule["ports"]
+    assert port == {"port": "metrics", "protocol": "TCP"}
+    assert any(p["name"] == "metrics" for p in _container(objects)["ports"])
 
 
 # --- monitoring objects ------------------------------------------------------
@@ -372,6 +424,10 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "targetLabel": "node",
         "action": "replace",
     } in endpoint["relabelings"]
+    # the workload's namespace/pod must not become exported_namespace/exported_pod, and a series
+    # without a workload must not take the exporter pod's
+    assert endpoint["honorLabels"] is True
+    assert {"action": "labeldrop", "regex": "(namespace|pod|container)"} in endpoint["relabelings"]
     assert set(endpoint) <= {
         "port",
         "path",
@@ -382,6 +438,7 @@ def test_service_monitor_selects_the_service_and_adds_node(rendered: dict) -> No
         "basicAuth",
         "relabelings",
         "metricRelabelings",
+        "honorLabels",
     }
 
 

@@ -56,6 +56,7 @@ def test_issue_alerts_are_all_defined() -> None:
         "GPUCarbonExporterDown",
         "GPUCarbonNVMLDown",
         "GPUCarbonIntensityStale",
+        "InferenceEnergyPerTokenRegressed",
     }
 
 
@@ -104,6 +105,8 @@ LEVEL_LABEL = {
     "team": "team",
     "namespace": "namespace",
     "namespace_workload": "workload",
+    "namespace_pod": "pod",
+    "model": "model",
 }
 
 

@@ -32,6 +32,8 @@ SOURCES_OF_METRIC_NAMES = (
     ROOT / "daemon/gpucarbon/exporter/collector.py",
     ROOT / "daemon/gpucarbon/checkpoint.py",  # the state counters, passed as extra counters
     ROOT / "daemon/gpucarbon/exporter/http.py",  # web auth failures, counted on the HTTP path
+    ROOT / "daemon/gpucarbon/exporter/listener.py",  # connections the listener closed
+    ROOT / "daemon/gpucarbon/exporter/certificate.py",  # the TLS certificate's expiry
 )
 PROBE = "zz_not_a_key"  # a key no section accepts
 

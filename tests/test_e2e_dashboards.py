@@ -1,6 +1,8 @@
 """End to end: real Prometheus loads the rules, scrapes the daemon running the
-built-in demo scenario (`--simulate`), and every dashboard query returns data;
-GPUIdleHighPower reaches `firing` for the pod that holds a GPU idle.
+built-in demo scenario (`--simulate`) and the demo's simulated serving engines
+(`--simulate.serving-address`, a second target as a serving pod would be), and
+every dashboard query returns data; GPUIdleHighPower reaches `firing` for the
+pod that holds a GPU idle.
 
 The demo (daemon/gpucarbon/data/demo-scenario.yaml) has a GPU held by a notebook
 pod that runs nothing (vision/notebook-alice-0, 70 W at 0% utilization on a 700 W
@@ -11,6 +13,7 @@ shortened in a temporary copy so the alert can fire within the test.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -98,7 +101,7 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     tmp = tmp_path_factory.mktemp("e2e")
-    daemon_port, prometheus_port = _free_port(), _free_port()
+    daemon_port, serving_port, prometheus_port = _free_port(), _free_port(), _free_port()
     rules = []
     for path in RULE_FILES:
         copy = tmp / path.name
@@ -111,7 +114,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             {
                 "job_name": "gpu-carbon-exporter",
                 "static_configs": [{"targets": [f"127.0.0.1:{daemon_port}"], "labels": {"node": "sim-node"}}],
-            }
+            },
+            # The engines' series carry namespace and pod, as service discovery would attach them.
+            {"job_name": "serving-engines", "static_configs": [{"targets": [f"127.0.0.1:{serving_port}"]}]},
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -122,9 +127,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             "gpucarbon",
             "--simulate",
             f"--web.listen-address=127.0.0.1:{daemon_port}",
+            f"--simulate.serving-address=127.0.0.1:{serving_port}",
             "--poll.interval=500ms",
         ],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "daemon")},  # this tree, whatever is pip-installed
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -163,6 +170,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             "recording rules and the idle alert",
             lambda: (
                 client.query("team:gpucarbon_team_energy_joules:rate5m")
+                and client.query("namespace_workload:gpucarbon_energy_per_token_joules:rate5m")
                 and client.query('ALERTS{alertname="GPUIdleHighPower", alertstate="firing"}')
             ),
             DATA_TIMEOUT_S,

@@ -190,10 +190,11 @@ def late_jax_pod() -> dict:
 
 def kubelet_pods(*, with_vllm: bool = True) -> list:
     """Each device-ID form the NVIDIA device plugin uses: UUID, index, replica of
-    a UUID, replica of an index."""
+    an index; and GKE's plugin's form, a share of /dev/nvidia2 (the simulated
+    GPUs' minor numbers are their indices)."""
     pods = [
         kubelet_pod("ml", "bert-train-0", {"trainer": {"nvidia.com/gpu": [gpu_uuid(0)]}}),
-        kubelet_pod("research", "notebook-0", {"jupyter": {"nvidia.com/gpu.shared": [f"{gpu_uuid(2)}::1"]}}),
+        kubelet_pod("research", "notebook-0", {"jupyter": {"nvidia.com/gpu": ["nvidia2/vgpu1"]}}),
         kubelet_pod("batch", "jax-worker-0", {"worker": {"nvidia.com/gpu.shared": ["4::2"]}}),
         kubelet_pod("kube-system", "dns-0", {"coredns": {"cpu.example/other": ["x"]}}),  # holds no GPU
         # A GPU this node does not have (a stale answer): ignored, never a crash.
@@ -575,3 +576,15 @@ def test_zone_auto_reads_the_node_and_uses_its_grid(node):
     (intensity,) = scrape.series("gpucarbon_grid_carbon_intensity_grams_per_kwh")
     assert intensity.labels["source"] == "table" and intensity.value < 100  # France: low-carbon grid
     assert ("get", f"/api/v1/nodes/{NODE}", {}) in node.api.requests
+
+
+def test_unmapped_allocations_are_counted_by_resource(node):
+    # ghost-0 holds a GPU this node does not have: counted, never guessed, never a crash.
+    scrape = wait_scrape(
+        node, lambda s: s.series("gpucarbon_podresources_unmapped_devices"), "the unmapped-devices gauge"
+    )
+    assert [(s.labels["resource"], s.value) for s in scrape.series("gpucarbon_podresources_unmapped_devices")] == [
+        ("nvidia.com/gpu", 1.0)
+    ]
+    log = node.daemon.log.read_text(errors="replace")
+    assert log.count("'GPU-00000000-0000-0000-0000-000000000000' of pod ml/ghost-0") == 1

@@ -174,3 +174,77 @@ def test_sigint_stops_cleanly_too(tmp_path):
     d.proc.send_signal(signal.SIGINT)
     assert d.proc.wait(15) == 0
     assert "Traceback" not in d.log.read_text()
+
+
+def test_sighup_is_ignored_and_counters_continue(tmp_path):
+    """Issue 11: SIGHUP killed the daemon without a final checkpoint. It is
+    ignored (configuration is read at start; docs/security.md)."""
+    state = tmp_path / "state"
+    d = Daemon(tmp_path, "--simulate", "--poll.interval=200ms", f"--state.dir={state}")
+    try:
+        d.wait_ready()
+
+        def nlp_energy() -> float:
+            line = next(
+                line
+                for line in d.metrics().splitlines()
+                if line.startswith('gpucarbon_team_energy_joules_total{team="nlp"}')
+            )
+            return float(line.split()[-1])
+
+        before = nlp_energy()
+        for _ in range(3):
+            d.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+        assert d.proc.poll() is None, "SIGHUP ended the daemon"
+        wait_until(lambda: nlp_energy() > before, 10, "counters to keep growing after SIGHUP")
+        assert "SIGHUP ignored" in d.log.read_text()
+    finally:
+        assert d.stop() == 0
+    saved = json.loads((state / "state.json").read_text())
+    assert saved["payload"]["ledger"]["teams"]["nlp"]["energy_mj"] >= before * 1000
+
+
+RECREATED_POD_SCENARIO = """\
+# A StatefulSet pod recreated under the same namespace and name (new UID) while
+# the old one's series is still within retention.finished (600 s by default).
+speed: 10
+seed: 11
+gpus:
+  - {model: NVIDIA H100 80GB HBM3, count: 1, idle_watts: 70, context_watts: 118, max_watts: 700,
+     memory_bytes: 85899345920}
+workloads:
+  - {namespace: ml, pod: trainer-0, container: train, workload: StatefulSet/trainer, team: nlp,
+     gpus: [0], start: 0, end: 15, sm_util: 0.8}
+  - {namespace: ml, pod: trainer-0, container: train, workload: StatefulSet/trainer, team: nlp,
+     gpus: [0], start: 20, end: null, sm_util: 0.6}
+"""
+
+
+def test_a_recreated_pod_is_one_series_that_prometheus_accepts(tmp_path):
+    """Issue 11: the old and the new consumer rendered two series with one label
+    set; Prometheus rejects such a scrape's duplicates. Now the recreated pod
+    continues the old series (one monotonic counter), scraped by a real Prometheus."""
+    scenario = tmp_path / "recreated.yaml"
+    scenario.write_text(RECREATED_POD_SCENARIO)
+    d = Daemon(tmp_path, f"--simulate={scenario}", "--poll.interval=200ms")
+    d.wait_ready()
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{d.port}"])
+    try:
+        time.sleep(4.5)  # 45 simulated seconds: both pods have run, the second is running
+        series = [
+            line for line in d.metrics().splitlines() if line.startswith("gpucarbon_workload_energy_joules_total{")
+        ]
+        assert len(series) == 1, series
+        query = 'gpucarbon_workload_energy_joules_total{namespace="ml",pod="trainer-0"}'
+        wait_until(lambda: prom.query(f"count_over_time({query}[1m]) >= 3"), 30, "three scrapes of the pod")
+        assert len(prom.query(query)) == 1
+        assert float(prom.query(f"resets({query}[5m])")[0]["value"][1]) == 0.0, "the counter went backwards"
+        status, body = http_get(prom.url + "/api/v1/targets")
+        [target] = json.loads(body)["data"]["activeTargets"]
+        assert target["health"] == "up" and target["lastError"] == "", target
+    finally:
+        prom.stop()
+        d.stop()
+    log = prom.log.read_text()
+    assert "duplicate sample" not in log and "same timestamp" not in log, log[-2000:]

@@ -133,8 +133,27 @@ def test_lost_gpu_exports_up_zero_and_no_stale_gauges():
     assert 'gpucarbon_gpu_energy_joules_total{gpu="1",uuid="GPU-1111"} 5.0' in text
 
 
-def test_label_values_are_escaped():
-    assert 'pod="evil\\"pod\\nname"' in render_text(fixed_snapshot)
+def test_label_values_are_escaped_and_sanitised():
+    # The quote is escaped by the exposition format; the newline never gets
+    # that far: every rendered label goes through the one sanitiser.
+    text = render_text(fixed_snapshot)
+    assert 'pod="evil\\"podname"' in text
+    assert "\\n" not in text.split("# HELP process_")[0]
+
+
+def test_a_lone_surrogate_or_huge_label_never_breaks_a_scrape():
+    # Issue 11: a zone "FR\ud800" from a carbon API made every /metrics a 500.
+    from dataclasses import replace
+
+    snap = fixed_snapshot()
+    hostile = replace(
+        snap,
+        teams=tuple(replace(t, team="evil\ud800team") for t in snap.teams),
+        workloads=tuple(replace(w, workload="W" * 30000) for w in snap.workloads),
+    )
+    text = render_text(lambda: hostile)
+    assert 'team="evilteam"' in text
+    assert "W" * 400 not in text and "W" * 300 in text
 
 
 async def test_http_serves_metrics_health_and_readiness():

@@ -14,6 +14,7 @@ import ssl
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -414,7 +415,9 @@ async def test_a_verified_password_is_cached_and_a_wrong_one_never_is(
             *(get(f"{url}/metrics", auth=("prometheus", PASSWORD + "!")) for _ in range(2))
         )
     assert [status for status, _, _ in concurrent] == [401, 401]
-    assert calls == [PASSWORD.encode(), b"nope", b"nope", (PASSWORD + "!").encode(), (PASSWORD + "!").encode()]
+    # Sequential wrong passwords pay bcrypt every time (never cached); two
+    # identical ones in flight at once share the one check that is running.
+    assert calls == [PASSWORD.encode(), b"nope", b"nope", (PASSWORD + "!").encode()]
 
 
 async def test_concurrent_first_scrapes_share_one_bcrypt_check(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -731,3 +734,36 @@ def test_basic_header_parsing_edge_cases() -> None:
     assert webconfig._parse_basic(encode(b"\xff:x")) is None  # not UTF-8
     assert webconfig._parse_basic("Bearer abc") is None
     assert webconfig._parse_basic("basic " + base64.b64encode(b"u:p").decode()) == (b"u", b"p")
+
+
+async def test_a_flood_of_guesses_neither_outgrows_its_caps_nor_queues_ahead_of_a_clean_address():
+    """Issue 11, the bcrypt queue: per-address caps hold even for requests that
+    arrive in one loop iteration, and a scraper from an address that has not been
+    failing is checked next, ahead of every queued guess."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=8))
+    auth = webconfig._BasicAuthenticator({"prometheus": hashed}, cache_size=16, max_pending_checks=32)
+    counter = iter(range(10**9))
+    stop = asyncio.Event()
+    peak_per_address = [0]
+
+    async def guesser(address: str) -> None:
+        while not stop.is_set():
+            guess = base64.b64encode(f"prometheus:g{next(counter)}".encode()).decode()
+            await auth.check(f"Basic {guess}", address)
+            peak_per_address[0] = max(peak_per_address[0], max(auth._pending_by_address.values(), default=0))
+            await asyncio.sleep(0.001)
+
+    flood = [asyncio.create_task(guesser(f"10.0.0.{i % 4}")) for i in range(64)]
+    await asyncio.sleep(1.5)
+    single = time.monotonic()
+    bcrypt.checkpw(b"x", hashed)
+    one_check = time.monotonic() - single
+    start = time.monotonic()
+    result = await auth.check("Basic " + base64.b64encode(b"prometheus:pw").decode(), "10.9.9.9")
+    waited = time.monotonic() - start
+    stop.set()
+    await asyncio.gather(*flood)
+    assert result is None
+    assert peak_per_address[0] <= 2 and auth._pending == 0
+    # the check in progress, then ours: not the 8 queued guesses
+    assert waited < 4 * one_check + 0.5, (waited, one_check)

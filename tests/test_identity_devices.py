@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -143,3 +146,54 @@ def test_any_text_gives_a_known_gpu_none_or_value_error(device_id: str):
     except ValueError:
         return
     assert result in (None, GPU0, GPU1, GPU3)
+
+
+# ---- GKE's device plugin: nvidia<minor>[/gi<g>][/vgpu<k>] ---------------------------
+
+GKE_FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "kubelet" / "gke-device-ids.json").read_text())
+# Minor numbers deliberately differ from NVML indices: /dev/nvidiaN follows the
+# driver's probe order, not the PCI-bus order of NVML's index.
+GKE_INVENTORY = GpuInventory({GPU0: 0, GPU1: 1, GPU3: 3}, minor_numbers={GPU0: 1, GPU1: 0, GPU3: 3})
+GPU_BY_MINOR = {1: GPU0, 0: GPU1, 3: GPU3}
+
+
+@pytest.mark.parametrize("case", GKE_FIXTURE["ids"], ids=lambda case: case["id"])
+def test_gke_device_ids_map_by_minor_number_not_index(case):
+    assert normalise_device_id(case["id"], GKE_INVENTORY) == GPU_BY_MINOR[case["expect_minor"]]
+
+
+@pytest.mark.parametrize("device_id", ["nvidia2", "nvidia9/vgpu0", "nvidia7/gi1/vgpu3"])
+def test_gke_ids_of_minors_this_node_lacks_are_unmapped(device_id):
+    assert normalise_device_id(device_id, GKE_INVENTORY) is None
+
+
+@pytest.mark.parametrize(
+    "device_id",
+    ["nvidia", "nvidia0/", "nvidia0/gpu1", "nvidia0/vgpu", "nvidia-0", "nvidia0/vgpu1/gi0", "nvidiactl", "nvidia-uvm"],
+)
+def test_near_gke_ids_are_not_guessed(device_id):
+    assert normalise_device_id(device_id, GKE_INVENTORY) is None
+
+
+def test_without_minor_numbers_gke_ids_stay_unmapped():
+    assert normalise_device_id("nvidia0", INVENTORY) is None  # never guessed from the index
+
+
+def test_minor_numbers_must_be_unique_and_of_known_gpus():
+    with pytest.raises(ValueError, match="minor number 0 given to both"):
+        GpuInventory({GPU0: 0, GPU1: 1}, minor_numbers={GPU0: 0, GPU1: 0})
+    with pytest.raises(ValueError, match="not among the GPUs"):
+        GpuInventory({GPU0: 0}, minor_numbers={GPU1: 0})
+
+
+def test_inventory_of_readings_carries_minor_numbers_and_drops_a_claimed_twice_minor():
+    from gpucarbon.device.model import GpuReading
+    from gpucarbon.identity.devices import inventory_of
+
+    def reading(uuid: str, index: int, minor: int | None) -> GpuReading:
+        return GpuReading(uuid=uuid, index=index, name="G", timestamp_s=0.0, minor_number=minor)
+
+    good = inventory_of({GPU0: reading(GPU0, 0, 1), GPU1: reading(GPU1, 1, 0), GPU3: reading(GPU3, 3, None)})
+    assert [normalise_device_id(f"nvidia{m}", good) for m in (0, 1, 3)] == [GPU1, GPU0, None]
+    clash = inventory_of({GPU0: reading(GPU0, 0, 4), GPU1: reading(GPU1, 1, 4)})
+    assert normalise_device_id("nvidia4", clash) is None  # never a wrong GPU

@@ -435,3 +435,161 @@ def test_documented_rbac_is_valid_and_read_only():
     }
     assert granted == {("", "pods"), ("", "namespaces"), ("", "nodes"), ("apps", "replicasets"), ("batch", "jobs")}
     assert not any("*" in str(rule) for rule in role["rules"])
+
+
+# ---- static pods: the cgroup carries the config hash, the API server the mirror pod --------
+
+
+async def test_a_static_pod_and_its_mirror_pod_are_one_consumer(api, harness):
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    import yaml
+
+    from gpucarbon.identity.allocations import KubeletAllocations
+    from gpucarbon.identity.cgroup import parse_cgroup
+    from gpucarbon.identity.devices import GpuInventory
+    from gpucarbon.identity.model import CgroupIdentity
+    from gpucarbon.identity.podresources import ContainerKey, GpuAllocations
+    from gpucarbon.identity.resolver import Resolver
+
+    fixture = yaml.safe_load(
+        (Path(__file__).parent / "fixtures" / "kubernetes" / "static-pod-etcd-minikube.yaml").read_text()
+    )
+    mirror = fixture["mirror_pod"]
+    mirror["spec"]["nodeName"] = "node-a"  # the harness watches node-a
+    config_hash = mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"]
+    mirror_uid = mirror["metadata"]["uid"]
+    await api.add_pod(mirror)
+    source = await harness().start()
+
+    cgroup = parse_cgroup(fixture["process_cgroup"])
+    assert cgroup.pod_uid == config_hash != mirror_uid
+    meta = source.pod(config_hash)
+    assert (meta.uid, meta.namespace, meta.name, meta.workload) == (
+        mirror_uid,
+        "kube-system",
+        "etcd-minikube",
+        "Pod/etcd-minikube",
+    )
+
+    @dataclass
+    class Facts:
+        user: str
+        comm: str
+        cgroup: CgroupIdentity
+
+    by_process = Resolver(lambda pid: Facts("root", "etcd", cgroup), metadata=source).consumer(1234)
+
+    class Kubelet:
+        def holders_by_gpu(self, normalise) -> GpuAllocations:
+            return GpuAllocations({"GPU-0": (ContainerKey(**fixture["kubelet_allocation"]),)})
+
+    allocations = KubeletAllocations(Kubelet(), source, lambda: GpuInventory({"GPU-0": 0}))
+    [by_allocation] = allocations.allocations()["GPU-0"]
+
+    assert by_process.key == by_allocation.key == f"pod/{mirror_uid}/etcd"
+    assert (
+        by_process.labels()
+        == by_allocation.labels()
+        == ("kube-system", "etcd-minikube", "etcd", "Pod/etcd-minikube", "unassigned")
+    )
+    # Booked under the hash before the mirror pod was known: that series folds into this one.
+    assert f"pod/{config_hash}/{cgroup.container_id[:12]}" in by_process.aliases
+
+
+def test_only_a_mirror_pod_has_a_config_hash():
+    from gpucarbon.identity.kubernetes import mirror_config_hash
+
+    digest = "9d80efa9dfda66b126ec4f9b5f7a004f"
+    assert mirror_config_hash({"kubernetes.io/config.mirror": digest}) == digest
+    assert (
+        mirror_config_hash(
+            {
+                "kubernetes.io/config.mirror": "mirror",  # older test value
+                "kubernetes.io/config.hash": digest,
+            }
+        )
+        == digest
+    )
+    assert mirror_config_hash({"kubernetes.io/config.hash": digest}) is None  # the static pod itself
+    assert mirror_config_hash({"kubernetes.io/config.mirror": "../../etc"}) is None
+    assert mirror_config_hash(None) is None
+
+
+# ---- owners deeper than one hop: KubeRay's RayJob / RayService chains ---------------------
+
+
+def _kuberay_chains():
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).parent / "fixtures" / "kubernetes" / "kuberay-owner-chains.yaml"
+    return yaml.safe_load(path.read_text())["chains"]
+
+
+@pytest.mark.parametrize("follow_raycluster", [True, False], ids=["RayCluster followed", "default"])
+async def test_kuberay_pods_are_named_by_their_rayjob_or_rayservice(api, harness, follow_raycluster):
+    chains = _kuberay_chains()
+    for i, chain in enumerate(chains):
+        for parent in chain["parents"]:
+            ctl = parent["controller"]
+            api.set_owned(
+                parent["kind"],
+                "ml",
+                parent["name"],
+                owner(ctl["kind"], ctl["name"], api_version=ctl["apiVersion"]) if ctl else None,
+            )
+        ref = chain["owner"]
+        await api.add_pod(
+            make_pod(
+                chain["pod"],
+                uid=f"22222222-aaaa-bbbb-cccc-00000000000{i}",
+                namespace="ml",
+                labels=chain["labels"],
+                owners=[owner(ref["kind"], ref["name"], api_version=ref["apiVersion"])],
+            )
+        )
+    follow = ("ReplicaSet", "Job", "RayCluster") if follow_raycluster else ("ReplicaSet", "Job")
+    source = await harness(owner_follow=follow).start()
+    for i, chain in enumerate(chains):
+        uid = f"22222222-aaaa-bbbb-cccc-00000000000{i}"
+        expected = chain["workload"] if follow_raycluster else chain["without_follow"]
+        await eventually(lambda uid=uid, expected=expected: source.pod(uid).workload == expected)
+    reads = [path for verb, path, _ in api.requests if verb == "get"]
+    assert ("/apis/ray.io/v1/namespaces/ml/rayclusters/rayjob-sample-raycluster-9c546" in reads) == follow_raycluster
+
+
+async def test_the_chain_stops_at_max_depth(api, harness):
+    # A Job owned by a RayCluster owned by a RayJob: two reads; max_depth 1 stops at the first.
+    api.set_owned("Job", "ml", "sub", owner("RayCluster", "rc", api_version="ray.io/v1"))
+    api.set_owned("RayCluster", "ml", "rc", owner("RayJob", "rj", api_version="ray.io/v1"))
+    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml", owners=[owner("Job", "sub", api_version="batch/v1")]))
+    deep = await harness(owner_follow=("Job", "RayCluster"), owner_max_depth=2).start()
+    await eventually(lambda: deep.pod(UID1).workload == "RayJob/rj")
+
+
+async def test_the_chain_stops_at_max_depth_one(api, harness):
+    api.set_owned("Job", "ml", "sub", owner("RayCluster", "rc", api_version="ray.io/v1"))
+    api.set_owned("RayCluster", "ml", "rc", owner("RayJob", "rj", api_version="ray.io/v1"))
+    await api.add_pod(make_pod("sub-x", uid=UID1, namespace="ml", owners=[owner("Job", "sub", api_version="batch/v1")]))
+    shallow = await harness(owner_follow=("Job", "RayCluster"), owner_max_depth=1).start()
+    await eventually(lambda: shallow.pod(UID1).workload == "RayCluster/rc")
+    assert api.count("get", "/apis/ray.io") == 0
+
+
+async def test_a_forbidden_custom_resource_read_keeps_the_best_known_owner(api, harness):
+    await api.add_pod(
+        make_pod(
+            "w-0",
+            uid=UID1,
+            namespace="ml",
+            labels={"ray.io/cluster": "rc"},
+            owners=[owner("RayCluster", "rc", api_version="ray.io/v1")],
+        )
+    )
+    api.fail("get", Fault("status", status=403))
+    source = await harness(owner_follow=("RayCluster",)).start()
+    await eventually(lambda: source.health.errors_total("owner_lookup") >= 1)
+    assert source.pod(UID1).workload == "RayCluster/rc"  # the pod's own owner, from its ownerReference

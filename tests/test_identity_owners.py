@@ -185,3 +185,79 @@ async def test_cache_is_bounded():
 def test_cache_size_must_be_positive():
     with pytest.raises(ValueError, match="cache_size: 0"):
         OwnerResolver(FakeLookup({}), clock=ManualClock(), cache_size=0)
+
+
+# ---- more than one hop -----------------------------------------------------------
+
+CHAIN = {
+    ("RayCluster", "ml", "rj-raycluster-9c546"): ctl("RayJob", "rj"),
+    ("StatefulSet", "ml", "nb"): ctl("Notebook", "nb"),
+    ("Job", "ml", "sub"): ctl("RayCluster", "rc"),
+    ("RayCluster", "ml", "rc"): ctl("RayJob", "deep"),
+}
+RAY_FOLLOW = frozenset({"ReplicaSet", "Job", "RayCluster", "StatefulSet"})
+
+
+@pytest.mark.parametrize(
+    ("owner", "workload", "reads"),
+    [
+        (ctl("RayCluster", "rj-raycluster-9c546"), "RayJob/rj", 1),
+        (ctl("StatefulSet", "nb"), "Notebook/nb", 1),  # a Kubeflow notebook's StatefulSet
+        (ctl("Job", "sub"), "RayJob/deep", 2),
+    ],
+)
+async def test_followed_kinds_are_read_up_the_chain(owner, workload, reads):
+    lookup = FakeLookup(CHAIN)
+    resolver = OwnerResolver(lookup, clock=ManualClock(), followed=RAY_FOLLOW)
+    subject = pod([owner])
+    assert resolver.needs_lookup(subject)
+    assert await resolver.resolve(subject) == workload
+    assert len(lookup.calls) == reads
+    assert resolver.provisional(subject) == workload and not resolver.needs_lookup(subject)
+
+
+async def test_max_depth_bounds_the_reads():
+    lookup = FakeLookup(CHAIN)
+    resolver = OwnerResolver(lookup, clock=ManualClock(), followed=RAY_FOLLOW, max_depth=1)
+    assert await resolver.resolve(pod([ctl("Job", "sub")])) == "RayCluster/rc"
+    assert lookup.calls == [("Job", "ml", "sub")]
+
+
+async def test_a_failed_second_hop_keeps_the_first_answer():
+    lookup = FakeLookup(CHAIN)
+    resolver = OwnerResolver(lookup, clock=ManualClock(), followed=RAY_FOLLOW)
+    subject = pod([ctl("Job", "sub")])
+    real = lookup.__call__
+
+    async def second_fails(kind, namespace, name):
+        if kind == "RayCluster":
+            raise LookupFailed("forbidden")
+        return await real(kind, namespace, name)
+
+    resolver._lookup = second_fails
+    assert await resolver.resolve(subject) == "RayCluster/rc"
+
+
+def test_unfollowed_kinds_are_not_read_and_lws_label_wins():
+    assert direct_workload(pod([ctl("RayCluster", "rc")])) == "RayCluster/rc"  # default: not followed
+    assert direct_workload(pod([ctl("RayCluster", "rc")]), RAY_FOLLOW) is None
+    lws = pod([ctl("StatefulSet", "lws-0")], {"leaderworkerset.sigs.k8s.io/name": "vllm"})
+    assert direct_workload(lws, RAY_FOLLOW) == "LeaderWorkerSet/vllm"
+
+
+def test_kuberay_origin_labels_name_the_root_resource():
+    labels = {
+        "ray.io/cluster": "rj-raycluster-9c546",
+        "ray.io/originated-from-crd": "RayJob",
+        "ray.io/originated-from-cr-name": "rj",
+    }
+    assert workload_from_labels(labels) == "RayJob/rj"
+    assert workload_from_labels({**labels, "ray.io/originated-from-crd": "Other"}) == "RayCluster/rj-raycluster-9c546"
+
+
+def test_config_defaults_match_the_resolver_defaults():
+    from gpucarbon.config import KubernetesConfig
+    from gpucarbon.identity.owners import DEFAULT_MAX_DEPTH, FOLLOWED_KINDS
+
+    assert set(KubernetesConfig().owners_follow) == FOLLOWED_KINDS
+    assert KubernetesConfig().owners_max_depth == DEFAULT_MAX_DEPTH

@@ -14,7 +14,13 @@ from fakes.kubelet import FakeKubelet, pod
 
 from gpucarbon.clock import ManualClock
 from gpucarbon.identity.devices import GpuInventory, normalise_device_id
-from gpucarbon.identity.podresources import ContainerKey, PodResourcesSource, holders_by_gpu
+from gpucarbon.identity.podresources import (
+    AllocatedDevice,
+    ContainerKey,
+    PodResourcesSource,
+    UnmappedDevice,
+    holders_by_gpu,
+)
 
 GPU0 = "GPU-11111111-1111-1111-1111-111111111111"
 GPU1 = "GPU-22222222-2222-2222-2222-222222222222"
@@ -58,8 +64,11 @@ async def test_list_keeps_only_nvidia_devices_per_container(kubelet):
     source = make_source(kubelet.socket_path)
     assert await source.poll_once()
     devices = source.devices()
-    assert devices[ContainerKey("ml", "trainer-0", "main")] == {GPU0}
-    assert devices[ContainerKey("share", "replica-a", "main")] == {f"{GPU1}::0", f"{GPU1}::3"}
+    assert devices[ContainerKey("ml", "trainer-0", "main")] == {AllocatedDevice("nvidia.com/gpu", GPU0)}
+    assert devices[ContainerKey("share", "replica-a", "main")] == {
+        AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::0"),
+        AllocatedDevice("nvidia.com/gpu.shared", f"{GPU1}::3"),
+    }
     assert ContainerKey("ml", "trainer-0", "sidecar") not in devices  # holds nothing
     assert ContainerKey("other", "nic-only", "main") not in devices  # not an NVIDIA resource
     assert source.health.up
@@ -79,15 +88,20 @@ async def test_every_device_id_form_lands_on_its_board(kubelet):
         ),
         GPU2: (ContainerKey("ml", "mig-by-index", "main"), ContainerKey("ml", "mig-user", "main")),
     }
-    assert allocations.unmapped == ("GPU-99999999-9999-9999-9999-999999999999",)
+    assert allocations.unmapped == (
+        UnmappedDevice(
+            "nvidia.com/gpu", "GPU-99999999-9999-9999-9999-999999999999", ContainerKey("other", "stranger", "main")
+        ),
+    )
     await source.close()
 
 
 def test_device_ids_the_normaliser_rejects_are_reported_not_raised():
-    devices = {ContainerKey("a", "p", "c"): frozenset({"GPU-x\nforged", "", GPU0})}
+    key = ContainerKey("a", "p", "c")
+    devices = {key: frozenset(AllocatedDevice("nvidia.com/gpu", i) for i in ("GPU-x\nforged", "", GPU0))}
     allocations = holders_by_gpu(devices, NORMALISE)
-    assert allocations.holders == {GPU0: (ContainerKey("a", "p", "c"),)}
-    assert allocations.unmapped == ("", "GPU-x\nforged")
+    assert allocations.holders == {GPU0: (key,)}
+    assert [u.device_id for u in allocations.unmapped] == ["", "GPU-x\nforged"]
 
 
 async def test_missing_socket_is_down_with_one_warning(socket_dir, caplog):
@@ -172,3 +186,46 @@ def test_bad_intervals_are_rejected_with_their_values():
 
 class _Stop(Exception):
     pass
+
+
+# ---- GKE device IDs through the real gRPC path, and unmapped allocations ---------------
+
+
+async def test_gke_ids_join_by_minor_and_unmapped_ids_are_counted_and_logged_once(socket_dir, caplog):
+    from gpucarbon.identity.allocations import KubeletAllocations
+
+    # GKE device IDs as its plugin allocates them (tests/fixtures/kubelet/gke-device-ids.json);
+    # minor numbers differ from NVML indices on purpose.
+    inventory = GpuInventory({GPU0: 0, GPU1: 1, GPU2: 2}, minor_numbers={GPU0: 2, GPU1: 0, GPU2: 1})
+    server = FakeKubelet(socket_dir / "kubelet.sock")
+    server.pods = [
+        pod("ml", "whole", {"main": {"nvidia.com/gpu": ["nvidia0"]}}),
+        pod("ml", "shared", {"main": {"nvidia.com/gpu": ["nvidia2/vgpu3"]}}),
+        pod("ml", "mig", {"main": {"nvidia.com/gpu": ["nvidia1/gi1/vgpu0"]}}),
+        pod("ml", "gone-gpu", {"main": {"nvidia.com/gpu": ["nvidia7"]}}),
+        pod("ml", "gone-mig", {"main": {"nvidia.com/mig-1g.10gb": ["nvidia9/gi2"], "side": {}}}),
+    ]
+    await server.start()
+    try:
+        source = make_source(server.socket_path)
+        assert await source.poll_once()
+        kubelet = KubeletAllocations(source, None, lambda: inventory)
+        with caplog.at_level(logging.WARNING, logger="gpucarbon.identity.allocations"):
+            held = kubelet.allocations()
+            kubelet.allocations()
+        assert {uuid: [c.pod for c in consumers] for uuid, consumers in held.items()} == {
+            GPU1: ["whole"],
+            GPU0: ["shared"],
+            GPU2: ["mig"],
+        }
+        assert kubelet.unmapped() == {"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 1}
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2, lines  # once per ID, not once per poll
+        assert any("'nvidia7'" in line and "ml/gone-gpu" in line and "nvidia.com/gpu" in line for line in lines)
+        server.pods = server.pods[:3]  # the stale allocations end
+        assert await source.poll_once()
+        kubelet.allocations()
+        assert kubelet.unmapped() == {}
+        await source.close()
+    finally:
+        await server.stop()

@@ -106,3 +106,38 @@ def test_provisional_series_fold_into_the_final_one():
     assert entry.consumer.workload == "Job/x" and entry.energy_mj == 400
     assert per_gpu_sum(ledger, "G") == (400, 400)
     assert ledger.teams["unassigned"].energy_mj == 300 and ledger.teams["nlp"].energy_mj == 100
+
+
+def test_a_pod_recreated_under_the_same_name_continues_one_monotonic_series():
+    # Issue 11: a StatefulSet pod (or a retried Job pod with a fixed name) comes
+    # back with a new UID inside retention.finished; the old and the new
+    # consumer have the same labels and must never be two series.
+    ledger = Ledger(100, "unassigned")
+    old = Consumer(
+        "uid-1/c", namespace="ml", pod="trainer-0", container="c", workload="StatefulSet/trainer", team="nlp"
+    )
+    new = Consumer(
+        "uid-2/c", namespace="ml", pod="trainer-0", container="c", workload="StatefulSet/trainer", team="nlp"
+    )
+    ledger.book(charge("G", 3000, [old]), now=0)
+    ledger.book(charge("G", 100, []), now=1)  # old pod gone, within retention
+    seen = []
+    for t, consumers in ((2, [new]), (3, [new]), (4, [old, new]), (5, [new])):  # even a lingering old process
+        ledger.book(charge("G", 1000, consumers), now=t)
+        labels = [e.consumer.labels() for (u, _), e in ledger.workloads.items() if u == "G"]
+        assert len(labels) == len(set(labels)), "two series with one label set"
+        [entry] = ledger.workloads.values()
+        seen.append(entry.energy_mj)
+    assert seen == sorted(seen) and seen[-1] == 3000 + 4 * 1000, seen  # monotonic, nothing lost
+    assert per_gpu_sum(ledger, "G") == (7100, 7100)
+
+
+def test_metadata_that_makes_two_series_equal_merges_them():
+    ledger = Ledger(100, "unassigned")
+    a = Consumer("pod-uid/c", namespace="ml", pod="p", container="c", workload="Pod/p", team="t")
+    b_early = Consumer("container-id", workload="container/abc")  # before its metadata arrived
+    ledger.book(charge("G", 500, [a, b_early]), now=0)
+    b_late = Consumer("container-id", namespace="ml", pod="p", container="c", workload="Pod/p", team="t")
+    ledger.book(charge("G", 500, [b_late]), now=1)
+    assert len(ledger.workloads) == 1
+    assert per_gpu_sum(ledger, "G") == (1000, 1000)

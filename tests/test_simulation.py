@@ -127,6 +127,8 @@ def test_demo_scenario_shows_every_case():
         ("gpus: [{model: G}]\nworkloads: [{workload: W, gpus: [0], colour: red}]", "workloads[0].colour"),
         ("gpus: [{model: G}]\nfaults: [{gpu: 0, kind: melt}]", "faults[0].kind"),
         ("speed: fast\ngpus: [{model: G}]", ".speed"),
+        ("gpus: [{model: G, count: 2, minor_numbers: [0]}]", "gpus[0].minor_numbers"),
+        ("gpus: [{model: G, minor_numbers: [0]}, {model: G, minor_numbers: [0]}]", "minor numbers [0, 0] repeat"),
         ("gpus: [", ""),
     ],
 )
@@ -190,3 +192,28 @@ workloads: [{workload: Pod/nb, gpus: [0], sm_util: 0.0}]
 def test_context_watts_must_lie_between_idle_and_max():
     with pytest.raises(ScenarioError, match="gpus\\[0\\].context_watts"):
         parse_scenario("gpus: [{model: G, idle_watts: 70, context_watts: 50}]", "s.yaml")
+
+
+def test_simulated_gpus_report_minor_numbers_the_index_unless_the_scenario_says():
+    sim, _ = backend("gpus: [{model: G, count: 2}, {model: G, count: 2, minor_numbers: [7, 5]}]")
+    assert [sim.gpus.read_gpu(u).minor_number for u in sim.gpus.list_gpus()] == [0, 1, 7, 5]
+
+
+def test_a_workload_without_team_gets_what_the_team_rules_decide():
+    from gpucarbon.teams import TeamRules
+
+    text = """
+gpus: [{model: G, count: 3}]
+workloads:
+  - {namespace: research, workload: Job/a, gpus: [0], allocated_only: true}
+  - {namespace: serving, workload: Deployment/llm-api, gpus: [1], allocated_only: true}
+  - {namespace: research, workload: Job/b, team: given, gpus: [2], allocated_only: true}
+"""
+    rules = TeamRules(
+        default="nobody", namespaces={"research": "nlp"}, workload_patterns=((r"Deployment/llm-.*", "platform"),)
+    )
+    sim = SimulatedNode.build(parse_scenario(text), ManualClock(), rules)
+    teams = {h.workload: h.team for holders in sim.scheduler.allocations().values() for h in holders}
+    assert teams == {"Job/a": "nlp", "Deployment/llm-api": "platform", "Job/b": "given"}
+    without_rules = SimulatedNode.build(parse_scenario(text), ManualClock())
+    assert {h.team for hs in without_rules.scheduler.allocations().values() for h in hs} == {"", "given"}

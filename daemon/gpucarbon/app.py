@@ -31,6 +31,8 @@ from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.errors import ListenError, SetupError, require_extra
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
+from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
+from gpucarbon.fileperms import warn_if_world_readable, warn_if_writable_by_others
 from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
 from gpucarbon.identity.procfs import ProcessCache, ProcFS
@@ -41,7 +43,9 @@ from gpucarbon.poller import Poller
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
+from gpucarbon.simulation.serving import ServingListener, serving_pods
 from gpucarbon.state import CheckpointStore
+from gpucarbon.teams import TeamRules
 
 __all__ = ["Daemon", "RunOptions", "SetupError", "build_daemon", "require_extra", "run_once", "serve"]
 
@@ -71,6 +75,7 @@ class RunOptions:
     scenario: Scenario | None = None  # set: simulate instead of NVML
     speed: float | None = None  # overrides the scenario's speed
     state_dir: str | None = None  # overrides state.dir from the config
+    serving_address: str | None = None  # set: serve the simulated serving engines' counters there
 
 
 @dataclass
@@ -93,7 +98,8 @@ def build_daemon(
     """Every stage, each made after what it needs: device, carbon, identity,
     accounting, durability, then the loop that drives them."""
     base_clock = base_clock or SystemClock()
-    clock, node = _simulation(options, base_clock)
+    clock, node = _simulation(options, base_clock, config.teams)
+    serving = _serving(options, node)
     if backend is None:
         backend = node.gpus if node is not None else _nvml_backend(clock)
     reader = GpuReader(backend, clock, config.limits.gpu_read_timeout)
@@ -130,22 +136,35 @@ def build_daemon(
         rates=rates,
         carbon=intensity,
         resolver=identity.resolver,
-        sources=tuple(source.health for source in identity.sources),
+        sources=identity.health,
         checkpointer=checkpointer,
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
     )
-    services = (intensity,) + tuple(TaskService(s) for s in identity.sources)
+    services = (intensity,) + tuple(TaskService(s) for s in identity.sources) + serving
     return Daemon(poller=poller, ledger=ledger, options=options, services=services, checkpointer=checkpointer)
 
 
-def _simulation(options: RunOptions, base_clock: Clock) -> tuple[Clock, SimulatedNode | None]:
+def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tuple[Clock, SimulatedNode | None]:
     """The clock everything measures with, and the simulated node if asked for.
     A sped-up simulation runs on a ScaledClock so intervals are simulated seconds."""
     if options.scenario is None:
         return base_clock, None
     speed = options.speed or options.scenario.speed
     clock = ScaledClock(base_clock, speed) if speed != 1.0 else base_clock
-    return clock, SimulatedNode.build(options.scenario, clock)
+    return clock, SimulatedNode.build(options.scenario, clock, teams)
+
+
+def _serving(options: RunOptions, node: SimulatedNode | None) -> tuple[ServingListener, ...]:
+    """The simulated serving engines' listener, when --simulate.serving-address asks for it."""
+    if options.serving_address is None:
+        return ()
+    if node is None:
+        raise SetupError("--simulate.serving-address: needs --simulate")
+    pods = serving_pods(node.scenario.workloads)
+    if not pods:
+        raise SetupError(f"--simulate.serving-address: {node.scenario.source} has no workload with serving:")
+    address = parse_listen_address(options.serving_address)
+    return (ServingListener(pods, node.time.now, address.host, address.port),)
 
 
 def _checkpointer(
@@ -161,6 +180,7 @@ def _checkpointer(
     state_dir = options.state_dir or config.state.dir
     if not state_dir:
         return None
+    warn_if_writable_by_others(state_dir, "state directory")
     store = CheckpointStore(Path(state_dir), clock=base_clock)
     checkpointer = Checkpointer(store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs))
     checkpointer.restore()
@@ -172,6 +192,7 @@ class _Identity:
     resolver: Resolver
     allocations: AllocationSource | None
     sources: tuple[Any, ...]  # background sources with run()/close() and .health
+    health: tuple[Any, ...]  # what the poller reads each source's health from (.snapshot())
 
 
 def _identity(
@@ -211,6 +232,7 @@ def _identity(
         process_cache=processes,
     )
     podresources = None
+    kubelet = None
     allocations: AllocationSource | None = node.scheduler if node is not None else None
     if config.kubernetes.podresources_enabled:
         # grpc is imported only when the kubelet source is used.
@@ -228,8 +250,11 @@ def _identity(
         slurm_node = config.slurm.node or socket.gethostname().split(".", 1)[0]
         held = SlurmAllocations(slurm, slurm_node, gpus_by_minor)
         allocations = _merged(allocations, held) if allocations is not None else held
-    sources = tuple(s for s in (metadata, podresources, slurm) if s is not None)
-    return _Identity(resolver, allocations, sources)
+    sources: tuple[Any, ...] = tuple(s for s in (metadata, podresources, slurm) if s is not None)
+    # The kubelet source's health also carries its unmapped device IDs (a gauge).
+    kubelet_health = kubelet.health_with_unmapped(podresources.health) if kubelet and podresources else None
+    health = tuple(kubelet_health if s is podresources and kubelet_health else s.health for s in sources)
+    return _Identity(resolver, allocations, sources, health)
 
 
 def _rates(config: Config, intensity: CarbonProvider) -> Rates:
@@ -294,7 +319,13 @@ def _kubernetes_source(config: Config, kube: tuple, clock: Clock):
 
     client, node = kube
     return KubernetesSource(
-        client, node_name=node, teams=config.teams, clock=clock, deleted_retention_s=config.retention.finished
+        client,
+        node_name=node,
+        teams=config.teams,
+        clock=clock,
+        deleted_retention_s=config.retention.finished,
+        owner_follow=config.kubernetes.owners_follow,
+        owner_max_depth=config.kubernetes.owners_max_depth,
     )
 
 
@@ -344,6 +375,8 @@ def _intensity(config: Config, clock: Clock, node: tuple | None) -> CarbonProvid
             clock=clock.wall,
         )
 
+    if c.token_file:
+        warn_if_world_readable(c.token_file, "carbon.intensity.token_file", "an API token")
     configured = build(resolve_zone(c.zone, labels={}))  # fail fast on bad settings or secrets
     if c.zone.strip().lower() != AUTO or node is None:
         return configured
@@ -368,21 +401,37 @@ async def run_once(daemon: Daemon) -> tuple[int, str]:
 
 
 async def serve(
-    daemon: Daemon, middlewares: tuple = (), ssl_context=None, auth_failures: AuthFailures | None = None
+    daemon: Daemon,
+    middlewares: tuple = (),
+    ssl_context=None,
+    auth_failures: AuthFailures | None = None,
+    security_headers: dict[str, str] | None = None,
+    certificate_expiry: float | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; then a final poll and a bounded shutdown."""
+    """Serve until SIGTERM/SIGINT (SIGHUP is ignored); then a final poll and a
+    bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
+    connections = ConnectionCounts()
     app = build_app(
         latest=daemon.poller.latest,
         healthy=daemon.healthy,
         telemetry_path=opts.telemetry_path,
         middlewares=middlewares,
         auth_failures=auth_failures,
+        connections=connections,
+        certificate_expiry=certificate_expiry,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host=address.host, port=address.port, ssl_context=ssl_context, shutdown_timeout=2.0)
+    site = GuardedSite(
+        runner,
+        address.host,
+        address.port,
+        ssl_context=ssl_context,
+        counts=connections,
+        security_headers=security_headers,
+    )
     try:
         await site.start()
     except OSError as err:
@@ -394,6 +443,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
     await _start_services(daemon)
     tasks = [asyncio.create_task(daemon.poller.run(opts.poll_interval_s, stop))]
     await stop.wait()
@@ -414,6 +464,14 @@ def _listen_error(value: str, err: OSError) -> ListenError:
     if err.errno == errno.EADDRINUSE:
         return ListenError(f"{flag}: the port is already in use", 1)
     return ListenError(f"{flag}: cannot listen: {err.strerror or err}", 1)
+
+
+def _on_sighup() -> None:
+    """SIGHUP is ignored (docs/security.md): the configuration, web config and
+    certificates are read once at start, and a restart loses no counters. A
+    terminal hang-up or a reflexive `kill -HUP` must not end the daemon without
+    its final checkpoint, which is what the default action did."""
+    log.info("SIGHUP ignored: configuration is read at start; restart the daemon to apply changes")
 
 
 async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:

@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 from gpucarbon import __version__
 from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
@@ -22,7 +24,16 @@ from gpucarbon.errors import GpuCarbonError, ListenError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 from gpucarbon.simulation.scenario import DEMO, load_scenario
 
+if TYPE_CHECKING:
+    from gpucarbon.exporter.webconfig import WebConfig
+
 PROG = "gpu-carbon-exporter"
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
+RESERVED_PATHS = {
+    "/healthz": "the liveness probe path (served without basic auth)",
+    "/readyz": "the readiness probe path (served without basic auth)",
+    "/": "the landing page",
+}
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,13 @@ def _address(text: str) -> str:
 def _telemetry_path(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r}: must start with /")
+    if any(ch in text for ch in "?#") or any(ord(ch) < 0x21 for ch in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be a plain path (no query, fragment, spaces or control characters)"
+        )
+    if text in RESERVED_PATHS:
+        # Probe paths are served without basic auth: metrics there would be open.
+        raise argparse.ArgumentTypeError(f"{text!r}: collides with {RESERVED_PATHS[text]}; choose another path")
     return text
 
 
@@ -106,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (overrides the scenario)",
     )
     p.add_argument(
+        "--simulate.serving-address",
+        dest="serving_address",
+        type=_address,
+        default=None,
+        help="also serve the simulated serving engines' counters (vLLM, SGLang, TGI, Triton) on this address, "
+        "e.g. :9790 (default: off)",
+    )
+    p.add_argument(
         "--once", action="store_true", help="poll, wait one interval, poll again, print the metrics and exit"
     )
     p.add_argument("--path.procfs", dest="procfs", default="/proc", help="procfs mount point (default /proc)")
@@ -154,20 +180,45 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # kubelet probes cannot send credentials
+@dataclass(frozen=True)
+class _WebSecurity:
+    """What --web.config.file turns into for the listener."""
+
+    middlewares: tuple = ()
+    ssl_context: object = None
+    headers: dict[str, str] = field(default_factory=dict)  # also on aiohttp's own 400s
+    certificate_expiry: float | None = None  # Unix s, exported as a gauge
 
 
-def _web_security(path: str | None, auth_failures: AuthFailures) -> tuple[tuple, object]:
-    """Middlewares and TLS context from --web.config.file (WebConfigError if bad)."""
+def _web_security(path: str | None, auth_failures: AuthFailures) -> _WebSecurity:
+    """Middlewares, TLS context and headers from --web.config.file (WebConfigError if bad)."""
     if path is None:
-        return (), None
+        return _WebSecurity()
     from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
 
     web_config = load_web_config(path)
     for note in web_config.notes:
         log.info("web config: %s", note)
     middleware = auth_middleware(web_config, exempt_paths=PROBE_PATHS, on_failure=auth_failures.record)
-    return (middleware,), web_config.ssl_context()
+    return _WebSecurity((middleware,), web_config.ssl_context(), dict(web_config.headers), _web_warnings(web_config))
+
+
+def _web_warnings(web_config: WebConfig) -> float | None:
+    """Once at start: a web config with password hashes that every user can
+    read, and a certificate that has expired or expires within 14 days.
+    Returns the certificate's expiry (exported as a gauge), if there is one."""
+    from gpucarbon.exporter.certificate import CertificateError, CertificateExpiry
+    from gpucarbon.fileperms import warn_if_world_readable
+
+    if web_config.auth_enabled and web_config.path is not None:
+        warn_if_world_readable(web_config.path, "--web.config.file", "basic auth password hashes")
+    if web_config.tls is None:
+        return None
+    try:
+        return CertificateExpiry(web_config.tls.cert_file).expires_at
+    except (CertificateError, OSError, ValueError) as err:
+        log.warning("cannot read the expiry of %s: %s", web_config.tls.cert_file, err)
+        return None
 
 
 def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
@@ -201,11 +252,14 @@ def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until serve() installs its handler, a SIGHUP (its default action ends the
+    # process) must not kill a daemon that is still restoring its checkpoint.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = build_parser()
     args = parser.parse_args(_attach_dash_values(parser, sys.argv[1:] if argv is None else list(argv)))
     setup_logging(args.log_level, args.log_format)
     try:
-        daemon, middlewares, ssl_context, auth_failures = _build(args)
+        daemon, web, auth_failures = _build(args)
     except GpuCarbonError as err:
         where = f"{args.config_file}: " if err.in_config_file and args.config_file else ""
         print(f"{PROG}: {where}{err}", file=sys.stderr)
@@ -218,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return code
-        return asyncio.run(serve(daemon, middlewares, ssl_context, auth_failures))
+        return asyncio.run(
+            serve(daemon, web.middlewares, web.ssl_context, auth_failures, web.headers, web.certificate_expiry)
+        )
     except KeyboardInterrupt:
         return 0
     except ListenError as err:
@@ -226,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
 
 
-def _build(args: argparse.Namespace) -> tuple[Daemon, tuple, object, AuthFailures]:
+def _build(args: argparse.Namespace) -> tuple[Daemon, _WebSecurity, AuthFailures]:
     """Everything the command line asks for, built; raises GpuCarbonError."""
     config = load_config(args.config_file)
     scenario = load_scenario(args.simulate) if args.simulate is not None else None
@@ -238,7 +294,8 @@ def _build(args: argparse.Namespace) -> tuple[Daemon, tuple, object, AuthFailure
         scenario=scenario,
         speed=args.speed,
         state_dir=args.state_dir,
+        serving_address=args.serving_address,
     )
     auth_failures = AuthFailures()
-    middlewares, ssl_context = _web_security(args.web_config, auth_failures)
-    return build_daemon(config, options), middlewares, ssl_context, auth_failures
+    web = _web_security(args.web_config, auth_failures)
+    return build_daemon(config, options), web, auth_failures

@@ -125,6 +125,13 @@ class KubernetesConfig:
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     podresources_enabled: bool = False
     podresources_interval: float = 10.0
+    # Owner kinds whose own controller is read (a GET each, cached), and how many
+    # reads up one chain at most. StatefulSet and RayCluster widen the RBAC needed.
+    owners_follow: tuple[str, ...] = ("ReplicaSet", "Job")
+    owners_max_depth: int = 4
+
+
+_KIND = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,17 @@ class Config:
 
 
 INTENSITY_SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
+# The carbon.intensity keys each source reads besides `source` and `zone`; any other
+# key is refused, since a key the chosen source ignores silently does nothing
+# (`grams_per_kwh: 400` without `source: static` used to give the table's figure).
+_LIVE_KEYS = frozenset({"refresh", "stale_after", "timeout", "base_url", "region"})
+INTENSITY_KEYS_BY_SOURCE: Mapping[str, frozenset[str]] = {
+    "static": frozenset({"grams_per_kwh"}),
+    "table": frozenset(),
+    "electricitymaps": _LIVE_KEYS | {"token_env", "token_file"},
+    "watttime": _LIVE_KEYS | {"username_env", "password_env", "token_file", "signal_type"},
+    "uk-carbon-intensity": _LIVE_KEYS,
+}
 
 
 # --- loading --------------------------------------------------------------
@@ -364,8 +382,10 @@ class _Reader:
                 f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
             )
         d = IntensityConfig()
+        source = self.string(sec, "source", path, d.source, INTENSITY_SOURCES)
+        self.only_keys_of_source(sec, path, source)
         return IntensityConfig(
-            source=self.string(sec, "source", path, d.source, INTENSITY_SOURCES),
+            source=source,
             zone=self.string(sec, "zone", path, d.zone),
             grams_per_kwh=self.number(sec, "grams_per_kwh", path, d.grams_per_kwh, minimum=0.0, maximum=5000.0),
             timeout=self.duration(sec, "timeout", path, d.timeout, minimum=0.1),
@@ -423,10 +443,19 @@ class _Reader:
             gpu_read_timeout=self.duration(sec, "gpu_read_timeout", "limits", d.gpu_read_timeout, 0.01),
         )
 
+    def only_keys_of_source(self, sec: Mapping[str, Any], path: str, source: str) -> None:
+        read = INTENSITY_KEYS_BY_SOURCE[source] | {"source", "zone"}
+        for key in sorted(sec.keys() - read):
+            readers = [name for name, keys in INTENSITY_KEYS_BY_SOURCE.items() if key in keys]
+            raise self.fail(
+                f"{path}.{key}", sec[key], f"source {source!r} does not read it (read by: {', '.join(readers)})"
+            )
+
     def kubernetes(self, raw: Any) -> KubernetesConfig:
         path = "kubernetes"
-        sec = self.section(raw, path, {"enabled", "node_name", "kubeconfig", "podresources"})
+        sec = self.section(raw, path, {"enabled", "node_name", "kubeconfig", "podresources", "owners"})
         pr = self.section(sec.get("podresources"), f"{path}.podresources", {"enabled", "socket", "interval"})
+        owners = self.section(sec.get("owners"), f"{path}.owners", {"follow", "max_depth"})
         d = KubernetesConfig()
         return KubernetesConfig(
             enabled=self.boolean(sec, "enabled", path, d.enabled),
@@ -435,7 +464,20 @@ class _Reader:
             podresources_enabled=self.boolean(pr, "enabled", f"{path}.podresources", d.podresources_enabled),
             podresources_socket=self.string(pr, "socket", f"{path}.podresources", d.podresources_socket),
             podresources_interval=self.duration(pr, "interval", f"{path}.podresources", d.podresources_interval, 0.1),
+            owners_follow=self.kinds(owners, "follow", f"{path}.owners", d.owners_follow),
+            owners_max_depth=self.integer(owners, "max_depth", f"{path}.owners", d.owners_max_depth, 1),
         )
+
+    def kinds(self, sec: Mapping[str, Any], key: str, path: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = sec.get(key)
+        if raw is None:
+            return default
+        if not isinstance(raw, list):
+            raise self.fail(f"{path}.{key}", raw, "must be a list of kinds, e.g. [ReplicaSet, Job, RayCluster]")
+        for i, kind in enumerate(raw):
+            if not isinstance(kind, str) or not _KIND.fullmatch(kind) or kind in ("Node", "Pod"):
+                raise self.fail(f"{path}.{key}[{i}]", kind, "must be the Kind of an owner object, e.g. RayCluster")
+        return tuple(dict.fromkeys(raw))
 
     def slurm(self, raw: Any) -> SlurmConfig:
         sec = self.section(raw, "slurm", {"enabled", "scontrol", "node"})

@@ -155,7 +155,10 @@ class Ledger:
         entry = self._workloads.get(key)
         if entry is not None:
             if consumer.key != OVERFLOW_KEY:
+                relabelled = entry.consumer.labels() != consumer.labels()
                 entry.consumer = consumer  # labels improve as metadata arrives
+                if relabelled:
+                    self._fold_same_labels(uuid, consumer.key, entry)
             self._fold_aliases(uuid, consumer, entry)
             return entry
         if len(self._workloads) >= self.max_workload_series:
@@ -173,7 +176,21 @@ class Ledger:
             return entry
         entry = self._workloads[key] = WorkloadTotals(consumer)
         self._fold_aliases(uuid, consumer, entry)
+        self._fold_same_labels(uuid, consumer.key, entry)
         return entry
+
+    def _fold_same_labels(self, uuid: str, key: str, entry: WorkloadTotals) -> None:
+        """One series per label set: a pod recreated under the same namespace
+        and name (StatefulSet pod, retried Job pod) is a new consumer (new UID)
+        with the labels of the old one, which may still be within retention.
+        Two series with one label set would be refused by Prometheus as
+        duplicate samples, so the older one is folded into this one: the series
+        continues from the old total and stays monotonic (docs/metrics.md)."""
+        labels = entry.consumer.labels()
+        for other_key, other in list(self._workloads.items()):
+            if other_key[0] == uuid and other_key[1] != key and other.consumer.labels() == labels:
+                del self._workloads[other_key]
+                _add_totals(entry, other)
 
     def _fold_aliases(self, uuid: str, consumer: Consumer, entry: WorkloadTotals) -> None:
         """Move series booked under the consumer's provisional keys into its
@@ -181,14 +198,8 @@ class Ledger:
         stay where they were booked (team counters never decrease)."""
         for alias in consumer.aliases:
             old = self._workloads.pop((uuid, alias), None)
-            if old is None:
-                continue
-            entry.energy_mj += old.energy_mj
-            entry.grams += old.grams
-            entry.held_s += old.held_s
-            entry.busy_s += old.busy_s
-            entry.embodied_grams += old.embodied_grams
-            entry.cost += old.cost
+            if old is not None:
+                _add_totals(entry, old)
 
     def _release(self, uuid: str, holding: set[str]) -> None:
         for (gpu_uuid, key), entry in self._workloads.items():
@@ -257,6 +268,17 @@ class Ledger:
 
 
 _WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")
+
+
+def _add_totals(entry: WorkloadTotals, old: WorkloadTotals) -> None:
+    """Move `old`'s cumulative totals into `entry` (gauges stay `entry`'s)."""
+    entry.energy_mj += old.energy_mj
+    entry.grams += old.grams
+    entry.held_s += old.held_s
+    entry.busy_s += old.busy_s
+    entry.embodied_grams += old.embodied_grams
+    entry.cost += old.cost
+    entry.last_active = max(entry.last_active, old.last_active)
 
 
 def _numbers(raw: dict[str, Any], kind: type) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class SourceView:
     source: str
     up: bool
     errors: tuple[tuple[str, int], ...]  # (reason, count)
+    # podresources only: allocated device IDs no GPU of this node explains, by resource name
+    unmapped_devices: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +149,7 @@ def carbon_view(rates: Rates, intensity: IntensityReading, health: ProviderHealt
 
 
 def source_views(health: Iterable[HealthSnapshot]) -> tuple[SourceView, ...]:
-    return tuple(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items()))) for h in health)
+    return tuple(SourceView(h.source, h.up, tuple(sorted(h.errors_total.items())), h.unmapped_devices) for h in health)
 
 
 def build_snapshot(

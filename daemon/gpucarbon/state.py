@@ -25,6 +25,7 @@ import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -215,18 +216,46 @@ class CheckpointStore:
         return LoadResult(LoadStatus.OK, payload=payload, saved_at=saved_at)
 
     def _read(self) -> bytes:
+        """The checkpoint's bytes. Opened without following a symbolic link
+        (a link could point at /dev/zero or at a file the daemon should not
+        read) and without blocking (a FIFO would hang start-up); anything but a
+        regular file is refused before a byte is read, and the read is bounded."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read(self._max_bytes + 1)
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             raise
-        except IsADirectoryError:
-            raise _Unusable("is a directory, not a file") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Unusable("is a symbolic link; checkpoints are never read through links") from None
+            raise _Unusable(f"cannot be read: {exc.strerror or exc}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (FIFO, device or socket)"
+                raise _Unusable(f"is {kind}")
+            if info.st_size > self._max_bytes:
+                raise _Unusable(f"larger than {self._max_bytes} bytes")
+            chunks, size = [], 0
+            while size <= self._max_bytes:
+                chunk = os.read(fd, min(1 << 20, self._max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except OSError as exc:
             raise _Unusable(f"cannot be read: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
         if len(data) > self._max_bytes:
             raise _Unusable(f"larger than {self._max_bytes} bytes")
         return data
+
+    def set_aside(self, reason: str) -> LoadResult:
+        """Move a checkpoint whose content failed validation out of the way, as
+        a corrupt one is (the caller validates what the payload means)."""
+        return self._set_aside(reason)
 
     def _set_aside(self, reason: str) -> LoadResult:
         stamp = int(self._clock.wall())
@@ -269,11 +298,13 @@ def _decode(data: bytes) -> tuple[float, dict[str, Any]]:
         raise _Unusable("not valid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise _Unusable(f"top level is a JSON {type(document).__name__}, not an object")
+    # Values from the file are not echoed into the log: whatever the file holds
+    # (it may not be ours) stays in the set-aside copy for an operator to read.
     if document.get("format") != FORMAT:
-        raise _Unusable(f"format is {_short(document.get('format'))}, not {FORMAT!r}")
+        raise _Unusable(f"format is not {FORMAT!r}")
     version = document.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise _Unusable(f"version is {_short(version)}, not an integer")
+        raise _Unusable("version is not an integer")
     if version > VERSION:
         raise _Unusable(f"written by a newer build (version {version}; this build reads {VERSION})")
     if version < 1:
@@ -293,12 +324,7 @@ def _seconds(value: object) -> float:
             seconds = math.inf
         if math.isfinite(seconds):
             return seconds
-    raise _Unusable(f"saved_at is {_short(value)}, not a number of seconds")
-
-
-def _short(value: object) -> str:
-    """A value from the file for a reason string: repr, clipped."""
-    return _clip(repr(value), 40)
+    raise _Unusable("saved_at is not a number of seconds")
 
 
 def _clip(text: str, limit: int) -> str:

@@ -20,39 +20,14 @@ exporter or blow up a scrape. A rule whose value sanitises to "" does not match.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-TEAM_MAX_LEN = 128  # characters; Kubernetes label values are at most 63
-WORKLOAD_MAX_LEN = 320  # "<Kind>/<name>": Kubernetes names are at most 253 characters
-# Unicode categories removed from label values: control (Cc), format (Cf: zero-width
-# and bidi overrides that make two values look alike), lone surrogates (Cs: cannot be
-# encoded as UTF-8 on /metrics), line and paragraph separators (Zl, Zp).
-_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_HASH_CHARS = 8
-
-
-def sanitise_label_value(value: object, max_len: int = TEAM_MAX_LEN) -> str:
-    """A printable, bounded label value; "" for None or nothing printable.
-
-    Over-long values keep a prefix plus `~` and 8 hex of their SHA-256, so two long
-    values that share a prefix stay distinct series instead of merging.
-    """
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    # Bound the work before the per-character pass: a 10 MB label costs no more
-    # than a short one. Hash the full original so truncation stays distinct.
-    head = text[: max_len * 4]
-    cleaned = "".join(ch for ch in head if unicodedata.category(ch) not in _DROPPED_CATEGORIES).strip()
-    if len(cleaned) <= max_len and len(head) == len(text):
-        return cleaned
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
-    return cleaned[: max_len - _HASH_CHARS - 1] + "~" + digest
+# The sanitiser lives in gpucarbon.labels (shared by every source); re-exported
+# here because the identity modules import it from teams.
+from gpucarbon.labels import TEAM_MAX_LEN, WORKLOAD_MAX_LEN, sanitise_label_value  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,8 +104,17 @@ def make_namespace(name: str, labels: dict[str, str] | None = None) -> dict[str,
     }
 
 
+# kind -> (apiVersion, plural) of the owner objects the fake serves to GETs.
+OWNED_KINDS = {
+    "ReplicaSet": ("apps/v1", "replicasets"),
+    "Job": ("batch/v1", "jobs"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "RayCluster": ("ray.io/v1", "rayclusters"),
+}
+
+
 def make_owned(kind: str, name: str, namespace: str, parent: dict[str, Any] | None) -> dict[str, Any]:
-    api_version = {"ReplicaSet": "apps/v1", "Job": "batch/v1"}[kind]
+    api_version = OWNED_KINDS[kind][0]
     return {
         "kind": kind,
         "apiVersion": api_version,
@@ -165,8 +174,8 @@ class FakeApiServer:
         app = web.Application()
         app.router.add_get(POD_PATH, self._collection_handler("pods"))
         app.router.add_get(NAMESPACE_PATH, self._collection_handler("namespaces"))
-        app.router.add_get("/apis/apps/v1/namespaces/{ns}/replicasets/{name}", self._owned_handler("ReplicaSet"))
-        app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs/{name}", self._owned_handler("Job"))
+        for kind, (api_version, plural) in OWNED_KINDS.items():
+            app.router.add_get(f"/apis/{api_version}/namespaces/{{ns}}/{plural}/{{name}}", self._owned_handler(kind))
         app.router.add_get("/api/v1/nodes/{name}", self._node_handler)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()

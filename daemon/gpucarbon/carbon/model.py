@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gpucarbon.labels import sanitise_label_value
+
+ZONE_MAX_LEN = 64  # Electricity Maps zones are like "US-CAL-CISO"; WattTime regions similar
+
 
 @dataclass(frozen=True, slots=True)
 class IntensityReading:
@@ -17,6 +21,13 @@ class IntensityReading:
     signal: str = "average"  # "average" or "marginal"
     observed_at: float | None = None
     fallback: bool = False  # True when a stale live value was replaced by `table`
+
+    def __post_init__(self) -> None:
+        # zone, source and signal become labels, and the zone comes from a
+        # carbon API's answer or the config: one sanitiser for all of them, here,
+        # so no provider can forget it ("FR\ud800" would fail every scrape).
+        for name in ("zone", "source", "signal"):
+            object.__setattr__(self, name, sanitise_label_value(getattr(self, name), ZONE_MAX_LEN))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ latest value every `interval_s`. A cycle retries transient failures (timeouts,
 connection errors, 5xx, 429) with exponential backoff and jitter; a 429's
 Retry-After is honoured. The last good value is kept; `current()` returns it
 while it is younger than `stale_after_s` and otherwise the bundled table's
-figure for the zone, marked `fallback=True` and counted. `current()` never
+figure for the zone, marked `fallback=True` and counted. Before the first
+refresh cycle has ended the table figure is served too, but not counted: no live
+value was expected yet, and a healthy start is not a fallback. `current()` never
 does I/O, so neither a poll nor a scrape ever waits on the network.
 
 Time comes from an injected wall clock and sleep function so tests run fast.
@@ -155,6 +157,7 @@ class RefreshingProvider:
         self._last: IntensityReading | None = None
         self._fetched_at: float | None = None  # wall time of the last good fetch
         self._last_cycle_ok = False
+        self._cycle_ended = False  # a live value is expected once the first cycle has ended
         self._errors: dict[str, int] = {}
         self._fallbacks = 0
         self._falling_back = False
@@ -173,6 +176,8 @@ class RefreshingProvider:
         if self._last is not None and not self._is_stale(self._clock()):
             self._falling_back = False
             return self._last
+        if not self._cycle_ended:
+            return self._fallback  # starting: the first fetch is still under way
         # Count each fall-back episode once, however often current() is called.
         if not self._falling_back:
             self._falling_back = True
@@ -215,6 +220,12 @@ class RefreshingProvider:
 
     async def refresh_once(self) -> bool:
         """One refresh cycle with retries. True when a new value was stored."""
+        try:
+            return await self._refresh_cycle()
+        finally:
+            self._cycle_ended = True
+
+    async def _refresh_cycle(self) -> bool:
         session = self._ensure_session()
         timeout = aiohttp.ClientTimeout(total=self._policy.timeout_s)
         for attempt in range(1, self._policy.max_attempts + 1):

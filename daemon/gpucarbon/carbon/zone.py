@@ -3,7 +3,8 @@
 Pure functions: the caller reads the Node object and passes its labels and
 providerID. The answer is a key the intensity table understands: a cloud
 region as ``<provider>:<region>`` (``aws:us-east-1``, ``gcp:europe-west4``,
-``azure:westeurope``) or, when no cloud provider is recognisable, the region
+``azure:westeurope``, ``oci:us-ashburn-1`` or OKE's short ``oci:iad``) or,
+when no cloud provider is recognisable, the region
 label's value as written (an on-prem cluster may label nodes with a grid zone
 such as ``FR`` or ``US-EGRID-RFCE``).
 """
@@ -18,7 +19,14 @@ from gpucarbon.carbon.table import WORLD_ZONE
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 
-_PROVIDER_ID_PREFIXES = (("aws://", "aws"), ("gce://", "gcp"), ("azure://", "azure"))
+# OKE sets spec.providerID to the instance OCID (`ocid1.instance.oc1.<region>.<id>`).
+_PROVIDER_ID_PREFIXES = (
+    ("aws://", "aws"),
+    ("gce://", "gcp"),
+    ("azure://", "azure"),
+    ("ocid1.", "oci"),
+    ("oci://", "oci"),
+)
 # Label namespaces that only a given cloud's node pools set.
 _LABEL_PREFIXES = (
     ("eks.amazonaws.com/", "aws"),
@@ -26,6 +34,7 @@ _LABEL_PREFIXES = (
     ("karpenter.k8s.aws/", "aws"),
     ("cloud.google.com/", "gcp"),
     ("kubernetes.azure.com/", "azure"),
+    ("oci.oraclecloud.com/", "oci"),
 )
 # A zone label ends in a suffix that names the zone within the region:
 # aws "us-east-1a", gcp "us-central1-a", azure "eastus-1".
@@ -37,7 +46,7 @@ _ZONE_SUFFIX = {
 
 
 def detect_cloud_provider(labels: Mapping[str, str], provider_id: str | None) -> str | None:
-    """ "aws", "gcp", "azure" or None, from spec.providerID first, then labels."""
+    """ "aws", "gcp", "azure", "oci" or None, from spec.providerID first, then labels."""
     if provider_id:
         for prefix, provider in _PROVIDER_ID_PREFIXES:
             if provider_id.startswith(prefix):
@@ -73,7 +82,8 @@ def _first_label(labels: Mapping[str, str], keys: tuple[str, ...]) -> str | None
 def _region_from_zone_label(provider: str, zone: str | None) -> str | None:
     if zone is None:
         return None
-    match = _ZONE_SUFFIX[provider].match(zone.lower())
+    pattern = _ZONE_SUFFIX.get(provider)  # OCI availability domains do not name the region
+    match = pattern.match(zone.lower()) if pattern is not None else None
     return match.group("region") if match else None
 
 

@@ -29,9 +29,17 @@ class ReasonCounts(Protocol):
 class SnapshotCollector:
     """Every metric the daemon exports (bar the process_* ones) is declared here."""
 
-    def __init__(self, latest: Callable[[], Snapshot], auth_failures: ReasonCounts | None = None) -> None:
+    def __init__(
+        self,
+        latest: Callable[[], Snapshot],
+        auth_failures: ReasonCounts | None = None,
+        connections: ReasonCounts | None = None,
+        certificate_expiry: float | None = None,
+    ) -> None:
         self._latest = latest
         self._auth_failures = auth_failures
+        self._connections = connections  # closed by the listener, by reason (exporter/listener.py)
+        self._certificate_expiry = certificate_expiry  # Unix s, read at start (exporter/certificate.py)
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the snapshot; skip describe-time collection
@@ -46,6 +54,15 @@ class SnapshotCollector:
         yield from _source_metrics(snap)
         if self._auth_failures is not None:
             yield from _auth_metrics(self._auth_failures.counts())
+        if self._connections is not None:
+            yield from _connection_metrics(self._connections.counts())
+        if self._certificate_expiry is not None:
+            expiry = _gauge(
+                "gpucarbon_web_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the serving TLS certificate expires (notAfter), read at start.",
+            )
+            expiry.add_metric([], self._certificate_expiry)
+            yield expiry
 
 
 def _gauge(name: str, doc: str, labels=(), unit: str = "") -> GaugeMetricFamily:
@@ -103,6 +120,19 @@ def _state_metrics(state: StateCounters) -> Iterator[Metric]:
 
 def _auth_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
     family = _counter("gpucarbon_web_auth_failures_total", "Requests refused by basic auth, by reason.", ["reason"])
+    for reason, count in counts:
+        family.add_metric([reason], count)
+    yield family
+
+
+def _connection_metrics(counts: tuple[tuple[str, int], ...]) -> Iterator[Metric]:
+    family = _counter(
+        "gpucarbon_web_connections_closed_total",
+        "Connections the listener closed before a response: refused (connection cap), evicted (waiting "
+        "connection closed for a new one at the cap), timed_out (no complete request in time), oversized "
+        "(request head too large).",
+        ["reason"],
+    )
     for reason, count in counts:
         family.add_metric([reason], count)
     yield family
@@ -314,3 +344,14 @@ def _source_metrics(snap: Snapshot) -> Iterator[Metric]:
             errors.add_metric([s.source, reason], count)
     yield up
     yield errors
+    for s in snap.sources:
+        if s.unmapped_devices is not None:
+            unmapped = _gauge(
+                "gpucarbon_podresources_unmapped_devices",
+                "Device IDs the kubelet allocated that no GPU of this node explains, by resource "
+                "name; their holders get no energy for them.",
+                ["resource"],
+            )
+            for resource, count in s.unmapped_devices:
+                unmapped.add_metric([resource], count)
+            yield unmapped

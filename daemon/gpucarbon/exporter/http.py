@@ -10,16 +10,19 @@ from __future__ import annotations
 import gzip
 import html
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from gpucarbon import __version__
-from gpucarbon.exporter.collector import SnapshotCollector
+from gpucarbon.exporter.collector import ReasonCounts, SnapshotCollector
+from gpucarbon.exporter.listener import request_guard_middleware
+from gpucarbon.labels import ANY_LABEL_MAX_LEN, is_clean_label_value, sanitise_label_value
 from gpucarbon.snapshot import Snapshot
 
 # generate_latest() writes the classic text format; say so explicitly, since
@@ -59,9 +62,43 @@ class AuthFailures:
         return tuple(sorted(self._counts.items()))
 
 
-def build_registry(latest: Callable[[], Snapshot], auth_failures: AuthFailures | None = None) -> CollectorRegistry:
+class _SanitisedLabels:
+    """Every label value of a collector's samples through the one sanitiser,
+    as the last line of defence: sources sanitise what they store, but a value
+    that slipped through (a lone surrogate would make every scrape a 500) is
+    cleaned here rather than served or failed. Clean values cost one C-speed
+    check; only a dirty family is rebuilt."""
+
+    def __init__(self, inner: SnapshotCollector) -> None:
+        self._inner = inner
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._inner.collect():
+            if not all(_clean(value) for sample in metric.samples for value in sample.labels.values()):
+                metric.samples = [
+                    sample._replace(
+                        labels={k: sanitise_label_value(v, ANY_LABEL_MAX_LEN) for k, v in sample.labels.items()}
+                    )
+                    for sample in metric.samples
+                ]
+            yield metric
+
+
+def _clean(value: str) -> bool:
+    return is_clean_label_value(value, ANY_LABEL_MAX_LEN)
+
+
+def build_registry(
+    latest: Callable[[], Snapshot],
+    auth_failures: AuthFailures | None = None,
+    connections: ReasonCounts | None = None,
+    certificate_expiry: float | None = None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(latest, auth_failures))
+    registry.register(_SanitisedLabels(SnapshotCollector(latest, auth_failures, connections, certificate_expiry)))
     registry.register(ProcessCollector(registry=None))
     return registry
 
@@ -94,8 +131,10 @@ def build_app(
     telemetry_path: str = "/metrics",
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
     auth_failures: AuthFailures | None = None,
+    connections: ReasonCounts | None = None,
+    certificate_expiry: float | None = None,
 ) -> web.Application:
-    registry = build_registry(latest, auth_failures)
+    registry = build_registry(latest, auth_failures, connections, certificate_expiry)
     cache = _RenderCache(registry, latest)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -125,7 +164,9 @@ def build_app(
         )
         return web.Response(text=page, content_type="text/html")
 
-    app = web.Application(middlewares=list(middlewares))
+    # The guard comes first: it times requests and names the server on every
+    # response, including the refusals the auth middleware makes.
+    app = web.Application(middlewares=[request_guard_middleware, *middlewares])
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -30,13 +30,16 @@ import base64
 import binascii
 import enum
 import hashlib
+import heapq
 import hmac
+import itertools
 import os
 import re
 import secrets
 import ssl
 import stat
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -561,7 +564,9 @@ FAILURE_MISSING = "missing"  # no Authorization header
 FAILURE_MALFORMED = "malformed"  # not "Basic base64(user:password)" in UTF-8
 FAILURE_REJECTED = "rejected"  # unknown user or wrong password (not told apart)
 FAILURE_OVERLOADED = "overloaded"  # too many bcrypt checks already queued
+FAILURE_THROTTLED = "throttled"  # this client address failed too often lately
 
+_MAX_TRUSTED_PENDING = 4
 _REALM_HEADER = 'Basic realm="gpu-carbon-exporter", charset="UTF-8"'
 
 
@@ -594,20 +599,119 @@ class _VerifiedCache:
             self._entries.popitem(last=False)
 
 
+class _FailureBudget:
+    """Per-client-address token bucket of failed password checks: `burst`
+    failures at once, then one per `refill_s`. An address with an empty bucket
+    is refused before bcrypt runs, so one guesser cannot keep the bcrypt worker
+    busy. The table is LRU-bounded; an evicted address starts with a full bucket."""
+
+    def __init__(self, burst: int, refill_s: float, capacity: int, clock: Callable[[], float]) -> None:
+        self._burst = burst
+        self._refill_s = refill_s
+        self._capacity = capacity
+        self._clock = clock
+        self._tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, at)
+
+    def _level(self, address: str) -> float:
+        tokens, at = self._tokens.get(address, (float(self._burst), self._clock()))
+        return min(float(self._burst), tokens + (self._clock() - at) / self._refill_s)
+
+    def allows(self, address: str) -> bool:
+        return self._level(address) >= 1.0
+
+    def recent(self, address: str) -> float:
+        """How many failures the bucket still remembers (0 for a clean address)."""
+        return self._burst - self._level(address)
+
+    def spend(self, address: str) -> None:
+        self._tokens[address] = (max(0.0, self._level(address) - 1.0), self._clock())
+        self._tokens.move_to_end(address)
+        while len(self._tokens) > self._capacity:
+            self._tokens.popitem(last=False)
+
+
+class _FairSlot:
+    """One bcrypt at a time, handed to the waiter with the lowest priority value
+    (ties: first come). With priority = recent failures of the client address,
+    a scraper that has not been failing goes before every guesser in the queue,
+    however long the queue."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sequence = itertools.count()
+
+    async def run(self, priority: float, work: Callable[[], Awaitable[bool]]) -> bool:
+        if self._busy:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._sequence), turn))
+            try:
+                await turn  # resolved by _hand_over: the slot is ours now
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_over()  # handed to us as we were cancelled: pass it on
+                raise
+        else:
+            self._busy = True
+        try:
+            return await work()
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)  # stays busy: ownership passes to that waiter
+                return
+        self._busy = False
+
+
 class _BasicAuthenticator:
-    def __init__(self, users: Mapping[str, bytes], cache_size: int, max_pending_checks: int) -> None:
+    """Checks basic auth credentials so that a flood of wrong passwords cannot
+    starve right ones (docs/security.md, "bcrypt flood"):
+
+    1. a credential bcrypt accepted before is answered from the cache, no bcrypt;
+    2. an address whose failure budget is spent is refused (429) without bcrypt;
+    3. one address may have at most `max_pending_per_address` checks waiting;
+    4. all addresses together at most `max_pending` (more get 503); the queue
+       is ordered by the address's recent failures, so a clean address goes
+       first (`_FairSlot`);
+    5. addresses that have authenticated before use a reserved bcrypt slot
+       (with its own small queue) instead of 3 and 4, so a guesser elsewhere
+       cannot queue ahead of a scraper that has succeeded before (after a
+       password rotation, or once the cache has evicted its entry).
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, bytes],
+        cache_size: int,
+        max_pending_checks: int,
+        max_pending_per_address: int = 2,
+        failure_burst: int = 10,
+        failure_refill_s: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._users = {name.encode("utf-8"): hashed for name, hashed in users.items()}
         # Unknown users are checked against a real hash of the highest cost, so
         # the response time does not reveal which usernames exist.
         self._decoy_hash = max(self._users.values(), key=lambda h: int(h[4:6]))
         self._cache = _VerifiedCache(cache_size)
-        # One bcrypt at a time (each is ~70 ms of CPU at cost 10): a password
-        # guesser can then use at most one core, never the poll loop's.
-        self._bcrypt_slot = asyncio.Semaphore(1)
+        # One bcrypt at a time per lane (each is ~70 ms of CPU at cost 10): a
+        # password guesser can then use at most one core, never the poll loop's.
+        self._bcrypt_slot = _FairSlot()
+        self._trusted_slot = _FairSlot()  # the reserved lane
+        self._trusted_pending = 0
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}  # digest -> its running check
         self._pending = 0
         self._max_pending = max_pending_checks
+        self._pending_by_address: Counter[str] = Counter()
+        self._max_pending_per_address = max_pending_per_address
+        self._failures = _FailureBudget(failure_burst, failure_refill_s, capacity=4096, clock=clock or time.monotonic)
+        self._trusted: OrderedDict[str, None] = OrderedDict()  # addresses that have authenticated
 
-    async def check(self, authorization: str | None) -> str | None:
+    async def check(self, authorization: str | None, address: str = "") -> str | None:
         """None when authorized, else a FAILURE_* reason."""
         if authorization is None:
             return FAILURE_MISSING
@@ -619,21 +723,73 @@ class _BasicAuthenticator:
         hashed = known_hash if known_hash is not None else self._decoy_hash
         digest = self._cache.digest(user, password, hashed)
         if known_hash is not None and digest in self._cache:
+            self._trust(address)
             return None
-        if self._pending >= self._max_pending:
+        shared = self._inflight.get(digest)
+        if shared is not None:  # the same credentials are being checked: share that check
+            matches = await asyncio.shield(shared)
+            return None if matches and known_hash is not None else FAILURE_REJECTED
+        if not self._failures.allows(address):
+            return FAILURE_THROTTLED
+        trusted = address in self._trusted
+        if trusted and self._trusted_pending >= _MAX_TRUSTED_PENDING:
             return FAILURE_OVERLOADED
-        self._pending += 1
+        if not trusted and (
+            self._pending >= self._max_pending or self._pending_by_address[address] >= self._max_pending_per_address
+        ):
+            return FAILURE_OVERLOADED
+        self._reserve(address, trusted)
+        check = asyncio.ensure_future(self._bcrypt(password, hashed, digest, known_hash is not None, trusted, address))
+        check.add_done_callback(lambda _: self._release(address, trusted))  # runs even if never started
+        self._inflight[digest] = check
         try:
-            async with self._bcrypt_slot:
-                if known_hash is not None and digest in self._cache:  # verified while we queued
-                    return None
-                matches = await asyncio.to_thread(_bcrypt_matches, password, hashed)
+            matches = await asyncio.shield(check)
         finally:
-            self._pending -= 1
+            if self._inflight.get(digest) is check:
+                del self._inflight[digest]
         if matches and known_hash is not None:
             self._cache.add(digest)
+            self._trust(address)
             return None
+        self._failures.spend(address)
         return FAILURE_REJECTED
+
+    async def _bcrypt(
+        self, password: bytes, hashed: bytes, digest: bytes, known: bool, trusted: bool, address: str
+    ) -> bool:
+        async def work() -> bool:
+            if known and digest in self._cache:  # verified while we queued
+                return True
+            return await asyncio.to_thread(_bcrypt_matches, password, hashed)
+
+        slot = self._trusted_slot if trusted else self._bcrypt_slot
+        return await slot.run(self._failures.recent(address), work)
+
+    def _reserve(self, address: str, trusted: bool) -> None:
+        # Counted now, not when the check's task first runs: every request that
+        # arrives in the same loop iteration must see the ones before it.
+        if trusted:
+            self._trusted_pending += 1
+        else:
+            self._pending += 1
+            self._pending_by_address[address] += 1
+
+    def _release(self, address: str, trusted: bool) -> None:
+        if trusted:
+            self._trusted_pending -= 1
+            return
+        self._pending -= 1
+        self._pending_by_address[address] -= 1
+        if self._pending_by_address[address] <= 0:
+            del self._pending_by_address[address]
+
+    def _trust(self, address: str) -> None:
+        if not address:
+            return
+        self._trusted[address] = None
+        self._trusted.move_to_end(address)
+        while len(self._trusted) > 1024:
+            self._trusted.popitem(last=False)
 
 
 def _parse_basic(authorization: str) -> tuple[bytes, bytes] | None:
@@ -695,7 +851,7 @@ def auth_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if authenticator is not None and request.path not in exempt:
-                failure = await authenticator.check(request.headers.get("Authorization"))
+                failure = await authenticator.check(request.headers.get("Authorization"), request.remote or "")
                 if failure is not None:
                     if on_failure is not None:
                         on_failure(failure)
@@ -710,6 +866,12 @@ def auth_middleware(
 
 
 def _refusal(failure: str) -> web.Response:
+    if failure == FAILURE_THROTTLED:
+        return web.Response(
+            status=429,
+            text="Too many failed authentication attempts\n",
+            headers={"Retry-After": "1", "WWW-Authenticate": _REALM_HEADER},
+        )
     if failure == FAILURE_OVERLOADED:
         return web.Response(
             status=503, text="Too many authentication checks in progress\n", headers={"Retry-After": "1"}

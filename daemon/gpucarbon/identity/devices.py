@@ -10,6 +10,15 @@ plugin allocated. Depending on the plugin's settings an ID is:
 - `<gpu>:<mig>`                    a MIG device by GPU index and MIG index;
 - any of these + `::<n>`           replica n of a time-sliced or MPS-shared device.
 
+GKE's own device plugin (GoogleCloudPlatform/container-engine-accelerators) names
+devices by their `/dev/nvidia<N>` node, N being the GPU's device minor number
+(NVML `nvmlDeviceGetMinorNumber`), not its NVML index:
+
+- `nvidia<N>`                      a whole GPU;
+- `nvidia<N>/vgpu<k>`              share k of a time-shared GPU (gpusharing.go);
+- `nvidia<N>/gi<g>`                MIG GPU instance g (mig.go);
+- `nvidia<N>/gi<g>/vgpu<k>`        share k of a time-shared MIG instance.
+
 Energy is measured per board, so every form resolves to the parent GPU's UUID, as
 the daemon's GPU readings spell it. IDs the daemon's GPUs do not explain give None.
 """
@@ -17,6 +26,7 @@ the daemon's GPU readings spell it. IDs the daemon's GPUs do not explain give No
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
@@ -32,22 +42,25 @@ _GPU_INDEX = re.compile(r"(?P<gpu>[0-9]{1,9})")
 _MIG_INDEX = re.compile(r"(?P<gpu>[0-9]{1,9}):(?P<mig>[0-9]{1,9})")
 _V = TypeVar("_V")
 
+_GKE = re.compile(r"nvidia(?P<minor>[0-9]{1,9})(?:/gi[0-9]{1,9})?(?:/vgpu[0-9]{1,9})?")
 _LEGACY_MIG = re.compile(r"MIG-(?P<gpu>GPU-[^/]+)/(?P<gi>[0-9]{1,9})/(?P<ci>[0-9]{1,9})", re.IGNORECASE)
 
 
 class GpuInventory:
-    """The GPUs the daemon sees: UUID -> index, and each MIG device's parent GPU.
+    """The GPUs the daemon sees: UUID -> index, each MIG device's parent GPU, and
+    each GPU's device minor number (`/dev/nvidia<minor>`) where known.
 
     UUIDs are matched case-insensitively (the plugin copies NVML's spelling, but a
     hand-written config may not) and returned as given here.
     """
 
-    __slots__ = ("_gpu_by_index", "_parent_by_uuid")
+    __slots__ = ("_gpu_by_index", "_gpu_by_minor", "_parent_by_uuid")
 
     def __init__(
         self,
         gpus: Mapping[str, int] | Iterable[tuple[str, int]],
         mig_parents: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        minor_numbers: Mapping[str, int] | Iterable[tuple[str, int]] = (),
     ) -> None:
         gpu_by_index: dict[int, str] = {}
         parent_by_uuid: dict[str, str] = {}
@@ -71,9 +84,14 @@ class GpuInventory:
             parent_by_uuid[mig_uuid.lower()] = parent
         self._gpu_by_index: Mapping[int, str] = MappingProxyType(gpu_by_index)
         self._parent_by_uuid: Mapping[str, str] = MappingProxyType(parent_by_uuid)
+        self._gpu_by_minor: Mapping[int, str] = MappingProxyType(_by_minor(minor_numbers, gpu_uuids))
 
     def gpu_at(self, index: int) -> str | None:
         return self._gpu_by_index.get(index)
+
+    def gpu_with_minor(self, minor: int) -> str | None:
+        """The GPU behind `/dev/nvidia<minor>`."""
+        return self._gpu_by_minor.get(minor)
 
     def parent_of_uuid(self, uuid: str) -> str | None:
         """The GPU a GPU or MIG UUID belongs to (a GPU is its own parent)."""
@@ -100,10 +118,25 @@ def normalise_device_id(device_id: str, inventory: GpuInventory) -> str | None:
         return inventory.gpu_at(int(index["gpu"]))
     if mig_index := _MIG_INDEX.fullmatch(device):
         return inventory.gpu_at(int(mig_index["gpu"]))
+    if gke := _GKE.fullmatch(device):
+        return inventory.gpu_with_minor(int(gke["minor"]))
     if legacy := _LEGACY_MIG.fullmatch(device):
         gpu = legacy["gpu"]
         return inventory.parent_of_uuid(gpu) if inventory.is_gpu(gpu) else None
     return inventory.parent_of_uuid(device)
+
+
+def _by_minor(minor_numbers: Mapping[str, int] | Iterable[tuple[str, int]], gpu_uuids: set[str]) -> dict[int, str]:
+    by_minor: dict[int, str] = {}
+    for uuid, minor in _pairs(minor_numbers):
+        if uuid not in gpu_uuids:
+            raise ValueError(f"minor number given for {uuid!r}, which is not among the GPUs")
+        if isinstance(minor, bool) or not isinstance(minor, int) or minor < 0:
+            raise ValueError(f"GPU {uuid}: minor number must be an int >= 0, got {minor!r}")
+        if minor in by_minor:
+            raise ValueError(f"minor number {minor} given to both {by_minor[minor]} and {uuid}")
+        by_minor[minor] = uuid
+    return by_minor
 
 
 def _check_syntax(device_id: str) -> None:
@@ -133,7 +166,10 @@ def _pairs(items: Mapping[str, _V] | Iterable[tuple[str, _V]]) -> Iterable[tuple
 
 
 def inventory_of(readings: Mapping[str, GpuReading]) -> GpuInventory:
-    """The inventory the last good readings describe (UUID -> index, MIG -> board)."""
+    """The inventory the last good readings describe (UUID -> index, MIG -> board,
+    UUID -> device minor number)."""
     gpus = {uuid: r.index for uuid, r in readings.items()}
     migs = {mig: uuid for uuid, r in readings.items() for mig in r.mig_devices}
-    return GpuInventory(gpus, migs)
+    minors = {uuid: r.minor_number for uuid, r in readings.items() if r.minor_number is not None}
+    claimed = Counter(minors.values())  # a minor claimed twice names no GPU rather than a wrong one
+    return GpuInventory(gpus, migs, {uuid: m for uuid, m in minors.items() if claimed[m] == 1})

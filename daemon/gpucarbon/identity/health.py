@@ -33,6 +33,8 @@ class HealthSnapshot:
     source: str
     up: bool
     errors_total: Mapping[str, int]
+    # kubelet PodResources only: allocated device IDs no GPU explains, by resource name
+    unmapped_devices: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass

@@ -20,6 +20,12 @@ finish a pod carries the provisional workload from `owners.provisional`.
 
 Deleted pods stay resolvable for `deleted_retention_s`, so the energy of their
 last interval still lands on their names.
+
+Static pods: the kubelet runs them under a cgroup named by the manifest's config
+hash (32 hex digits), while the API server only has their mirror pod, with its own
+`metadata.uid` and the hash in annotation `kubernetes.io/config.mirror`. `pod(uid)`
+answers a config hash with the mirror pod, so a static pod's processes and its
+allocation meet on the mirror's UID: one series with its real names.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,7 +44,8 @@ import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.models import Cluster, User
 from lightkube.core.exceptions import ApiError, ConfigError
-from lightkube.resources.apps_v1 import ReplicaSet
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import ReplicaSet, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
@@ -48,6 +56,8 @@ from gpucarbon.identity import health as reasons
 from gpucarbon.identity.health import SourceHealth
 from gpucarbon.identity.model import PodMeta
 from gpucarbon.identity.owners import (
+    DEFAULT_MAX_DEPTH,
+    FOLLOWED_KINDS,
     LookupFailed,
     OwnerRef,
     OwnerResolver,
@@ -67,7 +77,14 @@ SOURCE = "kubernetes"
 ALL_NAMESPACES = "*"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LIST_CHUNK = 500  # objects per list page
-_OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job}  # lightkube resource classes
+_OWNED_KINDS: dict[str, Any] = {"ReplicaSet": ReplicaSet, "Job": Job, "StatefulSet": StatefulSet}
+# Custom resources that may be followed: kind -> (apiVersion when no ownerReference
+# named one yet, plural). Other kinds use the apiVersion their ownerReference gives
+# and the plural `<kind lowercased>s`.
+_CUSTOM_KINDS = {"RayCluster": ("ray.io/v1", "rayclusters")}
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
+_CONFIG_HASH = re.compile(r"[0-9a-f]{32}")
 
 
 class KubernetesSetupError(GpuCarbonError):
@@ -268,6 +285,7 @@ class _PodFacts:
     uid: str
     ownership: PodOwnership
     containers: Mapping[str, str]
+    config_hash: str | None = None  # set on a static pod's mirror: the UID its cgroup carries
 
 
 def pod_facts(pod: Any) -> _PodFacts | None:
@@ -275,10 +293,26 @@ def pod_facts(pod: Any) -> _PodFacts | None:
     meta = pod.metadata
     if meta is None or not meta.uid or not meta.name or not meta.namespace:
         return None
-    owners = tuple(OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (meta.ownerReferences or ()))
+    owners = tuple(
+        OwnerRef(ref.kind, ref.name, bool(ref.controller), ref.apiVersion or "") for ref in (meta.ownerReferences or ())
+    )
     labels = MappingProxyType(dict(meta.labels or {}))
     ownership = PodOwnership(meta.namespace, meta.name, owners, labels)
-    return _PodFacts(meta.uid, ownership, MappingProxyType(container_names(pod.status)))
+    return _PodFacts(
+        meta.uid, ownership, MappingProxyType(container_names(pod.status)), mirror_config_hash(meta.annotations)
+    )
+
+
+def mirror_config_hash(annotations: Mapping[str, str] | None) -> str | None:
+    """The config hash a mirror pod stands for (the UID of the static pod's cgroup),
+    None for any other pod. The mirror annotation holds the hash; where it holds
+    something else the config.hash annotation does."""
+    if not annotations or MIRROR_ANNOTATION not in annotations:
+        return None
+    for value in (annotations.get(MIRROR_ANNOTATION), annotations.get(CONFIG_HASH_ANNOTATION)):
+        if value and _CONFIG_HASH.fullmatch(value):
+            return value
+    return None
 
 
 def container_names(status: Any) -> dict[str, str]:
@@ -313,6 +347,8 @@ class KubernetesSource:
         deleted_retention_s: float = 600.0,
         owner_cache_size: int = 4096,
         owner_retry_s: float = 60.0,
+        owner_follow: Iterable[str] = FOLLOWED_KINDS,
+        owner_max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         if not node_name:
             raise ValueError("kubernetes.node_name: empty: set it or $NODE_NAME (the pod's spec.nodeName)")
@@ -328,6 +364,8 @@ class KubernetesSource:
             cache_size=owner_cache_size,
             retry_after_s=owner_retry_s,
             on_failure=self._owner_failed,
+            followed=owner_follow,
+            max_depth=owner_max_depth,
         )
         stall = stall_timeout_s if stall_timeout_s is not None else watch_timeout_s + 30.0
         common = dict(sleep=sleep, watch_timeout_s=watch_timeout_s, stall_timeout_s=stall, on_state=self._loop_state)
@@ -360,6 +398,9 @@ class KubernetesSource:
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
         self._by_name: dict[tuple[str, str], str] = {}
+        self._by_config_hash: dict[str, str] = {}  # static pod config hash -> mirror pod UID
+        self._api_versions: dict[str, str] = {}  # owner kind -> apiVersion seen in ownerReferences
+        self._custom_resources: dict[tuple[str, str, str], Any] = {}
         self._deleted_at: dict[str, float] = {}  # uid -> monotonic seconds
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._owner_queue: asyncio.Queue[str] = asyncio.Queue()
@@ -369,7 +410,11 @@ class KubernetesSource:
     # ---- reads: never I/O ---------------------------------------------------
 
     def pod(self, uid: str) -> PodMeta | None:
-        return self._pods.get(uid)
+        """By UID, or by a static pod's config hash (its cgroup's UID): the mirror pod."""
+        meta = self._pods.get(uid)
+        if meta is None and (mirror := self._by_config_hash.get(uid)) is not None:
+            meta = self._pods.get(mirror)
+        return meta
 
     def pods_by_name(self, namespace: str, name: str) -> PodMeta | None:
         """The live pod of that name (a deleted one until a live one reuses the name)."""
@@ -426,12 +471,17 @@ class KubernetesSource:
         self._prune(self._clock.monotonic())
 
     def _upsert(self, facts: _PodFacts) -> None:
+        self._remember_api_versions(facts.ownership.owners)
         self._deleted_at.pop(facts.uid, None)
         self._facts[facts.uid] = facts
         key = (facts.ownership.namespace, facts.ownership.name)
         current = self._by_name.get(key)
         if current is None or current == facts.uid or current in self._deleted_at:
             self._by_name[key] = facts.uid
+        if facts.config_hash is not None:
+            mirror = self._by_config_hash.get(facts.config_hash)
+            if mirror is None or mirror == facts.uid or mirror in self._deleted_at:
+                self._by_config_hash[facts.config_hash] = facts.uid
         self._pods[facts.uid] = self._meta(facts, self._resolver.provisional(facts.ownership))
         if self._resolver.needs_lookup(facts.ownership):
             self._queue_owner(facts.uid)
@@ -455,6 +505,8 @@ class KubernetesSource:
             key = (facts.ownership.namespace, facts.ownership.name)
             if self._by_name.get(key) == uid:
                 del self._by_name[key]
+            if facts.config_hash is not None and self._by_config_hash.get(facts.config_hash) == uid:
+                del self._by_config_hash[facts.config_hash]
 
     # ---- namespaces ----------------------------------------------------------
 
@@ -521,16 +573,40 @@ class KubernetesSource:
                 self._queue_owner(uid)
 
     async def _controller_of(self, kind: str, namespace: str, name: str) -> OwnerRef | None:
+        resource = self._resource_for(kind)
         try:
-            obj: Any = await self._client.get(_OWNED_KINDS[kind], name, namespace=namespace)
+            obj: Any = await self._client.get(resource, name, namespace=namespace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a reason, never fatal
             if status_code(exc) == 404:
                 return None  # gone: the pod's direct owner is the workload
             raise LookupFailed(classify(exc), f"{kind} {namespace}/{name}: {exc}") from None
-        refs = obj.metadata.ownerReferences if obj.metadata else None
-        return controller_of(OwnerRef(r.kind, r.name, bool(r.controller)) for r in refs or ())
+        metadata = obj.metadata if obj.metadata is not None else None
+        refs = metadata.ownerReferences if metadata is not None else None
+        parents = [OwnerRef(r.kind, r.name, bool(r.controller), r.apiVersion or "") for r in refs or ()]
+        self._remember_api_versions(parents)
+        return controller_of(parents)
+
+    def _resource_for(self, kind: str) -> Any:
+        """The lightkube resource class to GET `kind` with; custom resources are
+        built from the apiVersion their ownerReferences named."""
+        if kind in _OWNED_KINDS:
+            return _OWNED_KINDS[kind]
+        default_version, plural = _CUSTOM_KINDS.get(kind, ("", kind.lower() + "s"))
+        api_version = self._api_versions.get(kind, default_version)
+        if "/" not in api_version:
+            raise LookupFailed(reasons.API_ERROR, f"{kind}: no apiVersion known to read it with")
+        group, version = api_version.split("/", 1)
+        key = (group, version, kind)
+        if key not in self._custom_resources:
+            self._custom_resources[key] = create_namespaced_resource(group, version, kind, plural)
+        return self._custom_resources[key]
+
+    def _remember_api_versions(self, refs: Iterable[OwnerRef]) -> None:
+        for ref in refs:
+            if ref.api_version and "/" in ref.api_version:
+                self._api_versions[ref.kind] = ref.api_version
 
     def _owner_failed(self, failure: LookupFailed) -> None:
         log.warning("kubernetes owner lookup: %s", failure)

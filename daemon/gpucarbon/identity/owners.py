@@ -2,16 +2,20 @@
 
 Resolution (documented in docs/kubernetes.md):
 
-1. The pod's controller ownerReference (`controller: true`):
-   - `ReplicaSet`: GET the ReplicaSet and take *its* controller (`Deployment/x`,
-     or e.g. an Argo `Rollout/x`); a ReplicaSet without one is the workload.
-   - `Job`: GET the Job and take its controller (`CronJob/x`, `JobSet/x`, ...).
+1. The pod's controller ownerReference (`controller: true`), followed upward:
+   while the owner's kind is one of the *followed* kinds (default `ReplicaSet`
+   and `Job`; `StatefulSet` and `RayCluster` when configured), GET it and move to
+   its own controller, at most `max_depth` GETs; the first owner that is not
+   followed, or has no controller, is the workload. So `ReplicaSet` ->
+   `Deployment/x` (or an Argo `Rollout/x`), `Job` -> `CronJob/x` / `JobSet/x` /
+   `RayJob/x`, and with `RayCluster` followed, a RayJob's or RayService's pods ->
+   `RayCluster/<generated>` -> `RayJob/x` / `RayService/x`; with `StatefulSet`
+   followed, a Kubeflow notebook's pod -> `Notebook/x`.
    - `StatefulSet` of a LeaderWorkerSet (pod label
-     `leaderworkerset.sigs.k8s.io/name`): `LeaderWorkerSet/<label>`.
+     `leaderworkerset.sigs.k8s.io/name`): `LeaderWorkerSet/<label>`, no read.
    - `Node` (static/mirror pods): treated as a bare pod.
-   - any other kind (`DaemonSet`, `StatefulSet`, `PyTorchJob`, `RayCluster`,
-     `JobSet`, `LeaderWorkerSet`, ...): the ownerReference's kind and name as-is,
-     with no API read.
+   - any kind not followed (`DaemonSet`, `PyTorchJob`, `JobSet`, `Workflow`,
+     ...): the ownerReference's kind and name as-is, with no API read.
 2. Without a controller, the well-known labels: `jobset.sigs.k8s.io/jobset-name`,
    `training.kubeflow.org/job-name` (kind from `training.kubeflow.org/operator-name`),
    `ray.io/cluster`, `leaderworkerset.sigs.k8s.io/name`, `job-name`.
@@ -37,13 +41,24 @@ from typing import Protocol
 from gpucarbon.clock import Clock
 from gpucarbon.teams import WORKLOAD_MAX_LEN, sanitise_label_value
 
-# Controller kinds whose own controller is worth one GET.
+# Controller kinds whose own controller is read by default: the RBAC for them
+# (apps/replicasets, batch/jobs) is in every install. StatefulSet and RayCluster
+# are followed only when configured (kubernetes.owners.follow), since reading them
+# widens what the exporter's ServiceAccount may get.
 FOLLOWED_KINDS = frozenset({"ReplicaSet", "Job"})
+OPTIONAL_FOLLOWED_KINDS = frozenset({"StatefulSet", "RayCluster"})
+DEFAULT_MAX_DEPTH = 4  # GETs up one chain; RayJob pods need 1, a RayJob's submitter 1
 
 LWS_LABEL = "leaderworkerset.sigs.k8s.io/name"
 KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
 KUBEFLOW_OPERATOR_LABEL = "training.kubeflow.org/operator-name"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+# KubeRay marks what it creates for a RayJob or RayService with the root resource
+# (ray-operator/controllers/ray/utils/constant.go, RayOriginatedFromCR*LabelKey).
+RAY_ORIGIN_KIND_LABEL = "ray.io/originated-from-crd"
+RAY_ORIGIN_NAME_LABEL = "ray.io/originated-from-cr-name"
+RAY_ORIGIN_KINDS = frozenset({"RayJob", "RayService", "RayCronJob"})
 
 # Label fallbacks in order: JobSet pods also carry `job-name` (of their child Job),
 # so the more specific labels come first.
@@ -70,6 +85,7 @@ class OwnerRef:
     kind: str
     name: str
     controller: bool = False
+    api_version: str = ""  # e.g. ray.io/v1: where a followed custom resource is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +129,9 @@ def workload_from_labels(labels: Mapping[str, str] | None) -> str | None:
     """The workload named by well-known labels, or None."""
     if not labels:
         return None
+    origin, origin_name = labels.get(RAY_ORIGIN_KIND_LABEL), labels.get(RAY_ORIGIN_NAME_LABEL)
+    if origin in RAY_ORIGIN_KINDS and origin_name:
+        return workload_value(origin, origin_name)
     for key, kind in LABEL_FALLBACKS:
         name = labels.get(key)
         if not name:
@@ -123,15 +142,15 @@ def workload_from_labels(labels: Mapping[str, str] | None) -> str | None:
     return None
 
 
-def direct_workload(pod: PodOwnership) -> str | None:
+def direct_workload(pod: PodOwnership, followed: frozenset[str] = FOLLOWED_KINDS) -> str | None:
     """The workload when no GET is needed; None when the controller must be read."""
     ref = controller_of(pod.owners)
     if ref is None or ref.kind == "Node":
         return workload_from_labels(pod.labels) or workload_value("Pod", pod.name)
-    if ref.kind in FOLLOWED_KINDS:
-        return None
     if ref.kind == "StatefulSet" and pod.labels and pod.labels.get(LWS_LABEL):
         return workload_value("LeaderWorkerSet", pod.labels[LWS_LABEL])
+    if ref.kind in followed:
+        return None
     return workload_value(ref.kind, ref.name)
 
 
@@ -165,53 +184,76 @@ class OwnerResolver:
         cache_size: int = 4096,
         retry_after_s: float = 60.0,
         on_failure: Callable[[LookupFailed], None] | None = None,
+        followed: Iterable[str] = FOLLOWED_KINDS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size: {cache_size}: must be at least 1")
+        if max_depth < 1:
+            raise ValueError(f"max_depth: {max_depth}: must be at least 1")
         self._lookup = lookup
         self._clock = clock
         self._cache_size = cache_size
         self._retry_after_s = retry_after_s
         self._on_failure = on_failure
+        self._followed = frozenset(followed)
+        self._max_depth = max_depth
         self._cache: OrderedDict[tuple[str, str, str], _Cached] = OrderedDict()
         self._inflight: dict[tuple[str, str, str], asyncio.Future[_Cached]] = {}
 
     def provisional(self, pod: PodOwnership) -> str:
         """The workload from what is known now: cache, labels, names. No I/O."""
-        if (direct := direct_workload(pod)) is not None:
+        if (direct := direct_workload(pod, self._followed)) is not None:
             return direct
         ref = controller_of(pod.owners)
         assert ref is not None  # direct_workload handled the no-controller case
-        cached = self._cache.get((pod.namespace, ref.kind, ref.name))
-        if cached is not None and cached.failed_at is None:
-            return self._from_parent(ref, cached.parent)
-        return guessed_workload(pod)
+        for depth in range(self._max_depth):
+            if ref.kind not in self._followed:
+                break
+            cached = self._cache.get((pod.namespace, ref.kind, ref.name))
+            if cached is None or cached.failed_at is not None:
+                # Not read yet: the labels' guess for the pod's own owner, else the
+                # highest owner known so far.
+                return guessed_workload(pod) if depth == 0 else workload_value(ref.kind, ref.name)
+            if cached.parent is None:
+                break
+            ref = cached.parent
+        return workload_value(ref.kind, ref.name)
 
     def needs_lookup(self, pod: PodOwnership) -> bool:
-        """True when `resolve` would GET (no fresh cached answer)."""
-        if direct_workload(pod) is not None:
+        """True when `resolve` would GET (no fresh cached answer for some hop)."""
+        if direct_workload(pod, self._followed) is not None:
             return False
         ref = controller_of(pod.owners)
         assert ref is not None
-        cached = self._cache.get((pod.namespace, ref.kind, ref.name))
-        return cached is None or self._retry_due(cached)
+        for _depth in range(self._max_depth):
+            if ref.kind not in self._followed:
+                return False
+            cached = self._cache.get((pod.namespace, ref.kind, ref.name))
+            if cached is None or self._retry_due(cached):
+                return True
+            if cached.failed_at is not None or cached.parent is None:
+                return False
+            ref = cached.parent
+        return False
 
     async def resolve(self, pod: PodOwnership) -> str:
-        """The final workload, reading the controller's controller when needed.
-        Never raises for lookup failures: falls back to `guessed_workload`."""
-        if (direct := direct_workload(pod)) is not None:
+        """The final workload, reading controllers upward as far as needed.
+        Never raises for lookup failures: falls back to what is known."""
+        if (direct := direct_workload(pod, self._followed)) is not None:
             return direct
         ref = controller_of(pod.owners)
         assert ref is not None
-        cached = await self._parent_of(pod.namespace, ref)
-        if cached.failed_at is not None:
-            return guessed_workload(pod)
-        return self._from_parent(ref, cached.parent)
-
-    def _from_parent(self, ref: OwnerRef, parent: OwnerRef | None) -> str:
-        if parent is None:
-            return workload_value(ref.kind, ref.name)
-        return workload_value(parent.kind, parent.name)
+        for depth in range(self._max_depth):
+            if ref.kind not in self._followed:
+                break
+            cached = await self._parent_of(pod.namespace, ref)
+            if cached.failed_at is not None:
+                return guessed_workload(pod) if depth == 0 else workload_value(ref.kind, ref.name)
+            if cached.parent is None:
+                break
+            ref = cached.parent
+        return workload_value(ref.kind, ref.name)
 
     def _retry_due(self, cached: _Cached) -> bool:
         return cached.failed_at is not None and self._clock.monotonic() - cached.failed_at >= self._retry_after_s

@@ -50,22 +50,39 @@ class ContainerKey:
     container: str
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class AllocatedDevice:
+    """One device ID the kubelet allocated, under the extended resource it came from."""
+
+    resource: str  # e.g. nvidia.com/gpu, nvidia.com/gpu.shared, nvidia.com/mig-1g.10gb
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class UnmappedDevice:
+    """An allocated device ID that no GPU of this node explains, and who holds it."""
+
+    resource: str
+    device_id: str
+    holder: ContainerKey
+
+
 @dataclass(frozen=True, slots=True)
 class GpuAllocations:
-    """Per-GPU holders, plus the device IDs no GPU of this node explains."""
+    """Per-GPU holders, plus the allocated device IDs no GPU of this node explains."""
 
     holders: Mapping[str, tuple[ContainerKey, ...]]  # GPU UUID -> containers, sorted
-    unmapped: tuple[str, ...] = ()  # raw device IDs the normaliser rejected
+    unmapped: tuple[UnmappedDevice, ...] = ()  # sorted
 
 
-def parse_list_response(response: Any, prefix: str = NVIDIA_PREFIX) -> dict[ContainerKey, frozenset[str]]:
-    """ListPodResourcesResponse -> (namespace, pod, container) -> device IDs of
+def parse_list_response(response: Any, prefix: str = NVIDIA_PREFIX) -> dict[ContainerKey, frozenset[AllocatedDevice]]:
+    """ListPodResourcesResponse -> (namespace, pod, container) -> devices of
     resources starting with `prefix`. Containers holding none are left out."""
-    devices: dict[ContainerKey, frozenset[str]] = {}
+    devices: dict[ContainerKey, frozenset[AllocatedDevice]] = {}
     for pod in response.pod_resources:
         for container in pod.containers:
             ids = {
-                device_id
+                AllocatedDevice(group.resource_name, device_id)
                 for group in container.devices
                 if group.resource_name.startswith(prefix)
                 for device_id in group.device_ids
@@ -76,19 +93,19 @@ def parse_list_response(response: Any, prefix: str = NVIDIA_PREFIX) -> dict[Cont
     return devices
 
 
-def holders_by_gpu(devices: Mapping[ContainerKey, frozenset[str]], normalise: Normaliser) -> GpuAllocations:
+def holders_by_gpu(devices: Mapping[ContainerKey, frozenset[AllocatedDevice]], normalise: Normaliser) -> GpuAllocations:
     """Group containers by the GPU their device IDs normalise to. A container
     holding two replicas of one GPU is one holder of it."""
     holders: dict[str, set[ContainerKey]] = {}
-    unmapped: set[str] = set()
-    for key, ids in devices.items():
-        for device_id in ids:
+    unmapped: set[UnmappedDevice] = set()
+    for key, allocated in devices.items():
+        for device in allocated:
             try:
-                uuid = normalise(device_id)
+                uuid = normalise(device.device_id)
             except ValueError:
                 uuid = None
             if uuid is None:
-                unmapped.add(device_id)
+                unmapped.add(UnmappedDevice(device.resource, device.device_id, key))
             else:
                 holders.setdefault(uuid, set()).add(key)
     return GpuAllocations(
@@ -126,13 +143,13 @@ class PodResourcesSource:
         self._sleep = sleep
         self._channel: grpc.aio.Channel | None = None
         self._stub: api_pb2_grpc.PodResourcesListerStub | None = None
-        self._devices: Mapping[ContainerKey, frozenset[str]] = MappingProxyType({})
+        self._devices: Mapping[ContainerKey, frozenset[AllocatedDevice]] = MappingProxyType({})
         self._good_at: float | None = None  # monotonic seconds of the last good List
         self._last_reason: str | None = None
 
     # ---- reads: never I/O ---------------------------------------------------
 
-    def devices(self) -> Mapping[ContainerKey, frozenset[str]]:
+    def devices(self) -> Mapping[ContainerKey, frozenset[AllocatedDevice]]:
         """The last good answer while younger than keep_last_good_s, else empty."""
         if self._good_at is None or self._clock.monotonic() - self._good_at > self._keep_last_good_s:
             return MappingProxyType({})

@@ -16,6 +16,7 @@ from gpucarbon.simulation.gpu import SimTime, SimulatedGpus
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
 from gpucarbon.simulation.scheduler import SimulatedScheduler
+from gpucarbon.teams import TeamRules
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,11 @@ class SimulatedNode:
     time: SimTime
 
     @classmethod
-    def build(cls, scenario: Scenario, clock: Clock) -> SimulatedNode:
+    def build(cls, scenario: Scenario, clock: Clock, teams: TeamRules | None = None) -> SimulatedNode:
+        """`teams`: the configured team rules, which decide for workloads without `team`."""
         sim_time = SimTime(clock, clock.monotonic())
-        return cls(scenario, SimulatedGpus(scenario, sim_time), SimulatedScheduler(scenario, sim_time), sim_time)
+        scheduler = SimulatedScheduler(scenario, sim_time, teams)
+        return cls(scenario, SimulatedGpus(scenario, sim_time), scheduler, sim_time)
 
 
 __all__ = ["SimTime", "SimulatedGpus", "SimulatedNode", "SimulatedProcFS", "SimulatedScheduler"]

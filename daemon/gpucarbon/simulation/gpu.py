@@ -196,6 +196,7 @@ class SimulatedGpus:
             temperature_c=round(30.0 + 50.0 * power / gpu.max_watts, 1),
             processes=processes,
             samples=samples,
+            minor_number=gpu.minor_number if gpu.minor_number is not None else g,
         )
 
     def _pid(self, i: int, g: int) -> int:

@@ -6,11 +6,12 @@ Format (docs/simulation.md has the full reference):
     seed: 7
     gpus:             # expanded in order into indices 0..N-1
       - {model: NVIDIA H100 80GB HBM3, count: 4, idle_watts: 70, context_watts: 118,
-         max_watts: 700, memory_bytes: 85899345920}
+         max_watts: 700, memory_bytes: 85899345920,
+         minor_numbers: [0, 1, 2, 3]}   # optional: /dev/nvidia<N> of each; default the index
     workloads:
       - {namespace: research, pod: bert-0, container: trainer, workload: Job/bert,
          team: nlp, gpus: [0, 1], start: 0, end: null, sm_util: 0.9,
-         allocated_only: false}
+         allocated_only: false}   # team optional: without it the config's team rules decide
     faults:
       - {gpu: 1, kind: lost, start: 30, end: 60}   # or kind: reset (driver reload)
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from gpucarbon.errors import GpuCarbonError
+from gpucarbon.simulation.serving import ServingSpec, parse_serving
 from gpucarbon.yamlcheck import YAML_ERRORS, is_number, key_text, yaml_where
 
 
@@ -44,6 +46,7 @@ class SimGpu:
     max_watts: float
     memory_bytes: int
     context_watts: float | None = None  # draw with a process's CUDA context open, no work
+    minor_number: int | None = None  # /dev/nvidia<N>; None: the GPU's index
 
     def power(self, utilization: float, has_process: bool) -> float:
         """Board power (W): the base draw, plus the busy share of the rest."""
@@ -57,7 +60,7 @@ class SimWorkload:
     pod: str
     container: str
     workload: str
-    team: str
+    team: str  # "": the configured team rules decide
     gpus: tuple[int, ...]
     start: float
     end: float | None
@@ -66,6 +69,7 @@ class SimWorkload:
     pid: int | None
     cgroup: str | None
     memory_bytes: int
+    serving: ServingSpec | None = None  # set: the pod runs a serving engine (simulation/serving.py)
 
     def running_at(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
@@ -186,7 +190,9 @@ class _Parser:
         for i, entry in enumerate(entries):
             path = f"gpus[{i}]"
             sec = self.mapping(
-                entry, path, {"model", "count", "idle_watts", "context_watts", "max_watts", "memory_bytes"}
+                entry,
+                path,
+                {"model", "count", "idle_watts", "context_watts", "max_watts", "memory_bytes", "minor_numbers"},
             )
             count = 1 if sec.get("count") is None else sec["count"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
@@ -206,10 +212,25 @@ class _Parser:
                 int(memory),
                 None if context is None else float(context),
             )
-            gpus.extend([gpu] * count)
+            minors = self.minor_numbers(sec.get("minor_numbers"), f"{path}.minor_numbers", count)
+            gpus.extend(replace(gpu, minor_number=minor) for minor in minors)
         if len(gpus) > 64:
             raise self.fail("gpus", f"{len(gpus)} GPUs; at most 64 are supported")
+        taken = [g.minor_number for g in gpus if g.minor_number is not None]
+        if len(taken) != len(set(taken)):
+            raise self.fail("gpus", f"minor numbers {taken} repeat: each /dev/nvidia<N> is one GPU")
         return tuple(gpus)
+
+    def minor_numbers(self, raw: Any, path: str, count: int) -> tuple[int | None, ...]:
+        if raw is None:
+            return (None,) * count
+        if (
+            not isinstance(raw, list)
+            or len(raw) != count
+            or any(isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < 256 for m in raw)
+        ):
+            raise self.fail(path, f"{raw!r} must be a list of {count} integers 0..255, one per GPU")
+        return tuple(raw)
 
     def workload(self, raw: Any, path: str, gpu_count: int) -> SimWorkload:
         sec = self.mapping(
@@ -229,6 +250,7 @@ class _Parser:
                 "pid",
                 "cgroup",
                 "memory_bytes",
+                "serving",
             },
         )
         gpus = sec.get("gpus")
@@ -251,6 +273,11 @@ class _Parser:
         cgroup = sec.get("cgroup")
         if cgroup is not None and not isinstance(cgroup, str):
             raise self.fail(f"{path}.cgroup", f"{cgroup!r} must be a string")
+        serving = None
+        if sec.get("serving") is not None:
+            if allocated_only:
+                raise self.fail(f"{path}.serving", "an allocated_only workload runs no process, so it serves nothing")
+            serving = parse_serving(sec["serving"], f"{path}.serving", self.fail)
         return SimWorkload(
             namespace=self.text(sec, "namespace", path, ""),
             pod=self.text(sec, "pod", path, ""),
@@ -265,6 +292,7 @@ class _Parser:
             pid=pid,
             cgroup=cgroup,
             memory_bytes=int(self.number(sec, "memory_bytes", path, 8 * 2**30, maximum=2**50)),
+            serving=serving,
         )
 
     def util(self, raw: Any, path: str) -> tuple[tuple[float, float], ...]:

@@ -10,16 +10,17 @@ from collections.abc import Mapping
 from gpucarbon.identity.model import Consumer
 from gpucarbon.simulation.gpu import SimTime, gpu_uuids, workload_of_pid
 from gpucarbon.simulation.scenario import Scenario, SimWorkload
+from gpucarbon.teams import TeamRules
 
 
 class SimulatedScheduler:
     """An AllocationSource, and the owner of every synthetic PID."""
 
-    def __init__(self, scenario: Scenario, sim_time: SimTime) -> None:
+    def __init__(self, scenario: Scenario, sim_time: SimTime, teams: TeamRules | None = None) -> None:
         self._scenario = scenario
         self._time = sim_time
         self._uuids = gpu_uuids(scenario)
-        self._consumers = {i: _consumer(i, w) for i, w in enumerate(scenario.workloads)}
+        self._consumers = {i: _consumer(i, w, teams) for i, w in enumerate(scenario.workloads)}
         self._by_gpu = [
             [i for i, w in enumerate(scenario.workloads) if g in w.gpus and w.pid is None]
             for g in range(len(scenario.gpus))
@@ -41,7 +42,13 @@ class SimulatedScheduler:
         return None if index is None else self._consumers[index]
 
 
-def _consumer(i: int, w: SimWorkload) -> Consumer:
+def _consumer(i: int, w: SimWorkload, teams: TeamRules | None) -> Consumer:
+    """A workload without `team` gets what the configured team rules decide from its
+    namespace and workload (namespace map, workload patterns, default), so rules can
+    be tried with --simulate before they meet a cluster."""
+    team = w.team
+    if not team and teams is not None:
+        team = teams.decide(namespace=w.namespace, workload=w.workload).team
     return Consumer(
-        key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container, workload=w.workload, team=w.team
+        key=f"sim/{i}", namespace=w.namespace, pod=w.pod, container=w.container, workload=w.workload, team=team
     )

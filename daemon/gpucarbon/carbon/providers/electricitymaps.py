@@ -21,7 +21,10 @@ from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.refresh import REASON_AUTH, FetchError, LiveSample
 from gpucarbon.yamlcheck import is_number
 
-DEFAULT_BASE_URL = "https://api.electricitymap.org"
+# The base URL Electricity Maps documents today; the older domain redirects to it,
+# so a configured old base_url keeps working (redirects are followed between the two).
+DEFAULT_BASE_URL = "https://api.electricitymaps.com"
+API_HOSTS = ("api.electricitymaps.com", "api.electricitymap.org")  # current, older
 DEFAULT_INTERVAL_S = 600.0
 
 
@@ -48,6 +51,7 @@ class ElectricityMapsFetcher:
             timeout=timeout,
             params={"zone": self._zone},
             headers={"auth-token": token},
+            trusted_hosts=API_HOSTS,
         )
         return parse_latest(body, self._zone)
 

@@ -2,17 +2,25 @@
 
 Error texts are composed here from the status code and the exception's type
 only: neither headers (which carry tokens) nor response bodies are echoed.
+
+Redirects are followed here, not by aiohttp: aiohttp drops only `Authorization`
+on a cross-host redirect, and a provider's token travels in its own header
+(`auth-token`). A hop keeps the request's headers only to a host the caller
+trusts with them (by default the first URL's host) and never from https to
+http; a redirect anywhere else, without a Location, or past MAX_REDIRECTS is a
+client error, counted like any other.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from gpucarbon.carbon.refresh import (
     REASON_AUTH,
@@ -27,6 +35,9 @@ from gpucarbon.carbon.refresh import (
 
 # A latest-value response is a few hundred bytes; refuse to buffer a runaway body.
 MAX_BODY_BYTES = 1 << 20
+# Enough for a domain move plus an http->https hop; a loop ends here.
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 async def get_json(
@@ -37,11 +48,26 @@ async def get_json(
     timeout: aiohttp.ClientTimeout,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    trusted_hosts: Iterable[str] = (),
 ) -> Any:
+    """GET `url` and decode its JSON. `trusted_hosts`: hosts besides the URL's own
+    that a redirect may take the request's headers (credentials) to."""
+    target = URL(url)
+    trusted = {target.host, *trusted_hosts}
     try:
-        async with session.get(url, params=params, headers=headers, timeout=timeout, allow_redirects=False) as response:
-            _raise_for_status(response, what)
-            body = await response.content.read(MAX_BODY_BYTES + 1)
+        for _hop in range(MAX_REDIRECTS + 1):
+            async with session.get(
+                target, params=params, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                if response.status in REDIRECT_STATUSES:
+                    target = _redirect_target(response, target, trusted, what)
+                    params = None  # the Location carries the query
+                    continue
+                _raise_for_status(response, what)
+                body = await response.content.read(MAX_BODY_BYTES + 1)
+                break
+        else:
+            raise FetchError(REASON_CLIENT_ERROR, f"{what}: more than {MAX_REDIRECTS} redirects", retryable=False)
     except FetchError:
         raise
     except TimeoutError:
@@ -54,6 +80,27 @@ async def get_json(
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise FetchError(REASON_MALFORMED, f"{what}: response is not JSON", retryable=False) from None
+
+
+def _redirect_target(response: aiohttp.ClientResponse, current: URL, trusted: set[str | None], what: str) -> URL:
+    location = response.headers.get("Location")
+    if not location:
+        raise FetchError(REASON_CLIENT_ERROR, f"{what}: HTTP {response.status} without a Location", retryable=False)
+    target = response.url.join(URL(location))
+    if target.host not in trusted:
+        raise FetchError(
+            REASON_CLIENT_ERROR,
+            f"{what}: HTTP {response.status} redirect to host "
+            f"{target.host!r}, not trusted with the credentials (set base_url)",
+            retryable=False,
+        )
+    if current.scheme == "https" and target.scheme != "https":
+        raise FetchError(
+            REASON_CLIENT_ERROR,
+            f"{what}: HTTP {response.status} redirect from https to plain http refused",
+            retryable=False,
+        )
+    return target
 
 
 def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
