@@ -56,6 +56,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "gpucarbon.snapshot",
     ),
     "gpucarbon.exporter": ("gpucarbon", "gpucarbon.snapshot"),
+    # Receipts read what the loop published (snapshots) and what the identity
+    # sources know of a run's end; nothing below them reads receipts.
+    "gpucarbon.receipts": ("gpucarbon.config", "gpucarbon.identity", "gpucarbon.snapshot"),
+    # The report subcommand reads the PromQL store, not the daemon: no stage at all.
+    "gpucarbon.report": (),
 }
 
 

@@ -45,6 +45,9 @@ EXPORTED_METRICS = frozenset(
     gpucarbon_build_info gpucarbon_nvml_up gpucarbon_poll_duration_seconds_bucket
     gpucarbon_poll_duration_seconds_sum gpucarbon_poll_duration_seconds_count
     gpucarbon_last_poll_timestamp_seconds gpucarbon_nvml_errors_total
+    gpucarbon_team_finished_runs_total gpucarbon_team_finished_energy_joules_total
+    gpucarbon_team_finished_emissions_grams_total gpucarbon_team_repeated_energy_joules_total
+    gpucarbon_receipts_total
     up process_resident_memory_bytes process_cpu_seconds_total
     """.split()
 )

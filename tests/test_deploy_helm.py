@@ -35,6 +35,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "labels": {"release": "kube-prometheus-stack"},
             "runbookBaseURL": "https://git.example.com/gpu-carbon-exporter/blob/main/",
             "idleHighPower": {"floorWatts": 80, "powerLimitFraction": 0.1, "utilizationBelow": 0.02},
+            "failedRunEnergy": {"kwhPerDay": 120},
         },
         "dashboards": {"enabled": True, "namespace": "monitoring"},
     },
@@ -334,7 +335,7 @@ def test_web_config_secret_is_mounted_and_probes_use_https(rendered: dict) -> No
     assert not any(a.startswith("--web.config.file") for a in _container(rendered["default"])["args"])
 
 
-def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dict) -> None:
+def test_cluster_role_grants_only_what_the_kubernetes_source_reads_and_receipt_events(rendered: dict) -> None:
     role = _one(rendered["default"], "ClusterRole")
     grants = {
         (group, resource, verb)
@@ -351,6 +352,7 @@ def test_cluster_role_grants_only_what_the_kubernetes_source_reads(rendered: dic
         ("", "nodes", "get"),
         ("apps", "replicasets", "get"),
         ("batch", "jobs", "get"),
+        ("events.k8s.io", "events", "create"),  # receipts: create only
     }
     binding = _one(rendered["default"], "ClusterRoleBinding")
     account = _one(rendered["default"], "ServiceAccount")
@@ -456,6 +458,7 @@ def test_prometheus_rule_passes_promtool_and_carries_the_value_overrides(rendere
     assert "(gpucarbon_gpu_power_watts * 0 + 80)" in idle
     assert "(gpucarbon_gpu_utilization_ratio < 0.02)" in idle
     assert "under 2% utilization" in rules["GPUIdleHighPower"]["annotations"]["description"]
+    assert rules["GPUTeamFailedRunEnergyHigh"]["expr"].rstrip().endswith("/ 3.6e6 > 120")
     assert (
         rules["GPULost"]["annotations"]["runbook_url"]
         == "https://git.example.com/gpu-carbon-exporter/blob/main/docs/alerts.md#gpulost"

@@ -349,10 +349,10 @@ def full_file_keys(block: str) -> dict[str, str]:
     keys: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     for line in block.splitlines():
-        found = re.match(r"^( *)(?:# )?([a-z0-9_]+):", line)
+        found = re.match(r"^( *)(?:# ( *))?([a-z0-9_]+):", line)  # `  #   url:` nests under `  # webhook:`
         if not found:
             continue
-        indent, name = len(found.group(1)), found.group(2)
+        indent, name = len(found.group(1)) + len(found.group(2) or ""), found.group(3)
         while stack and stack[-1][0] >= indent:
             stack.pop()
         stack.append((indent, name))

@@ -34,6 +34,7 @@ RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 IDLE_POD = "notebook-alice-0"
 STARTUP_TIMEOUT_S = 20.0
 DATA_TIMEOUT_S = 45.0
+RECEIPTS_TIMEOUT_S = 60.0  # the demo's failed run ends 34 s after the daemon starts
 
 
 def _free_port() -> int:
@@ -174,6 +175,18 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
                 and client.query('ALERTS{alertname="GPUIdleHighPower", alertstate="firing"}')
             ),
             DATA_TIMEOUT_S,
+            processes,
+        )
+        # The demo's first minute ends runs on GPU 4: a success, a repeat of it
+        # and a failure (docs/simulation.md); the waste panels read their receipts.
+        _wait_for(
+            "receipts of the demo's first finished runs",
+            lambda: (
+                # increase() needs two samples of the new series
+                client.query('increase(gpucarbon_team_finished_energy_joules_total{outcome="failed"}[1h])')
+                and client.query("increase(gpucarbon_team_repeated_energy_joules_total[1h])")
+            ),
+            RECEIPTS_TIMEOUT_S,
             processes,
         )
         yield client

@@ -22,6 +22,7 @@ and run in file order: the last one stops the fake kubelet.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import shutil
 import string
@@ -38,7 +39,7 @@ from fakes.apiserver import FakeApiServer, make_namespace, make_pod, owner
 from fakes.kubelet import FakeKubelet
 from fakes.kubelet import pod as kubelet_pod
 from fakes.slurm import FakeScontrol
-from procs import Daemon, wait_until
+from procs import Daemon, http_get, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpucarbon.simulation.gpu import gpu_uuid as sim_gpu_uuid
@@ -531,6 +532,41 @@ def test_deleted_pod_keeps_its_energy_in_its_team_total(node):
         again.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
         > scrape.one("gpucarbon_gpu_unattributed_energy_joules_total", uuid=gpu_uuid(1)).value
     )
+
+
+def test_deleted_pod_gets_one_receipt_and_an_event_on_the_api_server(node):
+    """Runs after the deletion above: the pod's receipt (exactly its energy) is
+    served by /api/v1/receipts and reaches the API server as an Event."""
+
+    def receipt() -> dict | None:
+        status, body = http_get(node.daemon.url + "/api/v1/receipts")
+        assert status == 200, body
+        found = [r for r in json.loads(body)["receipts"] if r["pod"] == "vllm-6c9d8f-x2x7q"]
+        assert len(found) <= 1, found
+        return found[0] if found else None
+
+    got = wait_until(receipt, PATIENCE_S, "the deleted pod's receipt")
+    assert (got["kind"], got["namespace"], got["team"], got["pod_uid"]) == ("pod", "serving", "inference", VLLM_UID)
+    assert got["outcome"] == "succeeded"  # deleted after it completed (phase Succeeded)
+    team = node.scrape().one("gpucarbon_team_energy_joules_total", team="inference").value
+    assert got["energy_joules"] == pytest.approx(team, abs=MJ)  # the team's only run: all of it, to the mJ
+
+    def events() -> list[dict]:
+        return [e for e in node.api.events if e["regarding"].get("uid") == VLLM_UID]
+
+    [event] = wait_until(events, PATIENCE_S, "the receipt Event")
+    assert event["reason"] == "GPUEnergyReceipt" and event["type"] == "Normal"
+    assert event["regarding"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": "serving",
+        "name": "vllm-6c9d8f-x2x7q",
+        "uid": VLLM_UID,
+    }
+    assert event["reportingController"] == "gpu-carbon-exporter" and event["reportingInstance"] == NODE
+    assert event["note"].startswith("Used ") and "outcome succeeded" in event["note"]
+    owners = [e for e in node.api.events if e["regarding"].get("kind") == "Deployment"]
+    assert [e["regarding"]["name"] for e in owners] == ["vllm"]  # its top-level owner too
 
 
 def test_conservation_holds_exactly(node):

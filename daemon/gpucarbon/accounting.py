@@ -268,6 +268,7 @@ def price_charge(
             held_s=dt,
             busy_s=min(1.0, max(0.0, busy.get(key, 0.0))) * dt,
             power_w=mj / 1000.0 / dt if dt > 0 else 0.0,
+            idle_mj=split.idle_parts.get(key, 0),
         )
         for key, mj in split.parts.items()
     )

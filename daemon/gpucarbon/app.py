@@ -19,6 +19,7 @@ from aiohttp import web
 from gpucarbon.accounting import Accountant, Rates
 from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
+from gpucarbon.backoff import Backoff
 from gpucarbon.carbon.detect import ZoneDetectingProvider, lightkube_node_reader
 from gpucarbon.carbon.providers import CarbonProvider, build_provider
 from gpucarbon.carbon.reference import embodied_grams_per_second
@@ -26,7 +27,7 @@ from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
 from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
-from gpucarbon.config import Config, SlurmConfig
+from gpucarbon.config import Config, ReceiptSettings, SlurmConfig
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.errors import ListenError, SetupError, require_extra
@@ -40,6 +41,18 @@ from gpucarbon.identity.resolver import Resolver
 from gpucarbon.identity.slurm import SlurmAllocations, SlurmSource, minors_of
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Poller
+from gpucarbon.receipts.api import PATH as RECEIPTS_PATH
+from gpucarbon.receipts.api import receipts_handler
+from gpucarbon.receipts.dispatcher import ReceiptDispatcher
+from gpucarbon.receipts.kubernetes import KubernetesRunStatus
+from gpucarbon.receipts.model import Owner
+from gpucarbon.receipts.outbox import Outbox
+from gpucarbon.receipts.service import ReceiptService
+from gpucarbon.receipts.simulation import SimulatedRunStatus
+from gpucarbon.receipts.sinks import EventSink, LogSink, WebhookSink
+from gpucarbon.receipts.slurm import SlurmRunStatus
+from gpucarbon.receipts.store import ReceiptFile, ReceiptRing
+from gpucarbon.receipts.tracker import FirstStatus, RunStatus, RunTracker
 from gpucarbon.simulation import SimulatedNode
 from gpucarbon.simulation.procfs import SimulatedProcFS
 from gpucarbon.simulation.scenario import Scenario
@@ -85,6 +98,7 @@ class Daemon:
     options: RunOptions
     services: tuple[Service, ...] = ()  # started with the daemon, closed at shutdown
     checkpointer: Checkpointer | None = None
+    receipts: ReceiptService | None = None
 
     def healthy(self) -> bool:
         """The poll loop has completed a poll recently (3 intervals + slack)."""
@@ -128,7 +142,8 @@ def build_daemon(
         clock=clock,
         retention_s=config.retention.finished,
     )
-    checkpointer = _checkpointer(config, options, base_clock, clock, ledger, meters, idle)
+    receipts = _receipts(config, options, clock, kube, node, identity) if config.receipts.enabled else None
+    checkpointer = _checkpointer(config, options, base_clock, clock, ledger, meters, idle, receipts)
     poller = Poller(
         reader=reader,
         accountant=accountant,
@@ -138,10 +153,24 @@ def build_daemon(
         resolver=identity.resolver,
         sources=identity.health,
         checkpointer=checkpointer,
+        receipts=receipts,
         wall=base_clock.wall,  # the self-metrics' timestamps stay real in a sped-up simulation
     )
-    services = (intensity,) + tuple(TaskService(s) for s in identity.sources) + serving
-    return Daemon(poller=poller, ledger=ledger, options=options, services=services, checkpointer=checkpointer)
+    # Receipts close first: their last records reach the file before the API client closes.
+    services = (
+        *((receipts,) if receipts else ()),
+        intensity,
+        *(TaskService(s) for s in identity.sources),
+        *serving,
+    )
+    return Daemon(
+        poller=poller,
+        ledger=ledger,
+        options=options,
+        services=services,
+        checkpointer=checkpointer,
+        receipts=receipts,
+    )
 
 
 def _simulation(options: RunOptions, base_clock: Clock, teams: TeamRules) -> tuple[Clock, SimulatedNode | None]:
@@ -175,6 +204,7 @@ def _checkpointer(
     ledger: Ledger,
     meters: EnergyMeters,
     idle: IdleModel,
+    receipts: ReceiptService | None,
 ) -> Checkpointer | None:
     """The checkpointer, with the last checkpoint restored; None without a state dir."""
     state_dir = options.state_dir or config.state.dir
@@ -182,7 +212,9 @@ def _checkpointer(
         return None
     warn_if_writable_by_others(state_dir, "state directory")
     store = CheckpointStore(Path(state_dir), clock=base_clock)
-    checkpointer = Checkpointer(store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs))
+    checkpointer = Checkpointer(
+        store, ledger, meters, idle, clock, config.state.interval, read_boot_id(options.procfs), receipts=receipts
+    )
     checkpointer.restore()
     return checkpointer
 
@@ -193,6 +225,8 @@ class _Identity:
     allocations: AllocationSource | None
     sources: tuple[Any, ...]  # background sources with run()/close() and .health
     health: tuple[Any, ...]  # what the poller reads each source's health from (.snapshot())
+    kubernetes: Any = None  # KubernetesSource: receipts read its pod objects
+    slurm: SlurmSource | None = None  # receipts ask it how a job ended
 
 
 def _identity(
@@ -254,7 +288,78 @@ def _identity(
     # The kubelet source's health also carries its unmapped device IDs (a gauge).
     kubelet_health = kubelet.health_with_unmapped(podresources.health) if kubelet and podresources else None
     health = tuple(kubelet_health if s is podresources and kubelet_health else s.health for s in sources)
-    return _Identity(resolver, allocations, sources, health)
+    return _Identity(resolver, allocations, sources, health, metadata, slurm)
+
+
+def _receipts(
+    config: Config,
+    options: RunOptions,
+    clock: Clock,
+    kube: tuple | None,
+    node: SimulatedNode | None,
+    identity: _Identity,
+) -> ReceiptService:
+    """Receipts for finished runs: who says a run ended (simulation, Kubernetes,
+    Slurm) and where receipts go (file, memory, log, Events, webhook)."""
+    settings = config.receipts
+    state_dir = options.state_dir or config.state.dir
+    defaults = ReceiptSettings()
+    if not state_dir and (settings.file_max_bytes, settings.file_keep) != (defaults.file_max_bytes, defaults.file_keep):
+        raise SetupError("receipts.file: does nothing without state.dir or --state.dir (receipts.jsonl lives there)")
+    node_name = kube[1] if kube else socket.gethostname()
+    statuses: list[RunStatus] = []
+    background: list[Any] = []
+    if node is not None:
+        statuses.append(SimulatedRunStatus(node.scheduler.run_ending))
+    if identity.kubernetes is not None:
+        statuses.append(KubernetesRunStatus(identity.kubernetes))
+    if identity.slurm is not None:
+        slurm = SlurmRunStatus(identity.slurm.show_job, clock.monotonic)
+        statuses.append(slurm)
+        background.append(slurm)
+    sinks: list[Any] = [LogSink()]
+    if kube is not None and settings.events:
+        sinks.append(EventSink(kube[0], node_name, owner_of=_owner_of))
+    webhook = WebhookSink(settings.webhook) if settings.webhook is not None else None
+    outbox = None
+    if settings.webhook is not None:
+        outbox = Outbox(settings.webhook.outbox_size, Path(state_dir) if state_dir else None)
+    backoff = Backoff(initial_s=1.0, max_s=300.0)
+    dispatcher = ReceiptDispatcher(
+        file=ReceiptFile(Path(state_dir), max_bytes=settings.file_max_bytes, keep=settings.file_keep)
+        if state_dir
+        else None,
+        ring=ReceiptRing(settings.memory),
+        sinks=tuple(sinks),
+        outbox=outbox,
+        webhook=webhook,
+        retry_delay=backoff.delay,
+    )
+    tracker = RunTracker(
+        settings,
+        FirstStatus(*statuses),
+        node=node_name,
+        # Decided before retention.finished retires the run's series from /metrics.
+        unknown_after_s=config.retention.finished / 2,
+        already_written=dispatcher.written,
+    )
+    return ReceiptService(
+        settings,
+        tracker,
+        dispatcher,
+        node=node_name,
+        offset_currency=config.carbon.currency,
+        wall=clock.wall,
+        background=tuple(background),
+    )
+
+
+def _owner_of(receipt: dict[str, Any]) -> Owner | None:
+    """Whom the second Event regards: the run's top-level owner as its receipt names it."""
+    owner = receipt.get("owner")
+    if not isinstance(owner, dict):
+        return None
+    return Owner(owner["apiVersion"], owner["kind"], owner["name"], owner.get("uid") or "")
 
 
 def _rates(config: Config, intensity: CarbonProvider) -> Rates:
@@ -413,6 +518,7 @@ async def serve(
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
     connections = ConnectionCounts()
+    routes = ((RECEIPTS_PATH, receipts_handler(daemon.receipts.dispatcher.ring)),) if daemon.receipts else ()
     app = build_app(
         latest=daemon.poller.latest,
         healthy=daemon.healthy,
@@ -421,6 +527,7 @@ async def serve(
         auth_failures=auth_failures,
         connections=connections,
         certificate_expiry=certificate_expiry,
+        routes=routes,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()

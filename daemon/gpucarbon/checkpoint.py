@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any, Protocol
 
 from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 BOOT_ID_PATH = "sys/kernel/random/boot_id"  # under the procfs root
 
 
+class SavedState(Protocol):
+    """More state the checkpoint carries (receipts: run starts, receipted runs, waste, repeats)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def restore(self, data: Any) -> None: ...
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -36,6 +45,7 @@ class Checkpointer:
         clock: Clock,
         interval_s: float,
         boot_id: str | None,
+        receipts: SavedState | None = None,
     ) -> None:
         self._store = store
         self._ledger = ledger
@@ -44,6 +54,7 @@ class Checkpointer:
         self._clock = clock
         self._interval_s = interval_s
         self._boot_id = boot_id
+        self._receipts = receipts
         self._last_save: float | None = None
         self.save_failures = 0
         self.restore_failures = 0
@@ -70,6 +81,7 @@ class Checkpointer:
             self._set_aside(f"payload: {detail}", move=True)
             return
         self._idle.restore(learned)
+        self._restore_receipts(payload.get("receipts"))
         same_boot = self._boot_id is not None and payload.get("boot_id") == self._boot_id
         if same_boot:
             self._meters.seed(counters)
@@ -82,6 +94,16 @@ class Checkpointer:
             len(counters),
             "same" if same_boot else "new",
         )
+
+    def _restore_receipts(self, data: object) -> None:
+        if self._receipts is None or data is None:
+            return
+        try:
+            self._receipts.restore(data)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            # The counters and ledger stay restored; only receipt state starts fresh.
+            self.restore_failures += 1
+            log.warning("checkpoint %s: receipt state unusable, starting it fresh: %s", self._store.path, err)
 
     def _set_aside(self, reason: str, move: bool = False) -> None:
         self.restore_failures += 1
@@ -101,6 +123,8 @@ class Checkpointer:
             "idle_learned": dict(self._idle.learned()),
             "boot_id": self._boot_id,
         }
+        if self._receipts is not None:
+            payload["receipts"] = self._receipts.to_dict()
         self._last_save = self._clock.monotonic()
         try:
             await asyncio.to_thread(self._store.save, payload)

@@ -1,5 +1,7 @@
 """Command line, in the Prometheus exporter conventions.
 
+`gpu-carbon-exporter report ...` hands over to gpucarbon.report.cli.
+
 Exit codes: 0 ok; 1 --once found no working GPU backend, or the listen port is
 taken; 2 bad flags or config, or a listen address that names no local address.
 Every error is one line on stderr, never a traceback.
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export GPU energy, attributed to workloads and teams, "
         "and its carbon emissions as Prometheus metrics.",
+        epilog="`gpu-carbon-exporter report --help`: a period's energy, emissions, cost and waste per team, "
+        "read from Prometheus.",
     )
     p.add_argument(
         "--web.listen-address",
@@ -154,9 +158,18 @@ class _LogfmtFormatter(logging.Formatter):
             f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
             f'logger={record.name} msg="{msg}"'
         )
+        for key, value in (getattr(record, "fields", None) or {}).items():  # structured lines (receipts)
+            line += f" {key}={_logfmt_value(value)}"
         if record.exc_info:
             line += ' exc="' + self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'") + '"'
         return line
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
 class _JsonFormatter(logging.Formatter):
@@ -167,6 +180,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        receipt = getattr(record, "receipt", None)
+        if receipt is not None:  # the whole receipt, as one JSON object
+            entry["receipt"] = receipt
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -252,11 +268,16 @@ def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:  # the report subcommand has its own flags (gpucarbon/report/cli.py)
+        from gpucarbon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     # Until serve() installs its handler, a SIGHUP (its default action ends the
     # process) must not kill a daemon that is still restoring its checkpoint.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = build_parser()
-    args = parser.parse_args(_attach_dash_values(parser, sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(_attach_dash_values(parser, argv))
     setup_logging(args.log_level, args.log_format)
     try:
         daemon, web, auth_failures = _build(args)

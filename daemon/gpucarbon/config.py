@@ -147,6 +147,33 @@ class StateConfig:
     interval: float = 30.0
 
 
+DEFAULT_OFFSET_PRICE_PER_TONNE = 10.0  # the source article prices offsets at 10 USD per tonne
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str
+    token_env: str | None = None
+    token_file: str | None = None
+    timeout_s: float = 10.0
+    outbox_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ReceiptSettings:
+    """The `receipts:` section: receipts for finished runs (docs/receipts.md)."""
+
+    enabled: bool = True
+    processes: bool = False  # plain processes get receipts too
+    offset_price_per_tonne: float = DEFAULT_OFFSET_PRICE_PER_TONNE
+    repeat_window_s: float = 7 * 86400.0
+    file_max_bytes: int = 16 << 20  # receipts.jsonl is rotated before it passes this
+    file_keep: int = 5  # rotated files kept
+    memory: int = 5000  # receipts kept in memory for the endpoint
+    events: bool = True  # Kubernetes Events, when kubernetes.enabled
+    webhook: WebhookSettings | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
@@ -157,6 +184,7 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
 
 
 INTENSITY_SOURCES = ("static", "table", "electricitymaps", "watttime", "uk-carbon-intensity")
@@ -307,7 +335,9 @@ class _Reader:
 
     def config(self, raw: Any) -> Config:
         top = self.section(
-            raw, "", {"attribution", "carbon", "teams", "retention", "limits", "kubernetes", "slurm", "state"}
+            raw,
+            "",
+            {"attribution", "carbon", "teams", "retention", "limits", "kubernetes", "slurm", "state", "receipts"},
         )
         return Config(
             attribution=self.attribution(top.get("attribution")),
@@ -318,6 +348,7 @@ class _Reader:
             kubernetes=self.kubernetes(top.get("kubernetes")),
             slurm=self.slurm(top.get("slurm")),
             state=self.state(top.get("state")),
+            receipts=self.receipts(top.get("receipts")),
         )
 
     def attribution(self, raw: Any) -> AttributionConfig:
@@ -494,4 +525,57 @@ class _Reader:
         return StateConfig(
             dir=self.string(sec, "dir", "state", None),
             interval=self.duration(sec, "interval", "state", d.interval, 1.0),
+        )
+
+    def receipts(self, raw: Any) -> ReceiptSettings:
+        path = "receipts"
+        sec = self.section(
+            raw,
+            path,
+            {"enabled", "processes", "offset_price_per_tonne", "repeat_window", "memory", "events", "file", "webhook"},
+        )
+        files = self.section(sec.get("file"), f"{path}.file", {"max_bytes", "keep"})
+        d = ReceiptSettings()
+        enabled = self.boolean(sec, "enabled", path, d.enabled)
+        webhook = self.webhook(sec.get("webhook"))
+        if webhook is not None and not enabled:
+            raise self.fail(f"{path}.webhook.url", webhook.url, "does nothing while receipts.enabled is false")
+        return ReceiptSettings(
+            enabled=enabled,
+            processes=self.boolean(sec, "processes", path, d.processes),
+            offset_price_per_tonne=self.number(
+                sec, "offset_price_per_tonne", path, d.offset_price_per_tonne, minimum=0.0, maximum=1e6
+            ),
+            repeat_window_s=self.duration(sec, "repeat_window", path, d.repeat_window_s, minimum=1.0),
+            memory=self.integer(sec, "memory", path, d.memory, 1),
+            events=self.boolean(sec, "events", path, d.events),
+            file_max_bytes=self.integer(files, "max_bytes", f"{path}.file", d.file_max_bytes, 4096),
+            file_keep=self.integer(files, "keep", f"{path}.file", d.file_keep, 0),
+            webhook=webhook,
+        )
+
+    def webhook(self, raw: Any) -> WebhookSettings | None:
+        path = "receipts.webhook"
+        if isinstance(raw, Mapping) and "token" in raw:
+            raise self.fail(
+                f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
+            )
+        sec = self.section(raw, path, {"url", "token_env", "token_file", "timeout", "outbox_size"})
+        if not sec:
+            return None
+        url = self.string(sec, "url", path, None)
+        if url is None:
+            raise self.fail(f"{path}.url", MISSING, "required when receipts.webhook is set")
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise self.fail(f"{path}.url", url, "must be an http:// or https:// URL")
+        token_env = self.string(sec, "token_env", path, None)
+        token_file = self.string(sec, "token_file", path, None)
+        if token_env and token_file:
+            raise self.fail(f"{path}.token_file", token_file, "set token_env or token_file, not both")
+        return WebhookSettings(
+            url=url,
+            token_env=token_env,
+            token_file=token_file,
+            timeout_s=self.duration(sec, "timeout", path, 10.0, minimum=0.1),
+            outbox_size=self.integer(sec, "outbox_size", path, 1000, 1),
         )

@@ -35,6 +35,7 @@ class GpuTotals:
 class WorkloadTotals:
     consumer: Consumer
     energy_mj: int = 0
+    idle_mj: int = 0  # the part of energy_mj that was its share of the GPU's idle draw
     grams: float = 0.0
     held_s: float = 0.0
     busy_s: float = 0.0
@@ -76,6 +77,7 @@ class Share:
     held_s: float
     busy_s: float
     power_w: float  # attributed average power over the interval
+    idle_mj: int = 0  # the part of energy_mj that was its share of the GPU's idle draw
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,7 @@ class Ledger:
     def _book_share(self, uuid: str, share: Share, now: float) -> None:
         entry = self._entry(uuid, share.consumer)
         entry.energy_mj += share.energy_mj
+        entry.idle_mj += share.idle_mj
         entry.grams += share.grams
         entry.held_s += share.held_s
         entry.busy_s += share.busy_s
@@ -240,6 +243,7 @@ class Ledger:
                     "key": key,
                     "labels": list(e.consumer.labels()),
                     **{f: getattr(e, f) for f in _WORKLOAD_NUMBERS},
+                    "idle_mj": e.idle_mj,
                 }
                 for (uuid, key), e in self._workloads.items()
             ],
@@ -259,6 +263,7 @@ class Ledger:
             entry = WorkloadTotals(consumer)
             for name in _WORKLOAD_NUMBERS:
                 setattr(entry, name, _number(item[name], name))
+            entry.idle_mj = int(_number(item.get("idle_mj", 0), "idle_mj"))  # absent in older checkpoints
             entry.energy_mj = int(entry.energy_mj)
             entry.last_active = now
             workloads[(str(item["uuid"]), consumer.key)] = entry
@@ -273,6 +278,7 @@ _WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams",
 def _add_totals(entry: WorkloadTotals, old: WorkloadTotals) -> None:
     """Move `old`'s cumulative totals into `entry` (gauges stay `entry`'s)."""
     entry.energy_mj += old.energy_mj
+    entry.idle_mj += old.idle_mj
     entry.grams += old.grams
     entry.held_s += old.held_s
     entry.busy_s += old.busy_s

@@ -24,7 +24,7 @@ from gpucarbon.checkpoint import Checkpointer
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.identity.health import HealthSnapshot
 from gpucarbon.ledger import Ledger
-from gpucarbon.snapshot import PollStats, Snapshot, build_snapshot, carbon_view, source_views
+from gpucarbon.snapshot import PollStats, ReceiptsView, Snapshot, build_snapshot, carbon_view, source_views
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ class _PollHistogram:
         return PollStats(POLL_BUCKETS, tuple(cumulative), self.count, self.sum_s, last_wall)
 
 
+class Receipts(Protocol):
+    """Reads each new snapshot for runs that ended (receipts/service.py); never waits."""
+
+    def after_poll(self, snapshot: Snapshot) -> None: ...
+
+    def view(self) -> ReceiptsView: ...
+
+
 class Poller:
     def __init__(
         self,
@@ -81,6 +89,7 @@ class Poller:
         resolver: PollingResolver,
         sources: tuple[HealthReporter, ...] = (),
         checkpointer: Checkpointer | None = None,
+        receipts: Receipts | None = None,
         timer: Callable[[], float] = time.perf_counter,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -92,6 +101,7 @@ class Poller:
         self._resolver = resolver
         self._sources = sources
         self._checkpointer = checkpointer
+        self._receipts = receipts
         self._timer = timer  # real seconds, for the daemon's own poll duration
         self._wall = wall  # real unix time, for gpucarbon_last_poll_timestamp_seconds
         self._histogram = _PollHistogram()
@@ -111,6 +121,8 @@ class Poller:
         self._histogram.observe(max(0.0, self._timer() - started))
         self._last_poll_timer = self._timer()
         self.snapshot = self._publish(last_poll_wall=self._wall())
+        if self._receipts is not None:
+            self._receipts.after_poll(self.snapshot)
         self._resolver.next_poll()
         return self.snapshot
 
@@ -143,6 +155,7 @@ class Poller:
             sources=source_views(health),
             poll=self._histogram.freeze(last_poll_wall),
             state=self._checkpointer.counters() if self._checkpointer is not None else None,
+            receipts=self._receipts.view() if self._receipts is not None else None,
         )
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from gpucarbon.accounting import AccountingState, Rates
 from gpucarbon.attribution.energy import POWER_INTEGRATION
@@ -66,6 +67,8 @@ class WorkloadView:
     holding: bool
     mig_instance: str = ""  # GPU instance id the workload's processes ran in, "" off MIG
     mig_uuid: str = ""  # that MIG device's UUID
+    key: str = ""  # the consumer's stable key (pod/<uid>/<container>, slurm/<id>, ...): receipts group by it
+    idle_j: float = 0.0  # the part of energy_j that was its share of the GPU's idle draw
 
     def labels(self) -> tuple[str, ...]:
         return (self.gpu, self.uuid, self.namespace, self.pod, self.container, self.workload, self.team)
@@ -126,6 +129,16 @@ class Snapshot:
     dropped_series: int
     poll: PollStats
     state: StateCounters | None = None  # None: no state directory, checkpoints off
+    receipts: ReceiptsView | None = None  # None: receipts off
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsView:
+    """Counters from the receipts of finished runs (receipts/tracker.py, dispatcher.py)."""
+
+    finished: tuple[Any, ...] = ()  # receipts.tracker.WasteRow: team, outcome, runs, energy_j, grams
+    repeated: tuple[tuple[str, float], ...] = ()  # (team, J)
+    sinks: tuple[tuple[str, str, int], ...] = ()  # (sink, result, count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,7 @@ def build_snapshot(
     sources: tuple[SourceView, ...],
     poll: PollStats,
     state: StateCounters | None,
+    receipts: ReceiptsView | None = None,
 ) -> Snapshot:
     """The snapshot of one poll; reads its inputs, changes none of them."""
     return Snapshot(
@@ -182,6 +196,7 @@ def build_snapshot(
         dropped_series=ledger.dropped_series,
         poll=poll,
         state=state,
+        receipts=receipts,
     )
 
 
@@ -245,6 +260,8 @@ def _workload_views(devices: DeviceState, accounting: AccountingState, ledger: L
                 holding=entry.holding,
                 mig_instance=mig_instance,
                 mig_uuid=mig_uuid,
+                key=c.key,
+                idle_j=entry.idle_mj / 1000.0,
             )
         )
     return tuple(views)

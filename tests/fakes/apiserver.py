@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from aiohttp import web
 
 POD_PATH = "/api/v1/pods"
 NAMESPACE_PATH = "/api/v1/namespaces"
+EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{ns}/events"
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class FakeApiServer:
         }
         self.owned: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
         self.nodes: dict[str, dict[str, Any]] = {}  # name -> Node (GET only)
+        self.events: list[dict[str, Any]] = []  # events.k8s.io/v1 Events created (POST)
         # (verb, collection) -> faults for the next requests; owner GETs use collection "owned"
         self.faults: dict[tuple[str, str], list[Fault]] = {}
         self._drops = 0  # bumped by drop_watches()
@@ -177,6 +180,7 @@ class FakeApiServer:
         for kind, (api_version, plural) in OWNED_KINDS.items():
             app.router.add_get(f"/apis/{api_version}/namespaces/{{ns}}/{plural}/{{name}}", self._owned_handler(kind))
         app.router.add_get("/api/v1/nodes/{name}", self._node_handler)
+        app.router.add_post(EVENTS_PATH, self._event_handler)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -207,6 +211,44 @@ class FakeApiServer:
         if node is None:
             return web.json_response(status_body(404, "NotFound", f'nodes "{name}" not found'), status=404)
         return web.json_response(node)
+
+    async def _event_handler(self, request: web.Request) -> web.Response:
+        """Create an events.k8s.io/v1 Event: checks what the real server's
+        validation checks for the fields the daemon sets; 409 on a name reuse."""
+        namespace = request.match_info["ns"]
+        self.requests.append(("post", request.path, dict(request.query)))
+        fault = self._next_fault("post", "events")
+        if fault is not None and fault.kind == "status":
+            return web.json_response(status_body(fault.status, "InternalError", "injected"), status=fault.status)
+        body = await request.json()
+        meta = body.get("metadata") or {}
+        problems = [
+            f for f in ("eventTime", "reportingController", "reportingInstance", "action", "reason") if not body.get(f)
+        ]
+        if meta.get("namespace", namespace) != namespace or body.get("apiVersion") != "events.k8s.io/v1":
+            problems.append("namespace/apiVersion")
+        if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", str(body.get("eventTime", ""))):
+            problems.append("eventTime (RFC 3339 with microseconds)")
+        if len(body.get("note") or "") > 1024:
+            problems.append("note longer than 1kB")
+        if problems:
+            return web.json_response(status_body(422, "Invalid", f"invalid Event: {', '.join(problems)}"), status=422)
+        if any(
+            e["metadata"]["name"] == meta.get("name") and e["metadata"]["namespace"] == namespace for e in self.events
+        ):
+            return web.json_response(status_body(409, "AlreadyExists", "events already exists"), status=409)
+        self.version += 1
+        created = {
+            **body,
+            "metadata": {
+                **meta,
+                "namespace": namespace,
+                "resourceVersion": str(self.version),
+                "uid": f"event-{self.version}",
+            },
+        }
+        self.events.append(created)
+        return web.json_response(created, status=201)
 
     async def apply(self, collection: str, event: str, obj: dict[str, Any]) -> int:
         """ADDED/MODIFIED/DELETED one object; returns its new resourceVersion."""

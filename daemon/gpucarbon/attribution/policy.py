@@ -13,7 +13,7 @@ Policy (docs/attribution.md states it for users):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def split_exact(total: int, weights: Sequence[float]) -> list[int]:
@@ -53,6 +53,7 @@ class Split:
     unattributed_mj: int
     idle_mj: int
     active_mj: int
+    idle_parts: Mapping[str, int] = field(default_factory=dict)  # key -> its share of idle_mj (in parts)
 
 
 def split_interval(
@@ -75,13 +76,12 @@ def split_interval(
         return Split({}, energy_mj, 0, 0)
     idle = min(energy_mj, idle_cap_mj)
     active = energy_mj - idle
-    parts = dict.fromkeys(holders, 0)
-    for key, mj in zip(holders, split_exact(idle, [1.0] * len(holders)), strict=True):
-        parts[key] += mj
+    idle_parts = dict(zip(holders, split_exact(idle, [1.0] * len(holders)), strict=True))
+    parts = dict(idle_parts)
     payers, weights = _active_payers(holders, running)
     for key, mj in zip(payers, split_exact(active, weights), strict=True):
         parts[key] += mj
-    return Split(parts, 0, idle, active)
+    return Split(parts, 0, idle, active, idle_parts)
 
 
 def _active_payers(holders: Sequence[str], running: Mapping[str, float]) -> tuple[list[str], list[float]]:

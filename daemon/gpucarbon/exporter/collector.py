@@ -50,6 +50,7 @@ class SnapshotCollector:
         yield from _gpu_metrics(snap)
         yield from _workload_metrics(snap)
         yield from _team_metrics(snap)
+        yield from _receipt_metrics(snap)
         yield from _carbon_metrics(snap)
         yield from _source_metrics(snap)
         if self._auth_failures is not None:
@@ -297,6 +298,43 @@ def _team_metrics(snap: Snapshot) -> Iterator[Metric]:
         yield embodied
     if currency is not None:
         yield cost
+
+
+def _receipt_metrics(snap: Snapshot) -> Iterator[Metric]:
+    """Finished runs, from their receipts (docs/receipts.md): counted once, when a run ends."""
+    view = snap.receipts
+    if view is None:
+        return
+    runs = _counter(
+        "gpucarbon_team_finished_runs_total", "Runs (pods, Slurm jobs) that ended, by outcome.", ["team", "outcome"]
+    )
+    energy = _counter(
+        "gpucarbon_team_finished_energy_joules_total",
+        "Whole-run GPU energy of runs that ended, by outcome, J.",
+        ["team", "outcome"],
+    )
+    grams = _counter(
+        "gpucarbon_team_finished_emissions_grams_total",
+        "Emissions of runs that ended, by outcome, g CO2e.",
+        ["team", "outcome"],
+    )
+    for row in view.finished:
+        runs.add_metric([row.team, row.outcome], row.runs)
+        energy.add_metric([row.team, row.outcome], row.energy_j)
+        grams.add_metric([row.team, row.outcome], row.grams)
+    repeated = _counter(
+        "gpucarbon_team_repeated_energy_joules_total",
+        "Energy of runs repeating a computation that already succeeded within the repeat window, J.",
+        ["team"],
+    )
+    for team, joules in view.repeated:
+        repeated.add_metric([team], joules)
+    sinks = _counter(
+        "gpucarbon_receipts_total", "Receipts handed to each sink, by result (ok, error, dropped).", ["sink", "result"]
+    )
+    for sink, result, count in view.sinks:
+        sinks.add_metric([sink, result], count)
+    yield from (runs, energy, grams, repeated, sinks)
 
 
 def _carbon_metrics(snap: Snapshot) -> Iterator[Metric]:

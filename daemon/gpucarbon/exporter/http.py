@@ -133,6 +133,7 @@ def build_app(
     auth_failures: AuthFailures | None = None,
     connections: ReasonCounts | None = None,
     certificate_expiry: float | None = None,
+    routes: tuple[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (),
 ) -> web.Application:
     registry = build_registry(latest, auth_failures, connections, certificate_expiry)
     cache = _RenderCache(registry, latest)
@@ -170,6 +171,8 @@ def build_app(
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    for path, handler in routes:  # e.g. /api/v1/receipts, behind the same middlewares
+        app.router.add_get(path, handler)
     if telemetry_path != "/":
         app.router.add_get("/", landing)
     return app

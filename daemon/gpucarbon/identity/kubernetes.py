@@ -397,6 +397,7 @@ class KubernetesSource:
         self._loop_ok = {loop.name: False for loop in self._loops}
         self._pods: dict[str, PodMeta] = {}
         self._facts: dict[str, _PodFacts] = {}
+        self._objects: dict[str, Any] = {}  # uid -> the last Pod object seen (receipts read its status)
         self._by_name: dict[tuple[str, str], str] = {}
         self._by_config_hash: dict[str, str] = {}  # static pod config hash -> mirror pod UID
         self._api_versions: dict[str, str] = {}  # owner kind -> apiVersion seen in ownerReferences
@@ -427,6 +428,16 @@ class KubernetesSource:
     def is_deleted(self, uid: str) -> bool:
         return uid in self._deleted_at
 
+    def pod_object(self, uid: str) -> tuple[dict, bool] | None:
+        """(the last Pod object seen, as the API server's JSON, deleted?) for
+        receipts: status, spec and owner references; None when unknown."""
+        pod = self._objects.get(uid)
+        return (pod.to_dict(), uid in self._deleted_at) if pod is not None else None
+
+    def pod_object_by_name(self, namespace: str, name: str) -> tuple[dict, bool] | None:
+        uid = self._by_name.get((namespace, name))
+        return self.pod_object(uid) if uid is not None else None
+
     @property
     def synced(self) -> bool:
         """True once the first pod list has arrived."""
@@ -456,6 +467,7 @@ class KubernetesSource:
             if (facts := pod_facts(pod)) is not None:
                 seen.add(facts.uid)
                 self._upsert(facts)
+                self._objects[facts.uid] = pod
         for uid in self._facts.keys() - seen:
             self._deleted_at.setdefault(uid, now)  # gone while we were not watching
         self._prune(now)
@@ -466,6 +478,7 @@ class KubernetesSource:
         if facts is None:
             return
         self._upsert(facts)  # a deleted pod too: its last state labels its final interval
+        self._objects[facts.uid] = pod
         if kind == "DELETED":
             self._deleted_at.setdefault(facts.uid, self._clock.monotonic())
         self._prune(self._clock.monotonic())
@@ -502,6 +515,7 @@ class KubernetesSource:
             del self._deleted_at[uid]
             facts = self._facts.pop(uid)
             self._pods.pop(uid, None)
+            self._objects.pop(uid, None)
             key = (facts.ownership.namespace, facts.ownership.name)
             if self._by_name.get(key) == uid:
                 del self._by_name[key]

@@ -391,6 +391,24 @@ class SlurmSource:
         decode = lambda raw: raw[:_OUTPUT_LIMIT].decode("utf-8", "replace")  # noqa: E731
         return proc.returncode or 0, decode(out), decode(errout)
 
+    async def show_job(self, job_id: str) -> tuple[str, bool] | None:
+        """Raw `scontrol show job` output for receipts: (text, is JSON), None when
+        scontrol does not know the job (purged). Raises ScontrolError."""
+        if not self.enabled or not _JOB_ID.fullmatch(job_id):
+            return None
+        if self._json_supported:
+            code, out, err = await self._run_scontrol("show", "job", "--json", job_id)
+            if code == 0:
+                return out, True
+            if _is_not_found(err):
+                return None
+        code, out, err = await self._run_scontrol("show", "job", "-o", job_id)
+        if code == 0:
+            return out, False
+        if _is_not_found(err):
+            return None
+        raise ScontrolError(reasons.COMMAND_FAILED, f"exit {code}: {err.strip()[:200]}")
+
     def _meta(self, info: SlurmJobInfo, *, resolved: bool) -> SlurmJobMeta:
         return SlurmJobMeta(
             job_id=info.job_id,

@@ -11,7 +11,8 @@ Format (docs/simulation.md has the full reference):
     workloads:
       - {namespace: research, pod: bert-0, container: trainer, workload: Job/bert,
          team: nlp, gpus: [0, 1], start: 0, end: null, sm_util: 0.9,
-         allocated_only: false}   # team optional: without it the config's team rules decide
+         allocated_only: false,   # team optional: without it the config's team rules decide
+         outcome: succeeded, image: reg/train@sha256:ab.., command: [python, train.py]}
     faults:
       - {gpu: 1, kind: lost, start: 30, end: 60}   # or kind: reset (driver reload)
 
@@ -70,6 +71,13 @@ class SimWorkload:
     cgroup: str | None
     memory_bytes: int
     serving: ServingSpec | None = None  # set: the pod runs a serving engine (simulation/serving.py)
+    # How the run ends (at `end`), for its receipt; image and command make its
+    # fingerprint, so two workloads with the same ones are the same computation.
+    outcome: str = "succeeded"
+    reason: str | None = None
+    exit_code: int | None = None
+    image: str | None = None
+    command: tuple[str, ...] = ()
 
     def running_at(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
@@ -101,6 +109,7 @@ class Scenario:
 
 
 DEMO = "demo"
+SIM_OUTCOMES = ("succeeded", "failed", "preempted", "evicted", "deleted", "cancelled", "timeout")
 
 
 def load_scenario(path: str | None) -> Scenario:
@@ -251,6 +260,11 @@ class _Parser:
                 "cgroup",
                 "memory_bytes",
                 "serving",
+                "outcome",
+                "reason",
+                "exit_code",
+                "image",
+                "command",
             },
         )
         gpus = sec.get("gpus")
@@ -293,7 +307,33 @@ class _Parser:
             cgroup=cgroup,
             memory_bytes=int(self.number(sec, "memory_bytes", path, 8 * 2**30, maximum=2**50)),
             serving=serving,
+            **self.ending(sec, path, end),
         )
+
+    def ending(self, sec: Mapping, path: str, end: float | None) -> dict:
+        """outcome/reason/exit_code/image/command: how the run ends and what it ran."""
+        outcome = sec.get("outcome", "succeeded")
+        if outcome not in SIM_OUTCOMES:
+            raise self.fail(f"{path}.outcome", f"{outcome!r} must be one of: {', '.join(SIM_OUTCOMES)}")
+        if "outcome" in sec and end is None:
+            raise self.fail(f"{path}.outcome", "does nothing without an end")
+        exit_code = sec.get("exit_code")
+        if exit_code is not None and (
+            isinstance(exit_code, bool) or not isinstance(exit_code, int) or not 0 <= exit_code <= 255
+        ):
+            raise self.fail(f"{path}.exit_code", f"{exit_code!r} must be an integer from 0 to 255")
+        command = sec.get("command", [])
+        if isinstance(command, str):
+            command = [command]
+        if not isinstance(command, list) or not all(isinstance(c, str) and c for c in command):
+            raise self.fail(f"{path}.command", f"{command!r} must be a list of non-empty strings")
+        return {
+            "outcome": outcome,
+            "reason": self.text(sec, "reason", path) if "reason" in sec else None,
+            "exit_code": exit_code,
+            "image": self.text(sec, "image", path) if "image" in sec else None,
+            "command": tuple(command),
+        }
 
     def util(self, raw: Any, path: str) -> tuple[tuple[float, float], ...]:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):

@@ -36,6 +36,17 @@ class SimulatedScheduler:
                 held[uuid] = holders
         return held
 
+    def run_ending(self, run_id: str) -> tuple[SimWorkload, bool] | None:
+        """For receipts: the workload behind a `sim/<i>` run and whether it has
+        ended (reached its `end`); None for any other run."""
+        if not run_id.startswith("sim/") or not run_id[4:].isdigit():
+            return None
+        index = int(run_id[4:])
+        if index >= len(self._scenario.workloads):
+            return None
+        workload = self._scenario.workloads[index]
+        return workload, workload.end is not None and self._time.now() >= workload.end
+
     def consumer_for_pid(self, pid: int) -> Consumer | None:
         """Owner of a synthetic PID; None for real (pid-backed) processes."""
         index = workload_of_pid(self._scenario, pid)

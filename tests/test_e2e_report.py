@@ -1,0 +1,283 @@
+"""End to end: a month of a simulated three-node fleet, backfilled into a real
+Prometheus with promtool (raw series, then the recording rules in two passes),
+and the report read from it, checked against the simulation's ground truth.
+
+Needs the Debian `prometheus` package (promtool included); scripts/test installs
+it and these tests never skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, run, write_openmetrics
+from procs import ROOT, free_port, http_get
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+DAYS = 30
+TOLERANCE = 0.005  # the issue's 0.5%
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _start_wall() -> float:
+    """Midnight UTC, 32 days ago: the whole month lies in the past."""
+    return (time.time() // DAY - DAYS - 2) * DAY
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("report-month")
+    start = _start_wall()
+    started = time.monotonic()
+    data, truth = backfill(workdir, start, DAYS)
+    print(f"\nbackfilled {truth.samples} samples of {DAYS} days in {time.monotonic() - started:.1f}s")
+    prom = BackfilledPrometheus(data, workdir)
+    yield prom, truth, start, start + DAYS * DAY
+    prom.stop()
+
+
+def report(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+    return subprocess.run(
+        [sys.executable, "-m", "gpucarbon", "report", f"--prometheus.url={url}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def report_json(month, *args: str) -> dict:
+    prom, _, _, end = month
+    started = time.monotonic()
+    result = report(prom.url, f"--end={int(end)}", "--range=30d", "--format=json", *args)
+    print(f"report {' '.join(args) or '--by team'}: {time.monotonic() - started:.2f}s")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def close(actual: float, expected: float, what: str, tolerance: float = TOLERANCE) -> None:
+    assert expected > 0, what
+    assert abs(actual - expected) <= tolerance * expected, (
+        f"{what}: report {actual:.4f}, simulation {expected:.4f} ({100 * (actual / expected - 1):+.3f}%)"
+    )
+
+
+def test_team_figures_match_the_simulation_within_half_a_percent(month):
+    _, truth, start, end = month
+    doc = report_json(month)
+    groups = {g["name"]: g for g in doc["groups"]}
+    assert set(groups) == set(truth.energy_j) == {"nlp", "platform", "vision"}
+    for team, g in groups.items():
+        close(g["energy_kwh"], truth.energy_j[team] / 3.6e6, f"{team} kWh")
+        close(g["emissions_kg"], truth.grams[team] / 1000.0, f"{team} kg CO2e")
+        close(g["gpu_hours_held"], truth.held_s[team] / 3600.0, f"{team} GPU-hours held")
+        close(g["facility_energy_kwh"], g["energy_kwh"] * CONFIG["carbon"]["pue"], f"{team} facility kWh", 1e-9)
+        assert 0 < g["gpu_hours_busy"] < g["gpu_hours_held"]
+        assert g["cost"] > 0 and g["idle_energy_kwh"] > 0
+    close(doc["totals"]["energy_kwh"], truth.total_j / 3.6e6, "total kWh")
+    # Energy per token: only llm-api counts tokens (a fake vLLM beside it).
+    llm_api = next(w for w in doc["top_workloads"] if w["workload"] == "Deployment/llm-api")
+    expected = llm_api["energy_kwh"] * 3.6e6 / truth.tokens["serving/llm-api-0"]
+    close(groups["platform"]["energy_per_token_j"], expected, "platform J per token", 0.01)
+    assert groups["nlp"]["energy_per_token_j"] is None and groups["vision"]["energy_per_token_j"] is None
+    close(doc["unattributed_energy_kwh"], truth.unattributed_j / 3.6e6, "unattributed kWh", 0.02)
+    assert doc["range"]["seconds"] == DAYS * DAY
+    assert doc["currency"] == "EUR"
+
+
+def test_the_teams_dashboard_query_agrees_with_the_report(month):
+    """docs/report.md: the Teams board's increase() on the raw counters and the
+    report's integral of the recording rule agree over the same period."""
+    prom, _, _, end = month
+    doc = report_json(month)
+    status, body = http_get(
+        prom.url
+        + "/api/v1/query?"
+        + urllib.parse.urlencode(
+            {"query": "sum by (team) (increase(gpucarbon_team_energy_joules_total[30d]))", "time": int(end)}
+        )
+    )
+    assert status == 200, body
+    board = {r["metric"]["team"]: float(r["value"][1]) / 3.6e6 for r in json.loads(body)["data"]["result"]}
+    for g in doc["groups"]:
+        close(g["energy_kwh"], board[g["name"]], f"{g['name']}: report vs dashboard")
+
+
+def test_days_add_up_to_the_month(month):
+    doc = report_json(month)
+    assert len(doc["daily"]) == DAYS
+    for g in doc["groups"]:
+        daily = sum(d["energy_kwh"].get(g["name"], 0.0) for d in doc["daily"])
+        close(daily, g["energy_kwh"], f"{g['name']} days vs month")
+    vision_days = [d["energy_kwh"]["vision"] for d in doc["daily"]]
+    assert min(vision_days) < 0.5 * max(vision_days), "sweeps run every other day: the days must differ"
+
+
+def test_namespaces_and_workloads_add_up_to_the_attributed_energy(month):
+    by_team = report_json(month)
+    attributed = by_team["totals"]["energy_kwh"] - by_team["unattributed_energy_kwh"]
+    for grouping in ("namespace", "workload"):
+        doc = report_json(month, f"--by={grouping}")
+        close(sum(g["energy_kwh"] for g in doc["groups"]), attributed, f"sum over {grouping}s", 0.01)
+    names = {g["name"] for g in doc["groups"]}
+    assert "research/PyTorchJob/llama-ft" in names
+    top = by_team["top_workloads"]
+    assert len(top) == 10 and top[0]["energy_kwh"] >= top[-1]["energy_kwh"]
+    idle = {i["workload"]: i for i in by_team["top_idle"]}
+    # Allocated and never busy: every held hour is idle (10 and 8 days on one GPU).
+    close(idle["RayCluster/research-ray"]["gpu_hours_idle"], 240.0, "research-ray idle GPU-hours")
+    close(idle["StatefulSet/notebook-alice"]["gpu_hours_idle"], 192.0, "notebook idle GPU-hours")
+    # ... so its whole measured energy is idle draw (an A100 at 55 W that never ran a kernel).
+    ray = next(w for w in top if w["workload"] == "RayCluster/research-ray")
+    close(idle["RayCluster/research-ray"]["idle_energy_kwh"], ray["energy_kwh"], "research-ray idle kWh", 0.01)
+    ranked = [i["gpu_hours_idle"] for i in by_team["top_idle"]]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+def test_table_csv_and_markdown_show_the_same_teams(month):
+    prom, _, _, end = month
+    for fmt in ("table", "csv", "markdown"):
+        result = report(prom.url, f"--end={int(end)}", "--range=30d", f"--format={fmt}", "--offset-price=80")
+        assert result.returncode == 0, result.stderr
+        for team in ("nlp", "platform", "vision", "Total"):
+            assert team in result.stdout, (fmt, result.stdout[:500])
+        assert result.stderr == "", "progress only on a terminal"
+    rows = list(csv.DictReader(io.StringIO(result.stdout))) if fmt == "csv" else None
+    assert rows is None or rows[-1]["team"] == "Total"
+
+
+def test_html_opens_in_chromium_with_every_chart_drawn(month, tmp_path):
+    from chromium import open_page
+
+    prom, _, _, end = month
+    page = tmp_path / "report.html"
+    result = report(
+        prom.url, f"--end={int(end)}", "--range=30d", "--format=html", f"--output={page}", "--offset-price=80"
+    )
+    assert result.returncode == 0, result.stderr
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    seen = open_page(page, shot, chart_selector=".chart .js-plotly-plot")
+    assert seen.errors == [], seen.errors
+    assert seen.requests == [], f"the page fetched from the network: {seen.requests}"
+    assert len(seen.charts) == 4, seen.charts
+    for chart in seen.charts:
+        assert chart["width"] > 100 and chart["height"] > 100 and chart["svgs"] > 0, chart
+        assert chart["bars"] > 0, f"chart {chart['id']} drew no bars"
+    assert shot.stat().st_size > 20_000
+
+
+def test_errors_are_one_line_and_exit_1(month, tmp_path):
+    prom, _, start, end = month
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = report(nobody)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and nobody in result.stderr
+    before = report(prom.url, f"--end={int(start - 3 * DAY)}", "--range=1d")
+    assert before.returncode == 1 and "no gpu-carbon-exporter metrics" in before.stderr, before.stderr
+    assert before.stderr.count("\n") == 1
+
+
+def test_missing_recording_rules_are_named_with_how_to_install_them(tmp_path):
+    """Raw series only (a day of one fleet, no rules pass)."""
+    start = _start_wall()
+    data = tmp_path / "data"
+    write_openmetrics(tmp_path / "raw.om", start, 1, tmp_path / "gpucarbon.yaml")
+    run(
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "-q",
+            "--max-block-duration=720h",
+            str(tmp_path / "raw.om"),
+            str(data),
+        ]
+    )
+    prom = BackfilledPrometheus(data, tmp_path)
+    try:
+        result = report(prom.url, f"--end={int(start + DAY)}", "--range=1d")
+    finally:
+        prom.stop()
+    assert result.returncode == 1, result.stderr
+    assert "recording rules missing" in result.stderr and "team:gpucarbon_team_energy_joules:rate5m" in result.stderr
+    assert "gpucarbon-recording.yaml" in result.stderr and result.stderr.count("\n") == 1
+
+
+def _receipt(run_id: str, node: str, workload: str, team: str, start: float, end: float, kwh: float, **extra):
+    return json.dumps(
+        {
+            "id": run_id,
+            "node": node,
+            "kind": "training",
+            "namespace": "vision" if team == "vision" else "research",
+            "pod": run_id + "-0",
+            "workload": workload,
+            "team": team,
+            "outcome": "succeeded",
+            "started_at": start,
+            "finished_at": end,
+            "energy_joules": kwh * 3.6e6,
+            "emissions_grams": kwh * 300,
+            "gpus": ["GPU-x"],
+            **extra,
+        }
+    )
+
+
+def test_receipts_join_across_nodes_and_feed_the_waste_figures(month, tmp_path):
+    """The month's sweeps are one computation run 15 times; llama-ft ran on two
+    nodes and failed on one of them."""
+    prom, _, start, end = month
+    for node in ("gpu-node-a", "gpu-node-b"):
+        (tmp_path / node).mkdir()
+    sweeps = [
+        _receipt(
+            f"sweep-{i}",
+            "gpu-node-b",
+            "Job/resnet-sweep",
+            "vision",
+            start + (2 * i + 0.25) * DAY,
+            start + (2 * i + 1.25) * DAY,
+            1.0 + i / 10,
+            fingerprint="sha256:sweep",
+        )
+        for i in range(DAYS // 2)
+    ]
+    llama = [
+        _receipt(
+            "llama-ft",
+            node,
+            "PyTorchJob/llama-ft",
+            "nlp",
+            start + 21 * DAY,
+            end - 60,
+            100.0,
+            outcome=outcome,
+            fingerprint="sha256:llama",
+        )
+        for node, outcome in (("gpu-node-a", "succeeded"), ("gpu-node-b", "failed"))
+    ]
+    (tmp_path / "gpu-node-b" / "receipts.jsonl").write_text("\n".join(sweeps + [llama[1], "{broken"]) + "\n")
+    (tmp_path / "gpu-node-a" / "receipts.jsonl").write_text(llama[0] + "\n")
+    doc = report_json(month, f"--receipts={tmp_path}")
+    groups = {g["name"]: g for g in doc["groups"]}
+    repeated = sum(1.0 + i / 10 for i in range(1, DAYS // 2))
+    assert groups["vision"]["repeated_energy_kwh"] == pytest.approx(repeated)
+    assert groups["nlp"]["failed_energy_kwh"] == pytest.approx(200.0), "the joined run failed: both nodes' energy"
+    assert groups["platform"]["failed_energy_kwh"] == 0.0
+    runs = {r["id"]: r for r in doc["runs"]}
+    assert len(runs) == DAYS // 2 + 1 and runs["llama-ft"]["nodes"] == ["gpu-node-a", "gpu-node-b"]
+    assert doc["receipts"]["malformed"] == 1 and doc["receipts"]["repeats"][0]["fingerprint"] == "sha256:sweep"
+    assert doc["receipts"]["failed"] == ["llama-ft"]
