@@ -343,6 +343,37 @@ def test_config_examples_parse_and_the_full_file_states_the_defaults():
     assert parse_config(full, "docs/configuration.md") == Config()
 
 
+def full_file_keys(block: str) -> dict[str, str]:
+    """Key path -> its line, for every key in the full-file block, commented
+    examples (`# key: value`) included; nesting follows the indentation."""
+    keys: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        found = re.match(r"^( *)(?:# ( *))?([a-z0-9_]+):", line)  # `  #   url:` nests under `  # webhook:`
+        if not found:
+            continue
+        indent, name = len(found.group(1)) + len(found.group(2) or ""), found.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, name))
+        keys[".".join(part for _, part in stack)] = line
+    return keys
+
+
+def test_the_full_file_shows_every_config_key():
+    full = fenced_blocks(read(CONFIG_DOC).split("## A full file", 1)[1], "yaml")[0]
+    shown = full_file_keys(full)
+    missing = []
+    for key in sorted(discover_keys(config_probe)):
+        section, _, field = key.partition("[].")
+        if field:  # a list of sections: its fields appear in the example on the list's line
+            if section not in shown or f"{field}:" not in shown[section]:
+                missing.append(key)
+        elif key not in shown:
+            missing.append(key)
+    assert not missing, f"keys missing from the full file in docs/configuration.md: {missing}"
+
+
 def test_config_error_examples_match_the_parser():
     message = config_probe({"carbon": {"pue": 0.5}})
     assert "config.yaml: carbon.pue: 0.5: must be at least 1.0" in read(CONFIG_DOC)

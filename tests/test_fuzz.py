@@ -269,7 +269,9 @@ def test_scenario_near_valid_workloads_give_only_scenario_errors(util, gpus, sta
 @settings(max_examples=150, deadline=None)
 @given(
     content=st.binary(max_size=300)
-    | st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(lambda t: t[0].encode() + t[1])
+    | st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(
+        lambda t: t[0].encode("utf-8", "surrogatepass") + t[1]
+    )
 )
 def test_web_config_from_arbitrary_bytes_gives_only_web_config_errors(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as directory:

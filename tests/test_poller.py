@@ -120,6 +120,20 @@ async def test_missing_library_is_reported_and_retried(clock):
     assert (await poller.poll()).nvml_up
 
 
+async def test_nvml_up_is_not_exported_until_the_first_poll_says_what_it_is(clock):
+    """A scrape before the first poll must not show a healthy driver as down
+    (gpucarbon_nvml_up 0 would fire GPUCarbonNVMLDown on every restart)."""
+    from gpucarbon.exporter.http import render_text
+
+    healthy = make_poller(SimulatedNode.build(load_scenario(None), clock), clock)
+    assert "gpucarbon_nvml_up" not in render_text(lambda: healthy.snapshot)
+    await healthy.poll()
+    assert "gpucarbon_nvml_up 1.0" in render_text(lambda: healthy.snapshot)
+    missing = make_poller(FakeGpuBackend.of(clock, FakeGpu("GPU-x", counter_mj=1), available=False), clock)
+    await missing.poll()
+    assert "gpucarbon_nvml_up 0.0" in render_text(lambda: missing.snapshot), "after a poll, the truth: down"
+
+
 async def test_emissions_use_the_intensity_valid_in_each_interval(clock):
     sim = SimulatedNode.build(parse_scenario("gpus: [{model: G, idle_watts: 100}]"), clock)
     intensity = MutableIntensity(100.0)

@@ -4,6 +4,7 @@ stages together. Everything below takes explicit arguments."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -26,10 +27,10 @@ from gpucarbon.carbon.table import WORLD_ZONE
 from gpucarbon.carbon.zone import AUTO, resolve_zone
 from gpucarbon.checkpoint import Checkpointer, read_boot_id
 from gpucarbon.clock import Clock, ScaledClock, SystemClock
-from gpucarbon.config import Config, ReceiptSettings
+from gpucarbon.config import Config, ReceiptSettings, SlurmConfig
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
-from gpucarbon.errors import SetupError, require_extra
+from gpucarbon.errors import ListenError, SetupError, require_extra
 from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
 from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
 from gpucarbon.fileperms import warn_if_world_readable, warn_if_writable_by_others
@@ -244,7 +245,15 @@ def _identity(
         SlurmSource(teams=config.teams, clock=clock, scontrol=config.slurm.scontrol) if config.slurm.enabled else None
     )
     if slurm is not None and not slurm.enabled:
-        slurm = None  # no scontrol on this host: the source is simply off
+        # No scontrol on this host: the source is simply off. Worth a warning only
+        # when the config named a scontrol; by default Slurm is used where installed.
+        chosen = config.slurm.scontrol != SlurmConfig().scontrol
+        log.log(
+            logging.WARNING if chosen else logging.DEBUG,
+            "slurm.scontrol: %r not found: Slurm source off",
+            config.slurm.scontrol,
+        )
+        slurm = None
     lookup = processes.lookup
     if node is not None:  # pid-backed workloads with `cgroup:` answer for /proc themselves
         lookup = SimulatedProcFS(node.scenario, processes.lookup).lookup
@@ -530,8 +539,13 @@ async def serve(
         counts=connections,
         security_headers=security_headers,
     )
-    await site.start()
-    log.info("listening on %s%s", opts.listen_address, opts.telemetry_path)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise _listen_error(opts.listen_address, err) from None
+    gpus = f"simulated GPUs: {opts.scenario.source}" if opts.scenario is not None else "GPUs through NVML"
+    log.info("listening on %s%s (%s)", opts.listen_address, opts.telemetry_path, gpus)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -546,6 +560,17 @@ async def serve(
     except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
+
+
+def _listen_error(value: str, err: OSError) -> ListenError:
+    flag = f"--web.listen-address={value}"
+    if isinstance(err, socket.gaierror):
+        return ListenError(f"{flag}: the host does not resolve ({err.strerror})", 2)
+    if err.errno == errno.EADDRNOTAVAIL:
+        return ListenError(f"{flag}: not an address of this machine", 2)
+    if err.errno == errno.EADDRINUSE:
+        return ListenError(f"{flag}: the port is already in use", 1)
+    return ListenError(f"{flag}: cannot listen: {err.strerror or err}", 1)
 
 
 def _on_sighup() -> None:

@@ -2,7 +2,8 @@
 
 `gpu-carbon-exporter report ...` hands over to gpucarbon.report.cli.
 
-Exit codes: 0 ok; 1 --once found no working GPU backend; 2 bad flags or config.
+Exit codes: 0 ok; 1 --once found no working GPU backend, or the listen port is
+taken; 2 bad flags or config, or a listen address that names no local address.
 Every error is one line on stderr, never a traceback.
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from gpucarbon import __version__
 from gpucarbon.app import Daemon, RunOptions, build_daemon, run_once, serve
 from gpucarbon.config import load_config, parse_duration
-from gpucarbon.errors import GpuCarbonError
+from gpucarbon.errors import GpuCarbonError, ListenError
 from gpucarbon.exporter.http import AuthFailures, parse_listen_address
 from gpucarbon.simulation.scenario import DEMO, load_scenario
 
@@ -236,6 +237,36 @@ def _web_warnings(web_config: WebConfig) -> float | None:
         return None
 
 
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """`--poll.interval -1s` -> `--poll.interval=-1s`: argparse takes any word
+    starting with '-' for a flag and would answer "expected one argument";
+    attached, the value reaches the flag's own check, which names flag and value."""
+    takes_value = {
+        flag
+        for action in parser._actions
+        if isinstance(action, argparse._StoreAction) and action.nargs is None
+        for flag in action.option_strings
+    }
+    known = set(parser._option_string_actions)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word, following = argv[i], argv[i + 1] if i + 1 < len(argv) else None
+        if (
+            word in takes_value
+            and following is not None
+            and following.startswith("-")
+            and following != "--"
+            and following.split("=", 1)[0] not in known
+        ):
+            out.append(f"{word}={following}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:  # the report subcommand has its own flags (gpucarbon/report/cli.py)
@@ -245,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until serve() installs its handler, a SIGHUP (its default action ends the
     # process) must not kill a daemon that is still restoring its checkpoint.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_attach_dash_values(parser, argv))
     setup_logging(args.log_level, args.log_format)
     try:
         daemon, web, auth_failures = _build(args)
@@ -266,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return 0
-    except OSError as err:  # e.g. the listen port is taken
+    except ListenError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
 
 
 def _build(args: argparse.Namespace) -> tuple[Daemon, _WebSecurity, AuthFailures]:

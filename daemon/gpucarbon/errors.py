@@ -20,6 +20,16 @@ class SetupError(GpuCarbonError):
     """The configuration cannot be put into effect (one line, names the key)."""
 
 
+class ListenError(GpuCarbonError):
+    """--web.listen-address cannot be served (one line naming flag and value).
+    exit_code: 2 when the value is wrong (no such host, not an address of this
+    machine), 1 when the machine refuses it (port in use, not permitted)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def require_extra(module: str, setting: str, extra: str) -> None:
     """A clear setup error when an optional dependency is not installed."""
     import importlib.util

@@ -167,6 +167,8 @@ class Poller:
         while not stop.is_set():
             try:
                 await self.poll()
+                if (outage := self._reader.take_outage_news()) is not None:
+                    log.warning("GPU backend unavailable: %s (retrying)", outage)
                 if self._checkpointer is not None:
                     await self._checkpointer.maybe_save()
             except Exception:  # a bug in one poll must not kill the daemon

@@ -83,6 +83,7 @@ class GpuReader:
         self._latest: dict[str, GpuReading] = {}
         self._up: dict[str, bool] = {}
         self._errors: Counter[tuple[str, str]] = Counter()
+        self._unannounced_outage: str | None = None
 
     async def read(self) -> Readings:
         if not await self._ensure_open():
@@ -109,6 +110,11 @@ class GpuReader:
         if self._open or self._down_since is None:
             return False
         return self._clock.monotonic() - self._down_since >= DOWN_UNREADY_S
+
+    def take_outage_news(self) -> str | None:
+        """Why the backend could not be opened, once per outage (then None)."""
+        news, self._unannounced_outage = self._unannounced_outage, None
+        return news
 
     def latest(self) -> Mapping[str, GpuReading]:
         """The last good reading of every GPU seen so far."""
@@ -150,8 +156,8 @@ class GpuReader:
         self._reason = reason
         first = self._backoff.failures == 0
         self._next_open_at = now + self._backoff.next_delay()
-        if first:
-            log.warning("GPU backend unavailable: %s (retrying)", reason)
+        if first:  # the loop that retries says so (take_outage_news); --once prints its own line
+            self._unannounced_outage = reason
 
     async def _reopen_if_library_lost(self, results: Mapping[str, Result]) -> None:
         failed = [r for r in results.values() if isinstance(r, GpuReadError)]

@@ -81,14 +81,15 @@ def _self_metrics(snap: Snapshot) -> Iterator[Family]:
     build = _gauge("gpucarbon_build_info", "Build of the exporter; value is always 1.", ["version"])
     build.add_metric([__version__], 1)
     yield build
-    nvml = _gauge("gpucarbon_nvml_up", "1 if the GPU backend (NVML or simulation) is initialised.")
-    nvml.add_metric([], 1 if snap.nvml_up else 0)
-    yield nvml
+    poll = snap.poll
+    if poll.count:  # before the first poll nobody knows yet: no series rather than a false 0
+        nvml = _gauge("gpucarbon_nvml_up", "1 if the GPU backend (NVML or simulation) is initialised.")
+        nvml.add_metric([], 1 if snap.nvml_up else 0)
+        yield nvml
     errors = _counter("gpucarbon_nvml_errors_total", "NVML calls that failed, by call and error.", ["call", "error"])
     for call, error, count in snap.nvml_errors:
         errors.add_metric([call, error], count)
     yield errors
-    poll = snap.poll
     if poll.count:
         bounds = [str(b) for b in poll.buckets] + ["+Inf"]
         hist = Family(

@@ -262,8 +262,6 @@ class SlurmSource:
         self._failed_at: dict[str, float] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
-        if self._scontrol is None:
-            log.info("slurm: %r not found on PATH: Slurm source off", scontrol)
 
     @property
     def enabled(self) -> bool:
