@@ -121,7 +121,9 @@ class Ledger:
         return self._dropped_series
 
     def book(self, charge: IntervalCharge, now: float) -> None:
-        gpu = self._gpus.setdefault(charge.uuid, GpuTotals())
+        gpu = self._gpus.get(charge.uuid)
+        if gpu is None:
+            gpu = self._gpus[charge.uuid] = GpuTotals()
         gpu.energy_mj += charge.gpu.energy_mj
         gpu.grams += charge.gpu.grams
         gpu.resets += int(charge.gpu.reset)
@@ -147,7 +149,10 @@ class Ledger:
         entry.cost += share.cost
         entry.holding = True
         entry.last_active = now
-        team = self._teams.setdefault(share.consumer.team or self.default_team, TeamTotals())
+        team_name = share.consumer.team or self.default_team
+        team = self._teams.get(team_name)
+        if team is None:  # not setdefault: that would build a TeamTotals per share
+            team = self._teams[team_name] = TeamTotals()
         team.energy_mj += share.energy_mj
         team.grams += share.grams
         team.embodied_grams += share.embodied_grams
@@ -157,7 +162,7 @@ class Ledger:
         key = (uuid, consumer.key)
         entry = self._workloads.get(key)
         if entry is not None:
-            if consumer.key != OVERFLOW_KEY:
+            if consumer.key != OVERFLOW_KEY and entry.consumer is not consumer:
                 relabelled = entry.consumer.labels() != consumer.labels()
                 entry.consumer = consumer  # labels improve as metadata arrives
                 if relabelled:

@@ -95,7 +95,10 @@ class EnergyMeters:
         self._meters: dict[str, EnergyMeter] = {}
 
     def meter(self, uuid: str) -> EnergyMeter:
-        return self._meters.setdefault(uuid, EnergyMeter())
+        meter = self._meters.get(uuid)
+        if meter is None:
+            meter = self._meters[uuid] = EnergyMeter()
+        return meter
 
     def seed(self, counters: Mapping[str, int]) -> None:
         """Baselines from a checkpoint: the next read books the energy used

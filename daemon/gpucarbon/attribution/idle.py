@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -56,6 +57,7 @@ class IdleModel:
         return default_idle_watts(model, power_limit_w)
 
 
+@functools.lru_cache(maxsize=256)  # pure; asked for every GPU every poll
 def default_idle_watts(model: str, power_limit_w: float | None) -> float:
     for family, watts in DEFAULT_IDLE_WATTS:
         if re.search(rf"(?<![A-Za-z0-9]){family}(?![0-9])", model):

@@ -90,7 +90,9 @@ class GpuReader:
             return Readings(False, (), {})
         results = await self._read_all()
         for uuid in self._uuids:
-            self._note(uuid, results.setdefault(uuid, GpuReadError(uuid, READ_GPU, MISSING)))
+            if uuid not in results:
+                results[uuid] = GpuReadError(uuid, READ_GPU, MISSING)
+            self._note(uuid, results[uuid])
         await self._reopen_if_library_lost(results)
         return Readings(True, self._uuids, MappingProxyType(results))
 

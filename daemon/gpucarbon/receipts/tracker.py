@@ -15,10 +15,11 @@ runs within the repeat window.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gpucarbon.receipts.builder import GpuTally, ReceiptContext, RunTally, build_receipt
@@ -107,6 +108,7 @@ class FirstStatus:
         return None
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same few keys come every poll
 def run_of(key: str, pod: str, processes: bool) -> tuple[str, str] | None:
     """(kind, run id) of a consumer key; None for series that are no run
     (unresolved, overflow) or plain processes when those are off."""
@@ -183,21 +185,14 @@ class RunTracker:
                 continue
             key = f"{found[0]}/{found[1]}"
             groups[key].append(row)
-            refs.setdefault(key, RunRef(found[0], found[1], row.namespace, row.pod, row.workload))
+            if key not in refs:
+                refs[key] = RunRef(found[0], found[1], row.namespace, row.pod, row.workload)
         self._forget_gone(groups.keys())
         receipts = []
         for key, members in groups.items():
             if key in self._issued:
                 continue
-            ref = RunRef(
-                refs[key].kind,
-                refs[key].run_id,
-                refs[key].namespace,
-                refs[key].pod,
-                refs[key].workload,
-                tuple(sorted({r.container for r in members if r.container})),
-            )
-            receipt = self._step(key, ref, members, gpu_models, ctx, now)
+            receipt = self._step(key, refs[key], members, gpu_models, ctx, now)
             if receipt is not None:
                 receipts.append(receipt)
         return receipts
@@ -213,6 +208,8 @@ class RunTracker:
             return None
         if run.idle_since is None:
             run.idle_since = now
+        # Only a run that stopped holding needs its containers (most polls: none).
+        ref = replace(ref, containers=tuple(sorted({r.container for r in rows if r.container})))
         answer = self._status.facts(ref)
         if answer is STILL_RUNNING:
             return None

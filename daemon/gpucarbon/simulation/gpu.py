@@ -12,6 +12,7 @@ tests can check results against hand computations. A seeded +-5% jitter per
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -135,9 +136,7 @@ class SimulatedGpus:
     def _jittered(self, i: int, g: int, t: float, util: float) -> float:
         if util <= 0.0:
             return 0.0
-        bucket = int(t // JITTER_BUCKET_S)
-        digest = hashlib.blake2b(f"{self._scenario.seed}/{i}/{g}/{bucket}".encode(), digest_size=4).digest()
-        unit = int.from_bytes(digest, "big") / 0xFFFFFFFF * 2.0 - 1.0  # -1..1
+        unit = _jitter_unit(self._scenario.seed, i, g, int(t // JITTER_BUCKET_S))
         return min(1.0, max(0.0, util * (1.0 + JITTER * unit)))
 
     def _apply_resets(self, g: int, state: _GpuState, now: float) -> None:
@@ -201,6 +200,13 @@ class SimulatedGpus:
 
     def _pid(self, i: int, g: int) -> int:
         return pid_of(self._scenario, i, g)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; each (workload, GPU) asks several times per bucket
+def _jitter_unit(seed: int, i: int, g: int, bucket: int) -> float:
+    """The seeded jitter of workload `i` on GPU `g` in a jitter bucket: -1..1."""
+    digest = hashlib.blake2b(f"{seed}/{i}/{g}/{bucket}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") / 0xFFFFFFFF * 2.0 - 1.0
 
 
 def pid_of(scenario: Scenario, i: int, g: int) -> int:
