@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
 
 # What Grafana would put in place of each variable when every option is "All"

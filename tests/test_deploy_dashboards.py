@@ -12,7 +12,7 @@ import pytest
 import yaml
 from dashboards import (
     DASHBOARD_DIR,
-    REPO,
+    RULE_FILES,
     iter_panels,
     load_dashboards,
     may_be_empty,
@@ -22,7 +22,6 @@ from dashboards import (
 )
 
 DASHBOARDS = load_dashboards()
-RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 REQUIRED_UIDS = {"gpucarbon-fleet", "gpucarbon-teams", "gpucarbon-workload", "gpucarbon-waste", "gpucarbon-health"}
 
 # The metric contract (docs/metrics.md): every name the exporter serves.

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dashboards import REPO, RULE_FILES
 
-REPO = Path(__file__).resolve().parent.parent
-RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 TEST_FILES = sorted((REPO / "prometheus" / "tests").glob("*.yaml"))
 ALERTS_DOC = REPO / "docs" / "alerts.md"
 

@@ -22,15 +22,15 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dashboards import REPO, load_dashboards, may_be_empty, panel_queries
+from dashboards import REPO, RULE_FILES, load_dashboards, may_be_empty, panel_queries
 
 pytestmark = pytest.mark.e2e
 
-RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 IDLE_POD = "notebook-alice-0"
 STARTUP_TIMEOUT_S = 20.0
 DATA_TIMEOUT_S = 45.0
@@ -75,6 +75,16 @@ def _shorten_for_durations(text: str) -> str:
     return re.sub(r"(\binterval:\s*)\d+[mh]\b", r"\g<1>2s", text)
 
 
+def shortened_rule_files(tmp: Path) -> list[str]:
+    """Copies of every rule file with test-length durations, as paths for Prometheus."""
+    copies = []
+    for path in RULE_FILES:
+        copy = tmp / path.name
+        copy.write_text(_shorten_for_durations(path.read_text()))
+        copies.append(str(copy))
+    return copies
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
@@ -105,11 +115,7 @@ class Prometheus:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     tmp = tmp_path_factory.mktemp("e2e")
     daemon_port, serving_port, prometheus_port = _free_port(), _free_port(), _free_port()
-    rules = []
-    for path in RULE_FILES:
-        copy = tmp / path.name
-        copy.write_text(_shorten_for_durations(path.read_text()))
-        rules.append(str(copy))
+    rules = shortened_rule_files(tmp)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": rules,

@@ -24,11 +24,10 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from dashboards import REPO, panel_queries
-from test_e2e_dashboards import _free_port, _get, _shorten_for_durations, _stop, _wait_for
+from test_e2e_dashboards import _free_port, _get, _stop, _wait_for, shortened_rule_files
 
 pytestmark = pytest.mark.e2e
 
-RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yaml"))
 STARTUP_TIMEOUT_S = 30.0
 DATA_TIMEOUT_S = 60.0
 REL_TOLERANCE = 1e-6  # "within rounding": float formatting and summation order
@@ -65,11 +64,7 @@ def _close(a: float, b: float, abs_tol: float = 1e-9) -> bool:
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api, float]]:
     tmp = tmp_path_factory.mktemp("vm")
     daemon_port, prometheus_port, vm_port = _free_port(), _free_port(), _free_port()
-    rules = []
-    for path in RULE_FILES:
-        copy = tmp / path.name
-        copy.write_text(_shorten_for_durations(path.read_text()))
-        rules.append(str(copy))
+    rules = shortened_rule_files(tmp)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": rules,

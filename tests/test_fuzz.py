@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpucarbon.config import Config, ConfigError, parse_config
+from gpucarbon.config import INTENSITY_KEYS, Config, ConfigError, parse_config
 from gpucarbon.exporter.webconfig import WebConfigError, load_web_config
 from gpucarbon.simulation.scenario import Scenario, ScenarioError, parse_scenario
 
@@ -96,25 +96,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "attribution": {"idle_watts": LEAF},
     "carbon": {
         "pue": LEAF,
-        "intensity": {
-            k: LEAF
-            for k in (
-                "source",
-                "zone",
-                "grams_per_kwh",
-                "refresh",
-                "stale_after",
-                "base_url",
-                "token_env",
-                "token_file",
-                "username_env",
-                "password_env",
-                "region",
-                "token",
-                "timeout",
-                "signal_type",
-            )
-        },
+        "intensity": {k: LEAF for k in sorted(INTENSITY_KEYS)},
         "embodied": {"enabled": LEAF, "lifetime": LEAF},
         "cost": {"price_per_kwh": LEAF, "currency": LEAF},
     },

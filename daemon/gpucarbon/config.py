@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,9 @@ INTENSITY_KEYS_BY_SOURCE: Mapping[str, frozenset[str]] = {
     "watttime": _LIVE_KEYS | {"username_env", "password_env", "token_file", "signal_type"},
     "uk-carbon-intensity": _LIVE_KEYS,
 }
+# Every key carbon.intensity accepts: `token` is accepted only to be refused with a
+# line that says to use token_env or token_file instead.
+INTENSITY_KEYS = frozenset({"source", "zone", "token"}).union(*INTENSITY_KEYS_BY_SOURCE.values())
 
 
 # --- loading --------------------------------------------------------------
@@ -237,7 +241,7 @@ class _Reader:
     def fail(self, key: str, value: Any, problem: str) -> ConfigError:
         return ConfigError(self.source, key, value, problem)
 
-    def section(self, raw: Any, key: str, allowed: set[str]) -> Mapping[str, Any]:
+    def section(self, raw: Any, key: str, allowed: AbstractSet[str]) -> Mapping[str, Any]:
         if raw is None:
             return {}
         if not isinstance(raw, Mapping):
@@ -388,26 +392,7 @@ class _Reader:
         path = "carbon.intensity"
         if isinstance(raw, Mapping) and raw.get("source") == "static" and raw.get("grams_per_kwh") is None:
             raise self.fail(f"{path}.grams_per_kwh", MISSING, "required when source is static")
-        sec = self.section(
-            raw,
-            path,
-            {
-                "source",
-                "zone",
-                "grams_per_kwh",
-                "refresh",
-                "stale_after",
-                "base_url",
-                "token_env",
-                "token_file",
-                "username_env",
-                "password_env",
-                "region",
-                "token",
-                "timeout",
-                "signal_type",
-            },
-        )
+        sec = self.section(raw, path, INTENSITY_KEYS)
         if "token" in sec:
             raise self.fail(
                 f"{path}.token", MISSING, "tokens are never read from the config file; use token_env or token_file"
