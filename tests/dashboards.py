@@ -140,7 +140,9 @@ def every_choice_queries(dashboards: Mapping[str, Mapping] | None = None) -> lis
         values = {**DEFAULT_SUBSTITUTIONS, "rollup": choice}
         for base, query in zip(default, panel_queries(dashboards, values), strict=True):
             if query.expr != base.expr:
-                out.append(PanelQuery(query.dashboard, query.panel, f"{query.ref_id}@{choice}", query.expr, query.instant))
+                out.append(
+                    PanelQuery(query.dashboard, query.panel, f"{query.ref_id}@{choice}", query.expr, query.instant)
+                )
     return out
 
 

@@ -287,7 +287,8 @@ def test_daily_rollups_match_the_hourly_ones_the_boards_switch_between() -> None
         name
         for query in panel_queries()
         for name in query.metrics()
-        if name.endswith(":increase1h") and any(q.expr != query.expr for q in every_choice_queries() if q.panel == query.panel)
+        if name.endswith(":increase1h")
+        and any(q.expr != query.expr for q in every_choice_queries() if q.panel == query.panel)
     }
     assert switched, "the workload and waste boards should switch their totals between rollups"
     for name in switched:
