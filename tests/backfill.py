@@ -359,6 +359,7 @@ class BackfilledPrometheus:
     """Prometheus serving a data directory that promtool filled; no scraping."""
 
     def __init__(self, data: Path, workdir: Path) -> None:
+        self.data = data
         self.port = free_port()
         config = workdir / "prometheus.yml"
         config.write_text("global: {evaluation_interval: 1m}\n")

@@ -113,10 +113,22 @@ def by(labels: tuple[str, ...]) -> str:
     return ", ".join(labels)
 
 
+_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def left_open(window: str) -> str:
+    """`1d` -> `86399999ms`: a subquery window without the step at its start.
+    Prometheus 2.x includes both ends of a window, so two adjacent days would
+    both count the 5-minute step on the midnight between them (1/288 too much
+    per day), while VictoriaMetrics and Prometheus 3 count it once; one
+    millisecond less makes every store count the same steps."""
+    return f"{int(window[:-1]) * _MS[window[-1]] - 1}ms"
+
+
 def integral(rate_expr: str, labels: tuple[str, ...], window: str) -> str:
     """The total over `window` of a per-second rate, summed by `labels`."""
     inner = f"sum by ({by(labels)}) ({rate_expr})" if labels else f"sum({rate_expr})"
-    return f"sum_over_time(({inner})[{window}:{STEP}]) * {STEP_S}"
+    return f"sum_over_time(({inner})[{left_open(window)}:{STEP}]) * {STEP_S}"
 
 
 def increase(counter: str, labels: tuple[str, ...], window: str, matchers: str = "") -> str:
@@ -129,7 +141,7 @@ def top_idle_holders(window: str, k: int = 10) -> str:
         "sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_held_seconds:rate5m)"
         " - sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_busy_seconds:rate5m)"
     )
-    return f"topk({k}, sum_over_time(({rate})[{window}:{STEP}]) * {STEP_S})"
+    return f"topk({k}, sum_over_time(({rate})[{left_open(window)}:{STEP}]) * {STEP_S})"
 
 
 TOKENS = "vllm:generation_tokens_total"  # default --tokens.metric (vLLM's generated-token counter)
@@ -163,7 +175,7 @@ def top_workloads(window: str, k: int = 10) -> str:
 
 def mean_gauge(metric: str, window: str, labels: tuple[str, ...] = ()) -> str:
     """Mean of a per-node gauge over the range, sampled hourly to stay cheap."""
-    inner = f"avg_over_time({metric}[{window}:1h])"
+    inner = f"avg_over_time({metric}[{left_open(window)}:1h])"
     return f"avg by ({by(labels)}) ({inner})" if labels else f"avg({inner})"
 
 
