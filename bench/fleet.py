@@ -12,7 +12,8 @@ tsdb create-blocks-from rules` (one pass: no rule reads another), start
 Prometheus on the result and run every query of every dashboard (variables
 All, then one team) over ranges of 6 h, 1 day and the whole period, the way
 Grafana would (instant queries at the range's end, range queries with
-Grafana's step), with stats=all. Prints series per node, samples, TSDB bytes
+Grafana's step), with stats=all; ranges of a week or more also with the
+boards' "Totals from" ($rollup) set to the daily rollups (keys ".../1d"). Prints series per node, samples, TSDB bytes
 per node-day, and per dashboard the latency p50/p95/max and the most samples
 any one query read per node-day. A JSON copy goes to <workdir>/fleet-<N>-<checkout>.json.
 """

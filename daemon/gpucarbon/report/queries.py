@@ -7,9 +7,9 @@ total. The integral is a subquery sampled every 5 minutes, the rules' own
 window, so adjacent windows tile the range whatever interval the rules are
 evaluated at:  sum_over_time(RULE[range:5m]) * 300.
 
-Figures no rule covers (cost, the receipts waste counters, allocated-but-idle
-per workload) use increase()/rate() on the daemon's counters; those are per
-team or per workload, not per GPU, so they stay cheap.
+Figures no rule covers (the receipts waste counters, tokens) use increase() on
+the daemon's counters; those are per team or per workload, not per GPU, so
+they stay cheap. Cost comes from its rate rules, integrated like energy.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Grouping:
     emissions: str  # g/s
     held: str  # GPU-seconds held per second (GPUs held)
     busy: str  # busy GPU-seconds per second
-    cost_metric: str  # counter with a `currency` label
+    cost: str  # currency/s, with a `currency` label (the rule exists once carbon.cost is configured)
 
 
 _W = "gpucarbon_workload_"
@@ -53,7 +53,7 @@ GROUPINGS = {
         "team:gpucarbon_team_emissions_grams:rate5m",
         "team:gpucarbon_workload_held_seconds:rate5m",
         "team:gpucarbon_workload_busy_seconds:rate5m",
-        "gpucarbon_team_energy_cost_total",
+        "team:gpucarbon_team_energy_cost:rate5m",
     ),
     "namespace": Grouping(
         "namespace",
@@ -62,7 +62,7 @@ GROUPINGS = {
         "namespace:gpucarbon_workload_emissions_grams:rate5m",
         "namespace:gpucarbon_workload_held_seconds:rate5m",
         "namespace:gpucarbon_workload_busy_seconds:rate5m",
-        _W + "energy_cost_total",
+        "namespace:gpucarbon_workload_energy_cost:rate5m",
     ),
     "workload": Grouping(
         "workload",
@@ -71,7 +71,7 @@ GROUPINGS = {
         "namespace_workload:gpucarbon_workload_emissions_grams:rate5m",
         "namespace_workload:gpucarbon_workload_held_seconds:rate5m",
         "namespace_workload:gpucarbon_workload_busy_seconds:rate5m",
-        _W + "energy_cost_total",
+        "namespace_workload:gpucarbon_workload_energy_cost:rate5m",
     ),
 }
 
