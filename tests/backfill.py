@@ -372,6 +372,7 @@ class BackfilledPrometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=10y",
                 "--query.max-samples=200000000",
+                "--web.enable-admin-api",  # TSDB snapshots, for tests that copy the data elsewhere
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "wb"),
