@@ -347,7 +347,13 @@ def victoria(month, tmp_path_factory) -> Iterator[str]:
         found = re.search(r"^\s*samples: (\d+);", result.stdout, re.M)
         imported = re.search(r"^\s*total samples: (\d+);", result.stdout, re.M)
         assert result.returncode == 0 and found and imported, result.stdout[-2000:] + result.stderr[-2000:]
-        assert int(imported.group(1)) == int(found.group(1)) > 1_000_000, "vmctl imported only part of the month"
+        # Found counts each block's samples; promtool's rule blocks repeat the
+        # sample on a block boundary, which a reader of all blocks (Prometheus,
+        # vmctl) sees once: a fraction of a percent, not a lost day.
+        assert 0.995 * int(found.group(1)) <= int(imported.group(1)) <= int(found.group(1)), (
+            "vmctl imported only part of the month: " + result.stdout[-2000:]
+        )
+        assert int(found.group(1)) > 1_000_000
         assert http_get(url + "/internal/force_flush")[0] == 200
         yield url
     finally:
