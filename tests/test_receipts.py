@@ -302,17 +302,17 @@ def test_outbox_is_bounded():
 
 @pytest.mark.asyncio
 async def test_endpoint_since_limit_and_bad_queries():
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
+    from served import served
 
-    from gpucarbon.receipts.api import PATH, receipts_handler
+    from gpucarbon.exporter.http import json_handler
+    from gpucarbon.exporter.server import HttpServer
+    from gpucarbon.receipts.api import PATH, receipts_query
 
     ring = ReceiptRing(10)
     for n, t in enumerate(["10:00", "11:00", "12:00"]):
         ring.add(receipt(n, f"2026-11-30T{t}:00Z"))
-    app = web.Application()
-    app.router.add_get(PATH, receipts_handler(ring))
-    async with TestClient(TestServer(app)) as client:
+    server = HttpServer({PATH: json_handler(receipts_query(ring))})
+    async with served(server) as client:
         body = await (await client.get(PATH)).json()
         assert [r["id"] for r in body["receipts"]] == ["id-0", "id-1", "id-2"]
         body = await (await client.get(PATH, params={"since": "2026-11-30T11:00:00+00:00", "limit": "1"})).json()
@@ -326,25 +326,25 @@ async def test_endpoint_since_limit_and_bad_queries():
 async def test_endpoint_is_behind_the_same_basic_auth_as_metrics(tmp_path):
     import bcrypt
     from aiohttp import BasicAuth
-    from aiohttp.test_utils import TestClient, TestServer
+    from served import served
 
     from gpucarbon.cli import PROBE_PATHS
-    from gpucarbon.exporter.http import build_app
+    from gpucarbon.exporter.http import build_server, json_handler
     from gpucarbon.exporter.webconfig import auth_middleware, load_web_config
-    from gpucarbon.receipts.api import PATH, receipts_handler
+    from gpucarbon.receipts.api import PATH, receipts_query
 
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
     config = load_web_config(str(tmp_path / "web.yml"))
     ring = ReceiptRing(10)
     ring.add(receipt(1))
-    app = build_app(
+    server = build_server(
         latest=lambda: None,  # type: ignore[arg-type,return-value]
         healthy=lambda: True,
         middlewares=(auth_middleware(config, exempt_paths=PROBE_PATHS),),
-        routes=((PATH, receipts_handler(ring)),),
+        routes=((PATH, json_handler(receipts_query(ring))),),
     )
-    async with TestClient(TestServer(app)) as client:
+    async with served(server) as client:
         assert (await client.get(PATH)).status == 401
         assert (await client.get(PATH, auth=BasicAuth("prometheus", "wrong"))).status == 401
         answer = await client.get(PATH, auth=BasicAuth("prometheus", "s3cret"))
