@@ -112,7 +112,8 @@ async def test_http_1_0_closes_unless_asked_and_connection_close_is_honoured(dae
         (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "413 Request Entity Too Large"),
         (b"GET /metrics HTTP/2.0\r\n\r\n", "505 HTTP Version Not Supported"),
         (b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\n", "431 Request Header Fields Too Large"),
-        (b"GET http://host/metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+        (b"GET ftp://host/metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+        (b"GET * HTTP/1.1\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/1.1\r\n folded: header\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/1.1\r\nBad Name: x\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/1.1\r\nX: a\x00b\r\n\r\n", "400 Bad Request"),
@@ -200,6 +201,12 @@ def test_parse_head_is_strict_and_decodes_path_and_query() -> None:
     with pytest.raises(RequestError) as err:
         parse_head(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(33))[:-2], "", 32, 4096)
     assert err.value.status == 400
+
+
+def test_absolute_form_targets_are_accepted() -> None:
+    """RFC 9112 3.2.2: a server must accept them; scheme and authority are dropped."""
+    for target, path in ((b"http://node:9789/metrics?a=1", "/metrics"), (b"HTTPS://node", "/")):
+        assert parse_head(b"GET " + target + b" HTTP/1.1", "", 32, 4096).path == path
 
 
 def test_http_date_is_imf_fixdate() -> None:

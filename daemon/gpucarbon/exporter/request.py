@@ -3,7 +3,7 @@ strictly, and the response a handler answers with.
 
 Only what a GET or HEAD needs is understood. A head that is not plain RFC 9112
 (bare LF line ends, obsolete line folding, a header name that is not a token,
-control characters in a value, a request target that is not origin-form) is
+control characters in a value, a request target that is not a path) is
 refused with a 400 rather than guessed at: every client that scrapes an
 exporter sends plain heads, and what is not parsed cannot be smuggled.
 """
@@ -21,8 +21,10 @@ from gpucarbon.errors import GpuCarbonError
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Field values: visible ASCII, obs-text, space and tab; no other control byte.
 _BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# Origin-form only ("/path?query"): visible ASCII, no spaces.
+# Origin-form ("/path?query"), or absolute-form ("http://host/path", RFC 9112
+# 3.2.2: a server must accept it), whose scheme and authority are dropped.
 _TARGET = re.compile(rb"/[!-~]*")
+_ABSOLUTE = re.compile(rb"https?://[^/?#\s]*", re.IGNORECASE)
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
 _OTHER_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
@@ -97,6 +99,9 @@ def _request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
         if _OTHER_VERSION.fullmatch(version):
             raise RequestError(505, "an HTTP version other than 1.0 and 1.1")
         raise RequestError(400, "a malformed HTTP version")
+    absolute = _ABSOLUTE.match(target)
+    if absolute is not None:
+        target = target[absolute.end() :] or b"/"
     if not _TARGET.fullmatch(target):
         raise RequestError(400, "a request target that is not an absolute path")
     return method.decode("ascii"), target.decode("ascii"), _VERSIONS[version]

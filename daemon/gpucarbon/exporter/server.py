@@ -25,6 +25,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import cast
 
 from gpucarbon.exporter.listener import SERVER_HEADER, ConnectionCounts
 from gpucarbon.exporter.request import Request, RequestError, Response, parse_head, text_response
@@ -193,7 +194,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # a stream server's (TCP or TLS)
         if not self._server.counts.admit(self, self.address):
             transport.abort()  # no lingering: the refused client gets a reset
             return
