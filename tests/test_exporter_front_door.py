@@ -1,7 +1,7 @@
 """Attacks on the listener by clients without credentials, against the real
 daemon (a subprocess, --simulate) on loopback: header hold (memory), slowloris
 (idle and half-sent connections), bcrypt flood (a valid scraper must still get
-in), aiohttp's own 400s, the Server header, and telemetry paths that collide
+in), the server's own 400s, the Server header, and telemetry paths that collide
 with the probes. Limits: docs/security.md, "Denial of service".
 
 Attackers connect from several loopback addresses (127.0.0.2-...), the way
