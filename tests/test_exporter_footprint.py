@@ -2,8 +2,9 @@
 64-workload node). aiohttp's server cost ~11 MB of RSS and client_python ~5 MB
 (with http.server, socketserver and wsgiref); the daemon serves HTTP on its own
 small server and renders with its own writer, and loads aiohttp's client only
-for a live carbon source or a webhook sink. A default --simulate daemon, and
-the benchmark's node, must load neither: checked in the real process, after it
+for a live carbon source or a webhook sink; lightkube, grpc and bcrypt load
+only for Kubernetes sources and basic auth. A default --simulate daemon, and
+the benchmark's node, must load none of them: checked in the real process, after it
 became ready and served a scrape, so a module imported lazily on the first
 request counts too."""
 
@@ -57,7 +58,10 @@ sys.exit(main(["--simulate" + (f"={sys.argv[3]}" if len(sys.argv) > 3 else ""),
                f"--web.listen-address=127.0.0.1:{port}", "--poll.interval=200ms"]))
 """
 
-HEAVY = ("aiohttp", "prometheus_client", "yarl", "multidict", "http.server", "socketserver", "wsgiref")
+HEAVY = (
+    *("aiohttp", "yarl", "multidict", "prometheus_client", "http.server", "socketserver", "wsgiref"),
+    *("lightkube", "grpc", "google.protobuf", "bcrypt"),  # Kubernetes and auth: only when configured
+)
 
 
 def _modules(tmp_path: Path, *scenario_file: str) -> set[str]:
