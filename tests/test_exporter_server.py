@@ -1,7 +1,7 @@
 """The daemon's own HTTP/1.1 server (exporter/server.py) on a loopback port,
 spoken to over raw sockets: what RFC 9110/9112 ask of a GET/HEAD origin server
 (keep-alive, HEAD, pipelining, 404/405, bodies refused with 413, over-long
-lines with 431, malformed heads with 400, other versions with 505), gzip when
+lines with 431, malformed heads and HTTP/1.1 without one Host with 400, other versions with 505), gzip when
 the client accepts it, and nothing a client sent echoed back. The attacks
 (slowloris, header hold, bcrypt flood) are test_exporter_front_door.py's."""
 
@@ -80,8 +80,10 @@ async def test_head_has_the_get_headers_and_no_body(daemon_server) -> None:
 async def test_gzip_only_when_the_client_accepts_it(daemon_server) -> None:
     port = daemon_server.port
     [(_, plain_headers, plain)] = await _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    [(_, headers, body)] = await _exchange(port, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip, br\r\n\r\n")
-    [(_, refused, _)] = await _exchange(port, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip;q=0\r\n\r\n")
+    [(_, headers, body)] = await _exchange(
+        port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br\r\n\r\n"
+    )
+    [(_, refused, _)] = await _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0\r\n\r\n")
     assert "content-encoding" not in plain_headers and "content-encoding" not in refused
     assert headers["content-encoding"] == "gzip" and headers["vary"] == "Accept-Encoding"
     assert gzip.decompress(body) == plain
@@ -97,7 +99,7 @@ async def test_http_1_0_closes_unless_asked_and_connection_close_is_honoured(dae
     port = daemon_server.port
     raw = await _closed(port, b"GET /healthz HTTP/1.0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK") and b"\r\nConnection: close\r\n" in raw and raw.endswith(b"ok\n")
-    raw = await _closed(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    raw = await _closed(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"\r\nConnection: close\r\n" in raw
     replies = await _exchange(port, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2, responses=2)
     assert [r[0] for r in replies] == ["HTTP/1.1 200 OK"] * 2
@@ -106,20 +108,26 @@ async def test_http_1_0_closes_unless_asked_and_connection_close_is_honoured(dae
 @pytest.mark.parametrize(
     "request_bytes, status",
     [
-        (b"GET /nowhere HTTP/1.1\r\nConnection: close\r\n\r\n", "404 Not Found"),
-        (b"DELETE /metrics HTTP/1.1\r\nConnection: close\r\n\r\n", "405 Method Not Allowed"),
-        (b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", "413 Request Entity Too Large"),
-        (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "413 Request Entity Too Large"),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "404 Not Found"),
+        (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "405 Method Not Allowed"),
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", "413 Request Entity Too Large"),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "413 Request Entity Too Large",
+        ),
         (b"GET /metrics HTTP/2.0\r\n\r\n", "505 HTTP Version Not Supported"),
-        (b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\n", "431 Request Header Fields Too Large"),
-        (b"GET ftp://host/metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
-        (b"GET * HTTP/1.1\r\n\r\n", "400 Bad Request"),
-        (b"GET /metrics HTTP/1.1\r\n folded: header\r\n\r\n", "400 Bad Request"),
-        (b"GET /metrics HTTP/1.1\r\nBad Name: x\r\n\r\n", "400 Bad Request"),
-        (b"GET /metrics HTTP/1.1\r\nX: a\x00b\r\n\r\n", "400 Bad Request"),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\n",
+            "431 Request Header Fields Too Large",
+        ),
+        (b"GET ftp://host/metrics HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n folded: header\r\n\r\n", "400 Bad Request"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n", "400 Bad Request"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400 Bad Request"),
-        (b"GET  /metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
-        (b"GET /%ff HTTP/1.1\r\n\r\n", "400 Bad Request"),
+        (b"GET  /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
+        (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
     ],
 )
 async def test_refusals_have_fixed_bodies(daemon_server, request_bytes: bytes, status: str) -> None:
@@ -132,6 +140,31 @@ async def test_refusals_have_fixed_bodies(daemon_server, request_bytes: bytes, s
         assert b"\r\nAllow: GET, HEAD\r\n" in head
 
 
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", "400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nhost: a\r\nConnection: close\r\n\r\n", "400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n", "400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: node/x\r\nConnection: close\r\n\r\n", "400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n", "200 OK"),
+        (b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:9789\r\nConnection: close\r\n\r\n", "200 OK"),
+        (b"GET /healthz HTTP/1.1\r\nHost: [fd00::1]:9789\r\nConnection: close\r\n\r\n", "200 OK"),
+        (b"GET /healthz HTTP/1.1\r\nHost: gpu-node-7.cluster.local\r\nConnection: close\r\n\r\n", "200 OK"),
+        (b"GET /healthz HTTP/1.0\r\n\r\n", "200 OK"),
+        (b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "400 Bad Request"),
+    ],
+)
+async def test_http_1_1_needs_exactly_one_valid_host_and_http_1_0_may_omit_it(
+    daemon_server, request_bytes: bytes, status: str
+) -> None:
+    """RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, for any request
+    with two Host lines, and for an invalid Host value; an empty one is allowed
+    (RFC 9110 7.2), and HTTP/1.0 clients may leave it out."""
+    raw = await _closed(daemon_server.port, request_bytes)
+    assert raw.startswith(f"HTTP/1.1 {status}\r\n".encode()), raw[:200]
+
+
 async def test_a_handler_that_fails_gets_a_500_and_the_server_goes_on() -> None:
     async def broken(_: Request) -> Response:
         raise RuntimeError("a bug")
@@ -142,7 +175,9 @@ async def test_a_handler_that_fails_gets_a_500_and_the_server_goes_on() -> None:
     server = HttpServer({"/broken": broken, "/fine": fine}, security_headers={"X-Frame-Options": "deny"})
     await server.start("127.0.0.1", 0)
     try:
-        replies = await _exchange(server.port, b"GET /broken HTTP/1.1\r\n\r\nGET /fine HTTP/1.1\r\n\r\n", responses=2)
+        replies = await _exchange(
+            server.port, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\nGET /fine HTTP/1.1\r\nHost: x\r\n\r\n", responses=2
+        )
     finally:
         await server.close()
     assert replies[0][0] == "HTTP/1.1 500 Internal Server Error" and b"a bug" not in replies[0][2]
@@ -156,7 +191,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_request_timeout
     await server.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, not by us
         writer.close()
@@ -206,7 +241,7 @@ def test_parse_head_is_strict_and_decodes_path_and_query() -> None:
 def test_absolute_form_targets_are_accepted() -> None:
     """RFC 9112 3.2.2: a server must accept them; scheme and authority are dropped."""
     for target, path in ((b"http://node:9789/metrics?a=1", "/metrics"), (b"HTTPS://node", "/")):
-        assert parse_head(b"GET " + target + b" HTTP/1.1", "", 32, 4096).path == path
+        assert parse_head(b"GET " + target + b" HTTP/1.1\r\nHost: node:9789", "", 32, 4096).path == path
 
 
 def test_http_date_is_imf_fixdate() -> None:

@@ -3,8 +3,9 @@ strictly, and the response a handler answers with.
 
 Only what a GET or HEAD needs is understood. A head that is not plain RFC 9112
 (bare LF line ends, obsolete line folding, a header name that is not a token,
-control characters in a value, a request target that is not a path) is
-refused with a 400 rather than guessed at: every client that scrapes an
+control characters in a value, a request target that is not a path, an
+HTTP/1.1 request without exactly one valid Host field) is refused with a 400
+rather than guessed at: every client that scrapes an
 exporter sends plain heads, and what is not parsed cannot be smuggled.
 """
 
@@ -27,6 +28,10 @@ _TARGET = re.compile(rb"/[!-~]*")
 _ABSOLUTE = re.compile(rb"https?://[^/?#\s]*", re.IGNORECASE)
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
 _OTHER_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+# RFC 9110 7.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ], where uri-host is
+# an IP-literal in brackets or a reg-name (possibly empty: RFC 9110 7.2 lets a
+# client send an empty Host when the target has no authority).
+_HOST = re.compile(rb"(\[[0-9A-Za-z\-._~!$&'()*+,;=:]+\]|[0-9A-Za-z\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 
 
 class RequestError(GpuCarbonError):
@@ -77,6 +82,7 @@ def parse_head(head: bytes, remote: str, max_headers: int, max_field_bytes: int)
         raise RequestError(431, f"a line longer than {max_field_bytes} bytes")
     method, target, version = _request_line(lines[0])
     headers = _fields(lines[1:])
+    _check_host(headers, version)
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         raise RequestError(413, "a request body (this server reads none)")
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
@@ -105,6 +111,19 @@ def _request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
     if not _TARGET.fullmatch(target):
         raise RequestError(400, "a request target that is not an absolute path")
     return method.decode("ascii"), target.decode("ascii"), _VERSIONS[version]
+
+
+def _check_host(headers: Mapping[str, str], version: tuple[int, int]) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a
+    Host field, and to any request with more than one (refused in _fields) or
+    with an invalid one. HTTP/1.0 clients may leave it out."""
+    host = headers.get("host")
+    if host is None:
+        if version >= (1, 1):
+            raise RequestError(400, "an HTTP/1.1 request without a Host field")
+        return
+    if not _HOST.fullmatch(host.encode("latin-1")):
+        raise RequestError(400, "an invalid Host field")
 
 
 def _fields(lines: list[bytes]) -> dict[str, str]:

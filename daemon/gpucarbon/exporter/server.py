@@ -6,8 +6,9 @@ Every route the daemon has is a GET of a small document, so the server is what
 that needs and no more (aiohttp's server cost ~11 MB of RSS to import):
 one request at a time per connection, no request bodies (413), heads bounded
 by exporter/listener.py's limits (an over-long line gets 431, too many fields
-or a malformed head 400, a head over `max_head_bytes` closes the connection),
-404 for an unknown path and 405 for another method on a known one.
+or a malformed head 400 -- an HTTP/1.1 request without one valid Host field
+included -- and a head over `max_head_bytes` closes the connection), 404 for
+an unknown path and 405 for another method on a known one.
 
 A connection's clock (listener.py: `request_timeout_s`) runs while it waits
 for a request head, from the connection opening or the previous response, and
