@@ -1,9 +1,10 @@
 """The daemon's own HTTP/1.1 server (exporter/server.py) on a loopback port,
 spoken to over raw sockets: what RFC 9110/9112 ask of a GET/HEAD origin server
 (keep-alive, HEAD, pipelining, 404/405, bodies refused with 413, over-long
-lines with 431, malformed heads and HTTP/1.1 without one Host with 400, other versions with 505), gzip when
-the client accepts it, and nothing a client sent echoed back. The attacks
-(slowloris, header hold, bcrypt flood) are test_exporter_front_door.py's."""
+lines and too many header lines with 431, malformed heads and HTTP/1.1 without
+one Host with 400, other versions with 505), gzip when the client accepts it,
+and nothing a client sent echoed back. The attacks (slowloris, header hold,
+bcrypt flood) are test_exporter_front_door.py's."""
 
 from __future__ import annotations
 
@@ -120,6 +121,11 @@ async def test_http_1_0_closes_unless_asked_and_connection_close_is_honoured(dae
             b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\n",
             "431 Request Header Fields Too Large",
         ),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-N: 1\r\n" * 40 + b"\r\n", "431 Request Header Fields Too Large"),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-N: 1\r\n" * 40,
+            "431 Request Header Fields Too Large",
+        ),  # unfinished
         (b"GET ftp://host/metrics HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
         (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/1.1\r\nHost: x\r\n folded: header\r\n\r\n", "400 Bad Request"),
@@ -233,9 +239,14 @@ def test_parse_head_is_strict_and_decodes_path_and_query() -> None:
     )
     assert request.path == "/api/v1/réceipts" and request.query == {"since": "2026-11-30T11:00:00Z", "limit": "2"}
     assert request.headers["x-a"] == "1, 2" and request.keep_alive and request.remote == "10.0.0.1"
-    with pytest.raises(RequestError) as err:
-        parse_head(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(33))[:-2], "", 32, 4096)
-    assert err.value.status == 400
+    with pytest.raises(RequestError) as err:  # RFC 6585 5: too many fields
+        parse_head(
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(32))[:-2], "", 32, 4096
+        )
+    assert err.value.status == 431
+    assert parse_head(
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(31))[:-2], "", 32, 4096
+    )
 
 
 def test_absolute_form_targets_are_accepted() -> None:

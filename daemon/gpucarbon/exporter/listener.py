@@ -11,15 +11,16 @@ complete:
   connection still waiting for a request is closed to make room);
 - request heads: at most `max_head_bytes` received per request (a Prometheus
   scrape's head is ~300 bytes), at most `max_headers` header lines of at most
-  `max_field_bytes` each; larger heads close the connection;
+  `max_field_bytes` each; larger heads are answered 431 and the connection
+  closed;
 - time: a request's head must be complete within `request_timeout_s` of the
   connection opening or the previous response; an idle keep-alive connection
   is closed after the same time. A TLS handshake gets the same bound.
 
 The server's own refusals (400 for a malformed head, 431 for an over-long
-line) get the configured security headers and a fixed body: the offending
-header value is not echoed. Every response says `Server: gpu-carbon-exporter`,
-without versions. The connection itself is exporter/server.py's.
+line, too many header lines or too large a head) get the configured security
+headers and a fixed body: the offending header value is not echoed. Every
+response says `Server: gpu-carbon-exporter`, without versions. The connection itself is exporter/server.py's.
 """
 
 from __future__ import annotations

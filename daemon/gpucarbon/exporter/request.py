@@ -77,7 +77,7 @@ def parse_head(head: bytes, remote: str, max_headers: int, max_field_bytes: int)
     """The head without its final CRLF CRLF. Raises RequestError."""
     lines = head.split(b"\r\n")
     if len(lines) - 1 > max_headers:
-        raise RequestError(400, f"more than {max_headers} header fields")
+        raise RequestError(431, f"more than {max_headers} header fields")  # RFC 6585 5
     if any(len(line) > max_field_bytes for line in lines):
         raise RequestError(431, f"a line longer than {max_field_bytes} bytes")
     method, target, version = _request_line(lines[0])

@@ -5,10 +5,11 @@ chain of middlewares (basic auth lives in exporter/webconfig.py).
 Every route the daemon has is a GET of a small document, so the server is what
 that needs and no more (aiohttp's server cost ~11 MB of RSS to import):
 one request at a time per connection, no request bodies (413), heads bounded
-by exporter/listener.py's limits (an over-long line gets 431, too many fields
-or a malformed head 400 -- an HTTP/1.1 request without one valid Host field
-included -- and a head over `max_head_bytes` closes the connection), 404 for
-an unknown path and 405 for another method on a known one.
+by exporter/listener.py's limits (an over-long line, too many fields or a
+head over `max_head_bytes` get 431, RFC 6585 5; a malformed head gets 400, an
+HTTP/1.1 request without one valid Host field included; a head that breaks a
+limit while a request is being answered closes the connection), 404 for an
+unknown path and 405 for another method on a known one.
 
 A connection's clock (listener.py: `request_timeout_s`) runs while it waits
 for a request head, from the connection opening or the previous response, and
@@ -270,7 +271,7 @@ class _Connection(asyncio.Protocol):
         elif size - self._buffer.rfind(b"\r\n") - 2 > self._limits.max_field_bytes:  # rfind -1: one byte lenient
             self._oversized(431)
         elif self._buffer.count(b"\r\n") > self._limits.max_headers + 1:
-            self._refuse(400)
+            self._oversized(431)  # RFC 6585 5: too many header fields
 
     def _oversized(self, status: int | None) -> None:
         self._server.counts.oversized += 1
