@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, replace
 
 import pytest
+from procs import eventually
 
 from gpucarbon.receipts.builder import ReceiptContext, note
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
@@ -228,13 +229,15 @@ async def test_full_disk_is_counted_logged_and_retried_without_losing_the_record
     )
     await dispatcher.start()
     dispatcher.submit([receipt(1)])
-    await asyncio.sleep(0.1)
-    counts = {(sink, result): n for sink, result, n in dispatcher.counts()}
-    assert counts[("file", "error")] >= 1  # failed write attempts
+
+    def counts() -> dict:
+        return {(sink, result): n for sink, result, n in dispatcher.counts()}
+
+    await eventually(lambda: counts().get(("file", "error"), 0) >= 1 and log_sink.got)  # failed write attempts
     assert log_sink.got == ["id-1"]  # the other sinks are still told
     assert "ENOSPC" in caplog.text
     failing["on"] = False
-    await asyncio.sleep(0.2)  # the retry timer writes it
+    await eventually(lambda: counts().get(("file", "ok")) == 1)  # the retry timer writes it
     await dispatcher.close()
     assert [r["id"] for r in ReceiptFile(tmp_path, max_bytes=1 << 20, keep=1).read_all()] == ["id-1"]
     assert ("file", "ok", 1) in dispatcher.counts()
@@ -273,7 +276,7 @@ async def test_webhook_down_then_up_gets_each_receipt_once_across_a_restart(tmp_
     hook.fail = 10**6  # down for the whole first life
     await first.start()
     first.submit([receipt(1), receipt(2)])
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(sleeps) >= 3)
     await first.close()
     assert hook.got == [] and sleeps[:3] == [1.0, 2.0, 4.0]
     hook.fail = 2  # back after two more failures
@@ -281,10 +284,7 @@ async def test_webhook_down_then_up_gets_each_receipt_once_across_a_restart(tmp_
     second.load()
     await second.start()
     second.submit([receipt(3)])
-    for _ in range(100):
-        if len(hook.got) == 3:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(hook.got) == 3)
     await second.close()
     assert hook.got == ["id-1", "id-2", "id-3"]
     assert json.loads((tmp_path / "receipts-outbox.json").read_text()) == []
