@@ -331,6 +331,12 @@ def victoria(month, tmp_path_factory) -> Iterator[str]:
     )
     try:
         wait_until(lambda: http_get(url + "/health")[0] == 200, 60, "victoria-metrics ready")
+        # vmctl 1.79 skips some of many blocks that share a time range (promtool
+        # writes one per rule and week: here a rule's last week went missing);
+        # once Prometheus has compacted them into a few blocks it reads them all.
+        wait_until(
+            lambda: _blocks_loaded(prom.url) <= 5, 600, "Prometheus to compact the backfilled blocks", interval=2
+        )
         request = urllib.request.Request(prom.url + "/api/v1/admin/tsdb/snapshot", method="POST")
         with urllib.request.urlopen(request, timeout=120) as response:
             snapshot = prom.data / "snapshots" / json.loads(response.read())["data"]["name"]
@@ -347,19 +353,22 @@ def victoria(month, tmp_path_factory) -> Iterator[str]:
         found = re.search(r"^\s*samples: (\d+);", result.stdout, re.M)
         imported = re.search(r"^\s*total samples: (\d+);", result.stdout, re.M)
         assert result.returncode == 0 and found and imported, result.stdout[-2000:] + result.stderr[-2000:]
-        # Found counts each block's samples; promtool's rule blocks repeat the
-        # sample on a block boundary, which a reader of all blocks (Prometheus,
-        # vmctl) sees once: a fraction of a percent, not a lost day.
-        assert 0.995 * int(found.group(1)) <= int(imported.group(1)) <= int(found.group(1)), (
+        assert int(imported.group(1)) == int(found.group(1)) > 1_000_000, (
             "vmctl imported only part of the month: " + result.stdout[-2000:]
         )
-        assert int(found.group(1)) > 1_000_000
         assert http_get(url + "/internal/force_flush")[0] == 200
         yield url
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def _blocks_loaded(url: str) -> int:
+    status, body = http_get(url + "/metrics")
+    assert status == 200
+    line = next(line for line in body.decode().splitlines() if line.startswith("prometheus_tsdb_blocks_loaded "))
+    return int(float(line.split()[1]))
 
 
 def _differences(a: object, b: object, path: str = "") -> list[str]:
