@@ -312,56 +312,63 @@ def victoria(month, tmp_path_factory) -> Iterator[str]:
     the data directory itself changes under a reader while Prometheus compacts
     the backfilled blocks, and vmctl then misses some of them."""
     prom, _, start, end = month
-    tmp = tmp_path_factory.mktemp("victoria")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp / "victoria-metrics.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            "victoria-metrics",
-            f"-storageDataPath={tmp / 'vm'}",
-            f"-httpListenAddr=127.0.0.1:{port}",
-            "-retentionPeriod=100y",  # the month lies 32 days back: past the 1-month default
-            "-search.latencyOffset=0s",
-            "-search.disableCache",
-            "-loggerLevel=ERROR",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    # vmctl 1.79 skips some of many blocks that share a time range (promtool
+    # writes one per rule and week: here a rule's last week went missing);
+    # once Prometheus has compacted them into a few blocks it reads them all.
+    wait_until(lambda: _blocks_loaded(prom.url) <= 5, 600, "Prometheus to compact the backfilled blocks", interval=2)
+    request = urllib.request.Request(prom.url + "/api/v1/admin/tsdb/snapshot", method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        snapshot = prom.data / "snapshots" / json.loads(response.read())["data"]["name"]
+    # Even then vmctl 1.79 now and then imports a few thousand samples fewer than
+    # it found (once in six imports of compacted snapshots on the loaded 2-core
+    # machine): import into a fresh store until the counts agree, at most 3 times.
+    counts = []
+    for _attempt in range(3):
+        tmp = tmp_path_factory.mktemp("victoria")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = open(tmp / "victoria-metrics.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [
+                "victoria-metrics",
+                f"-storageDataPath={tmp / 'vm'}",
+                f"-httpListenAddr=127.0.0.1:{port}",
+                "-retentionPeriod=100y",  # the month lies 32 days back: past the 1-month default
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-loggerLevel=ERROR",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(lambda url=url: http_get(url + "/health")[0] == 200, 60, "victoria-metrics ready")
+            found, imported = _vmctl_import(snapshot, url)
+            counts.append((found, imported))
+            if imported == found:
+                assert http_get(url + "/internal/force_flush")[0] == 200
+                yield url
+                return
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+    pytest.fail(f"vmctl imported only part of the month in 3 tries (found, imported): {counts}")
+
+
+def _vmctl_import(snapshot: Path, url: str) -> tuple[int, int]:
+    """Samples vmctl found in the snapshot and samples it imported."""
+    # vmctl 1.79 (Debian's) insists on a terminal even when silent (-s):
+    # `script` (util-linux, Essential) gives it one.
+    vmctl = f"vmctl prometheus --prom-snapshot={snapshot} --vm-addr={url} -s --vm-disable-progress-bar"
+    result = subprocess.run(
+        ["script", "-qec", vmctl, "/dev/null"], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
     )
-    try:
-        wait_until(lambda: http_get(url + "/health")[0] == 200, 60, "victoria-metrics ready")
-        # vmctl 1.79 skips some of many blocks that share a time range (promtool
-        # writes one per rule and week: here a rule's last week went missing);
-        # once Prometheus has compacted them into a few blocks it reads them all.
-        wait_until(
-            lambda: _blocks_loaded(prom.url) <= 5, 600, "Prometheus to compact the backfilled blocks", interval=2
-        )
-        request = urllib.request.Request(prom.url + "/api/v1/admin/tsdb/snapshot", method="POST")
-        with urllib.request.urlopen(request, timeout=120) as response:
-            snapshot = prom.data / "snapshots" / json.loads(response.read())["data"]["name"]
-        # vmctl 1.79 (Debian's) insists on a terminal even when silent (-s):
-        # `script` (util-linux, Essential) gives it one.
-        vmctl = f"vmctl prometheus --prom-snapshot={snapshot} --vm-addr={url} -s --vm-disable-progress-bar"
-        result = subprocess.run(
-            ["script", "-qec", vmctl, "/dev/null"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-        )
-        found = re.search(r"^\s*samples: (\d+);", result.stdout, re.M)
-        imported = re.search(r"^\s*total samples: (\d+);", result.stdout, re.M)
-        assert result.returncode == 0 and found and imported, result.stdout[-2000:] + result.stderr[-2000:]
-        assert int(imported.group(1)) == int(found.group(1)) > 1_000_000, (
-            "vmctl imported only part of the month: " + result.stdout[-2000:]
-        )
-        assert http_get(url + "/internal/force_flush")[0] == 200
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    found = re.search(r"^\s*samples: (\d+);", result.stdout, re.M)
+    imported = re.search(r"^\s*total samples: (\d+);", result.stdout, re.M)
+    assert result.returncode == 0 and found and imported, result.stdout[-3000:] + result.stderr[-2000:]
+    assert int(found.group(1)) > 1_000_000, result.stdout[-3000:]
+    return int(found.group(1)), int(imported.group(1))
 
 
 def _blocks_loaded(url: str) -> int:
