@@ -108,6 +108,31 @@ async def test_stuck_gpu_does_not_stall_the_poll_or_pile_up_threads(clock):
         release.set()
 
 
+async def test_reads_never_queue_behind_other_gpus_hung_calls(clock):
+    """The reader's worker threads: one per GPU, so with all but one GPU hung
+    (each holding a thread) the last one is still read at once, every poll."""
+    gpus = [FakeGpu(f"GPU-stuck-{i}", i) for i in range(3)] + [FakeGpu("GPU-ok", 3, mj_per_read=100_000)]
+    backend = FakeGpuBackend.of(clock, *gpus)
+    releases = [backend.gpu(f"GPU-stuck-{i}").stuck() for i in range(3)]
+    poller = make_poller(backend, clock, timeout=0.2)
+    try:
+        for _ in range(3):
+            await poller.poll()
+            clock.advance(1.0)
+        assert backend.calls == {"GPU-stuck-0": 1, "GPU-stuck-1": 1, "GPU-stuck-2": 1, "GPU-ok": 3}
+        assert {g.uuid for g in poller.snapshot.gpus if g.up} == {"GPU-ok"}
+        assert poller.ledger.gpus["GPU-ok"].energy_mj == 200_000
+    finally:
+        for release in releases:
+            release.set()
+    for _ in range(50):  # the hung calls return: those GPUs are read again and come back
+        await poller.poll()
+        clock.advance(1.0)
+        if all(g.up for g in poller.snapshot.gpus):
+            break
+    assert all(g.up for g in poller.snapshot.gpus)
+
+
 async def test_missing_library_is_reported_and_retried(clock):
     backend = FakeGpuBackend.of(clock, FakeGpu("GPU-x", counter_mj=1), available=False)
     poller = make_poller(backend, clock)
