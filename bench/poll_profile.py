@@ -1,6 +1,7 @@
 """Profile the poll hot path in-process: 8 simulated GPUs x 64 workloads.
 
     python bench/poll_profile.py [--polls 300] [--top 30] [--sort cumulative|tottime] [--no-profile]
+                                 [--dump FILE]
 
 Builds the daemon as bench_daemon.py's render_us_per_series does (build_daemon
 with a ManualClock and the bench's scenario), warms it up, then runs `--polls`
@@ -9,7 +10,8 @@ poll without a profiler (least and median of five rounds) (the steadier figure: 
 thread, unlike bench_daemon.py's whole-process CPU over a 60 s window), the
 share of it spent in the simulated GPUs' model (simulation/gpu.py, not daemon
 cost on real hardware), and then a cProfile of the same polls, top functions
-by `--sort`.
+by `--sort`. `--dump FILE` also writes the exposition after 120 polls of a
+fresh daemon (receipts included), to diff two trees: a cut must not change a byte.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ def simulation_ms(daemon, clock, n: int) -> float:
     return 1000 * (time.process_time() - started) / n
 
 
+def exposition_after(n: int) -> str:
+    from gpucarbon.exporter.http import render_text
+
+    daemon, clock = build()
+    asyncio.run(polls(daemon, clock, n))
+    volatile = ("gpucarbon_poll_duration_seconds_", "process_")  # real time and this process: differ run to run
+    lines = render_text(daemon.poller.latest).splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith(volatile))
+
+
 def profile(daemon, clock, n: int, sort: str, top: int) -> str:
     profiler = cProfile.Profile()
 
@@ -97,7 +109,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", choices=("cumulative", "tottime"), default="cumulative")
     parser.add_argument("--no-profile", action="store_true", help="only the CPU ms per poll")
+    parser.add_argument("--dump", type=Path, help="write the exposition after 120 polls here")
     args = parser.parse_args()
+    if args.dump is not None:
+        args.dump.write_text(exposition_after(120))
     rounds = []
     for _ in range(ROUNDS):
         daemon, clock = build()
