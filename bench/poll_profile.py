@@ -9,7 +9,8 @@ polls on one event loop, the clock moved 1 s between polls. Prints CPU ms per
 poll without a profiler (least and median of five rounds) (the steadier figure: the process is alone on its
 thread, unlike bench_daemon.py's whole-process CPU over a 60 s window), the
 share of it spent in the simulated GPUs' model (simulation/gpu.py, not daemon
-cost on real hardware), and then a cProfile of the same polls, top functions
+cost on real hardware), and then a cProfile of the same polls (the event loop
+thread's CPU time; the worker threads' reads are not in it), top functions
 by `--sort`. `--dump FILE` also writes the exposition after 120 polls of a
 fresh daemon (receipts included), to diff two trees: a cut must not change a byte.
 """
@@ -88,7 +89,10 @@ def exposition_after(n: int) -> str:
 
 
 def profile(daemon, clock, n: int, sort: str, top: int) -> str:
-    profiler = cProfile.Profile()
+    # The event loop thread's CPU time, not wall time: with wall time, waking
+    # the worker threads shows up as seconds "in" SimpleQueue.put and
+    # epoll (the OS running other threads), which is no CPU of this thread.
+    profiler = cProfile.Profile(time.thread_time)
 
     async def run() -> None:
         await polls(daemon, clock, WARMUP_POLLS)
