@@ -1,7 +1,5 @@
 """The poll loop end to end in-process: conservation, idle policy, faults."""
 
-import threading
-
 import pytest
 from fakes.gpu import FakeGpu, FakeGpuBackend
 from pipeline import MutableIntensity, assert_conserved, make_poller
@@ -133,43 +131,6 @@ async def test_reads_never_queue_behind_other_gpus_hung_calls(clock):
         if all(g.up for g in poller.snapshot.gpus):
             break
     assert all(g.up for g in poller.snapshot.gpus)
-
-
-class ThreadRecordingBackend(FakeGpuBackend):
-    """Records which worker thread read each GPU (threading.get_ident)."""
-
-    def read_gpu(self, uuid):
-        self.threads.append(threading.get_ident())
-        return super().read_gpu(uuid)
-
-
-async def test_fast_reads_of_all_gpus_wake_one_worker_thread(clock):
-    """The reader's CPU cost: GPUs that answer at once are all read by one
-    worker thread in turn, not one thread per GPU."""
-    backend = ThreadRecordingBackend.of(clock, *(FakeGpu(f"GPU-{i}", i, mj_per_read=1000) for i in range(8)))
-    backend.threads = []
-    poller = make_poller(backend, clock)
-    await poller.poll()  # opens the backend and reads once
-    backend.threads.clear()
-    await poller.poll()
-    assert len(backend.threads) == 8 and len(set(backend.threads)) == 1
-    assert all(g.up for g in poller.snapshot.gpus)
-
-
-async def test_a_gpu_behind_a_hung_one_is_read_within_the_timeout(clock):
-    """One thread reads in turn; one that hangs holds up the others only until
-    another thread joins (reader.FAN_OUT_S), well within the read timeout."""
-    gpus = [FakeGpu("GPU-hung", 0)] + [FakeGpu(f"GPU-{i}", i, mj_per_read=1000) for i in range(1, 4)]
-    backend = FakeGpuBackend.of(clock, *gpus)
-    release = backend.gpu("GPU-hung").stuck()
-    poller = make_poller(backend, clock, timeout=0.5)
-    try:
-        await poller.poll()
-        up = {g.uuid: g.up for g in poller.snapshot.gpus}
-        assert up == {"GPU-hung": False, "GPU-1": True, "GPU-2": True, "GPU-3": True}
-        assert poller.snapshot.poll.sum_s < 0.5 + 0.5
-    finally:
-        release.set()
 
 
 async def test_missing_library_is_reported_and_retried(clock):

@@ -2,11 +2,10 @@
 or lost) and reads every GPU in parallel, each read bounded by a timeout.
 
 Reads run on the reader's own worker threads, one per GPU at most (a GPU whose
-read hangs is not read again until it returns, so no more are ever needed).
-One thread reads the GPUs in turn and more join only while GPUs wait (a slow
-or hung read), and the event loop is woken once per poll, when the last read
-finishes or the timeout passes: waking a thread per GPU and the loop per read
-was most of the poll's CPU beyond the Python work (bench/poll_profile.py).
+read hangs is not read again until it returns, so no more are ever needed),
+and wake the event loop once per poll, when the last one finishes or the
+timeout passes: eight `asyncio.to_thread` hand-offs cost about 0.3 ms more CPU
+per poll on the 8-GPU benchmark (bench/poll_profile.py).
 
 It knows nothing of energy attribution: it hands the loop one `Readings` per
 poll and keeps what the snapshot shows about the devices (`DeviceState`).
@@ -17,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,9 +46,6 @@ OPEN_TIMEOUT_S = 30.0
 # "Unknown Error" once the container lost its devices: it must be recreated),
 # so the daemon stops reporting ready; a driver reload is shorter.
 DOWN_UNREADY_S = 120.0
-# While GPUs wait to be read, another worker thread joins this often (at most
-# every read timeout / (2 * GPUs)): fast reads all run on one thread.
-FAN_OUT_S = 0.005
 
 Result = GpuReading | GpuReadError
 
@@ -197,67 +193,24 @@ class GpuReader:
     # --- reading ------------------------------------------------------------
 
     async def _read_all(self) -> dict[str, Result]:
-        """Read every GPU on worker threads, each bounded by the read timeout.
-        A GPU whose previous read is still stuck is not read again (no thread
-        pile-up); it stays marked down until that call returns."""
-        pending: list[str] = []
+        """Read every GPU in parallel worker threads, each bounded by the read
+        timeout. A GPU whose previous read is still stuck is not read again
+        (no thread pile-up); it stays marked down until that call returns."""
+        started: dict[str, Future[GpuReading]] = {}
         results: dict[str, Result] = {}
+        workers = self._workers_for(len(self._uuids))
         for uuid in self._uuids:
             stuck = self._inflight.get(uuid)
             if stuck is not None and not stuck.done():
                 results[uuid] = GpuReadError(uuid, READ_GPU, TIMEOUT)
                 continue
             self._inflight.pop(uuid, None)
-            pending.append(uuid)
-        if pending:
-            for uuid, future in (await self._read_in_chains(pending)).items():
-                results[uuid] = self._outcome(uuid, future)
+            started[uuid] = workers.submit(self._backend.read_gpu, uuid)
+        if started:
+            await _all_done(tuple(started.values()), self._read_timeout_s)
+        for uuid, future in started.items():
+            results[uuid] = self._outcome(uuid, future)
         return results
-
-    async def _read_in_chains(self, uuids: list[str]) -> dict[str, Future[GpuReading]]:
-        """One worker thread reads the GPUs one after another (one thread woken
-        per poll, not one per GPU); while GPUs are still waiting to be read,
-        another thread joins every `fan_out_s`, so a read that hangs or is slow
-        holds up the rest by at most that long each: a GPU behind h hung ones
-        starts within h * fan_out_s, at most half the read timeout."""
-        futures: dict[str, Future[GpuReading]] = {uuid: Future() for uuid in uuids}
-        waiting = deque(uuids)
-        workers = self._workers_for(len(self._uuids))
-
-        def chain() -> None:  # on a worker thread
-            while True:
-                try:
-                    uuid = waiting.popleft()
-                except IndexError:
-                    return
-                future = futures[uuid]
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(self._backend.read_gpu(uuid))
-                except BaseException as err:  # noqa: BLE001 - the GPU's own outcome, judged in _outcome
-                    future.set_exception(err)
-
-        loop = asyncio.get_running_loop()
-        fan_out_s = min(FAN_OUT_S, self._read_timeout_s / (2 * len(self._uuids)))
-        fan_out: asyncio.TimerHandle | None = None
-
-        def another_chain() -> None:
-            nonlocal fan_out
-            if waiting:
-                workers.submit(chain)
-                fan_out = loop.call_later(fan_out_s, another_chain)
-
-        workers.submit(chain)
-        fan_out = loop.call_later(fan_out_s, another_chain)
-        try:
-            await _all_done(tuple(futures.values()), self._read_timeout_s)
-        finally:
-            fan_out.cancel()
-            waiting.clear()  # not started by the timeout: not started late either
-            for future in futures.values():
-                future.cancel()  # only cancels a read that never started
-        return futures
 
     def _workers_for(self, gpus: int) -> ThreadPoolExecutor:
         """One thread per GPU at most: each GPU has at most one read running
@@ -271,8 +224,6 @@ class GpuReader:
         return self._workers
 
     def _outcome(self, uuid: str, future: Future[GpuReading]) -> Result:
-        if future.cancelled():  # never started within the timeout (GPUs before it hung)
-            return GpuReadError(uuid, READ_GPU, TIMEOUT)
         if not future.done():
             self._inflight[uuid] = future
             return GpuReadError(uuid, READ_GPU, TIMEOUT)
