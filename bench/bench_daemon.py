@@ -69,7 +69,7 @@ def render_us_per_series(snapshots: int = 3, repeats: int = 20) -> dict:
     client_python's generate_latest against the daemon's TextWriter."""
     import asyncio
 
-    from prometheus_client import CollectorRegistry
+    from clientpython import registry_of
     from prometheus_client.exposition import generate_latest
 
     from gpucarbon.app import RunOptions, build_daemon
@@ -89,8 +89,7 @@ def render_us_per_series(snapshots: int = 3, repeats: int = 20) -> dict:
 
     snap = asyncio.run(polled())
     collector = SnapshotCollector(lambda: snap)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    registry = registry_of(collector.families)  # client_python's view of the same families
     writer = TextWriter()
     body = writer.render(collector.families())
     assert body == generate_latest(registry), "TextWriter and generate_latest disagree"

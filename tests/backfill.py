@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from clientpython import FamiliesCollector
 from procs import ROOT, free_port, http_get, prometheus_binary, wait_until
 
 from gpucarbon.app import RunOptions, build_daemon
@@ -216,7 +217,7 @@ async def _scrape_node(
     clock = ManualClock(start=1000.0, wall_start=start_wall)
     daemon = build_daemon(config, RunOptions(scenario=scenario, poll_interval_s=SCRAPE_S), base_clock=clock)
     poller = daemon.poller
-    collector = SnapshotCollector(lambda: poller.snapshot)
+    collector = FamiliesCollector(SnapshotCollector(lambda: poller.snapshot).families)
     target = {"cluster": CLUSTER, "instance": f"{name}:9789", "job": "gpu-carbon-exporter", "node": name}
     prefixes: dict[tuple, str] = {}  # (sample name, label values) -> 'name{labels} '
     servers = [w for w in scenario.workloads if w.workload in INFERENCE_WORKLOADS]

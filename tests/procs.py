@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -43,6 +44,16 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.2):
             last_error = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+async def eventually(check, timeout: float = 15.0) -> None:
+    """wait_until's twin inside an event loop: polls every 10 ms; the generous
+    timeout only matters on a loaded machine."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
 
 
 class Daemon:

@@ -8,10 +8,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient, TestServer
+from served import served
 
 from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.exporter.http import build_app, parse_listen_address, render_text
+from gpucarbon.exporter.http import build_server, parse_listen_address, render_text
 from gpucarbon.snapshot import CarbonView, GpuView, PollStats, Snapshot, SourceView, TeamView, WorkloadView
 
 GOLDEN = Path(__file__).parent / "fixtures" / "exposition" / "snapshot.prom"
@@ -158,8 +158,8 @@ def test_a_lone_surrogate_or_huge_label_never_breaks_a_scrape():
 
 async def test_http_serves_metrics_health_and_readiness():
     state = {"snap": fixed_snapshot(ready=False), "healthy": True}
-    app = build_app(latest=lambda: state["snap"], healthy=lambda: state["healthy"])
-    async with TestClient(TestServer(app)) as client:
+    server = build_server(latest=lambda: state["snap"], healthy=lambda: state["healthy"])
+    async with served(server) as client:
         assert (await client.get("/readyz")).status == 503
         state["snap"] = fixed_snapshot(sequence=2, ready=True)
         assert (await client.get("/readyz")).status == 200
@@ -180,8 +180,8 @@ async def test_scrapes_between_polls_reuse_one_rendering():
         calls["n"] += 1
         return snap
 
-    app = build_app(latest=latest, healthy=lambda: True)
-    async with TestClient(TestServer(app)) as client:
+    server = build_server(latest=latest, healthy=lambda: True)
+    async with served(server) as client:
         bodies = {await (await client.get("/metrics")).text() for _ in range(5)}
     assert len(bodies) == 1
     # one collect() per rendering calls latest() once more than the cache checks

@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+from clientpython import SanitisedCollector, reference_bytes
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from test_exporter import fixed_snapshot
@@ -35,20 +36,11 @@ from bench_daemon import scenario  # noqa: E402
 
 def _reference(families: list[Family]) -> bytes:
     """client_python's rendering of the same families."""
-
-    class Collector:
-        def collect(self):
-            return [family.to_metric() for family in families]
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector())
-    return generate_latest(registry)
+    return reference_bytes(lambda: families)
 
 
 def _collector_reference(latest) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(latest))
-    return generate_latest(registry)
+    return reference_bytes(SnapshotCollector(latest).families)
 
 
 def _simulated_snapshots(polls: int = 4) -> list[Snapshot]:
@@ -152,7 +144,7 @@ def test_dirty_label_values_are_sanitised_as_the_registry_path_does() -> None:
     """/metrics (Exposition: TextWriter + the one sanitiser) serves the bytes
     client_python serves through the sanitising registry, lone surrogates and
     over-long values included."""
-    from gpucarbon.exporter.http import Exposition, build_registry
+    from gpucarbon.exporter.http import Exposition
 
     base = fixed_snapshot()
     dirty = replace(base.workloads[0], pod="bad\ud800pod", container="x" * 5000)
@@ -162,6 +154,37 @@ def test_dirty_label_values_are_sanitised_as_the_registry_path_does() -> None:
         return b"".join(line + b"\n" for line in text.splitlines() if b"process_" not in line)
 
     ours = Exposition(lambda: snapshot).render()
-    reference = generate_latest(build_registry(lambda: snapshot))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SanitisedCollector(SnapshotCollector(lambda: snapshot).families))
+    reference = generate_latest(registry)
     assert without_process(ours) == without_process(reference)
     assert "\ud800".encode("utf-8", "surrogatepass") not in ours
+
+
+def test_process_families_match_client_pythons_process_collector() -> None:
+    """The process_* families without client_python: the same names, help,
+    types and order as its ProcessCollector, and the same values (the ones that
+    move while the test runs, within what can move between two reads)."""
+    from prometheus_client.process_collector import ProcessCollector
+
+    from gpucarbon.exporter.process import ProcessFamilies
+
+    ours = TextWriter().render(ProcessFamilies().families()).decode()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProcessCollector(registry=None))
+    theirs = generate_latest(registry).decode()
+    assert [line for line in ours.splitlines() if line.startswith("#")] == [
+        line for line in theirs.splitlines() if line.startswith("#")
+    ]
+
+    def values(text: str) -> dict[str, float]:
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+
+    mine, reference = values(ours), values(theirs)
+    assert mine.keys() == reference.keys() and len(mine) == 6
+    for exact in ("process_start_time_seconds", "process_max_fds"):
+        assert mine[exact] == reference[exact]
+    assert abs(mine["process_resident_memory_bytes"] - reference["process_resident_memory_bytes"]) < 16 << 20
+    assert abs(mine["process_virtual_memory_bytes"] - reference["process_virtual_memory_bytes"]) < 64 << 20
+    assert abs(mine["process_cpu_seconds_total"] - reference["process_cpu_seconds_total"]) < 1.0
+    assert abs(mine["process_open_fds"] - reference["process_open_fds"]) <= 4

@@ -1,18 +1,14 @@
 """Attacks on the listener by clients without credentials, against the real
 daemon (a subprocess, --simulate) on loopback: header hold (memory), slowloris
 (idle and half-sent connections), bcrypt flood (a valid scraper must still get
-in), aiohttp's own 400s, the Server header, and telemetry paths that collide
-with the probes. Limits: docs/security.md, "Denial of service".
-
-Attackers connect from several loopback addresses (127.0.0.2-...), the way
-several pods would; Linux routes all of 127.0.0.0/8 to lo.
+in), the server's own 400s and 431s, the Server header, and telemetry paths
+that collide with the probes. Limits: docs/security.md, "Denial of service".
+The attack clients are tests/attacks.py's, shared with bench/front_door.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import itertools
 import os
 import socket
 import subprocess
@@ -20,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import bcrypt
 import pytest
+from attacks import basic_auth, bcrypt_flood, hold_headers, rss_bytes, slowloris
 from procs import Daemon, http_get
 
 pytestmark = pytest.mark.e2e
@@ -30,57 +26,7 @@ pytestmark = pytest.mark.e2e
 CHART_MEMORY_LIMIT = 128 * 1024 * 1024  # helm values.yaml resources.limits.memory: 128Mi
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-async def _open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    try:
-        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
-    except (TimeoutError, OSError):
-        return None
-
-
-async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> float | None:
-    """Monotonic time the server closed the connection; None if still open after `timeout`."""
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                return time.monotonic()
-    except TimeoutError:  # first: in 3.11 it is builtins.TimeoutError, an OSError
-        return None
-    except (ConnectionError, OSError):
-        return time.monotonic()
-
-
 # ----------------------------------------------------------------- header hold
-
-
-async def _hold_headers(port: int, source: str, megabytes: float, peak: list[int], pid: int) -> int:
-    """Send ~`megabytes` of headers that never end; returns bytes the server accepted."""
-    conn = await _open(port, source)
-    if conn is None:
-        return 0
-    reader, writer = conn
-    sent = 0
-    line = b"X-Padding: " + b"a" * 8000 + b"\r\n"
-    try:
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\n")
-        while sent < megabytes * 1024 * 1024:
-            writer.write(line)
-            await asyncio.wait_for(writer.drain(), 5)
-            sent += len(line)
-            peak[0] = max(peak[0], rss_bytes(pid))
-    except (TimeoutError, ConnectionError, OSError):
-        pass
-    await asyncio.sleep(2)  # hold what was sent while the others send theirs
-    peak[0] = max(peak[0], rss_bytes(pid))
-    writer.close()
-    return sent
 
 
 def test_header_hold_attack_keeps_rss_under_the_chart_limit(tmp_path):
@@ -92,27 +38,22 @@ def test_header_hold_attack_keeps_rss_under_the_chart_limit(tmp_path):
         d.wait_ready()
         d.metrics()
         before = rss_bytes(d.proc.pid)
-        peak = [before]
-
-        async def attack() -> list[int]:
-            sources = [f"127.0.0.{2 + i // 10}" for i in range(200)]
-            return await asyncio.gather(*(_hold_headers(d.port, s, 1.0, peak, d.proc.pid) for s in sources))
-
-        accepted = asyncio.run(attack())
+        hold = asyncio.run(hold_headers(d.port, d.proc.pid, connections=200, addresses=20, megabytes=1.0))
+        peak = max(hold.peak_rss, before)
         time.sleep(1)
         after = rss_bytes(d.proc.pid)
         assert d.proc.poll() is None
         assert http_get(d.url + "/metrics")[0] == 200, "still serving after the attack"
         print(
-            f"header hold: rss before {before >> 20} MiB, peak {peak[0] >> 20} MiB, after {after >> 20} MiB; "
-            f"max bytes one connection got in: {max(accepted)}"
+            f"header hold: rss before {before >> 20} MiB, peak {peak >> 20} MiB, after {after >> 20} MiB; "
+            f"max bytes one connection got in: {max(hold.accepted)}"
         )
-        assert peak[0] < CHART_MEMORY_LIMIT, f"peak RSS {peak[0] >> 20} MiB"
-        assert peak[0] - before < 48 * 1024 * 1024, f"RSS grew {(peak[0] - before) >> 20} MiB"
+        assert peak < CHART_MEMORY_LIMIT, f"peak RSS {peak >> 20} MiB"
+        assert peak - before < 48 * 1024 * 1024, f"RSS grew {(peak - before) >> 20} MiB"
         assert after - before < 48 * 1024 * 1024
         # The server closed each connection long before 1 MB: at most one
         # socket buffer beyond the 16 KiB head limit was ever accepted.
-        assert max(accepted) < 1024 * 1024
+        assert max(hold.accepted) < 1024 * 1024
         text = d.metrics()
         assert 'gpucarbon_web_connections_closed_total{reason="oversized"}' in text
     finally:
@@ -129,48 +70,15 @@ def test_slowloris_idle_and_half_sent_connections_are_closed(tmp_path):
     d = Daemon(tmp_path, "--simulate", "--poll.interval=500ms")
     try:
         d.wait_ready()
-
-        async def attack() -> tuple[int, int, float, int]:
-            conns = [
-                c
-                for c in await asyncio.gather(*(_open(d.port, f"127.0.0.{2 + i // 20}") for i in range(200)))
-                if c is not None
-            ]
-            for i, (_, writer) in enumerate(conns):
-                if i % 2:  # half of them send a partial request, the rest nothing at all
-                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\nX-Slow: ")
-
-            async def trickle() -> None:  # one byte every second keeps a naive server waiting
-                for _ in range(20):
-                    await asyncio.sleep(1)
-                    for i, (_, writer) in enumerate(conns):
-                        if i % 2 and not writer.is_closing():
-                            try:
-                                writer.write(b"a")
-                            except (ConnectionError, OSError):
-                                pass
-
-            trickler = asyncio.create_task(trickle())
-            start = time.monotonic()
-            await asyncio.sleep(2)
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.99", 0))) as s:
-                async with s.get(d.url + "/metrics") as resp:
-                    scraper_status = resp.status
-            closed_at = await asyncio.gather(*(_closed_by_server(r, 30) for r, _ in conns))
-            trickler.cancel()
-            for _, writer in conns:
-                writer.close()
-            closed = [t - start for t in closed_at if t is not None]
-            return len(conns), len(closed), max(closed, default=0.0), scraper_status
-
-        opened, closed, slowest, scraper_status = asyncio.run(attack())
+        result = asyncio.run(slowloris(d.url, d.port, connections=200, addresses=10, wait_s=30))
+        slowest = max(result.closed_after_s, default=0.0)
         print(
-            f"slowloris: {opened} connections accepted by the kernel, {closed} closed by the server, "
-            f"the last after {slowest:.1f}s; scraper from another address got {scraper_status}"
+            f"slowloris: {result.opened} connections accepted by the kernel, {len(result.closed_after_s)} closed "
+            f"by the server, the last after {slowest:.1f}s; scraper from another address got {result.scraper_status}"
         )
-        assert closed == opened, f"{opened - closed} connections still open after 30 s"
+        assert len(result.closed_after_s) == result.opened, "connections still open after 30 s"
         assert slowest < 15.0, "closed later than the 10 s request timeout (+5 s slack)"
-        assert scraper_status == 200
+        assert result.scraper_status == 200
         text = d.metrics()
         assert 'gpucarbon_web_connections_closed_total{reason="timed_out"}' in text
         assert 'gpucarbon_web_connections_closed_total{reason="refused"}' in text
@@ -187,64 +95,28 @@ def test_bcrypt_flood_does_not_starve_a_valid_scraper(tmp_path):
     Now: 64 workers from 4 addresses flood for the whole run; a valid scraper
     from another address, on a freshly started daemon (nothing cached), gets in
     on its first try and on (nearly) every try."""
-    password = b"correct-horse"
-    hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=10)).decode()
+    password = "correct-horse"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
     d = Daemon(tmp_path, "--simulate", "--poll.interval=500ms", f"--web.config.file={web}")
-    good = "Basic " + base64.b64encode(b"prometheus:" + password).decode()
     try:
         d.wait_ready()
-
-        async def run() -> tuple[list[tuple[float, int]], dict[int, int]]:
-            stop = asyncio.Event()
-            counter = itertools.count()
-            flood_statuses: dict[int, int] = {}
-
-            async def flooder(source: str) -> None:
-                connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
-                async with aiohttp.ClientSession(connector=connector) as s:
-                    while not stop.is_set():
-                        guess = f"prometheus:guess-{source}-{next(counter)}".encode()  # a new guess every time
-                        bad = "Basic " + base64.b64encode(guess).decode()
-                        try:
-                            async with s.get(d.url + "/metrics", headers={"Authorization": bad}) as r:
-                                flood_statuses[r.status] = flood_statuses.get(r.status, 0) + 1
-                        except (aiohttp.ClientError, OSError):
-                            flood_statuses[0] = flood_statuses.get(0, 0) + 1
-                            await asyncio.sleep(0.01)
-
-            flood = [asyncio.create_task(flooder(f"127.0.0.{2 + i % 4}")) for i in range(64)]
-            await asyncio.sleep(6)  # the flood is at full strength before the scraper's first try
-            tries: list[tuple[float, int]] = []
-            connector = aiohttp.TCPConnector(local_addr=("127.0.0.99", 0), force_close=True)
-            async with aiohttp.ClientSession(connector=connector) as s:
-                for _ in range(20):
-                    t0 = time.monotonic()
-                    try:
-                        async with s.get(
-                            d.url + "/metrics", headers={"Authorization": good}, timeout=aiohttp.ClientTimeout(total=10)
-                        ) as r:
-                            tries.append((time.monotonic() - t0, r.status))
-                    except (TimeoutError, aiohttp.ClientError):
-                        tries.append((time.monotonic() - t0, 0))
-                    await asyncio.sleep(0.25)
-            stop.set()
-            await asyncio.gather(*flood, return_exceptions=True)
-            return tries, flood_statuses
-
-        tries, flood_statuses = asyncio.run(run())
-        ok = [t for t, status in tries if status == 200]
+        flood = asyncio.run(
+            bcrypt_flood(d.url, basic_auth("prometheus", password), flooders=64, addresses=4, warmup_s=6)
+        )
+        tries, first = flood.tries, flood.tries[0]
+        ok = [t for t in tries if t.status == 200]
         print(
             f"bcrypt flood: valid scraper {len(ok)}/{len(tries)} ok, first (uncached) try answered "
-            f"{tries[0][1]} in {tries[0][0]:.2f}s; flood responses {flood_statuses}"
+            f"{first.status} in {first.took_s:.2f}s; flood responses {flood.flood_statuses}"
         )
         assert len(ok) >= 19, tries
-        assert tries[0][1] == 200, f"first try refused: {tries[:3]}"
+        assert first.status == 200, f"first try refused: {tries[:3]}"
         # A few bcrypt checks at most (cost 10: ~0.1-0.4 s each on a busy 2-core box),
         # not the whole queue of guesses.
-        assert tries[0][0] < 3.0, f"first try took {tries[0][0]:.1f}s"
-        assert sum(flood_statuses.get(code, 0) for code in (401, 429, 503)) > 100, "the flood did not run"
+        assert first.took_s < 3.0, f"first try took {first.took_s:.1f}s"
+        assert sum(flood.flood_statuses.get(code, 0) for code in (401, 429, 503)) > 100, "the flood did not run"
     finally:
         d.stop()
 
@@ -280,7 +152,8 @@ def test_server_header_has_no_version_and_400s_get_headers_without_echo(tmp_path
         assert b"aiohttp" not in reply
         too_many = b"".join(b"X-%d: 1\r\n" % i for i in range(100))
         reply = _raw(d.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + too_many + b"\r\n")
-        assert b" 400 " in reply.split(b"\r\n")[0] or reply == b"", reply[:200]
+        assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), reply[:200]  # RFC 6585 5
+        assert b"X-Content-Type-Options: nosniff" in reply
     finally:
         d.stop()
 

@@ -9,7 +9,6 @@ import base64
 import datetime
 import ipaddress
 import os
-import socket
 import ssl
 import sys
 import tempfile
@@ -24,7 +23,6 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +32,8 @@ from hypothesis import strategies as st
 
 from gpucarbon.errors import SetupError
 from gpucarbon.exporter import webconfig
+from gpucarbon.exporter.request import Request, Response, text_response
+from gpucarbon.exporter.server import HttpServer
 from gpucarbon.exporter.webconfig import ClientAuth, WebConfigError, auth_middleware, load_web_config
 
 PASSWORD = "correct horse ☃"
@@ -184,27 +184,23 @@ def client_context(
 async def serve(config: webconfig.WebConfig, **middleware_args: object) -> AsyncIterator[str]:
     """Serve /metrics and /healthz with the config's TLS and auth; yield the base URL."""
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text="gpu_energy_joules_total 1\n")
+    async def metrics(_: Request) -> Response:
+        return text_response("gpu_energy_joules_total 1\n")
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def healthz(_: Request) -> Response:
+        return text_response("ok\n")
 
-    app = web.Application(middlewares=[auth_middleware(config, **middleware_args)])
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    site = web.SockSite(runner, sock, ssl_context=config.ssl_context())
-    await site.start()
+    server = HttpServer(
+        {"/metrics": metrics, "/healthz": healthz},
+        middlewares=[auth_middleware(config, **middleware_args)],
+        ssl_context=config.ssl_context(),
+    )
+    await server.start("127.0.0.1", 0)
     scheme = "https" if config.tls else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{server.port}"
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def get(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 
 import pytest
 from fakes.apiserver import FakeApiServer, Fault, make_namespace, make_pod, owner
+from procs import eventually
 
 from gpucarbon.backoff import Backoff
 from gpucarbon.clock import ManualClock
@@ -24,15 +24,6 @@ CID2 = "cri-o://" + "b" * 64
 UID1 = "11111111-aaaa-bbbb-cccc-000000000001"
 UID2 = "11111111-aaaa-bbbb-cccc-000000000002"
 UID3 = "11111111-aaaa-bbbb-cccc-000000000003"
-
-
-async def eventually(check: Callable[[], object], timeout: float = 15.0) -> None:
-    """Polls every 10 ms; the generous timeout only matters on a loaded machine."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -10,18 +10,18 @@ import os
 
 import bcrypt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from served import served
 from test_exporter import fixed_snapshot
 
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.cli import _web_warnings
 from gpucarbon.config import CarbonConfig, Config, IntensityConfig, StateConfig
 from gpucarbon.exporter.certificate import not_after
-from gpucarbon.exporter.http import build_app
+from gpucarbon.exporter.http import build_server
 from gpucarbon.exporter.webconfig import load_web_config
 from gpucarbon.simulation.scenario import DEMO, load_scenario
 
@@ -108,8 +108,8 @@ async def test_certificate_expiry_is_warned_within_14_days_and_exported(tmp_path
     expiry = _web_warnings(web)
     lines = [w for w in warnings(caplog) if "TLS certificate" in w]
     assert (lines == []) if expect is None else (len(lines) == 1 and expect in lines[0])
-    app = build_app(latest=fixed_snapshot, healthy=lambda: True, certificate_expiry=expiry)
-    async with TestClient(TestServer(app)) as client:
+    server = build_server(latest=fixed_snapshot, healthy=lambda: True, certificate_expiry=expiry)
+    async with served(server) as client:
         text = await (await client.get("/metrics")).text()
     line = next(
         line for line in text.splitlines() if line.startswith("gpucarbon_web_tls_certificate_expiry_timestamp_seconds ")

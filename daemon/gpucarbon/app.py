@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from gpucarbon.accounting import Accountant, Rates
 from gpucarbon.attribution.energy import EnergyMeters
 from gpucarbon.attribution.idle import IdleModel
@@ -31,8 +29,9 @@ from gpucarbon.config import Config, ReceiptSettings, SlurmConfig
 from gpucarbon.device.model import GpuBackend
 from gpucarbon.device.reader import GpuReader
 from gpucarbon.errors import ListenError, SetupError, require_extra
-from gpucarbon.exporter.http import AuthFailures, build_app, parse_listen_address, render_text
-from gpucarbon.exporter.listener import ConnectionCounts, GuardedSite
+from gpucarbon.exporter.http import AuthFailures, build_server, json_handler, parse_listen_address, render_text
+from gpucarbon.exporter.listener import ConnectionCounts
+from gpucarbon.exporter.server import HttpServer
 from gpucarbon.fileperms import warn_if_world_readable, warn_if_writable_by_others
 from gpucarbon.identity.devices import GpuInventory, inventory_of
 from gpucarbon.identity.model import AllocationSource
@@ -42,7 +41,7 @@ from gpucarbon.identity.slurm import SlurmAllocations, SlurmSource, minors_of
 from gpucarbon.ledger import Ledger
 from gpucarbon.poller import Poller
 from gpucarbon.receipts.api import PATH as RECEIPTS_PATH
-from gpucarbon.receipts.api import receipts_handler
+from gpucarbon.receipts.api import receipts_query
 from gpucarbon.receipts.dispatcher import ReceiptDispatcher
 from gpucarbon.receipts.kubernetes import KubernetesRunStatus
 from gpucarbon.receipts.model import Owner
@@ -517,32 +516,24 @@ async def serve(
     bounded shutdown."""
     opts = daemon.options
     address = parse_listen_address(opts.listen_address)
-    connections = ConnectionCounts()
-    routes = ((RECEIPTS_PATH, receipts_handler(daemon.receipts.dispatcher.ring)),) if daemon.receipts else ()
-    app = build_app(
+    routes = (
+        ((RECEIPTS_PATH, json_handler(receipts_query(daemon.receipts.dispatcher.ring))),) if daemon.receipts else ()
+    )
+    server = build_server(
         latest=daemon.poller.latest,
         healthy=daemon.healthy,
         telemetry_path=opts.telemetry_path,
         middlewares=middlewares,
         auth_failures=auth_failures,
-        connections=connections,
+        connections=ConnectionCounts(),
         certificate_expiry=certificate_expiry,
         routes=routes,
-    )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = GuardedSite(
-        runner,
-        address.host,
-        address.port,
         ssl_context=ssl_context,
-        counts=connections,
         security_headers=security_headers,
     )
     try:
-        await site.start()
+        await server.start(address.host, address.port)
     except OSError as err:
-        await runner.cleanup()
         raise _listen_error(opts.listen_address, err) from None
     gpus = f"simulated GPUs: {opts.scenario.source}" if opts.scenario is not None else "GPUs through NVML"
     log.info("listening on %s%s (%s)", opts.listen_address, opts.telemetry_path, gpus)
@@ -556,7 +547,7 @@ async def serve(
     await stop.wait()
     log.info("shutting down")
     try:
-        await asyncio.wait_for(_shutdown(daemon, tasks, runner), timeout=SHUTDOWN_GRACE_S)
+        await asyncio.wait_for(_shutdown(daemon, tasks, server), timeout=SHUTDOWN_GRACE_S)
     except TimeoutError:
         log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_S)
     return 0
@@ -581,7 +572,7 @@ def _on_sighup() -> None:
     log.info("SIGHUP ignored: configuration is read at start; restart the daemon to apply changes")
 
 
-async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
+async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], server: HttpServer) -> None:
     """Stop polling, take a final poll so the last interval is booked, save
     the checkpoint, then close services and the listener."""
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -589,7 +580,7 @@ async def _shutdown(daemon: Daemon, tasks: list[asyncio.Task], runner: web.AppRu
     if daemon.checkpointer is not None:
         await daemon.checkpointer.save()
     await _close_services(daemon)
-    await runner.cleanup()
+    await server.close()
 
 
 async def _start_services(daemon: Daemon) -> None:

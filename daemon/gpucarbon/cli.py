@@ -202,7 +202,7 @@ class _WebSecurity:
 
     middlewares: tuple = ()
     ssl_context: object = None
-    headers: dict[str, str] = field(default_factory=dict)  # also on aiohttp's own 400s
+    headers: dict[str, str] = field(default_factory=dict)  # also on the server's own 400s
     certificate_expiry: float | None = None  # Unix s, exported as a gauge
 
 

@@ -24,9 +24,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
+if TYPE_CHECKING:  # the HTTP client loads with the first refresh, not with the daemon
+    import aiohttp
 
 from gpucarbon.backoff import Backoff
 from gpucarbon.carbon.model import IntensityReading, ProviderHealth
@@ -226,6 +227,8 @@ class RefreshingProvider:
             self._cycle_ended = True
 
     async def _refresh_cycle(self) -> bool:
+        import aiohttp
+
         session = self._ensure_session()
         timeout = aiohttp.ClientTimeout(total=self._policy.timeout_s)
         for attempt in range(1, self._policy.max_attempts + 1):
@@ -249,6 +252,8 @@ class RefreshingProvider:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession()
             self._owns_session = True
         return self._session

@@ -1,4 +1,4 @@
-"""A prometheus-client custom collector that renders the latest snapshot.
+"""The daemon's metric families, built from the latest snapshot.
 
 It never calls NVML or Kubernetes: collect() only reads an immutable snapshot,
 so a scrape costs the same however slow the GPUs or the API server are.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Protocol
-
-from prometheus_client.core import Metric
 
 from gpucarbon import __version__
 from gpucarbon.exporter.exposition import Family
@@ -37,16 +35,8 @@ class SnapshotCollector:
         self._connections = connections  # closed by the listener, by reason (exporter/listener.py)
         self._certificate_expiry = certificate_expiry  # Unix s, read at start (exporter/certificate.py)
 
-    def describe(self) -> list[Metric]:
-        return []  # families vary with the snapshot; skip describe-time collection
-
-    def collect(self) -> Iterator[Metric]:
-        """client_python's collector interface (a registry, generate_latest)."""
-        for family in self.families():
-            yield family.to_metric()
-
     def families(self) -> Iterator[Family]:
-        """The same families for exposition.TextWriter, the /metrics path."""
+        """Every family, in exposition order, for exposition.TextWriter."""
         snap = self._latest()
         yield from _self_metrics(snap)
         yield from _gpu_metrics(snap)

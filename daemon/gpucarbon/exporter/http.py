@@ -1,4 +1,5 @@
-"""HTTP front: /metrics, /healthz, /readyz and a landing page, on aiohttp.
+"""HTTP front: /metrics, /healthz, /readyz and a landing page, as routes of
+exporter/server.py's HttpServer.
 
 The exposition is rendered at most once per snapshot (and gzipped at most once):
 scrapes between two polls are served from bytes, so fifty scrapers cost what one
@@ -9,20 +10,19 @@ from __future__ import annotations
 
 import gzip
 import html
+import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.process_collector import ProcessCollector
+from itertools import chain
 
 from gpucarbon import __version__
 from gpucarbon.exporter.collector import ReasonCounts, SnapshotCollector
 from gpucarbon.exporter.exposition import TextWriter
-from gpucarbon.exporter.listener import request_guard_middleware
+from gpucarbon.exporter.listener import ConnectionCounts
+from gpucarbon.exporter.process import ProcessFamilies
+from gpucarbon.exporter.request import Request, Response, text_response
+from gpucarbon.exporter.server import Handler, HttpServer, Middleware
 from gpucarbon.labels import ANY_LABEL_MAX_LEN, is_clean_label_value, sanitise_label_value
 from gpucarbon.snapshot import Snapshot
 
@@ -63,31 +63,6 @@ class AuthFailures:
         return tuple(sorted(self._counts.items()))
 
 
-class _SanitisedLabels:
-    """Every label value of a collector's samples through the one sanitiser,
-    as the last line of defence: sources sanitise what they store, but a value
-    that slipped through (a lone surrogate would make every scrape a 500) is
-    cleaned here rather than served or failed. Clean values cost one C-speed
-    check; only a dirty family is rebuilt."""
-
-    def __init__(self, inner: SnapshotCollector) -> None:
-        self._inner = inner
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        for metric in self._inner.collect():
-            if not all(_clean(value) for sample in metric.samples for value in sample.labels.values()):
-                metric.samples = [
-                    sample._replace(
-                        labels={k: sanitise_label_value(v, ANY_LABEL_MAX_LEN) for k, v in sample.labels.items()}
-                    )
-                    for sample in metric.samples
-                ]
-            yield metric
-
-
 def _clean(value: str) -> bool:
     return is_clean_label_value(value, ANY_LABEL_MAX_LEN)
 
@@ -96,23 +71,10 @@ def _sanitised(value: str) -> str:
     return value if _clean(value) else sanitise_label_value(value, ANY_LABEL_MAX_LEN)
 
 
-def build_registry(
-    latest: Callable[[], Snapshot],
-    auth_failures: AuthFailures | None = None,
-    connections: ReasonCounts | None = None,
-    certificate_expiry: float | None = None,
-) -> CollectorRegistry:
-    """client_python's view of the same metrics (the reference the writer is tested against)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SanitisedLabels(SnapshotCollector(latest, auth_failures, connections, certificate_expiry)))
-    registry.register(ProcessCollector(registry=None))
-    return registry
-
-
 class Exposition:
-    """The daemon's families through the fast TextWriter (label values through
-    the one sanitiser, checked once per series while it lives), then the
-    process_* families (a handful, read from /proc) through client_python."""
+    """The daemon's families and the process_* ones through the fast
+    TextWriter, label values through the one sanitiser (checked once per
+    series while it lives)."""
 
     def __init__(
         self,
@@ -123,11 +85,10 @@ class Exposition:
     ) -> None:
         self._collector = SnapshotCollector(latest, auth_failures, connections, certificate_expiry)
         self._writer = TextWriter(sanitise=_sanitised)
-        self._process = CollectorRegistry(auto_describe=False)
-        self._process.register(ProcessCollector(registry=None))
+        self._process = ProcessFamilies()
 
     def render(self) -> bytes:
-        return self._writer.render(self._collector.families()) + generate_latest(self._process)
+        return self._writer.render(chain(self._collector.families(), self._process.families()))
 
 
 class _RenderCache:
@@ -151,37 +112,42 @@ class _RenderCache:
         return self._gzipped, True
 
 
-def build_app(
+def build_server(
     *,
     latest: Callable[[], Snapshot],
     healthy: Callable[[], bool],
     telemetry_path: str = "/metrics",
-    middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
+    middlewares: Sequence[Middleware] = (),
     auth_failures: AuthFailures | None = None,
-    connections: ReasonCounts | None = None,
+    connections: ConnectionCounts | None = None,
     certificate_expiry: float | None = None,
-    routes: tuple[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (),
-) -> web.Application:
+    routes: tuple[tuple[str, Handler], ...] = (),
+    ssl_context: ssl.SSLContext | None = None,
+    security_headers: Mapping[str, str] | None = None,
+) -> HttpServer:
+    """The daemon's HTTP server, not yet listening (HttpServer.start)."""
+    connections = connections or ConnectionCounts()
     cache = _RenderCache(Exposition(latest, auth_failures, connections, certificate_expiry), latest)
 
-    async def metrics(request: web.Request) -> web.Response:
-        want_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
-        body, gzipped = cache.get(want_gzip)
-        headers = {"Content-Encoding": "gzip"} if gzipped else {}
-        return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT, **headers})
+    async def metrics(request: Request) -> Response:
+        body, gzipped = cache.get(accepts_gzip(request.headers.get("accept-encoding", "")))
+        headers = (
+            (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")) if gzipped else (("Vary", "Accept-Encoding"),)
+        )
+        return Response(200, body, TEXT_FORMAT, headers)
 
-    async def healthz(_: web.Request) -> web.Response:
+    async def healthz(_: Request) -> Response:
         ok = healthy()
-        return web.Response(text="ok\n" if ok else "poll loop stalled\n", status=200 if ok else 503)
+        return text_response("ok\n" if ok else "poll loop stalled\n", 200 if ok else 503)
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(_: Request) -> Response:
         snap = latest()
         if snap.ready:
-            return web.Response(text="ready\n")
+            return text_response("ready\n")
         reason = snap.nvml_reason or "first complete poll not done yet"
-        return web.Response(text=f"not ready: {reason}\n", status=503)
+        return text_response(f"not ready: {reason}\n", 503)
 
-    async def landing(_: web.Request) -> web.Response:
+    async def landing(_: Request) -> Response:
         path = html.escape(telemetry_path)
         page = (
             f"<html><head><title>gpu-carbon-exporter</title></head><body>"
@@ -189,19 +155,45 @@ def build_app(
             f'<p><a href="{path}">Metrics</a> · <a href="/healthz">Health</a> · '
             f'<a href="/readyz">Readiness</a></p></body></html>'
         )
-        return web.Response(text=page, content_type="text/html")
+        return Response(200, page.encode("utf-8"), "text/html; charset=utf-8")
 
-    # The guard comes first: it times requests and names the server on every
-    # response, including the refusals the auth middleware makes.
-    app = web.Application(middlewares=[request_guard_middleware, *middlewares])
-    app.router.add_get(telemetry_path, metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    for path, handler in routes:  # e.g. /api/v1/receipts, behind the same middlewares
-        app.router.add_get(path, handler)
+    table: dict[str, Handler] = {telemetry_path: metrics, "/healthz": healthz, "/readyz": readyz}
+    table.update(routes)  # e.g. /api/v1/receipts, behind the same middlewares
     if telemetry_path != "/":
-        app.router.add_get("/", landing)
-    return app
+        table["/"] = landing
+    return HttpServer(
+        table,
+        middlewares=middlewares,
+        counts=connections,
+        security_headers=security_headers,
+        ssl_context=ssl_context,
+    )
+
+
+def json_handler(answer: Callable[[Mapping[str, str]], tuple[int, bytes]]) -> Handler:
+    """A route from a function of the query string to (status, JSON bytes)."""
+
+    async def handler(request: Request) -> Response:
+        status, body = answer(request.query)
+        return Response(status, body, "application/json; charset=utf-8")
+
+    return handler
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """RFC 9110 12.5.3: gzip (or *) listed without q=0."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        name, _, value = params.strip().partition("=")
+        if name.strip().lower() != "q":
+            return True
+        try:
+            return float(value) > 0
+        except ValueError:
+            return False
+    return False
 
 
 def render_text(latest: Callable[[], Snapshot]) -> str:

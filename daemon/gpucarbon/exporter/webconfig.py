@@ -18,7 +18,8 @@ Deviations from the Go implementation, each deliberate (see docs/security.md):
 - Python's ssl module cannot ask for a client certificate without verifying it,
   so `RequestClientCert` does not ask (the certificate would not be used) and
   `RequireAnyClientCert` needs `client_ca_file` and verifies against it;
-- `http2` is accepted and ignored: aiohttp serves HTTP/1.1 only;
+- `http2` is accepted and ignored: the daemon's server (exporter/server.py)
+  speaks HTTP/1.1 only;
 - `auth_middleware(exempt_paths=...)` lets health probes through without basic
   auth, because a kubelet probe cannot send credentials.
 """
@@ -46,9 +47,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from aiohttp import web
 
 from gpucarbon.errors import GpuCarbonError, require_extra
+from gpucarbon.exporter.request import Request, Response, text_response
+from gpucarbon.exporter.server import Handler, Middleware
 from gpucarbon.yamlcheck import YAML_ERRORS, key_text, show
 
 # A web config is a few hundred bytes; anything this large is not one, and
@@ -557,8 +559,6 @@ def _parse_users(raw: object, where: _Where, notes: list[str]) -> dict[str, byte
 # ------------------------------------------------------------------ basic auth
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 # Failure reasons passed to `on_failure`, for a metric label.
 FAILURE_MISSING = "missing"  # no Authorization header
 FAILURE_MALFORMED = "malformed"  # not "Basic base64(user:password)" in UTF-8
@@ -825,9 +825,9 @@ def auth_middleware(
     on_failure: Callable[[str], None] | None = None,
     cache_size: int = 256,
     max_pending_checks: int = 32,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """aiohttp middleware enforcing `basic_auth_users` and adding the configured
-    response headers.
+) -> Middleware:
+    """Middleware (exporter/server.py) enforcing `basic_auth_users` and adding
+    the configured response headers.
 
     `exempt_paths`: exact request paths served without basic auth (TLS and client
     certificates still apply: they are enforced by the listener). Meant for
@@ -847,39 +847,25 @@ def auth_middleware(
         else None
     )
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            if authenticator is not None and request.path not in exempt:
-                failure = await authenticator.check(request.headers.get("Authorization"), request.remote or "")
-                if failure is not None:
-                    if on_failure is not None:
-                        on_failure(failure)
-                    return _with_headers(_refusal(failure), headers)
-            response = await handler(request)
-        except web.HTTPException as exc:  # 404s and friends get the headers too
-            exc.headers.update(headers)
-            raise
-        return _with_headers(response, headers)
+    async def middleware(request: Request, handler: Handler) -> Response:
+        if authenticator is not None and request.path not in exempt:
+            failure = await authenticator.check(request.headers.get("authorization"), request.remote)
+            if failure is not None:
+                if on_failure is not None:
+                    on_failure(failure)
+                return _refusal(failure).with_headers(headers)
+        return (await handler(request)).with_headers(headers)  # 404s and 405s included
 
     return middleware
 
 
-def _refusal(failure: str) -> web.Response:
+def _refusal(failure: str) -> Response:
     if failure == FAILURE_THROTTLED:
-        return web.Response(
-            status=429,
-            text="Too many failed authentication attempts\n",
-            headers={"Retry-After": "1", "WWW-Authenticate": _REALM_HEADER},
+        return text_response(
+            "Too many failed authentication attempts\n",
+            429,
+            {"Retry-After": "1", "WWW-Authenticate": _REALM_HEADER},
         )
     if failure == FAILURE_OVERLOADED:
-        return web.Response(
-            status=503, text="Too many authentication checks in progress\n", headers={"Retry-After": "1"}
-        )
-    return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": _REALM_HEADER})
-
-
-def _with_headers(response: web.StreamResponse, headers: Mapping[str, str]) -> web.StreamResponse:
-    if not response.prepared:  # a streamed response has already sent its headers
-        response.headers.update(headers)
-    return response
+        return text_response("Too many authentication checks in progress\n", 503, {"Retry-After": "1"})
+    return text_response("Unauthorized\n", 401, {"WWW-Authenticate": _REALM_HEADER})

@@ -2,13 +2,13 @@
 {"receipts": [...]}; `?since=<RFC 3339>` keeps those finished at or after it,
 `?limit=N` (1..10000) the first N of those (the newest N without `since`).
 Served behind the same TLS and basic auth as /metrics (the auth middleware
-guards every path but the probes)."""
+guards every path but the probes); app.py mounts it as a route, so this module
+knows no HTTP server."""
 
 from __future__ import annotations
 
 import json
-
-from aiohttp import web
+from collections.abc import Callable, Mapping
 
 from gpucarbon.receipts.model import parse_rfc3339
 from gpucarbon.receipts.store import ReceiptRing
@@ -17,17 +17,19 @@ PATH = "/api/v1/receipts"
 MAX_LIMIT = 10_000
 
 
-def receipts_handler(ring: ReceiptRing):
-    async def handler(request: web.Request) -> web.Response:
-        try:
-            since = _since(request.query.get("since"))
-            limit = _limit(request.query.get("limit"))
-        except ValueError as err:
-            return web.json_response({"error": str(err)}, status=400)
-        body = json.dumps({"receipts": ring.list(since=since, limit=limit)}, separators=(",", ":"))
-        return web.Response(text=body, content_type="application/json")
+def receipts_query(ring: ReceiptRing) -> Callable[[Mapping[str, str]], tuple[int, bytes]]:
+    """query string -> (HTTP status, JSON body)."""
 
-    return handler
+    def answer(query: Mapping[str, str]) -> tuple[int, bytes]:
+        try:
+            since = _since(query.get("since"))
+            limit = _limit(query.get("limit"))
+        except ValueError as err:
+            return 400, json.dumps({"error": str(err)}).encode("utf-8")
+        body = json.dumps({"receipts": ring.list(since=since, limit=limit)}, separators=(",", ":"))
+        return 200, body.encode("utf-8")
+
+    return answer
 
 
 def _since(text: str | None) -> float | None:

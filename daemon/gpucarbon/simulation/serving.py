@@ -33,9 +33,10 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
+if TYPE_CHECKING:  # aiohttp's server loads only when --simulate.serving-address is given
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,8 @@ class ServingListener:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
+        from aiohttp import web
+
         async def metrics(_: web.Request) -> web.Response:
             text = render(self._pods, self._sim_time(), self._created)
             return web.Response(body=text.encode(), headers={"Content-Type": TEXT_FORMAT})
@@ -398,6 +401,8 @@ class ServingListener:
         return app
 
     async def start(self) -> None:
+        from aiohttp import web
+
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host=self._host, port=self._port)

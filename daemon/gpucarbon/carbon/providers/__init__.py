@@ -3,6 +3,9 @@
 Every provider answers `current()` without I/O (the seam in
 `gpucarbon.carbon.model`), `health()` for the exporter, and async `start()` /
 `close()` for the app's lifecycle (no-ops for `static` and `table`).
+
+The live sources' modules (and aiohttp's client with them) are imported only
+when one is configured: the default `table` source costs no HTTP client.
 """
 
 from __future__ import annotations
@@ -10,17 +13,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from gpucarbon.carbon.model import IntensityReading
-from gpucarbon.carbon.providers import electricitymaps, uk_carbon_intensity, watttime
-from gpucarbon.carbon.providers.electricitymaps import ElectricityMapsFetcher
 from gpucarbon.carbon.providers.secrets import SecretError, SecretSource
 from gpucarbon.carbon.providers.static import StaticProvider
-from gpucarbon.carbon.providers.uk_carbon_intensity import UkCarbonIntensityFetcher
-from gpucarbon.carbon.providers.watttime import WattTimeFetcher
 from gpucarbon.carbon.refresh import (
     DEFAULT_STALE_AFTER_S,
     DEFAULT_TIMEOUT_S,
@@ -35,12 +32,10 @@ from gpucarbon.carbon.table import IntensityTable, TableProvider, load_bundled_t
 from gpucarbon.config import INTENSITY_SOURCES
 from gpucarbon.errors import GpuCarbonError
 
+if TYPE_CHECKING:
+    import aiohttp
+
 SOURCES = INTENSITY_SOURCES  # the config validates the same names
-DEFAULT_INTERVALS_S = {
-    "electricitymaps": electricitymaps.DEFAULT_INTERVAL_S,
-    "watttime": watttime.DEFAULT_INTERVAL_S,
-    "uk-carbon-intensity": uk_carbon_intensity.DEFAULT_INTERVAL_S,
-}
 
 
 class ProviderConfigError(GpuCarbonError, ValueError):
@@ -104,7 +99,7 @@ def build_provider(
     if source == "table":
         return table_provider
     try:
-        fetcher = _build_fetcher(
+        fetcher, default_interval_s = _build_fetcher(
             source,
             zone,
             region=region,
@@ -117,7 +112,7 @@ def build_provider(
             clock=clock,
         )
         policy = RefreshPolicy(
-            interval_s=refresh_s or DEFAULT_INTERVALS_S[source], timeout_s=timeout_s, stale_after_s=stale_after_s
+            interval_s=refresh_s or default_interval_s, timeout_s=timeout_s, stale_after_s=stale_after_s
         )
     except (SecretError, ValueError) as error:
         raise ProviderConfigError(f"carbon.intensity ({source}): {error}") from None
@@ -138,12 +133,19 @@ def _build_fetcher(
     password_env: str | None,
     signal_type: str,
     clock: WallClock,
-) -> Fetcher:
+) -> tuple[Fetcher, float]:
+    """The source's fetcher and its default refresh interval, s."""
     if source == "electricitymaps":
+        from gpucarbon.carbon.providers import electricitymaps
+
         token = SecretSource("electricitymaps token", env=token_env, file=token_file)
         token.read()  # fail at startup, not at the first refresh
-        return ElectricityMapsFetcher(region or zone, token, base_url)
+        return electricitymaps.ElectricityMapsFetcher(
+            region or zone, token, base_url
+        ), electricitymaps.DEFAULT_INTERVAL_S
     if source == "watttime":
+        from gpucarbon.carbon.providers import watttime
+
         if not region:
             raise ValueError("region is required (a WattTime region such as CAISO_NORTH)")
         if not username_env:
@@ -152,8 +154,13 @@ def _build_fetcher(
         password = SecretSource("watttime password", env=password_env, file=token_file)
         username.read()
         password.read()
-        return WattTimeFetcher(region, username, password, base_url=base_url, signal_type=signal_type, clock=clock)
-    return UkCarbonIntensityFetcher(region, base_url)
+        fetcher = watttime.WattTimeFetcher(
+            region, username, password, base_url=base_url, signal_type=signal_type, clock=clock
+        )
+        return fetcher, watttime.DEFAULT_INTERVAL_S
+    from gpucarbon.carbon.providers import uk_carbon_intensity
+
+    return uk_carbon_intensity.UkCarbonIntensityFetcher(region, base_url), uk_carbon_intensity.DEFAULT_INTERVAL_S
 
 
 __all__ = [
