@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpucarbon.attribution.policy import split_exact, split_interval
+from gpucarbon.attribution.policy import EQUAL_FAST_MAX, largest_remainder, split_exact, split_interval
 
 
 @given(total=st.integers(0, 10**12), weights=st.lists(st.floats(0, 1e6), min_size=1, max_size=50))
@@ -77,3 +77,15 @@ def test_negative_inputs_are_rejected():
         split_exact(-1, [1])
     with pytest.raises(ValueError):
         split_interval(-5, 0, ["a"], {})
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    total=st.one_of(st.integers(0, 10_000), st.integers(0, EQUAL_FAST_MAX)),
+    count=st.integers(1, 70),
+    weight=st.one_of(st.sampled_from([0.0, 0.1, 1 / 3, 1.0, 7.5, 1e-300]), st.floats(0.0, 1e6)),
+)
+def test_equal_weights_fast_path_matches_the_largest_remainder_exactly(total, count, weight):
+    """split_exact splits equal weights by divmod; the general method must
+    give the same integers (output never changed by the fast path)."""
+    assert split_exact(total, [weight] * count) == largest_remainder(total, [weight] * count)

@@ -141,3 +141,39 @@ def test_metadata_that_makes_two_series_equal_merges_them():
     ledger.book(charge("G", 500, [b_late]), now=1)
     assert len(ledger.workloads) == 1
     assert per_gpu_sum(ledger, "G") == (1000, 1000)
+
+
+def holding(ledger):
+    return {key: (e.holding, e.power_w) for key, e in ledger.workloads.items()}
+
+
+def test_a_booking_releases_exactly_the_gpus_former_holders():
+    """Holding and power follow the last interval of each GPU only: a series
+    left out is released with power 0, one booked again keeps holding, other
+    GPUs' series are untouched; a read gap and a restore release everyone."""
+    ledger = Ledger(max_workload_series=3, default_team="unassigned")
+    a, b, c, d = (Consumer(k, workload=f"Job/{k}") for k in "abcd")
+    ledger.book(charge("G0", 2000, [a, b]), now=0)
+    ledger.book(charge("G1", 3000, [a]), now=0)
+    ledger.book(charge("G0", 1000, [b]), now=1)
+    assert holding(ledger) == {("G0", "a"): (False, 0.0), ("G0", "b"): (True, 1.0), ("G1", "a"): (True, 3.0)}
+    ledger.book(charge("G0", 4000, [c, d]), now=2)  # the cap: c and d go to overflow, on G0
+    assert holding(ledger) == {
+        ("G0", "a"): (False, 0.0),
+        ("G0", "b"): (False, 0.0),
+        ("G1", "a"): (True, 3.0),
+        ("G0", OVERFLOW_KEY): (True, 2.0),
+    }
+    ledger.mark_gpu_gap("G1")
+    assert holding(ledger)[("G1", "a")] == (False, 0.0)
+    assert holding(ledger)[("G0", OVERFLOW_KEY)] == (True, 2.0)
+    ledger.book(charge("G0", 500, []), now=3)
+    assert not any(h for h, _ in holding(ledger).values())
+    ledger.book(charge("G1", 700, [a]), now=4)
+    ledger.restore(ledger.to_dict(), now=5)
+    assert not any(h for h, _ in holding(ledger).values()), "restored series hold nothing"
+    ledger.book(charge("G1", 900, [a]), now=6)
+    ledger.book(charge("G0", 100, [b]), now=6)
+    assert {k: v for k, v in holding(ledger).items() if v[0]} == {("G1", "a"): (True, 0.9), ("G0", "b"): (True, 0.1)}
+    ledger.book(charge("G1", 100, []), now=7)
+    assert holding(ledger)[("G1", "a")] == (False, 0.0), "released from the restored ledger's own entry"

@@ -108,6 +108,31 @@ async def test_stuck_gpu_does_not_stall_the_poll_or_pile_up_threads(clock):
         release.set()
 
 
+async def test_reads_never_queue_behind_other_gpus_hung_calls(clock):
+    """The reader's worker threads: one per GPU, so with all but one GPU hung
+    (each holding a thread) the last one is still read at once, every poll."""
+    gpus = [FakeGpu(f"GPU-stuck-{i}", i) for i in range(3)] + [FakeGpu("GPU-ok", 3, mj_per_read=100_000)]
+    backend = FakeGpuBackend.of(clock, *gpus)
+    releases = [backend.gpu(f"GPU-stuck-{i}").stuck() for i in range(3)]
+    poller = make_poller(backend, clock, timeout=0.2)
+    try:
+        for _ in range(3):
+            await poller.poll()
+            clock.advance(1.0)
+        assert backend.calls == {"GPU-stuck-0": 1, "GPU-stuck-1": 1, "GPU-stuck-2": 1, "GPU-ok": 3}
+        assert {g.uuid for g in poller.snapshot.gpus if g.up} == {"GPU-ok"}
+        assert poller.ledger.gpus["GPU-ok"].energy_mj == 200_000
+    finally:
+        for release in releases:
+            release.set()
+    for _ in range(50):  # the hung calls return: those GPUs are read again and come back
+        await poller.poll()
+        clock.advance(1.0)
+        if all(g.up for g in poller.snapshot.gpus):
+            break
+    assert all(g.up for g in poller.snapshot.gpus)
+
+
 async def test_missing_library_is_reported_and_retried(clock):
     backend = FakeGpuBackend.of(clock, FakeGpu("GPU-x", counter_mj=1), available=False)
     poller = make_poller(backend, clock)
@@ -224,3 +249,50 @@ async def test_zone_overrides_for_pue_and_price_follow_the_intensity_zone(clock)
     assert poller.snapshot.carbon.pue == 1.1 and poller.snapshot.carbon.currency == "USD"
     (workload,) = poller.snapshot.workloads
     assert workload.cost == pytest.approx(0.1 * 0.10)  # the zone's price, not the default 0.30
+
+
+async def test_workload_views_carry_each_ledger_figure_under_its_own_name(clock):
+    """snapshot.py builds the views by position for speed: every figure must
+    land in the field of its name (distinct numbers, so a swap shows)."""
+    sim = SimulatedNode.build(
+        parse_scenario("""
+gpus: [{model: G, idle_watts: 80, max_watts: 400}]
+workloads: [{namespace: v, pod: nb, container: c, workload: Job/nb, team: vision, gpus: [0], sm_util: 0.5}]
+"""),
+        clock,
+    )
+    poller = make_poller(sim, clock, idle_watts=80.0)
+    await poller.poll()
+    clock.advance(60.0)
+    await poller.poll()
+    (entry,) = poller.ledger.workloads.values()
+    entry.grams, entry.power_w, entry.held_s, entry.busy_s, entry.embodied_grams, entry.cost = (
+        1.5,
+        2.5,
+        3.5,
+        4.5,
+        5.5,
+        6.5,
+    )
+    entry.energy_mj, entry.idle_mj = 7_000, 8_000
+    view = poller.poller._publish(last_poll_wall=None).workloads[0]  # the same ledger, published again
+    c = entry.consumer
+    assert (view.gpu, view.namespace, view.pod, view.container, view.workload, view.team, view.key) == (
+        "0",
+        c.namespace,
+        c.pod,
+        c.container,
+        c.workload,
+        c.team,
+        c.key,
+    )
+    assert (view.grams, view.power_w, view.held_s, view.busy_s, view.embodied_grams, view.cost) == (
+        1.5,
+        2.5,
+        3.5,
+        4.5,
+        5.5,
+        6.5,
+    )
+    assert (view.energy_j, view.idle_j, view.holding, view.mig_instance, view.mig_uuid) == (7.0, 8.0, True, "", "")
+    assert view.uuid == sim.gpus.list_gpus()[0]

@@ -258,17 +258,20 @@ def price_charge(
     """One interval, every figure priced and split: what the ledger books."""
     dt = interval.dt_s
     embodied = split_embodied(embodied_grams, list(split.parts))
+    grams_per_mj, cost_per_mj, idle_parts = prices.grams_per_mj, prices.cost_per_mj, split.idle_parts
+    # One Share per holder per GPU per poll: by position, in Share's field order
+    # (a frozen dataclass's keyword call costs more; bench/poll_profile.py).
     shares = tuple(
         Share(
-            consumer=consumers[key],
-            energy_mj=mj,
-            grams=mj * prices.grams_per_mj,
-            embodied_grams=embodied.get(key, 0.0),
-            cost=mj * prices.cost_per_mj,
-            held_s=dt,
-            busy_s=min(1.0, max(0.0, busy.get(key, 0.0))) * dt,
-            power_w=mj / 1000.0 / dt if dt > 0 else 0.0,
-            idle_mj=split.idle_parts.get(key, 0),
+            consumers[key],
+            mj,  # energy_mj
+            mj * grams_per_mj,  # grams
+            embodied.get(key, 0.0),  # embodied_grams
+            mj * cost_per_mj,  # cost
+            dt,  # held_s
+            min(1.0, max(0.0, busy.get(key, 0.0))) * dt,  # busy_s
+            mj / 1000.0 / dt if dt > 0 else 0.0,  # power_w
+            idle_parts.get(key, 0),  # idle_mj
         )
         for key, mj in split.parts.items()
     )

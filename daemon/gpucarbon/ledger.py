@@ -102,6 +102,10 @@ class Ledger:
         self._teams: dict[str, TeamTotals] = {}
         self._dropped_series = 0
         self._folded: set[tuple[str, str]] = set()
+        # GPU -> the entries its last booking marked holding. Only these can be
+        # holding (nothing else sets it), so releasing them releases the GPU
+        # without scanning every series of the node for each GPU each poll.
+        self._held: dict[str, list[WorkloadTotals]] = {}
 
     @property
     def gpus(self) -> Mapping[str, GpuTotals]:
@@ -129,15 +133,14 @@ class Ledger:
         gpu.resets += int(charge.gpu.reset)
         gpu.unattributed_mj += charge.gpu.unattributed_mj
         gpu.unattributed_grams += charge.gpu.unattributed_grams
-        self._release(charge.uuid, holding={share.consumer.key for share in charge.shares})
-        for share in charge.shares:
-            self._book_share(charge.uuid, share, now)
+        self._release(charge.uuid)
+        self._held[charge.uuid] = [self._book_share(charge.uuid, share, now) for share in charge.shares]
 
     def count_reset(self, uuid: str) -> None:
         """The driver reloaded while the daemon was down (e.g. a reboot)."""
         self._gpus.setdefault(uuid, GpuTotals()).resets += 1
 
-    def _book_share(self, uuid: str, share: Share, now: float) -> None:
+    def _book_share(self, uuid: str, share: Share, now: float) -> WorkloadTotals:
         entry = self._entry(uuid, share.consumer)
         entry.energy_mj += share.energy_mj
         entry.idle_mj += share.idle_mj
@@ -157,6 +160,7 @@ class Ledger:
         team.grams += share.grams
         team.embodied_grams += share.embodied_grams
         team.cost += share.cost
+        return entry
 
     def _entry(self, uuid: str, consumer: Consumer) -> WorkloadTotals:
         key = (uuid, consumer.key)
@@ -209,16 +213,17 @@ class Ledger:
             if old is not None:
                 _add_totals(entry, old)
 
-    def _release(self, uuid: str, holding: set[str]) -> None:
-        for (gpu_uuid, key), entry in self._workloads.items():
-            if gpu_uuid == uuid and key not in holding:
-                entry.holding = False
-                entry.power_w = 0.0
+    def _release(self, uuid: str) -> None:
+        """Nobody holds the GPU until this interval's shares are booked (a
+        series booked again is marked holding again, with its new power)."""
+        for entry in self._held.pop(uuid, ()):
+            entry.holding = False
+            entry.power_w = 0.0
 
     def mark_gpu_gap(self, uuid: str) -> None:
         """The GPU could not be read: nobody is known to hold it now."""
         self._gpus.setdefault(uuid, GpuTotals())
-        self._release(uuid, holding=set())
+        self._release(uuid)
 
     def expire(self, now: float, retention_s: float) -> int:
         """Remove series idle longer than the retention; fold them into their
@@ -275,6 +280,7 @@ class Ledger:
         teams = {str(team): TeamTotals(**_numbers(t, TeamTotals)) for team, t in data["teams"].items()}
         dropped = int(data.get("dropped_series", 0))
         self._gpus, self._workloads, self._teams, self._dropped_series = gpus, workloads, teams, dropped
+        self._held = {}  # restored series hold nothing
 
 
 _WORKLOAD_NUMBERS = ("energy_mj", "grams", "held_s", "busy_s", "embodied_grams", "cost")

@@ -29,6 +29,24 @@ def split_exact(total: int, weights: Sequence[float]) -> list[int]:
         raise ValueError("cannot split among nobody")
     if any(w < 0 for w in weights):
         raise ValueError("weights must be non-negative")
+    first = weights[0]
+    if total <= EQUAL_FAST_MAX and all(w == first for w in weights):
+        # Equal weights (every idle split, equal-share fallbacks): the largest
+        # remainder gives each total // count and the first total % count one
+        # more, which divmod says without floats (tests compare both paths).
+        each, extra = divmod(total, count)
+        return [each + 1] * extra + [each] * (count - extra)
+    return largest_remainder(total, weights)
+
+
+# Below this the float arithmetic of largest_remainder is exact to far better
+# than one part in `count`, so its equal-weight result is the divmod one.
+EQUAL_FAST_MAX = 2**50
+
+
+def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    """split_exact's general path (validated inputs)."""
+    count = len(weights)
     weight_sum = float(sum(weights))
     if weight_sum <= 0.0:
         weights, weight_sum = [1.0] * count, float(count)

@@ -19,7 +19,7 @@ import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from gpucarbon.receipts.builder import GpuTally, ReceiptContext, RunTally, build_receipt
@@ -126,6 +126,13 @@ def run_of(key: str, pod: str, processes: bool) -> tuple[str, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # pure, like run_of: the same keys come every poll
+def _run_key(key: str, pod: str, processes: bool) -> tuple[str, str, str] | None:
+    """run_of, plus the key the tracker groups a run's series under ("kind/run id")."""
+    found = run_of(key, pod, processes)
+    return None if found is None else (found[0], found[1], f"{found[0]}/{found[1]}")
+
+
 @dataclass
 class _Run:
     first_seen: float  # unix seconds
@@ -177,39 +184,52 @@ class RunTracker:
     ) -> list[dict]:
         """New receipts for runs that ended by this snapshot (`now`: unix s)."""
         self._prune_successes(now)
-        groups: dict[str, list[Row]] = defaultdict(list)
-        refs: dict[str, RunRef] = {}
+        processes = self._settings.processes
+        groups: dict[str, list[Row]] = {}
+        runs: dict[str, tuple[str, str]] = {}  # group key -> (kind, run id)
         for row in rows:
-            found = run_of(row.key, row.pod, self._settings.processes)
+            found = _run_key(row.key, row.pod, processes)
             if found is None:
                 continue
-            key = f"{found[0]}/{found[1]}"
-            groups[key].append(row)
-            if key not in refs:
-                refs[key] = RunRef(found[0], found[1], row.namespace, row.pod, row.workload)
+            kind, run_id, key = found
+            members = groups.get(key)
+            if members is None:
+                groups[key] = [row]
+                runs[key] = (kind, run_id)
+            else:
+                members.append(row)
         self._forget_gone(groups.keys())
         receipts = []
         for key, members in groups.items():
             if key in self._issued:
                 continue
-            receipt = self._step(key, refs[key], members, gpu_models, ctx, now)
+            receipt = self._step(key, runs[key], members, gpu_models, ctx, now)
             if receipt is not None:
                 receipts.append(receipt)
         return receipts
 
     def _step(
-        self, key: str, ref: RunRef, rows: Sequence[Row], gpu_models: Mapping[str, str], ctx: ReceiptContext, now: float
+        self,
+        key: str,
+        run_ref: tuple[str, str],
+        rows: Sequence[Row],
+        gpu_models: Mapping[str, str],
+        ctx: ReceiptContext,
+        now: float,
     ) -> dict | None:
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(first_seen=now - max(r.held_s for r in rows), last_holding=now)
-        if any(r.holding for r in rows):
-            run.last_holding, run.idle_since = now, None
-            return None
+        for row in rows:
+            if row.holding:
+                run.last_holding, run.idle_since = now, None
+                return None
         if run.idle_since is None:
             run.idle_since = now
-        # Only a run that stopped holding needs its containers (most polls: none).
-        ref = replace(ref, containers=tuple(sorted({r.container for r in rows if r.container})))
+        # Only a run that stopped holding needs its RunRef (most polls: none).
+        first = rows[0]
+        containers = tuple(sorted({r.container for r in rows if r.container}))
+        ref = RunRef(run_ref[0], run_ref[1], first.namespace, first.pod, first.workload, containers)
         answer = self._status.facts(ref)
         if answer is STILL_RUNNING:
             return None

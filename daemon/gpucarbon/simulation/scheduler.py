@@ -21,6 +21,7 @@ class SimulatedScheduler:
         self._time = sim_time
         self._uuids = gpu_uuids(scenario)
         self._consumers = {i: _consumer(i, w, teams) for i, w in enumerate(scenario.workloads)}
+        self._by_pid: dict[int, Consumer] = {}  # synthetic PID -> its workload's consumer
         self._by_gpu = [
             [i for i, w in enumerate(scenario.workloads) if g in w.gpus and w.pid is None]
             for g in range(len(scenario.gpus))
@@ -48,9 +49,16 @@ class SimulatedScheduler:
         return workload, workload.end is not None and self._time.now() >= workload.end
 
     def consumer_for_pid(self, pid: int) -> Consumer | None:
-        """Owner of a synthetic PID; None for real (pid-backed) processes."""
-        index = workload_of_pid(self._scenario, pid)
-        return None if index is None else self._consumers[index]
+        """Owner of a synthetic PID; None for real (pid-backed) processes.
+        Asked twice per process per poll (MPS server? whose?): remembered, at
+        most one entry per synthetic PID of the scenario."""
+        found = self._by_pid.get(pid)
+        if found is None:
+            index = workload_of_pid(self._scenario, pid)
+            if index is None:  # a real PID: not remembered, they come and go
+                return None
+            found = self._by_pid[pid] = self._consumers[index]
+        return found
 
 
 def _consumer(i: int, w: SimWorkload, teams: TeamRules | None) -> Consumer:
