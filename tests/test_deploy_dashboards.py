@@ -13,6 +13,7 @@ import yaml
 from dashboards import (
     DASHBOARD_DIR,
     DEFAULT_SUBSTITUTIONS,
+    REPO,
     ROLLUP_CHOICES,
     RULE_FILES,
     every_choice_queries,
@@ -305,4 +306,36 @@ def test_time_series_of_per_gpu_or_per_workload_raw_series_are_bounded(query) ->
     if any(PER_SERIES_RAW.fullmatch(name) for name in names - PER_NODE_RAW):
         assert query.expr.lstrip().startswith("topk("), (
             f"{query.dashboard}/{query.panel} draws raw per-GPU/per-workload series; bound it with topk()"
+        )
+
+
+# Recording rules with one series per workload or pod (level `namespace_workload`,
+# `node_namespace_workload`, ...): as many lines as workloads ran, at All.
+PER_WORKLOAD_RULE = re.compile(r"(?:\w+_)?(?:workload|pod):\w+:\w+")
+# ... except the inference rules: they have series only for the workloads that
+# serve tokens or requests (a few deployments), not for every job that ran.
+INFERENCE_RULES = frozenset(
+    rule["record"]
+    for group in yaml.safe_load((REPO / "prometheus" / "rules" / "gpucarbon-inference.yaml").read_text())["groups"]
+    for rule in group["rules"]
+    if "record" in rule
+)
+
+
+def test_per_workload_rule_pattern_tells_per_workload_from_per_team_rules() -> None:
+    assert PER_WORKLOAD_RULE.fullmatch("namespace_workload:gpucarbon_workload_busy_seconds:rate5m")
+    assert PER_WORKLOAD_RULE.fullmatch("node_namespace_workload:gpucarbon_workload_energy_joules:increase1h")
+    assert not PER_WORKLOAD_RULE.fullmatch("team:gpucarbon_workload_busy_seconds:rate5m")
+    assert not PER_WORKLOAD_RULE.fullmatch("node_team:gpucarbon_workload_idle_held_seconds:increase1h")
+
+
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
+def test_time_series_of_per_workload_rules_are_bounded(query) -> None:
+    """A panel drawing a per-workload rule over time picks its workloads with
+    topk (a ratio may bound its denominator: the busy share of the top holders)."""
+    if query.instant:
+        return
+    if any(PER_WORKLOAD_RULE.fullmatch(name) for name in query.metrics() - INFERENCE_RULES):
+        assert re.search(r"\b(?:topk|bottomk)\s*\(", query.expr), (
+            f"{query.dashboard}/{query.panel} draws every workload at All; bound it with topk()"
         )
