@@ -333,19 +333,28 @@ def run(cmd: list[str], timeout: float = 600) -> str:
 
 
 def split_rules(rules: Path, out_dir: Path) -> list[Path]:
-    """Pass 1: rules over the daemon's series; pass 2: rules over rules."""
+    """Pass 1: rules over the daemon's series; pass 2: rules over rules.
+    Each group keeps its own `interval`: `promtool tsdb create-blocks-from
+    rules` evaluates a group at its interval and only groups without one at
+    --eval-interval, so the hourly and daily rollups hold one sample per hour
+    and per day, as on a live Prometheus, and their sums add up to the period."""
     doc = yaml.safe_load(rules.read_text())
     recorded = {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
-    passes: list[list[dict]] = [[], []]
+    passes: list[dict[str | None, list[dict]]] = [defaultdict(list), defaultdict(list)]
     for group in doc["groups"]:
         for rule in group["rules"]:
             if "record" in rule:
-                passes[any(name in rule["expr"] for name in recorded)].append(rule)
+                passes[any(name in rule["expr"] for name in recorded)][group.get("interval")].append(rule)
     files = []
-    for i, rules_in_pass in enumerate(passes):
-        if rules_in_pass:
+    for i, by_interval in enumerate(passes):
+        if by_interval:
+            groups = [
+                {"name": f"pass{i + 1}-{interval or 'default'}", "rules": rules_in_group}
+                | ({"interval": interval} if interval else {})
+                for interval, rules_in_group in by_interval.items()
+            ]
             path = out_dir / f"rules-pass{i + 1}.yaml"
-            path.write_text(yaml.safe_dump({"groups": [{"name": f"pass{i + 1}", "rules": rules_in_pass}]}))
+            path.write_text(yaml.safe_dump({"groups": groups}))
             files.append(path)
     return files
 
@@ -429,7 +438,7 @@ def backfill(workdir: Path, start_wall: float, days: int) -> tuple[Path, GroundT
                     f"--url={prom.url}",
                     f"--start={int(start_wall)}",
                     f"--end={int(end_wall)}",
-                    "--eval-interval=60s",
+                    "--eval-interval=60s",  # groups without an interval of their own
                     # a block per rule and week instead of per rule and 2 hours (thousands): 20x faster;
                     "--max-block-duration=168h",  # 7 days at 60s: under the API's 11,000 points per series
                     f"--output-dir={out}",
