@@ -194,9 +194,11 @@ class Gatherer:
 
     def _idle_energy(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
         """Estimated J drawn by held-but-idle GPUs, per group (None: no idle-power series)."""
-        values = self._vector(q.integral(q.IDLE_DRAW, labels, self._req.window), labels)
+        values = self._vector(q.idle_energy(labels, self._req.window), labels)
         if not values:
-            self._notes.append(f"{q.IDLE_POWER} absent: idle energy on allocated GPUs is not estimated")
+            self._notes.append(
+                f"{q.IDLE_POWER} or the rule {q.IDLE_DRAW} absent: idle energy on allocated GPUs is not estimated"
+            )
             return None
         if not any("idle energy" in n for n in self._notes):
             self._notes.append(

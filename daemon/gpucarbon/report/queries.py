@@ -7,6 +7,13 @@ total. The integral is a subquery sampled every 5 minutes, the rules' own
 window, so adjacent windows tile the range whatever interval the rules are
 evaluated at:  sum_over_time(RULE[range:5m]) * 300.
 
+The per-workload sections (top workloads, top idle holders, idle energy) read
+the hourly rollups instead (`*:increase1h`, evaluated every hour): a workload
+series holds 24 samples a day there instead of 288 steps, and the period's
+total is their sum, as on the dashboards:  sum_over_time(ROLLUP[range]). Their
+resolution is the hour: a period counts the hours that ended at an hourly
+evaluation inside it.
+
 Figures no rule covers (the receipts waste counters, tokens) use increase() on
 the daemon's counters; those are per team or per workload, not per GPU, so
 they stay cheap. Cost comes from its rate rules, integrated like energy.
@@ -75,10 +82,10 @@ GROUPINGS = {
     ),
 }
 
-# Power drawn by held-but-idle GPUs, W: per workload, the idle share of held
-# time (held - busy GPU-seconds per second) on each GPU times that GPU's idle
-# power, recorded by prometheus/rules/gpucarbon-recording.yaml.
-IDLE_DRAW = "namespace_workload:gpucarbon_workload_idle_draw_watts:rate5m"
+# Energy drawn by held-but-idle GPUs in each hour, J (estimated): per workload
+# and node, the idle share of held time (held - busy GPU-seconds) on each GPU
+# times that GPU's idle power, recorded by prometheus/rules/gpucarbon-recording.yaml.
+IDLE_DRAW = "node_namespace_workload:gpucarbon_workload_idle_draw_joules:increase1h"
 
 # Fleet totals (the measured whole the groups and the unattributed part add up to).
 TOTAL_ENERGY = "cluster:gpucarbon_gpu_energy_joules:rate5m"
@@ -86,8 +93,11 @@ TOTAL_UNATTRIBUTED = "cluster:gpucarbon_gpu_unattributed_energy_joules:rate5m"
 TOTAL_EMISSIONS = "cluster:gpucarbon_gpu_emissions_grams:rate5m"
 TOTAL_HELD = "cluster:gpucarbon_workload_held_seconds:rate5m"
 TOTAL_BUSY = "cluster:gpucarbon_workload_busy_seconds:rate5m"
-TOP_WORKLOADS = "namespace_workload:gpucarbon_workload_energy_joules:rate5m"
-TOP_WORKLOAD_EMISSIONS = "namespace_workload:gpucarbon_workload_emissions_grams:rate5m"
+# Hourly per-workload rollups (J, GPU-seconds per hour, per workload and node).
+TOP_WORKLOADS = "node_namespace_workload:gpucarbon_workload_energy_joules:increase1h"
+WORKLOAD_HELD = "node_namespace_workload:gpucarbon_workload_held_seconds:increase1h"
+WORKLOAD_BUSY = "node_namespace_workload:gpucarbon_workload_busy_seconds:increase1h"
+WORKLOAD = ("namespace", "workload", "team")
 
 
 def is_rule(expr: str) -> bool:
@@ -105,6 +115,8 @@ def required_rules(grouping: Grouping) -> tuple[str, ...]:
         TOTAL_UNATTRIBUTED,
         TOTAL_EMISSIONS,
         TOP_WORKLOADS,
+        WORKLOAD_HELD,
+        WORKLOAD_BUSY,
     )
     return tuple(dict.fromkeys(n for n in names if is_rule(n)))
 
@@ -131,17 +143,25 @@ def integral(rate_expr: str, labels: tuple[str, ...], window: str) -> str:
     return f"sum_over_time(({inner})[{left_open(window)}:{STEP}]) * {STEP_S}"
 
 
+def rollup_total(rollup: str, labels: tuple[str, ...], window: str) -> str:
+    """The total over `window` of an hourly rollup (each sample the hour's
+    increase), summed by `labels`."""
+    return f"sum by ({by(labels)}) (sum_over_time({rollup}[{left_open(window)}]))"
+
+
 def increase(counter: str, labels: tuple[str, ...], window: str, matchers: str = "") -> str:
     return f"sum by ({by(labels)}) (increase({counter}{matchers}[{window}]))"
 
 
 def top_idle_holders(window: str, k: int = 10) -> str:
-    """The k workloads with the most held-but-idle GPU-seconds (the per-workload rules)."""
-    rate = (
-        "sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_held_seconds:rate5m)"
-        " - sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_busy_seconds:rate5m)"
-    )
-    return f"topk({k}, sum_over_time(({rate})[{left_open(window)}:{STEP}]) * {STEP_S})"
+    """The k workloads with the most held-but-idle GPU-seconds (the hourly per-workload rollups)."""
+    held, busy = rollup_total(WORKLOAD_HELD, WORKLOAD, window), rollup_total(WORKLOAD_BUSY, WORKLOAD, window)
+    return f"topk({k}, {held} - {busy})"
+
+
+def idle_energy(labels: tuple[str, ...], window: str) -> str:
+    """Estimated J drawn by held-but-idle GPUs over `window`, per group."""
+    return rollup_total(IDLE_DRAW, labels, window)
 
 
 TOKENS = "vllm:generation_tokens_total"  # default --tokens.metric (vLLM's generated-token counter)
@@ -170,7 +190,7 @@ def token_energy(labels: tuple[str, ...], tokens_metric: str, window: str) -> st
 
 
 def top_workloads(window: str, k: int = 10) -> str:
-    return f"topk({k}, {integral(TOP_WORKLOADS, ('namespace', 'workload', 'team'), window)})"
+    return f"topk({k}, {rollup_total(TOP_WORKLOADS, WORKLOAD, window)})"
 
 
 def mean_gauge(metric: str, window: str, labels: tuple[str, ...] = ()) -> str:
