@@ -260,7 +260,7 @@ def price_charge(
     embodied = split_embodied(embodied_grams, list(split.parts))
     grams_per_mj, cost_per_mj, idle_parts = prices.grams_per_mj, prices.cost_per_mj, split.idle_parts
     # One Share per holder per GPU per poll: by position, in Share's field order
-    # (a frozen dataclass's keyword call costs more; bench/poll_profile.py).
+    # (cheaper than keywords; bench/poll_profile.py).
     shares = tuple(
         Share(
             consumers[key],

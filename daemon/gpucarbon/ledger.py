@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucarbon.identity.model import Consumer
 
@@ -65,9 +65,10 @@ class GpuCharge:
     reset: bool = False  # the energy counter dropped: a driver reload
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
-    """One consumer's part of one interval, every figure already split and priced."""
+class Share(NamedTuple):
+    """One consumer's part of one interval, every figure already split and priced.
+    A NamedTuple: one is built per holder per GPU per poll, and a frozen
+    dataclass's __init__ sets each field through object.__setattr__."""
 
     consumer: Consumer
     energy_mj: int
