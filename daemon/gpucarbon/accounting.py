@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gpucarbon.attribution.energy import COUNTER, POWER_INTEGRATION, EnergyMeters, Interval
 from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.attribution.policy import Split, split_exact, split_interval
+from gpucarbon.attribution.policy import Split, split_equal, split_interval
 from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split_mig_board
 from gpucarbon.carbon.model import IntensityProvider, IntensityReading
 from gpucarbon.clock import Clock
@@ -290,5 +290,5 @@ def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
     if grams <= 0 or not holders:
         return {}
     # split_exact works on integers; use micrograms so shares sum exactly.
-    micro = split_exact(round(grams * MICROGRAMS_PER_GRAM), [1.0] * len(holders))
+    micro = split_equal(round(grams * MICROGRAMS_PER_GRAM), len(holders))
     return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro, strict=True)}
