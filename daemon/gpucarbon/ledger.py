@@ -142,7 +142,12 @@ class Ledger:
         self._gpus.setdefault(uuid, GpuTotals()).resets += 1
 
     def _book_share(self, uuid: str, share: Share, now: float) -> WorkloadTotals:
-        entry = self._entry(uuid, share.consumer)
+        consumer = share.consumer
+        entry = self._workloads.get((uuid, consumer.key))
+        if entry is None or entry.consumer is not consumer or consumer.aliases:
+            # New, relabelled or aliased: _entry decides. Otherwise (a series
+            # booked again by the same consumer, every poll) it would change nothing.
+            entry = self._entry(uuid, consumer)
         entry.energy_mj += share.energy_mj
         entry.idle_mj += share.idle_mj
         entry.grams += share.grams
@@ -153,7 +158,7 @@ class Ledger:
         entry.cost += share.cost
         entry.holding = True
         entry.last_active = now
-        team_name = share.consumer.team or self.default_team
+        team_name = consumer.team or self.default_team
         team = self._teams.get(team_name)
         if team is None:  # not setdefault: that would build a TeamTotals per share
             team = self._teams[team_name] = TeamTotals()
