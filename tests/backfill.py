@@ -360,6 +360,7 @@ class BackfilledPrometheus:
     """Prometheus serving a data directory that promtool filled; no scraping."""
 
     def __init__(self, data: Path, workdir: Path) -> None:
+        self.data = data
         self.port = free_port()
         config = workdir / "prometheus.yml"
         config.write_text("global: {evaluation_interval: 1m}\n")
@@ -372,6 +373,7 @@ class BackfilledPrometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=10y",
                 "--query.max-samples=200000000",
+                "--web.enable-admin-api",  # TSDB snapshots, for tests that copy the data elsewhere
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "wb"),

@@ -25,12 +25,17 @@ DEFAULT_SUBSTITUTIONS: Mapping[str, str] = {
     "team": ".*",
     "namespace": ".*",
     "workload": ".*",
+    "rollup": "1h",  # "Totals from": the hourly rollups (the other choice, 1d, in ROLLUP_CHOICES)
     "__rate_interval": "1m",
     "__interval": "1m",
     "__range": "1h",
     "__range_s": "3600",
     "__range_ms": "3600000",
 }
+
+# The workload and waste boards' custom variable $rollup picks the hourly or the
+# daily rollups (`...:increase1h` or `...:increase1d`) for the period totals.
+ROLLUP_CHOICES = ("1h", "1d")
 
 # Metrics that exist only when a feature is configured or something went wrong:
 # a query over these alone may rightly return nothing. (The intensity age exists
@@ -121,6 +126,24 @@ def panel_queries(
                     )
                 )
     return queries
+
+
+def every_choice_queries(dashboards: Mapping[str, Mapping] | None = None) -> list[PanelQuery]:
+    """panel_queries() with the defaults, plus the queries that read another
+    rollup for each other choice of $rollup (only those whose text changes)."""
+    dashboards = load_dashboards() if dashboards is None else dashboards
+    default = panel_queries(dashboards)
+    out = list(default)
+    for choice in ROLLUP_CHOICES:
+        if choice == DEFAULT_SUBSTITUTIONS["rollup"]:
+            continue
+        values = {**DEFAULT_SUBSTITUTIONS, "rollup": choice}
+        for base, query in zip(default, panel_queries(dashboards, values), strict=True):
+            if query.expr != base.expr:
+                out.append(
+                    PanelQuery(query.dashboard, query.panel, f"{query.ref_id}@{choice}", query.expr, query.instant)
+                )
+    return out
 
 
 def may_be_empty(query: PanelQuery) -> bool:

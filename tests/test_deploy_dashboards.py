@@ -12,7 +12,10 @@ import pytest
 import yaml
 from dashboards import (
     DASHBOARD_DIR,
+    DEFAULT_SUBSTITUTIONS,
+    ROLLUP_CHOICES,
     RULE_FILES,
+    every_choice_queries,
     iter_panels,
     load_dashboards,
     may_be_empty,
@@ -162,7 +165,7 @@ def test_metric_names_ignore_functions_labels_and_strings() -> None:
 
 def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     """promtool parses each expression as a recording rule; a syntax error fails."""
-    queries = panel_queries()
+    queries = every_choice_queries()
     rules = {
         "groups": [
             {
@@ -177,7 +180,7 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
+@pytest.mark.parametrize("query", every_choice_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
 def test_query_reads_only_exported_metrics_and_recording_rules(query) -> None:
     known = EXPORTED_METRICS | set(_recording_rules())
     unknown = query.metrics() - known
@@ -239,26 +242,59 @@ def test_one_number_panels_are_instant_queries(item: tuple[str, dict]) -> None:
         )
 
 
-@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
-def test_range_wide_windows_read_only_the_hourly_rollups(query) -> None:
-    """A window as long as the dashboard's range reads the `:increase1h` rules
-    (24 samples per series-day), never raw counters (thousands per series-day)."""
-    raw = {"$__range", "${__range}"}
-    expr = next(
-        (
-            target["expr"]
-            for uid, panel in PANELS
-            if uid == query.dashboard and panel.get("title") == query.panel
-            for target in panel["targets"]
-            if target["refId"] == query.ref_id
-        ),
-        "",
-    )
-    for window in re.finditer(r"(\w[\w:]*)\{[^}]*\}\[([^\]]+)\]", expr):
-        if window.group(2) in raw:
-            assert window.group(1).endswith(":increase1h"), (
-                f"{query.dashboard}/{query.panel} reads {window.group(1)} over $__range: use an :increase1h rule"
+ROLLUPS = tuple(f":increase{choice}" for choice in ROLLUP_CHOICES)
+
+
+@pytest.mark.parametrize("item", PANELS, ids=_panel_id)
+@pytest.mark.parametrize("rollup", ROLLUP_CHOICES)
+def test_range_wide_windows_read_only_the_rollups(item: tuple[str, dict], rollup: str) -> None:
+    """A window as long as the dashboard's range reads the `:increase1h` or
+    `:increase1d` rules (24 or 1 samples per series-day), never raw counters
+    (thousands per series-day), whichever rollup $rollup picks."""
+    uid, panel = item
+    values = {**DEFAULT_SUBSTITUTIONS, "rollup": rollup, "__range": "__RANGE__"}
+    for target in panel["targets"]:
+        expr = substitute(target["expr"], values)
+        for window in re.finditer(r"(\w[\w:]*)\{[^}]*\}\[__RANGE__\]", expr):
+            assert window.group(1).endswith(ROLLUPS), (
+                f"{uid}/{panel['title']} reads {window.group(1)} over $__range: use an :increase1h or :increase1d rule"
             )
+
+
+@pytest.mark.parametrize("uid", sorted(DASHBOARDS))
+def test_rollup_variable_offers_the_hourly_and_daily_rollups_hourly_first(uid: str) -> None:
+    """A board whose totals read `:increase$rollup` defines $rollup with exactly
+    the rollups the rules record, and defaults to the hourly ones (a daily
+    rollup shows nothing for a range under a day)."""
+    dashboard = DASHBOARDS[uid]
+    uses = any("${rollup}" in t["expr"] or "$rollup" in t["expr"] for _, p in PANELS if _ == uid for t in p["targets"])
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    if not uses:
+        assert "rollup" not in variables, f"{uid} defines $rollup but no panel reads it"
+        return
+    variable = variables["rollup"]
+    assert variable["type"] == "custom" and not variable["includeAll"] and not variable["multi"]
+    assert tuple(option["value"] for option in variable["options"]) == ROLLUP_CHOICES
+    assert variable["current"]["value"] == DEFAULT_SUBSTITUTIONS["rollup"] == "1h"
+    assert [part.split(" : ")[1].strip() for part in variable["query"].split(",")] == list(ROLLUP_CHOICES)
+
+
+def test_daily_rollups_match_the_hourly_ones_the_boards_switch_between() -> None:
+    """Every `:increase1h` rule a board reads through $rollup has its `:increase1d`
+    twin with the same expression over [1d]."""
+    rules = _recording_rules()
+    switched = {
+        name
+        for query in panel_queries()
+        for name in query.metrics()
+        if name.endswith(":increase1h")
+        and any(q.expr != query.expr for q in every_choice_queries() if q.panel == query.panel)
+    }
+    assert switched, "the workload and waste boards should switch their totals between rollups"
+    for name in switched:
+        if name.replace(":increase1h", ":increase1d") not in rules:
+            continue  # read at 1h only by a panel that also reads a switched rule
+        assert rules[name.replace(":increase1h", ":increase1d")] == rules[name].replace("1h", "1d"), name
 
 
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dashboards import REPO, RULE_FILES, load_dashboards, may_be_empty, panel_queries
+from dashboards import REPO, RULE_FILES, every_choice_queries, load_dashboards, may_be_empty
 
 pytestmark = pytest.mark.e2e
 
@@ -70,9 +70,10 @@ def _wait_for(what: str, probe, timeout: float, processes: list[subprocess.Popen
 
 def _shorten_for_durations(text: str) -> str:
     """`for: 15m` (and any minutes/hours) -> `for: 2s`, so alerts can fire in a test;
-    the hourly rollups' group `interval: 1h` -> 2s, so they have samples within it."""
+    the hourly and daily rollups' group `interval: 1h` and `1d` -> 2s, so they have
+    samples within it."""
     text = re.sub(r"(\bfor:\s*)\d+[mh]\b", r"\g<1>2s", text)
-    return re.sub(r"(\binterval:\s*)\d+[mh]\b", r"\g<1>2s", text)
+    return re.sub(r"(\binterval:\s*)\d+[mhd]\b", r"\g<1>2s", text)
 
 
 def shortened_rule_files(tmp: Path) -> list[str]:
@@ -193,9 +194,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
                 # increase() needs two samples of the new series
                 client.query('increase(gpucarbon_team_finished_energy_joules_total{outcome="failed"}[1h])')
                 and client.query("increase(gpucarbon_team_repeated_energy_joules_total[1h])")
-                # and the hourly rollups over them (evaluated every 2 s here) have caught up
+                # and the hourly and daily rollups over them (evaluated every 2 s here) have caught up
                 and client.query('node_team:gpucarbon_team_finished_energy_joules:increase1h{outcome="failed"}')
                 and client.query("node_team:gpucarbon_team_repeated_energy_joules:increase1h")
+                and client.query('node_team:gpucarbon_team_finished_energy_joules:increase1d{outcome="failed"}')
+                and client.query("node_team:gpucarbon_team_repeated_energy_joules:increase1d")
             ),
             RECEIPTS_TIMEOUT_S,
             processes,
@@ -223,7 +226,7 @@ def test_health_alerts_stay_quiet_for_a_healthy_daemon(prometheus: Prometheus) -
     assert firing == []
 
 
-@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
+@pytest.mark.parametrize("query", every_choice_queries(), ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
 def test_dashboard_query_returns_data(prometheus: Prometheus, query) -> None:
     result = prometheus.query(query.expr)
     if may_be_empty(query):

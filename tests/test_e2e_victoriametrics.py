@@ -6,8 +6,8 @@ VictoriaMetrics' Prometheus-compatible API as from Prometheus itself.
 Both are asked at the same instant, one the fixture has checked remote write
 has delivered (VictoriaMetrics holds raw and rule samples past it). Answers
 are compared series by series (labels without `__name__`, whose keeping
-differs between engines) and value by value within rounding. The hourly
-rules' `interval: 1h` is shortened to 2s in the test copy, as in
+differs between engines) and value by value within rounding. The hourly and
+daily rules' `interval: 1h` and `1d` are shortened to 2s in the test copy, as in
 tests/test_e2e_dashboards.py, so that they have samples.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from dashboards import REPO, panel_queries
+from dashboards import REPO, every_choice_queries
 from test_e2e_dashboards import _free_port, _get, _stop, _wait_for, shortened_rule_files
 
 pytestmark = pytest.mark.e2e
@@ -157,7 +157,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api,
             _stop(process)
 
 
-QUERIES = panel_queries()
+QUERIES = every_choice_queries()  # the daily rollups ($rollup = 1d) too
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")

@@ -207,10 +207,13 @@ class Gatherer:
 
     def _cost(self, labels: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
         values = self._vector(
-            q.increase(self._grouping.cost_metric, labels + ("currency",), self._req.window), labels + ("currency",)
+            q.integral(self._grouping.cost, labels + ("currency",), self._req.window), labels + ("currency",)
         )
         if not values:
-            self._notes.append("no energy cost series (carbon.cost.price_per_kwh not configured): cost is absent")
+            self._notes.append(
+                f"no energy cost series ({self._grouping.cost}: carbon.cost.price_per_kwh not configured, "
+                "or recording rules older than it): cost is absent"
+            )
             return None
         currencies = {k[-1] for k in values}
         self._currencies = sorted(currencies)

@@ -7,9 +7,9 @@ total. The integral is a subquery sampled every 5 minutes, the rules' own
 window, so adjacent windows tile the range whatever interval the rules are
 evaluated at:  sum_over_time(RULE[range:5m]) * 300.
 
-Figures no rule covers (cost, the receipts waste counters, allocated-but-idle
-per workload) use increase()/rate() on the daemon's counters; those are per
-team or per workload, not per GPU, so they stay cheap.
+Figures no rule covers (the receipts waste counters, tokens) use increase() on
+the daemon's counters; those are per team or per workload, not per GPU, so
+they stay cheap. Cost comes from its rate rules, integrated like energy.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Grouping:
     emissions: str  # g/s
     held: str  # GPU-seconds held per second (GPUs held)
     busy: str  # busy GPU-seconds per second
-    cost_metric: str  # counter with a `currency` label
+    cost: str  # currency/s, with a `currency` label (the rule exists once carbon.cost is configured)
 
 
 _W = "gpucarbon_workload_"
@@ -53,7 +53,7 @@ GROUPINGS = {
         "team:gpucarbon_team_emissions_grams:rate5m",
         "team:gpucarbon_workload_held_seconds:rate5m",
         "team:gpucarbon_workload_busy_seconds:rate5m",
-        "gpucarbon_team_energy_cost_total",
+        "team:gpucarbon_team_energy_cost:rate5m",
     ),
     "namespace": Grouping(
         "namespace",
@@ -62,7 +62,7 @@ GROUPINGS = {
         "namespace:gpucarbon_workload_emissions_grams:rate5m",
         "namespace:gpucarbon_workload_held_seconds:rate5m",
         "namespace:gpucarbon_workload_busy_seconds:rate5m",
-        _W + "energy_cost_total",
+        "namespace:gpucarbon_workload_energy_cost:rate5m",
     ),
     "workload": Grouping(
         "workload",
@@ -71,7 +71,7 @@ GROUPINGS = {
         "namespace_workload:gpucarbon_workload_emissions_grams:rate5m",
         "namespace_workload:gpucarbon_workload_held_seconds:rate5m",
         "namespace_workload:gpucarbon_workload_busy_seconds:rate5m",
-        _W + "energy_cost_total",
+        "namespace_workload:gpucarbon_workload_energy_cost:rate5m",
     ),
 }
 
@@ -113,10 +113,22 @@ def by(labels: tuple[str, ...]) -> str:
     return ", ".join(labels)
 
 
+_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def left_open(window: str) -> str:
+    """`1d` -> `86399999ms`: a subquery window without the step at its start.
+    Prometheus 2.x includes both ends of a window, so two adjacent days would
+    both count the 5-minute step on the midnight between them (1/288 too much
+    per day), while VictoriaMetrics and Prometheus 3 count it once; one
+    millisecond less makes every store count the same steps."""
+    return f"{int(window[:-1]) * _MS[window[-1]] - 1}ms"
+
+
 def integral(rate_expr: str, labels: tuple[str, ...], window: str) -> str:
     """The total over `window` of a per-second rate, summed by `labels`."""
     inner = f"sum by ({by(labels)}) ({rate_expr})" if labels else f"sum({rate_expr})"
-    return f"sum_over_time(({inner})[{window}:{STEP}]) * {STEP_S}"
+    return f"sum_over_time(({inner})[{left_open(window)}:{STEP}]) * {STEP_S}"
 
 
 def increase(counter: str, labels: tuple[str, ...], window: str, matchers: str = "") -> str:
@@ -129,7 +141,7 @@ def top_idle_holders(window: str, k: int = 10) -> str:
         "sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_held_seconds:rate5m)"
         " - sum by (namespace, workload, team) (namespace_workload:gpucarbon_workload_busy_seconds:rate5m)"
     )
-    return f"topk({k}, sum_over_time(({rate})[{window}:{STEP}]) * {STEP_S})"
+    return f"topk({k}, sum_over_time(({rate})[{left_open(window)}:{STEP}]) * {STEP_S})"
 
 
 TOKENS = "vllm:generation_tokens_total"  # default --tokens.metric (vLLM's generated-token counter)
@@ -163,7 +175,7 @@ def top_workloads(window: str, k: int = 10) -> str:
 
 def mean_gauge(metric: str, window: str, labels: tuple[str, ...] = ()) -> str:
     """Mean of a per-node gauge over the range, sampled hourly to stay cheap."""
-    inner = f"avg_over_time({metric}[{window}:1h])"
+    inner = f"avg_over_time({metric}[{left_open(window)}:1h])"
     return f"avg by ({by(labels)}) ({inner})" if labels else f"avg({inner})"
 
 
