@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpucarbon.attribution.policy import EQUAL_FAST_MAX, largest_remainder, split_exact, split_interval
+from gpucarbon.attribution.policy import EQUAL_FAST_MAX, largest_remainder, split_equal, split_exact, split_interval
 
 
 @given(total=st.integers(0, 10**12), weights=st.lists(st.floats(0, 1e6), min_size=1, max_size=50))
@@ -89,3 +89,39 @@ def test_equal_weights_fast_path_matches_the_largest_remainder_exactly(total, co
     """split_exact splits equal weights by divmod; the general method must
     give the same integers (output never changed by the fast path)."""
     assert split_exact(total, [weight] * count) == largest_remainder(total, [weight] * count)
+
+
+@settings(max_examples=300, deadline=None)
+@given(total=st.one_of(st.integers(0, 10_000), st.integers(0, 2 * EQUAL_FAST_MAX)), count=st.integers(1, 70))
+def test_split_equal_is_split_exact_with_equal_weights(total, count):
+    """split_equal (the idle and embodied splits) skips building the weights;
+    it must give split_exact's integers, past the divmod limit too."""
+    assert split_equal(total, count) == split_exact(total, [1.0] * count)
+
+
+def textbook_largest_remainder(total, weights):
+    """Hamilton's method as first written here: rank by (-remainder, index)."""
+    weight_sum = float(sum(weights))
+    if weight_sum <= 0.0:
+        weights, weight_sum = [1.0] * len(weights), float(len(weights))
+    exact = [total * w / weight_sum for w in weights]
+    parts = [int(x) for x in exact]
+    while sum(parts) > total:
+        parts[max(range(len(parts)), key=lambda i: parts[i])] -= 1
+    ranked = sorted(range(len(parts)), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in ranked[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    total=st.integers(0, 10**12),
+    weights=st.lists(
+        st.one_of(st.sampled_from([0.0, 0.25, 1 / 3, 0.5, 1.0]), st.floats(0, 1e6)), min_size=1, max_size=50
+    ),
+)
+def test_largest_remainder_ranks_ties_to_the_earlier_index(total, weights):
+    """largest_remainder ranks remainders with a reverse stable sort; it must
+    give the (-remainder, index) ranking's integers, ties included."""
+    assert largest_remainder(total, weights) == textbook_largest_remainder(total, weights)

@@ -149,7 +149,7 @@ def test_a_lone_surrogate_or_huge_label_never_breaks_a_scrape():
     hostile = replace(
         snap,
         teams=tuple(replace(t, team="evil\ud800team") for t in snap.teams),
-        workloads=tuple(replace(w, workload="W" * 30000) for w in snap.workloads),
+        workloads=tuple(w._replace(workload="W" * 30000) for w in snap.workloads),
     )
     text = render_text(lambda: hostile)
     assert 'team="evilteam"' in text

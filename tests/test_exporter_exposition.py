@@ -147,7 +147,7 @@ def test_dirty_label_values_are_sanitised_as_the_registry_path_does() -> None:
     from gpucarbon.exporter.http import Exposition
 
     base = fixed_snapshot()
-    dirty = replace(base.workloads[0], pod="bad\ud800pod", container="x" * 5000)
+    dirty = base.workloads[0]._replace(pod="bad\ud800pod", container="x" * 5000)
     snapshot = replace(base, workloads=(dirty,))
 
     def without_process(text: bytes) -> bytes:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gpucarbon.attribution.energy import COUNTER, POWER_INTEGRATION, EnergyMeters, Interval
 from gpucarbon.attribution.idle import IdleModel
-from gpucarbon.attribution.policy import Split, split_exact, split_interval
+from gpucarbon.attribution.policy import Split, split_equal, split_interval
 from gpucarbon.attribution.sharing import InstanceShare, share_mps_server, split_mig_board
 from gpucarbon.carbon.model import IntensityProvider, IntensityReading
 from gpucarbon.clock import Clock
@@ -233,8 +233,10 @@ class Accountant:
         A CUDA MPS server is never a consumer; its share goes to its clients
         (attribution/sharing.py)."""
         servers = {p.pid for p in reading.processes if self._resolver.is_mps_server(p.pid)}
-        clients = [p.pid for p in reading.processes if p.pid not in servers and (p.mps_client or servers)]
-        util_by_pid = share_mps_server({s.pid: s.sm_util for s in reading.samples}, servers, clients)
+        util_by_pid = {s.pid: s.sm_util for s in reading.samples}
+        if servers:  # without one there is no share to move (most GPUs, every poll)
+            clients = [p.pid for p in reading.processes if p.pid not in servers]
+            util_by_pid = share_mps_server(util_by_pid, servers, clients)
         consumers: dict[str, Consumer] = {}
         running: dict[str, float] = {}
         for process in reading.processes:
@@ -260,8 +262,8 @@ def price_charge(
     embodied = split_embodied(embodied_grams, list(split.parts))
     grams_per_mj, cost_per_mj, idle_parts = prices.grams_per_mj, prices.cost_per_mj, split.idle_parts
     # One Share per holder per GPU per poll: by position, in Share's field order
-    # (a frozen dataclass's keyword call costs more; bench/poll_profile.py).
-    shares = tuple(
+    # (cheaper than keywords; bench/poll_profile.py).
+    shares = [
         Share(
             consumers[key],
             mj,  # energy_mj
@@ -274,7 +276,7 @@ def price_charge(
             idle_parts.get(key, 0),  # idle_mj
         )
         for key, mj in split.parts.items()
-    )
+    ]
     gpu = GpuCharge(
         energy_mj=interval.energy_mj,
         grams=interval.energy_mj * prices.grams_per_mj,
@@ -282,7 +284,7 @@ def price_charge(
         unattributed_grams=split.unattributed_mj * prices.grams_per_mj,
         reset=interval.reset,
     )
-    return IntervalCharge(uuid, gpu, shares)
+    return IntervalCharge(uuid, gpu, tuple(shares))
 
 
 def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
@@ -290,5 +292,5 @@ def split_embodied(grams: float, holders: list[str]) -> dict[str, float]:
     if grams <= 0 or not holders:
         return {}
     # split_exact works on integers; use micrograms so shares sum exactly.
-    micro = split_exact(round(grams * MICROGRAMS_PER_GRAM), [1.0] * len(holders))
+    micro = split_equal(round(grams * MICROGRAMS_PER_GRAM), len(holders))
     return {key: ug / MICROGRAMS_PER_GRAM for key, ug in zip(holders, micro, strict=True)}

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucarbon.identity.model import Consumer
 
@@ -65,9 +65,10 @@ class GpuCharge:
     reset: bool = False  # the energy counter dropped: a driver reload
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
-    """One consumer's part of one interval, every figure already split and priced."""
+class Share(NamedTuple):
+    """One consumer's part of one interval, every figure already split and priced.
+    A NamedTuple: one is built per holder per GPU per poll, and a frozen
+    dataclass's __init__ sets each field through object.__setattr__."""
 
     consumer: Consumer
     energy_mj: int
@@ -141,7 +142,12 @@ class Ledger:
         self._gpus.setdefault(uuid, GpuTotals()).resets += 1
 
     def _book_share(self, uuid: str, share: Share, now: float) -> WorkloadTotals:
-        entry = self._entry(uuid, share.consumer)
+        consumer = share.consumer
+        entry = self._workloads.get((uuid, consumer.key))
+        if entry is None or entry.consumer is not consumer or consumer.aliases:
+            # New, relabelled or aliased: _entry decides. Otherwise (a series
+            # booked again by the same consumer, every poll) it would change nothing.
+            entry = self._entry(uuid, consumer)
         entry.energy_mj += share.energy_mj
         entry.idle_mj += share.idle_mj
         entry.grams += share.grams
@@ -152,7 +158,7 @@ class Ledger:
         entry.cost += share.cost
         entry.holding = True
         entry.last_active = now
-        team_name = share.consumer.team or self.default_team
+        team_name = consumer.team or self.default_team
         team = self._teams.get(team_name)
         if team is None:  # not setdefault: that would build a TeamTotals per share
             team = self._teams[team_name] = TeamTotals()

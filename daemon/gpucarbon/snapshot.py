@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucarbon.accounting import AccountingState, Rates
 from gpucarbon.attribution.energy import POWER_INTEGRATION
@@ -48,8 +48,12 @@ class GpuView:
     module_power_w: float | None = None  # module-scope instant power, superchips only
 
 
-@dataclass(frozen=True, slots=True)
-class WorkloadView:
+class WorkloadView(NamedTuple):
+    """One workload series of one GPU. A NamedTuple, not a frozen dataclass:
+    64 and more are built every poll, and a frozen dataclass's __init__ sets
+    each of the 19 fields through object.__setattr__ (about ten times the
+    cost of a tuple; bench/README.md, "CPU per poll"). Immutable all the same."""
+
     gpu: str  # index, as a label value
     uuid: str
     namespace: str
@@ -234,8 +238,7 @@ def _gpu_view(devices: DeviceState, accounting: AccountingState, ledger: Ledger,
 
 def _workload_views(devices: DeviceState, accounting: AccountingState, ledger: Ledger) -> tuple[WorkloadView, ...]:
     """One view per workload series. Built every poll for every series, so
-    arguments go by position (a frozen dataclass's keyword call costs about
-    1.7 times as much: ~0.25 ms per poll for 64 series; bench/poll_profile.py);
+    arguments go by position (cheaper than keywords; bench/poll_profile.py);
     the order is WorkloadView's field order (tests/test_poller.py checks it)."""
     index = {
         uuid: str(devices.latest[uuid].index) if uuid in devices.latest else str(i)

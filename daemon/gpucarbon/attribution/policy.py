@@ -31,12 +31,28 @@ def split_exact(total: int, weights: Sequence[float]) -> list[int]:
         raise ValueError("weights must be non-negative")
     first = weights[0]
     if total <= EQUAL_FAST_MAX and all(w == first for w in weights):
-        # Equal weights (every idle split, equal-share fallbacks): the largest
-        # remainder gives each total // count and the first total % count one
-        # more, which divmod says without floats (tests compare both paths).
-        each, extra = divmod(total, count)
-        return [each + 1] * extra + [each] * (count - extra)
+        return _equal_parts(total, count)
     return largest_remainder(total, weights)
+
+
+def split_equal(total: int, count: int) -> list[int]:
+    """split_exact(total, [1.0] * count), without building and checking the
+    weights (every idle split and embodied split, each GPU each poll)."""
+    if total < 0:
+        raise ValueError(f"cannot split a negative total: {total}")
+    if count <= 0:
+        raise ValueError("cannot split among nobody")
+    if total <= EQUAL_FAST_MAX:
+        return _equal_parts(total, count)
+    return largest_remainder(total, [1.0] * count)
+
+
+def _equal_parts(total: int, count: int) -> list[int]:
+    # Equal weights: the largest remainder gives each total // count and the
+    # first total % count one more, which divmod says without floats (tests
+    # compare both paths).
+    each, extra = divmod(total, count)
+    return [each + 1] * extra + [each] * (count - extra)
 
 
 # Below this the float arithmetic of largest_remainder is exact to far better
@@ -57,9 +73,12 @@ def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
         largest = max(range(count), key=lambda i: parts[i])
         parts[largest] -= 1
     short = total - sum(parts)
-    by_remainder = sorted(range(count), key=lambda i: (-(exact[i] - parts[i]), i))
-    for i in by_remainder[:short]:
-        parts[i] += 1
+    if short:
+        # Largest remainder first, ties to the earlier index: a stable sort
+        # keeps equal keys in index order, also with reverse=True.
+        remainders = [x - p for x, p in zip(exact, parts, strict=True)]
+        for i in sorted(range(count), key=remainders.__getitem__, reverse=True)[:short]:
+            parts[i] += 1
     return parts
 
 
@@ -94,7 +113,7 @@ def split_interval(
         return Split({}, energy_mj, 0, 0)
     idle = min(energy_mj, idle_cap_mj)
     active = energy_mj - idle
-    idle_parts = dict(zip(holders, split_exact(idle, [1.0] * len(holders)), strict=True))
+    idle_parts = dict(zip(holders, split_equal(idle, len(holders)), strict=True))
     parts = dict(idle_parts)
     payers, weights = _active_payers(holders, running)
     for key, mj in zip(payers, split_exact(active, weights), strict=True):
