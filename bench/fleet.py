@@ -42,7 +42,7 @@ import simfleet  # noqa: E402
 ROOT = simfleet.ROOT
 sys.path.insert(0, str(ROOT / "tests"))
 from dashboards import DEFAULT_SUBSTITUTIONS, load_dashboards, panel_queries  # noqa: E402
-from procs import free_port, wait_until  # noqa: E402
+from procs import backfill_openmetrics, backfill_rules, free_port, move_blocks, wait_until  # noqa: E402
 
 RULES = ROOT / "prometheus" / "rules" / "gpucarbon-recording.yaml"
 CLUSTER = "bench"
@@ -64,13 +64,6 @@ def templates(count: int, days: float, scrape_s: float, cache: Path) -> list[tup
         out = list(pool.map(_template, range(1, count + 1), [days] * count, [scrape_s] * count))
     path.write_bytes(pickle.dumps(out))
     return out
-
-
-def run(cmd: list[str], timeout: float = 3600) -> str:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:5])} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result.stdout
 
 
 class Prometheus:
@@ -145,52 +138,20 @@ def backfill(nodes: int, tmpl: list, data: Path, work: Path) -> int:
         om = work / "batch.om"
         samples += simfleet.write_openmetrics(om, types, batch, CLUSTER)
         out = work / "raw-blocks"
-        run(
-            [
-                "promtool",
-                "tsdb",
-                "create-blocks-from",
-                "openmetrics",
-                "-q",
-                "--max-block-duration=24h",
-                str(om),
-                str(out),
-            ]
-        )
+        backfill_openmetrics(om, out, "24h")
         om.unlink()
-        for block in out.iterdir():
-            shutil.move(str(block), data / block.name)
-        out.rmdir()
+        move_blocks(out, data)
     return samples
 
 
 def evaluate_rules(data: Path, work: Path, start: float, end: float) -> float:
     prom = Prometheus(data, work)
-    out = work / "rule-blocks"
     started = time.perf_counter()
     try:
-        run(
-            [
-                "promtool",
-                "tsdb",
-                "create-blocks-from",
-                "rules",
-                "-q",
-                f"--url={prom.url}",
-                f"--start={int(start)}",
-                f"--end={int(end)}",
-                "--eval-interval=60s",
-                "--max-block-duration=168h",
-                f"--output-dir={out}",
-                str(RULES),
-            ]
-        )
+        blocks = backfill_rules(prom.url, start, end, RULES, work)
     finally:
         prom.stop()
-    for block in out.iterdir():
-        if block.is_dir():
-            shutil.move(str(block), data / block.name)
-    shutil.rmtree(out)
+    move_blocks(blocks, data)
     return time.perf_counter() - started
 
 

@@ -27,7 +27,16 @@ from pathlib import Path
 
 import yaml
 from clientpython import FamiliesCollector
-from procs import ROOT, free_port, http_get, prometheus_binary, wait_until
+from procs import (
+    ROOT,
+    backfill_openmetrics,
+    backfill_rules,
+    free_port,
+    http_get,
+    move_blocks,
+    prometheus_binary,
+    wait_until,
+)
 
 from gpucarbon.app import RunOptions, build_daemon
 from gpucarbon.clock import ManualClock
@@ -325,13 +334,6 @@ def write_openmetrics(path: Path, start_wall: float, days: int, config_path: Pat
     return truth
 
 
-def run(cmd: list[str], timeout: float = 600) -> str:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result.stdout
-
-
 def split_rules(rules: Path, out_dir: Path) -> list[Path]:
     """Pass 1: rules over the daemon's series; pass 2: rules over rules.
     Each group keeps its own `interval`: `promtool tsdb create-blocks-from
@@ -357,12 +359,6 @@ def split_rules(rules: Path, out_dir: Path) -> list[Path]:
             path.write_text(yaml.safe_dump({"groups": groups}))
             files.append(path)
     return files
-
-
-def move_blocks(src: Path, data: Path) -> None:
-    for block in src.iterdir():
-        if block.is_dir():
-            shutil.move(str(block), data / block.name)
 
 
 class BackfilledPrometheus:
@@ -410,42 +406,14 @@ def backfill(workdir: Path, start_wall: float, days: int) -> tuple[Path, GroundT
     data.mkdir(parents=True)
     metrics = workdir / "fleet.om"
     truth = write_openmetrics(metrics, start_wall, days, workdir / "gpucarbon.yaml")
-    run(
-        [
-            "promtool",
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "-q",
-            "--max-block-duration=720h",
-            str(metrics),
-            str(data),
-        ]
-    )
+    backfill_openmetrics(metrics, data, "720h")
     metrics.unlink()  # hundreds of MB, not needed once in blocks
     end_wall = start_wall + days * DAY
-    for i, rules in enumerate(split_rules(RULES, workdir)):
+    for rules in split_rules(RULES, workdir):
         prom = BackfilledPrometheus(data, workdir)
-        out = workdir / f"rules-out-{i}"
         try:
-            run(
-                [
-                    "promtool",
-                    "tsdb",
-                    "create-blocks-from",
-                    "rules",
-                    "-q",
-                    f"--url={prom.url}",
-                    f"--start={int(start_wall)}",
-                    f"--end={int(end_wall)}",
-                    "--eval-interval=60s",  # groups without an interval of their own
-                    # a block per rule and week instead of per rule and 2 hours (thousands): 20x faster;
-                    "--max-block-duration=168h",  # 7 days at 60s: under the API's 11,000 points per series
-                    f"--output-dir={out}",
-                    str(rules),
-                ]
-            )
+            blocks = backfill_rules(prom.url, start_wall, end_wall, rules, workdir)
         finally:
             prom.stop()
-        move_blocks(out, data)
+        move_blocks(blocks, data)
     return data, truth

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, run, write_openmetrics
-from procs import ROOT, free_port, http_get, wait_until
+from backfill import CONFIG, DAY, BackfilledPrometheus, backfill, write_openmetrics
+from procs import ROOT, backfill_openmetrics, free_port, http_get, wait_until
 
 from gpucarbon.receipts.builder import GpuTally, ReceiptContext, RunTally, build_receipt
 from gpucarbon.receipts.model import Fingerprint, Owner, RunFacts
@@ -203,18 +203,7 @@ def test_missing_recording_rules_are_named_with_how_to_install_them(tmp_path):
     start = _start_wall()
     data = tmp_path / "data"
     write_openmetrics(tmp_path / "raw.om", start, 1, tmp_path / "gpucarbon.yaml")
-    run(
-        [
-            "promtool",
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "-q",
-            "--max-block-duration=720h",
-            str(tmp_path / "raw.om"),
-            str(data),
-        ]
-    )
+    backfill_openmetrics(tmp_path / "raw.om", data, "720h")
     prom = BackfilledPrometheus(data, tmp_path)
     try:
         result = report(prom.url, f"--end={int(start + DAY)}", "--range=1d")

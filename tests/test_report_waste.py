@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from backfill import BackfilledPrometheus, run
+from backfill import BackfilledPrometheus
 from fakes.prometheus_api import FakePrometheus, success, vector
-from procs import ROOT
+from procs import ROOT, backfill_openmetrics
 
 from gpucarbon.report import queries as q
 from gpucarbon.report.client import HttpConfig, PromClient
@@ -148,7 +148,7 @@ def test_stepped_counters_count_a_series_born_in_the_range(tmp_path):
     (tmp_path / "waste.om").write_text("\n".join(text) + "\n# EOF\n")
     data = tmp_path / "data"
     data.mkdir()
-    run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp_path / "waste.om"), str(data)])
+    backfill_openmetrics(tmp_path / "waste.om", data)
     prom = BackfilledPrometheus(data, tmp_path)
     try:
         client = PromClient(prom.url, HttpConfig(), timeout_s=30)
